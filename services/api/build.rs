@@ -1,0 +1,22 @@
+use std::path::PathBuf;
+
+fn main() {
+    // No protoc on our machines: use the vendored one unless the user set one.
+    if std::env::var_os("PROTOC").is_none() {
+        let protoc = protoc_bin_vendored::protoc_bin_path().expect("vendored protoc is available");
+        // SAFETY-free: build scripts are single threaded.
+        std::env::set_var("PROTOC", protoc);
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let files = ["common", "inference", "index", "training", "search"]
+        .map(|f| root.join(format!("cbir/v1/{f}.proto")));
+    for f in &files {
+        // tonic-prost-build 0.14 does not emit these itself.
+        println!("cargo:rerun-if-changed={}", f.display());
+    }
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR is set by cargo"));
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("cbir_descriptor.bin"))
+        .compile_protos(&files, &[root])
+        .expect("compiling proto/cbir/v1");
+}

@@ -1,0 +1,29 @@
+//! Pieces every gRPC server of the system mounts: health and reflection.
+
+use tonic_health::server::HealthReporter;
+
+/// The standard `grpc.health.v1` service and its reporter. Services start
+/// NOT_SERVING and switch to SERVING when they are ready.
+pub fn health() -> (
+    HealthReporter,
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+) {
+    tonic_health::server::health_reporter()
+}
+
+/// gRPC reflection over the cbir.v1 contract and the health service, so that
+/// `grpcurl` works against any service.
+pub fn reflection() -> Result<
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    tonic_reflection::server::Error,
+> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(cbir_api::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+}
+
+/// Default limit on one gRPC message; images arrive inside messages.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;

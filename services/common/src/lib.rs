@@ -1,0 +1,10 @@
+//! What every cbir service shares: layered configuration, telemetry, gRPC
+//! health and reflection, graceful shutdown and the error-to-status map.
+
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use error::{Error, Result};

@@ -1,0 +1,226 @@
+//! Turning untrusted encoded images into what the network and the UI need.
+//!
+//! Everything here is pure CPU work with no async and no libtorch, so the
+//! gateway, the index tools and the fuzzers can use it too.
+
+use std::io::Cursor;
+
+use fast_image_resize::images::Image as FirImage;
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Side of the square network input.
+pub const INPUT_SIZE: u32 = 224;
+/// The shorter side is resized to this before the center crop.
+pub const RESIZE_SHORTER: u32 = 256;
+/// Long side of stored thumbnails.
+pub const THUMBNAIL_SIZE: u32 = 256;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    #[error("empty image: the file has zero bytes")]
+    Empty,
+    #[error("image too large: {bytes} bytes, the limit is {limit} bytes")]
+    TooManyBytes { bytes: usize, limit: usize },
+    #[error("not an image: unrecognised format (supported: JPEG, PNG, WebP, GIF, BMP, TIFF)")]
+    UnknownFormat,
+    #[error("image format {0} is not supported (supported: JPEG, PNG, WebP, GIF, BMP, TIFF)")]
+    UnsupportedFormat(String),
+    #[error(
+        "image too large: {width}x{height} is {pixels} pixels, the limit is {limit} pixels"
+    )]
+    TooManyPixels {
+        width: u32,
+        height: u32,
+        pixels: u64,
+        limit: u64,
+    },
+    #[error("image has a zero dimension ({width}x{height})")]
+    ZeroSize { width: u32, height: u32 },
+    #[error("corrupt {format} image: {message}")]
+    Corrupt { format: String, message: String },
+    #[error("image processing failed: {0}")]
+    Processing(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest accepted encoded file.
+    pub max_bytes: usize,
+    /// Largest accepted width x height, checked from the header before the
+    /// pixels are decoded (decompression bombs).
+    pub max_pixels: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 32 * 1024 * 1024,
+            max_pixels: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// A decoded, upright RGB image.
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    pub image: RgbImage,
+    pub format: ImageFormat,
+}
+
+fn format_name(f: ImageFormat) -> String {
+    format!("{f:?}").to_uppercase()
+}
+
+/// Decodes `bytes` into an upright 8-bit RGB image, enforcing `limits`.
+///
+/// EXIF orientation is applied; grayscale, CMYK, 16-bit and palette images
+/// become RGB; transparent pixels are composited over white (what a viewer
+/// shows), not left as whatever colour the encoder stored under alpha 0.
+pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Decoded> {
+    if bytes.is_empty() {
+        return Err(Error::Empty);
+    }
+    if bytes.len() > limits.max_bytes {
+        return Err(Error::TooManyBytes {
+            bytes: bytes.len(),
+            limit: limits.max_bytes,
+        });
+    }
+    let format = image::guess_format(bytes).map_err(|_| Error::UnknownFormat)?;
+    match format {
+        ImageFormat::Jpeg
+        | ImageFormat::Png
+        | ImageFormat::WebP
+        | ImageFormat::Gif
+        | ImageFormat::Bmp
+        | ImageFormat::Tiff => {}
+        other => return Err(Error::UnsupportedFormat(format_name(other))),
+    }
+    let corrupt = |e: image::ImageError| Error::Corrupt {
+        format: format_name(format),
+        message: e.to_string(),
+    };
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let mut lim = image::Limits::default();
+    // Bounds the decoder's own allocations as a second line of defence.
+    lim.max_alloc = Some(limits.max_pixels.saturating_mul(8).max(1 << 20));
+    reader.limits(lim);
+    let mut decoder = reader.into_decoder().map_err(corrupt)?;
+    let (width, height) = decoder.dimensions();
+    if width == 0 || height == 0 {
+        return Err(Error::ZeroSize { width, height });
+    }
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > limits.max_pixels {
+        return Err(Error::TooManyPixels {
+            width,
+            height,
+            pixels,
+            limit: limits.max_pixels,
+        });
+    }
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
+    img.apply_orientation(orientation);
+    Ok(Decoded {
+        image: to_rgb(img),
+        format,
+    })
+}
+
+fn to_rgb(img: DynamicImage) -> RgbImage {
+    if !img.color().has_alpha() {
+        return img.into_rgb8();
+    }
+    let rgba = img.into_rgba8();
+    let (w, h) = rgba.dimensions();
+    let mut out = RgbImage::new(w, h);
+    for (dst, src) in out.pixels_mut().zip(rgba.pixels()) {
+        let a = u32::from(src[3]);
+        for c in 0..3 {
+            // Over white: c*a + 255*(1-a), rounded.
+            let v = (u32::from(src[c]) * a + 255 * (255 - a) + 127) / 255;
+            dst[c] = v as u8;
+        }
+    }
+    out
+}
+
+fn resize(src: &RgbImage, width: u32, height: u32) -> Result<RgbImage> {
+    let (sw, sh) = src.dimensions();
+    if (sw, sh) == (width, height) {
+        return Ok(src.clone());
+    }
+    let src_img = FirImage::from_vec_u8(sw, sh, src.as_raw().clone(), PixelType::U8x3)
+        .map_err(|e| Error::Processing(e.to_string()))?;
+    let mut dst = FirImage::new(width, height, PixelType::U8x3);
+    // Convolution bilinear = PIL's antialiased bilinear, which torchvision's
+    // Resize uses on PIL images: the reference the network was trained with.
+    Resizer::new()
+        .resize(
+            &src_img,
+            &mut dst,
+            &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)),
+        )
+        .map_err(|e| Error::Processing(e.to_string()))?;
+    RgbImage::from_raw(width, height, dst.into_vec())
+        .ok_or_else(|| Error::Processing("resize produced a buffer of the wrong size".into()))
+}
+
+/// The network input: shorter side resized to 256 (bilinear), then the
+/// central 224x224, as interleaved RGB bytes (HWC).
+pub fn preprocess(img: &RgbImage) -> Result<Vec<u8>> {
+    let (w, h) = img.dimensions();
+    // torchvision Resize(256): the shorter side becomes 256, the longer
+    // keeps the aspect ratio, truncated.
+    let (nw, nh) = if w <= h {
+        (RESIZE_SHORTER, ((RESIZE_SHORTER as u64 * h as u64) / w as u64).max(1) as u32)
+    } else {
+        (((RESIZE_SHORTER as u64 * w as u64) / h as u64).max(1) as u32, RESIZE_SHORTER)
+    };
+    let resized = resize(img, nw, nh)?;
+    // torchvision CenterCrop: offsets rounded half to even of (size-224)/2.
+    let left = ((nw - INPUT_SIZE) as f64 / 2.0).round_ties_even() as u32;
+    let top = ((nh - INPUT_SIZE) as f64 / 2.0).round_ties_even() as u32;
+    let mut out = Vec::with_capacity((INPUT_SIZE * INPUT_SIZE * 3) as usize);
+    let stride = nw as usize * 3;
+    let raw = resized.as_raw();
+    for y in top..top + INPUT_SIZE {
+        let start = y as usize * stride + left as usize * 3;
+        out.extend_from_slice(&raw[start..start + INPUT_SIZE as usize * 3]);
+    }
+    Ok(out)
+}
+
+/// A JPEG of at most `THUMBNAIL_SIZE` on the long side.
+pub fn thumbnail(img: &RgbImage) -> Result<Vec<u8>> {
+    let (w, h) = img.dimensions();
+    let scale = f64::from(THUMBNAIL_SIZE) / f64::from(w.max(h));
+    let small = if scale < 1.0 {
+        let tw = ((f64::from(w) * scale).round() as u32).max(1);
+        let th = ((f64::from(h) * scale).round() as u32).max(1);
+        resize(img, tw, th)?
+    } else {
+        img.clone()
+    };
+    let mut out = Vec::new();
+    let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 80);
+    small
+        .write_with_encoder(enc)
+        .map_err(|e| Error::Processing(format!("thumbnail encoding: {e}")))?;
+    Ok(out)
+}
+
+/// Hex SHA-256 of the encoded file: the identity of an image in the index.
+pub fn content_hash(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+#[cfg(test)]
+mod tests;

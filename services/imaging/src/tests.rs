@@ -1,0 +1,198 @@
+use image::{ImageFormat, Rgb, RgbImage, Rgba, RgbaImage};
+
+use super::*;
+
+fn two_colour(w: u32, h: u32) -> RgbImage {
+    RgbImage::from_fn(w, h, |x, _| {
+        if x < w / 2 {
+            Rgb([255, 0, 0])
+        } else {
+            Rgb([0, 0, 255])
+        }
+    })
+}
+
+fn encode(img: &DynamicImage, format: ImageFormat) -> Vec<u8> {
+    let mut out = Cursor::new(Vec::new());
+    img.write_to(&mut out, format).expect("encode");
+    out.into_inner()
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xffff_ffffu32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+/// A PNG whose header claims `w`x`h` but carries almost no pixel data.
+pub(crate) fn png_claiming(w: u32, h: u32) -> Vec<u8> {
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut chunk = |kind: &[u8], data: &[u8]| {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut body = kind.to_vec();
+        body.extend_from_slice(data);
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&crc32(&body).to_be_bytes());
+    };
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    chunk(b"IHDR", &ihdr);
+    chunk(b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
+    chunk(b"IEND", &[]);
+    out
+}
+
+#[test]
+fn decodes_every_supported_format() {
+    let img = DynamicImage::ImageRgb8(two_colour(40, 20));
+    for format in [
+        ImageFormat::Png,
+        ImageFormat::Jpeg,
+        ImageFormat::WebP,
+        ImageFormat::Gif,
+        ImageFormat::Bmp,
+        ImageFormat::Tiff,
+    ] {
+        let bytes = encode(&img, format);
+        let d = decode(&bytes, &Limits::default()).unwrap_or_else(|e| panic!("{format:?}: {e}"));
+        assert_eq!(d.format, format);
+        assert_eq!(d.image.dimensions(), (40, 20), "{format:?}");
+        let left = d.image.get_pixel(5, 10);
+        let right = d.image.get_pixel(35, 10);
+        assert!(left[0] > 200 && left[2] < 60, "{format:?} left {left:?}");
+        assert!(right[2] > 200 && right[0] < 60, "{format:?} right {right:?}");
+    }
+}
+
+#[test]
+fn grayscale_and_sixteen_bit_become_rgb() {
+    let gray = DynamicImage::ImageLuma8(image::GrayImage::from_pixel(8, 8, image::Luma([100])));
+    let d = decode(&encode(&gray, ImageFormat::Png), &Limits::default()).expect("gray");
+    assert_eq!(d.image.get_pixel(3, 3), &Rgb([100, 100, 100]));
+    let deep = DynamicImage::ImageRgb16(image::ImageBuffer::from_pixel(
+        4,
+        4,
+        Rgb([65535u16, 0, 32768]),
+    ));
+    let d = decode(&encode(&deep, ImageFormat::Png), &Limits::default()).expect("16-bit");
+    assert_eq!(d.image.get_pixel(0, 0), &Rgb([255, 0, 128]));
+}
+
+#[test]
+fn alpha_is_composited_over_white() {
+    let mut rgba = RgbaImage::from_pixel(4, 4, Rgba([0, 0, 0, 0]));
+    rgba.put_pixel(0, 0, Rgba([255, 0, 0, 255]));
+    rgba.put_pixel(1, 0, Rgba([0, 0, 0, 128]));
+    let d = decode(
+        &encode(&DynamicImage::ImageRgba8(rgba), ImageFormat::Png),
+        &Limits::default(),
+    )
+    .expect("rgba");
+    assert_eq!(d.image.get_pixel(0, 0), &Rgb([255, 0, 0]));
+    assert_eq!(d.image.get_pixel(3, 3), &Rgb([255, 255, 255]));
+    assert_eq!(d.image.get_pixel(1, 0), &Rgb([127, 127, 127]));
+}
+
+#[test]
+fn cmyk_jpeg_becomes_rgb() {
+    let d = decode(include_bytes!("../tests/fixtures/cmyk.jpg"), &Limits::default()).expect("cmyk");
+    assert_eq!(d.image.dimensions(), (32, 16));
+    let left = d.image.get_pixel(4, 8);
+    let right = d.image.get_pixel(28, 8);
+    assert!(left[0] > 200 && left[1] < 60 && left[2] < 60, "left {left:?}");
+    assert!(right[2] > 200 && right[0] < 60, "right {right:?}");
+}
+
+#[test]
+fn exif_orientation_is_applied() {
+    let d = decode(
+        include_bytes!("../tests/fixtures/exif_orientation6.jpg"),
+        &Limits::default(),
+    )
+    .expect("exif");
+    // Stored 32x16 with red on the left; orientation 6 turns it 90 degrees
+    // clockwise, so it shows 16x32 with red on top.
+    assert_eq!(d.image.dimensions(), (16, 32));
+    let top = d.image.get_pixel(8, 4);
+    let bottom = d.image.get_pixel(8, 28);
+    assert!(top[0] > 200 && top[2] < 60, "top {top:?}");
+    assert!(bottom[2] > 200 && bottom[0] < 60, "bottom {bottom:?}");
+}
+
+#[test]
+fn bad_inputs_get_clear_errors() {
+    let limits = Limits::default();
+    assert_eq!(decode(b"", &limits).unwrap_err(), Error::Empty);
+    assert_eq!(
+        decode(b"hello, this is a text file\n", &limits).unwrap_err(),
+        Error::UnknownFormat
+    );
+    let jpeg = encode(
+        &DynamicImage::ImageRgb8(two_colour(64, 64)),
+        ImageFormat::Jpeg,
+    );
+    let err = decode(&jpeg[..jpeg.len() / 2], &limits).unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
+    assert!(err.to_string().starts_with("corrupt JPEG image"), "{err}");
+    let bomb = png_claiming(50_000, 50_000);
+    let err = decode(&bomb, &limits).unwrap_err();
+    assert!(matches!(err, Error::TooManyPixels { width: 50_000, height: 50_000, .. }), "{err:?}");
+    assert!(err.to_string().contains("50000x50000"), "{err}");
+    let small = Limits {
+        max_bytes: 10,
+        ..Limits::default()
+    };
+    assert!(matches!(
+        decode(&jpeg, &small).unwrap_err(),
+        Error::TooManyBytes { limit: 10, .. }
+    ));
+}
+
+#[test]
+fn preprocess_follows_resize_then_center_crop() {
+    // 1x1 still gives a full input.
+    let one = RgbImage::from_pixel(1, 1, Rgb([10, 20, 30]));
+    let x = preprocess(&one).expect("1x1");
+    assert_eq!(x.len(), 224 * 224 * 3);
+    assert!(x.chunks(3).all(|p| p == [10, 20, 30]));
+    // A wide image keeps its centre: the crop of a 3-band image is the middle band.
+    let wide = RgbImage::from_fn(600, 200, |x, _| match x {
+        0..250 => Rgb([255, 0, 0]),
+        250..350 => Rgb([0, 255, 0]),
+        _ => Rgb([0, 0, 255]),
+    });
+    let x = preprocess(&wide).expect("wide");
+    let px = |x_: usize, y: usize| &x[(y * 224 + x_) * 3..(y * 224 + x_) * 3 + 3];
+    assert_eq!(px(112, 112), [0, 255, 0]);
+    // 600x200 -> 768x256: green spans 320..448, the crop 272..496, so both
+    // crop edges lie in the outer bands.
+    assert!(px(0, 100)[0] > 200, "{:?}", px(0, 100));
+    assert!(px(223, 100)[2] > 200, "{:?}", px(223, 100));
+}
+
+#[test]
+fn thumbnail_is_small_jpeg() {
+    let big = two_colour(1000, 500);
+    let t = thumbnail(&big).expect("thumb");
+    let d = decode(&t, &Limits::default()).expect("decode thumb");
+    assert_eq!(d.format, ImageFormat::Jpeg);
+    assert_eq!(d.image.dimensions(), (256, 128));
+    let tiny = two_colour(10, 10);
+    let d = decode(&thumbnail(&tiny).expect("thumb"), &Limits::default()).expect("decode");
+    assert_eq!(d.image.dimensions(), (10, 10));
+}
+
+#[test]
+fn content_hash_is_sha256_hex() {
+    assert_eq!(
+        content_hash(b"abc"),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+}

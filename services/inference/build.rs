@@ -1,0 +1,1 @@
+fn main() { cbir_torch_build::link_libtorch(); }

@@ -1,0 +1,266 @@
+//! The libtorch model instance a batcher worker owns.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, Device, Kind, Tensor};
+
+use crate::batcher::{Backend, ModelMeta, RawOutput};
+use crate::error::{Error, Result};
+use crate::model::{input_from_nhwc_u8, EfficientNetLite0, FEATURE_DIM};
+use cbir_imaging::INPUT_SIZE;
+
+/// Where the network runs and in which precision.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeviceConfig {
+    /// `cpu`, `cuda`, `cuda:N`, or `auto` (CUDA when available).
+    pub device: String,
+    /// `f32`, or on CUDA `f16` / `bf16`.
+    pub dtype: String,
+    /// Run convolutions in NHWC (channels-last) memory order.
+    pub channels_last: bool,
+    /// libtorch intra-op threads; 0 = one per core.
+    pub torch_threads: usize,
+}
+
+impl Default for DeviceConfig {
+    fn default() -> Self {
+        Self {
+            device: "cpu".into(),
+            dtype: "f32".into(),
+            channels_last: true,
+            torch_threads: 0,
+        }
+    }
+}
+
+impl DeviceConfig {
+    pub fn resolve(&self) -> Result<(Device, Kind)> {
+        let device = match self.device.as_str() {
+            "cpu" => Device::Cpu,
+            "auto" => Device::cuda_if_available(),
+            "cuda" => Device::Cuda(0),
+            s => match s.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+                Some(n) => Device::Cuda(n),
+                None => {
+                    return Err(Error::Config(format!(
+                        "device {s:?} is not one of cpu, cuda, cuda:N, auto"
+                    )))
+                }
+            },
+        };
+        if let Device::Cuda(n) = device {
+            if !tch::Cuda::is_available() || n >= tch::Cuda::device_count() as usize {
+                return Err(Error::Config(format!(
+                    "device cuda:{n} is not available (CUDA devices: {}); use a GPU build \
+                     (cargo feature `cuda`) on a machine with a GPU, or device = \"cpu\"",
+                    tch::Cuda::device_count()
+                )));
+            }
+        }
+        let kind = match (self.dtype.as_str(), device) {
+            ("f32", _) => Kind::Float,
+            ("f16", Device::Cuda(_)) => Kind::Half,
+            ("bf16", Device::Cuda(_)) => Kind::BFloat16,
+            ("f16" | "bf16", _) => {
+                return Err(Error::Config(format!(
+                    "dtype {} needs a CUDA device; use f32 on the CPU",
+                    self.dtype
+                )))
+            }
+            (d, _) => {
+                return Err(Error::Config(format!(
+                    "dtype {d:?} is not one of f32, f16, bf16"
+                )))
+            }
+        };
+        Ok((device, kind))
+    }
+}
+
+/// A model to load: registry identity, class names and a weights file.
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    pub name: String,
+    pub version: String,
+    /// Empty means the ImageNet classes.
+    pub class_names: Vec<String>,
+    pub weights: PathBuf,
+}
+
+/// Reads a safetensors file into a var store holding the network, checking
+/// that every variable is present with the right shape.
+pub fn load_network(
+    weights: &Path,
+    class_names: &[String],
+    device: Device,
+) -> Result<(nn::VarStore, EfficientNetLite0, Vec<String>)> {
+    let named = Tensor::read_safetensors(weights)
+        .map_err(|e| Error::ModelLoad(format!("reading {}: {e}", weights.display())))?;
+    let named: std::collections::HashMap<String, Tensor> = named.into_iter().collect();
+    let fc = named.get("_fc.bias").ok_or_else(|| {
+        Error::ModelLoad(format!(
+            "{} has no _fc.bias: not EfficientNet-Lite0 weights",
+            weights.display()
+        ))
+    })?;
+    let num_classes = fc.size()[0];
+    let class_names: Vec<String> = if class_names.is_empty() {
+        if num_classes != 1000 {
+            return Err(Error::ModelLoad(format!(
+                "the weights have {num_classes} classes: give their class names"
+            )));
+        }
+        cbir_api::imagenet_class_names()
+            .iter()
+            .map(|s| (*s).to_string())
+            .collect()
+    } else {
+        class_names.to_vec()
+    };
+    if class_names.len() as i64 != num_classes {
+        return Err(Error::ModelLoad(format!(
+            "{} class names given for weights with {num_classes} classes",
+            class_names.len()
+        )));
+    }
+    let mut vs = nn::VarStore::new(device);
+    let net = EfficientNetLite0::new(&vs.root(), num_classes);
+    let mut vars = vs.variables();
+    for (name, var) in vars.iter_mut() {
+        let src = named.get(name).ok_or_else(|| {
+            Error::ModelLoad(format!("{} lacks tensor {name}", weights.display()))
+        })?;
+        if src.size() != var.size() {
+            return Err(Error::ModelLoad(format!(
+                "tensor {name} has shape {:?} in {}, the network needs {:?}",
+                src.size(),
+                weights.display(),
+                var.size()
+            )));
+        }
+        tch::no_grad(|| var.f_copy_(&src.to_kind(var.kind())))
+            .map_err(|e| Error::ModelLoad(format!("copying {name}: {e}")))?;
+    }
+    vs.freeze();
+    Ok((vs, net, class_names))
+}
+
+pub struct TchBackend {
+    vs: nn::VarStore,
+    net: EfficientNetLite0,
+    device: Device,
+    kind: Kind,
+    channels_last: bool,
+    meta: Arc<ModelMeta>,
+}
+
+impl TchBackend {
+    pub fn load(spec: &ModelSpec, cfg: &DeviceConfig) -> Result<Self> {
+        let (device, kind) = cfg.resolve()?;
+        let (mut vs, net, class_names) = load_network(&spec.weights, &spec.class_names, device)?;
+        if cfg.channels_last {
+            // NHWC weights so that oneDNN/cuDNN keep the whole net channels-last.
+            tch::no_grad(|| {
+                for (_, mut v) in vs.variables() {
+                    if v.dim() == 4 {
+                        let cl = v.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+                        v.set_data(&cl);
+                    }
+                }
+            });
+        }
+        if kind != Kind::Float {
+            vs.set_kind(kind);
+        }
+        let meta = Arc::new(ModelMeta {
+            name: spec.name.clone(),
+            version: spec.version.clone(),
+            architecture: "efficientnet-lite0".into(),
+            class_names: Arc::new(class_names),
+            embedding_dim: FEATURE_DIM as usize,
+            device: format!("{device:?}").to_lowercase(),
+            dtype: cfg.dtype.clone(),
+            source: spec.weights.display().to_string(),
+            loaded_at_ms: now_ms(),
+        });
+        Ok(Self {
+            vs,
+            net,
+            device,
+            kind,
+            channels_last: cfg.channels_last,
+            meta,
+        })
+    }
+
+    pub fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    /// Features and logits of an already scaled NCHW float batch.
+    pub fn forward_nchw(&self, x: &Tensor) -> (Tensor, Tensor) {
+        tch::no_grad(|| {
+            let x = x.to_device(self.device).to_kind(self.kind);
+            let out = self.net.forward_all_t(&x, false);
+            (out.features.to_kind(Kind::Float), out.logits.to_kind(Kind::Float))
+        })
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+impl Backend for TchBackend {
+    fn infer(&mut self, inputs: &[&[u8]]) -> std::result::Result<Vec<RawOutput>, String> {
+        let side = INPUT_SIZE as usize;
+        let per = side * side * 3;
+        let n = inputs.len();
+        let mut buf = Vec::with_capacity(n * per);
+        for (i, input) in inputs.iter().enumerate() {
+            if input.len() != per {
+                return Err(format!("input {i} has {} bytes, expected {per}", input.len()));
+            }
+            buf.extend_from_slice(input);
+        }
+        tch::no_grad(|| {
+            let t = Tensor::f_from_slice(&buf)
+                .and_then(|t| t.f_view([n as i64, side as i64, side as i64, 3]))
+                .map_err(|e| e.to_string())?
+                .to_device(self.device);
+            let x = input_from_nhwc_u8(&t, self.channels_last, self.kind);
+            let out = self.net.forward_all_t(&x, false);
+            let feats = out.features.to_kind(Kind::Float);
+            let norm = feats
+                .norm_scalaropt_dim(2.0, [1i64], true)
+                .clamp_min(1e-12);
+            let feats = (feats / norm).to_device(Device::Cpu).contiguous();
+            let probs = out
+                .logits
+                .to_kind(Kind::Float)
+                .softmax(-1, Kind::Float)
+                .to_device(Device::Cpu)
+                .contiguous();
+            let feats: Vec<f32> = Vec::try_from(feats.flatten(0, -1)).map_err(|e: tch::TchError| e.to_string())?;
+            let probs: Vec<f32> = Vec::try_from(probs.flatten(0, -1)).map_err(|e: tch::TchError| e.to_string())?;
+            let d = feats.len() / n;
+            let c = probs.len() / n;
+            Ok((0..n)
+                .map(|i| RawOutput {
+                    feature: feats[i * d..(i + 1) * d].to_vec(),
+                    probabilities: probs[i * c..(i + 1) * c].to_vec(),
+                })
+                .collect())
+        })
+    }
+
+    fn meta(&self) -> Arc<ModelMeta> {
+        self.meta.clone()
+    }
+}

@@ -1,0 +1,60 @@
+use tonic::{Code, Status};
+
+use crate::batcher::Priority;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Image(#[from] cbir_imaging::Error),
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error(
+        "the {priority:?} queue is full ({queued} of {capacity} waiting): retry later or send fewer images at once"
+    )]
+    QueueFull {
+        priority: Priority,
+        queued: usize,
+        capacity: usize,
+    },
+    #[error("the inference service is shutting down")]
+    ShuttingDown,
+    #[error("cannot load model: {0}")]
+    ModelLoad(String),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("forward pass failed: {0}")]
+    Inference(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        match &err {
+            Error::Image(_) | Error::InvalidRequest(_) | Error::ModelLoad(_) => {
+                Status::new(Code::InvalidArgument, err.to_string())
+            }
+            Error::QueueFull { .. } => Status::new(Code::ResourceExhausted, err.to_string()),
+            Error::ShuttingDown => Status::new(Code::Unavailable, err.to_string()),
+            Error::Config(_) => Status::new(Code::FailedPrecondition, err.to_string()),
+            Error::Inference(_) | Error::Internal(_) => cbir_common::error::internal(&err),
+        }
+    }
+}
+
+impl Error {
+    /// The google.rpc.Code of this error, for per-item errors in a batch.
+    pub fn code(&self) -> Code {
+        match self {
+            Error::Image(_) | Error::InvalidRequest(_) | Error::ModelLoad(_) => {
+                Code::InvalidArgument
+            }
+            Error::QueueFull { .. } => Code::ResourceExhausted,
+            Error::ShuttingDown => Code::Unavailable,
+            Error::Config(_) => Code::FailedPrecondition,
+            Error::Inference(_) | Error::Internal(_) => Code::Internal,
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! The inference service: decodes images and runs EfficientNet-Lite0 with
+//! dynamic batching, on the CPU or CUDA.
+
+pub mod backend;
+pub mod batcher;
+pub mod error;
+pub mod model;
+pub mod service;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use cbir_api::v1::inference_service_server::InferenceServiceServer;
+use cbir_common::telemetry::TelemetryConfig;
+use cbir_imaging::Limits;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+
+pub use backend::{DeviceConfig, ModelSpec, TchBackend};
+pub use batcher::{Backend, Batcher, BatcherConfig, Priority};
+pub use error::{Error, Result};
+pub use service::Inference;
+
+/// Environment prefix: `INFERENCE_BATCHER__MAX_BATCH_SIZE=64`.
+pub const ENV_PREFIX: &str = "INFERENCE_";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    pub name: String,
+    pub version: String,
+    /// safetensors weights of EfficientNet-Lite0.
+    pub weights: PathBuf,
+    /// One class name per line; empty for the ImageNet classes.
+    pub class_names_file: Option<PathBuf>,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            name: "efficientnet-lite0".into(),
+            version: "imagenet".into(),
+            weights: PathBuf::from("data/models/efficientnet-lite0-imagenet.safetensors"),
+            class_names_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address `main` binds; tests pass their own listener.
+    pub listen: String,
+    pub model: ModelConfig,
+    pub device: DeviceConfig,
+    pub batcher: BatcherConfig,
+    pub limits: Limits,
+    /// Most images in one Embed call.
+    pub max_images_per_request: usize,
+    /// Images decoded at once; 0 = twice the cores.
+    pub decode_concurrency: usize,
+    pub max_message_bytes: usize,
+    pub telemetry: TelemetryConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:50051".into(),
+            model: ModelConfig::default(),
+            device: DeviceConfig::default(),
+            batcher: BatcherConfig::default(),
+            limits: Limits::default(),
+            max_images_per_request: 256,
+            decode_concurrency: 0,
+            max_message_bytes: cbir_common::grpc::DEFAULT_MAX_MESSAGE_BYTES,
+            telemetry: TelemetryConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    pub fn load(file: Option<&std::path::Path>) -> cbir_common::Result<Self> {
+        cbir_common::config::load(ENV_PREFIX, file)
+    }
+
+    /// For tests: the weights from `CBIR_WEIGHTS` or the repository's data
+    /// folder, small queues, no waiting for fuller batches.
+    pub fn for_test() -> Self {
+        let mut cfg = Self::default();
+        cfg.model.weights = test_weights_path();
+        cfg
+    }
+}
+
+/// `CBIR_WEIGHTS`, or `data/models/...` at the repository root.
+pub fn test_weights_path() -> PathBuf {
+    std::env::var_os("CBIR_WEIGHTS").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../data/models/efficientnet-lite0-imagenet.safetensors")
+    })
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Loads the configured model into the batcher's workers.
+pub fn start_batcher(cfg: &Config) -> Result<(Arc<Batcher>, ModelSpec)> {
+    if cfg.device.torch_threads > 0 {
+        tch::set_num_threads(cfg.device.torch_threads as i32);
+    }
+    let class_names = match &cfg.model.class_names_file {
+        Some(p) => std::fs::read_to_string(p)
+            .map_err(|e| Error::Config(format!("cannot read class names {}: {e}", p.display())))?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect(),
+        None => Vec::new(),
+    };
+    if !cfg.model.weights.is_file() {
+        return Err(Error::Config(format!(
+            "model weights {} not found: run scripts/setup.sh (it converts the pretrained \
+             weights), or set INFERENCE_MODEL__WEIGHTS",
+            cfg.model.weights.display()
+        )));
+    }
+    let spec = ModelSpec {
+        name: cfg.model.name.clone(),
+        version: cfg.model.version.clone(),
+        class_names,
+        weights: cfg.model.weights.clone(),
+    };
+    let workers = cfg.batcher.workers.max(1);
+    let backends = (0..workers)
+        .map(|_| TchBackend::load(&spec, &cfg.device).map(|b| Box::new(b) as Box<dyn Backend>))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((Arc::new(Batcher::start(cfg.batcher.clone(), backends)?), spec))
+}
+
+/// Builds the domain object from a running batcher.
+pub fn build_inference(cfg: &Config, batcher: Arc<Batcher>) -> Arc<Inference> {
+    let decode = if cfg.decode_concurrency == 0 {
+        cores() * 2
+    } else {
+        cfg.decode_concurrency
+    };
+    Arc::new(Inference::new(
+        batcher,
+        cfg.limits,
+        cfg.max_images_per_request,
+        cfg.device.clone(),
+        decode,
+    ))
+}
+
+/// Loads the model, then serves gRPC (inference, health, reflection) on
+/// `listener` until `shutdown` resolves; queued work is finished first.
+pub async fn serve(
+    cfg: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (health_reporter, health) = cbir_common::grpc::health();
+    health_reporter
+        .set_not_serving::<InferenceServiceServer<service::InferenceGrpc>>()
+        .await;
+    let cfg2 = cfg.clone();
+    let (batcher, spec) = tokio::task::spawn_blocking(move || start_batcher(&cfg2)).await??;
+    tracing::info!(
+        model = %spec.name,
+        version = %spec.version,
+        weights = %spec.weights.display(),
+        device = %cfg.device.device,
+        "model loaded"
+    );
+    let inference = build_inference(&cfg, batcher.clone());
+    let svc = InferenceServiceServer::new(service::InferenceGrpc(inference))
+        .max_decoding_message_size(cfg.max_message_bytes)
+        .max_encoding_message_size(cfg.max_message_bytes);
+    health_reporter
+        .set_serving::<InferenceServiceServer<service::InferenceGrpc>>()
+        .await;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "inference service listening");
+    let reporter = health_reporter.clone();
+    let shutdown = async move {
+        shutdown.await;
+        reporter
+            .set_not_serving::<InferenceServiceServer<service::InferenceGrpc>>()
+            .await;
+    };
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(cbir_common::grpc::reflection()?)
+        .add_service(svc)
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener),
+            shutdown,
+        )
+        .await?;
+    // In-flight requests were drained by tonic; let the workers finish too.
+    tokio::task::spawn_blocking(move || batcher.shutdown()).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn default_config_deserialises() {
+        let cfg: super::Config = cbir_common::config::load("INFERENCE_TEST_NONE_", None)
+            .expect("defaults load");
+        assert_eq!(cfg, super::Config::default());
+    }
+}

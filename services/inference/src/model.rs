@@ -1,0 +1,238 @@
+//! EfficientNet-Lite0 written natively in `tch::nn`, so it can be loaded from
+//! the ImageNet weights and fine-tuned later.
+//!
+//! It mirrors `efficientnet_lite_pytorch` (the reference the weights come
+//! from): TensorFlow "SAME" padding (asymmetric for stride 2: the extra pixel
+//! goes right and bottom), BatchNorm eps 1e-3, ReLU6, no squeeze-excite, and
+//! unscaled stem and head. Variable names equal the reference state dict
+//! (`_blocks.3._bn1.running_var`, ...), so its weights load directly.
+
+use tch::nn::{self, ModuleT};
+use tch::Tensor;
+
+/// Width of the pooled feature.
+pub const FEATURE_DIM: i64 = 1280;
+const BN_EPS: f64 = 1e-3;
+// PyTorch momentum = 1 - TensorFlow's 0.99.
+const BN_MOMENTUM: f64 = 0.01;
+pub const DROPOUT: f64 = 0.2;
+
+/// (repeats, kernel, stride, expand ratio, in, out) of the seven stages.
+const STAGES: [(usize, i64, i64, i64, i64, i64); 7] = [
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+];
+
+/// A bias-free convolution with TensorFlow "SAME" padding.
+#[derive(Debug)]
+struct SameConv {
+    weight: Tensor,
+    stride: i64,
+    groups: i64,
+    kernel: i64,
+}
+
+impl SameConv {
+    fn new(p: nn::Path, cin: i64, cout: i64, kernel: i64, stride: i64, groups: i64) -> Self {
+        let cfg = nn::ConvConfig {
+            stride,
+            groups,
+            bias: false,
+            ..Default::default()
+        };
+        let conv = nn::conv2d(p, cin, cout, kernel, cfg);
+        Self {
+            weight: conv.ws,
+            stride,
+            groups,
+            kernel,
+        }
+    }
+
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        let (h, w) = {
+            let s = xs.size();
+            (s[2], s[3])
+        };
+        let pad = |i: i64| {
+            let o = (i + self.stride - 1) / self.stride;
+            ((o - 1) * self.stride + self.kernel - i).max(0)
+        };
+        let (ph, pw) = (pad(h), pad(w));
+        if ph % 2 == 0 && pw % 2 == 0 {
+            // Symmetric: let the convolution pad, no extra copy.
+            xs.conv2d(
+                &self.weight,
+                None::<Tensor>,
+                [self.stride, self.stride],
+                [ph / 2, pw / 2],
+                [1, 1],
+                self.groups,
+            )
+        } else {
+            let padded = xs.constant_pad_nd([pw / 2, pw - pw / 2, ph / 2, ph - ph / 2]);
+            padded.conv2d(
+                &self.weight,
+                None::<Tensor>,
+                [self.stride, self.stride],
+                [0, 0],
+                [1, 1],
+                self.groups,
+            )
+        }
+    }
+}
+
+fn bn(p: nn::Path, c: i64) -> nn::BatchNorm {
+    nn::batch_norm2d(
+        p,
+        c,
+        nn::BatchNormConfig {
+            eps: BN_EPS,
+            momentum: BN_MOMENTUM,
+            ..Default::default()
+        },
+    )
+}
+
+#[derive(Debug)]
+struct MbConv {
+    expand: Option<(SameConv, nn::BatchNorm)>,
+    depthwise: SameConv,
+    bn1: nn::BatchNorm,
+    project: SameConv,
+    bn2: nn::BatchNorm,
+    residual: bool,
+}
+
+impl MbConv {
+    fn new(p: nn::Path, cin: i64, cout: i64, kernel: i64, stride: i64, expand: i64) -> Self {
+        let mid = cin * expand;
+        let expand = (expand != 1).then(|| {
+            (
+                SameConv::new(&p / "_expand_conv", cin, mid, 1, 1, 1),
+                bn(&p / "_bn0", mid),
+            )
+        });
+        Self {
+            expand,
+            depthwise: SameConv::new(&p / "_depthwise_conv", mid, mid, kernel, stride, mid),
+            bn1: bn(&p / "_bn1", mid),
+            project: SameConv::new(&p / "_project_conv", mid, cout, 1, 1, 1),
+            bn2: bn(&p / "_bn2", cout),
+            residual: stride == 1 && cin == cout,
+        }
+    }
+
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let mut x = match &self.expand {
+            Some((conv, bn)) => conv.forward(xs).apply_t(bn, train).relu6(),
+            None => xs.shallow_clone(),
+        };
+        x = self.depthwise.forward(&x).apply_t(&self.bn1, train).relu6();
+        x = self.project.forward(&x).apply_t(&self.bn2, train);
+        // The reference uses drop-connect only in training; the ImageNet
+        // weights were trained with it, fine-tuning here does without.
+        if self.residual {
+            x + xs
+        } else {
+            x
+        }
+    }
+}
+
+/// The network: convolutional trunk, global average pool, linear classifier.
+#[derive(Debug)]
+pub struct EfficientNetLite0 {
+    stem: SameConv,
+    bn0: nn::BatchNorm,
+    blocks: Vec<MbConv>,
+    head: SameConv,
+    bn1: nn::BatchNorm,
+    fc: nn::Linear,
+    num_classes: i64,
+}
+
+/// What one forward pass gives per image.
+#[derive(Debug)]
+pub struct Output {
+    /// Pooled trunk output `[N, 1280]`, before the classifier's dropout.
+    pub features: Tensor,
+    /// Classifier output `[N, classes]`.
+    pub logits: Tensor,
+}
+
+impl EfficientNetLite0 {
+    /// Builds the variables under `p` (use the var store's root so that the
+    /// names match the reference weights). The classifier lives under `_fc`.
+    pub fn new(p: &nn::Path, num_classes: i64) -> Self {
+        let stem = SameConv::new(p / "_conv_stem", 3, 32, 3, 2, 1);
+        let bn0 = bn(p / "_bn0", 32);
+        let mut blocks = Vec::new();
+        for (repeats, k, s, e, cin, cout) in STAGES {
+            for r in 0..repeats {
+                let (cin, s) = if r == 0 { (cin, s) } else { (cout, 1) };
+                let i = blocks.len();
+                blocks.push(MbConv::new(p / "_blocks" / i, cin, cout, k, s, e));
+            }
+        }
+        let head = SameConv::new(p / "_conv_head", 320, FEATURE_DIM, 1, 1, 1);
+        let bn1 = bn(p / "_bn1", FEATURE_DIM);
+        let fc = nn::linear(p / "_fc", FEATURE_DIM, num_classes, Default::default());
+        Self {
+            stem,
+            bn0,
+            blocks,
+            head,
+            bn1,
+            fc,
+            num_classes,
+        }
+    }
+
+    pub fn num_classes(&self) -> i64 {
+        self.num_classes
+    }
+
+    /// Pooled features `[N, 1280]` of a `[N, 3, H, W]` batch scaled to [-1, 1].
+    pub fn features_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let mut x = self.stem.forward(xs).apply_t(&self.bn0, train).relu6();
+        for b in &self.blocks {
+            x = b.forward_t(&x, train);
+        }
+        x = self.head.forward(&x).apply_t(&self.bn1, train).relu6();
+        x.adaptive_avg_pool2d([1, 1]).flatten(1, -1)
+    }
+
+    /// The classifier on pooled features (dropout only when training).
+    pub fn classify_t(&self, features: &Tensor, train: bool) -> Tensor {
+        features.dropout(DROPOUT, train).apply(&self.fc)
+    }
+
+    pub fn forward_all_t(&self, xs: &Tensor, train: bool) -> Output {
+        let features = self.features_t(xs, train);
+        let logits = self.classify_t(&features, train);
+        Output { features, logits }
+    }
+}
+
+impl ModuleT for EfficientNetLite0 {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        self.forward_all_t(xs, train).logits
+    }
+}
+
+/// Turns a `[N, 224, 224, 3]` u8 (NHWC) batch into the network input:
+/// float NCHW scaled by (x - 127) / 128, kept in channels-last memory order
+/// when `channels_last` (the NHWC buffer permuted, no copy).
+pub fn input_from_nhwc_u8(batch: &Tensor, channels_last: bool, kind: tch::Kind) -> Tensor {
+    let x = (batch.to_kind(tch::Kind::Float) - 127.0) / 128.0;
+    let x = x.permute([0, 3, 1, 2]);
+    let x = if channels_last { x } else { x.contiguous() };
+    x.to_kind(kind)
+}
