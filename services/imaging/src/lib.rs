@@ -102,6 +102,14 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Decoded> {
         | ImageFormat::Tiff => {}
         other => return Err(Error::UnsupportedFormat(format_name(other))),
     }
+    if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+        // The JPEG decoder fills a cut-off scan with grey and reports
+        // success; an incomplete upload must not be indexed as if whole.
+        return Err(Error::Corrupt {
+            format: "JPEG".into(),
+            message: "truncated: the file ends before its end-of-image marker".into(),
+        });
+    }
     let corrupt = |e: image::ImageError| Error::Corrupt {
         format: format_name(format),
         message: e.to_string(),
@@ -132,6 +140,41 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Decoded> {
         image: to_rgb(img),
         format,
     })
+}
+
+/// Walks the marker segments to the first scan and checks that an
+/// end-of-image marker follows it. Segments before the scan (EXIF with its
+/// own embedded thumbnail, say) are skipped by their lengths, so their
+/// markers do not count.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let mut pos = 2; // after SOI
+    loop {
+        while bytes.get(pos) == Some(&0xFF) && bytes.get(pos + 1) == Some(&0xFF) {
+            pos += 1;
+        }
+        if bytes.get(pos) != Some(&0xFF) {
+            return false;
+        }
+        let Some(&marker) = bytes.get(pos + 1) else {
+            return false;
+        };
+        pos += 2;
+        match marker {
+            0xDA => {
+                return bytes
+                    .get(pos..)
+                    .is_some_and(|rest| rest.windows(2).any(|w| w == [0xFF, 0xD9]))
+            }
+            0xD9 => return false,
+            0x01 | 0xD0..=0xD7 => {}
+            _ => {
+                let Some(len) = bytes.get(pos..pos + 2) else {
+                    return false;
+                };
+                pos += usize::from(u16::from_be_bytes([len[0], len[1]]));
+            }
+        }
+    }
 }
 
 fn to_rgb(img: DynamicImage) -> RgbImage {

@@ -138,9 +138,15 @@ fn bad_inputs_get_clear_errors() {
         &DynamicImage::ImageRgb8(two_colour(64, 64)),
         ImageFormat::Jpeg,
     );
-    let err = decode(&jpeg[..jpeg.len() / 2], &limits).unwrap_err();
-    assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
-    assert!(err.to_string().starts_with("corrupt JPEG image"), "{err}");
+    for cut in [jpeg.len() / 2, jpeg.len() - 2, 3, 40] {
+        let err = decode(&jpeg[..cut], &limits).unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "cut at {cut}: {err:?}");
+        assert!(err.to_string().starts_with("corrupt JPEG image"), "{err}");
+    }
+    // Bytes after the end-of-image marker are tolerated, as viewers do.
+    let mut trailing = jpeg.clone();
+    trailing.extend_from_slice(b"trailing bytes");
+    assert!(decode(&trailing, &limits).is_ok());
     let bomb = png_claiming(50_000, 50_000);
     let err = decode(&bomb, &limits).unwrap_err();
     assert!(matches!(err, Error::TooManyPixels { width: 50_000, height: 50_000, .. }), "{err:?}");

@@ -1,0 +1,7 @@
+//! Integration tests of the inference service with the real network and
+//! real images. They need libtorch, the converted weights and the shared
+//! image sets: `scripts/test.sh` prepares all three.
+
+mod harness;
+mod parity;
+mod service;

@@ -1,0 +1,101 @@
+//! The Rust network against the PyTorch reference (scripts/reference_logits.py).
+
+use sha2::{Digest, Sha256};
+use tch::{Kind, Tensor};
+
+use crate::harness::{repo_root, weights};
+
+#[derive(serde::Deserialize)]
+struct Fixture {
+    images: Vec<RefImage>,
+}
+
+#[derive(serde::Deserialize)]
+struct RefImage {
+    source: String,
+    input: String,
+    sha256: String,
+    logits: Vec<f32>,
+    features: Vec<f32>,
+    top1: i64,
+}
+
+fn crops_dir() -> std::path::PathBuf {
+    std::env::var_os("CBIR_DATA_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("data"))
+        .join("reference")
+}
+
+fn check(channels_last: bool) {
+    let fixture: Fixture = serde_json::from_str(include_str!("../fixtures/reference.json"))
+        .expect("fixture parses");
+    let spec = cbir_inference::ModelSpec {
+        name: "efficientnet-lite0".into(),
+        version: "imagenet".into(),
+        class_names: vec![],
+        weights: weights(),
+    };
+    let device = cbir_inference::DeviceConfig {
+        channels_last,
+        ..Default::default()
+    };
+    let backend = cbir_inference::TchBackend::load(&spec, &device).expect("load");
+    for img in &fixture.images {
+        let path = crops_dir().join(&img.input);
+        let crop = image::open(&path)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{}: {e}; run scripts/setup.sh, which writes the reference crops",
+                    path.display()
+                )
+            })
+            .into_rgb8();
+        assert_eq!(
+            hex::encode(Sha256::digest(crop.as_raw())),
+            img.sha256,
+            "crop of {} differs from the one the reference saw",
+            img.source
+        );
+        let x = Tensor::from_slice(crop.as_raw())
+            .view([1, 224, 224, 3])
+            .to_kind(Kind::Float);
+        let x = ((x - 127.0) / 128.0).permute([0, 3, 1, 2]).contiguous();
+        let (feats, logits) = backend.forward_nchw(&x);
+        let logits: Vec<f32> = Vec::try_from(logits.flatten(0, -1)).expect("logits");
+        let feats: Vec<f32> = Vec::try_from(feats.flatten(0, -1)).expect("features");
+        let max_logit = logits
+            .iter()
+            .zip(&img.logits)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        let max_feat = feats
+            .iter()
+            .zip(&img.features)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        println!(
+            "{} channels_last={channels_last}: max |logit diff| {max_logit:.2e}, max |feature diff| {max_feat:.2e}",
+            img.source
+        );
+        assert_eq!(logits.len(), 1000);
+        assert!(max_logit < 1e-3, "{}: max |logit diff| {max_logit}", img.source);
+        assert!(max_feat < 1e-3, "{}: max |feature diff| {max_feat}", img.source);
+        let top1 = logits
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i as i64);
+        assert_eq!(top1, Some(img.top1));
+    }
+}
+
+#[test]
+fn logits_match_pytorch_reference() {
+    check(false);
+}
+
+#[test]
+fn logits_match_pytorch_reference_channels_last() {
+    check(true);
+}

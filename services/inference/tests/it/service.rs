@@ -1,0 +1,545 @@
+//! The gRPC service with the real network: accuracy, batching, priorities,
+//! bad input, streaming and model swaps.
+
+use std::time::{Duration, Instant};
+
+use cbir_api::v1 as pb;
+use cbir_api::v1::embed_result::Outcome;
+use tonic::Code;
+
+use crate::harness::{imagenet_labels, read, Server};
+
+fn image(id: &str, data: Vec<u8>) -> pb::ImageInput {
+    pb::ImageInput {
+        id: id.into(),
+        data,
+    }
+}
+
+fn embedding(r: &pb::EmbedResult) -> &pb::Embedding {
+    match &r.outcome {
+        Some(Outcome::Embedding(e)) => e,
+        other => panic!("{}: expected an embedding, got {other:?}", r.id),
+    }
+}
+
+fn fast_config() -> cbir_inference::Config {
+    let mut cfg = cbir_inference::Config::for_test();
+    cfg.batcher.max_batch_size = 16;
+    cfg.batcher.max_queue_delay_us = 5_000;
+    cfg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top1_accuracy_on_imagenet_sample_300() {
+    let server = Server::start(fast_config()).await;
+    let labels = imagenet_labels();
+    assert_eq!(labels.len(), 300);
+    let mut client = server.client.clone();
+    let mut correct = 0;
+    let mut top5 = 0;
+    let started = Instant::now();
+    for chunk in labels.chunks(25) {
+        let images = chunk.iter().map(|(p, _)| image(p, read(p))).collect();
+        let resp = client
+            .embed(pb::EmbedRequest {
+                images,
+                priority: pb::Priority::Bulk as i32,
+                include_probabilities: false,
+            })
+            .await
+            .expect("embed")
+            .into_inner();
+        for ((_, label), r) in chunk.iter().zip(&resp.results) {
+            let e = embedding(r);
+            assert_eq!(e.feature.len(), 1280);
+            let norm: f32 = e.feature.iter().map(|v| v * v).sum::<f32>().sqrt();
+            assert!((norm - 1.0).abs() < 1e-4, "feature norm {norm}");
+            assert_eq!(e.top5.len(), 5);
+            assert!(e.top5.windows(2).all(|w| w[0].probability >= w[1].probability));
+            correct += usize::from(e.predicted_class == *label);
+            top5 += usize::from(e.top5.iter().any(|c| c.index == *label));
+        }
+    }
+    let acc = correct as f64 / 300.0;
+    println!(
+        "imagenet-sample-300 through gRPC: top-1 {acc:.3}, top-5 {:.3}, {:.1} images/s",
+        top5 as f64 / 300.0,
+        300.0 / started.elapsed().as_secs_f64()
+    );
+    assert!(acc >= 0.84, "top-1 accuracy {acc} is below 0.84");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_match_single_requests() {
+    let server = Server::start(fast_config()).await;
+    let labels = imagenet_labels();
+    let picks: Vec<&(String, i32)> = labels.iter().step_by(37).take(8).collect();
+    let mut client = server.client.clone();
+    // One at a time: batches of one.
+    let mut single = Vec::new();
+    for (p, _) in &picks {
+        let e = client
+            .embed_image(pb::EmbedImageRequest {
+                image: Some(image(p, read(p))),
+                priority: 0,
+                include_probabilities: true,
+            })
+            .await
+            .expect("single")
+            .into_inner()
+            .embedding
+            .expect("embedding");
+        single.push(e);
+    }
+    // 32 at once from 32 tasks: the batcher merges them.
+    let before = client
+        .get_model_info(pb::GetModelInfoRequest::default())
+        .await
+        .expect("info")
+        .into_inner()
+        .batcher
+        .expect("stats");
+    let mut tasks = Vec::new();
+    for i in 0..32 {
+        let mut c = client.clone();
+        let (p, _) = picks[i % picks.len()];
+        let data = read(p);
+        tasks.push(tokio::spawn(async move {
+            let r = c
+                .embed_image(pb::EmbedImageRequest {
+                    image: Some(image("x", data)),
+                    priority: 0,
+                    include_probabilities: true,
+                })
+                .await
+                .expect("concurrent");
+            (i, r.into_inner().embedding.expect("embedding"))
+        }));
+    }
+    for t in tasks {
+        let (i, e) = t.await.expect("task");
+        let s = &single[i % picks.len()];
+        assert_eq!(e.predicted_class, s.predicted_class);
+        let max = e
+            .feature
+            .iter()
+            .zip(&s.feature)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(max < 1e-4, "feature differs by {max} in a batch");
+        let maxp = e
+            .probabilities
+            .iter()
+            .zip(&s.probabilities)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(maxp < 1e-4, "probabilities differ by {maxp} in a batch");
+    }
+    let after = client
+        .get_model_info(pb::GetModelInfoRequest::default())
+        .await
+        .expect("info")
+        .into_inner()
+        .batcher
+        .expect("stats");
+    let batches = after.batches - before.batches;
+    assert_eq!(after.images - before.images, 32);
+    assert!(batches < 32, "32 concurrent requests ran in {batches} batches: no batching");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interactive_request_overtakes_bulk_work() {
+    let mut cfg = fast_config();
+    cfg.batcher.max_batch_size = 4;
+    cfg.batcher.max_queue_delay_us = 0;
+    let server = Server::start(cfg).await;
+    let labels = imagenet_labels();
+    let bulk: Vec<pb::ImageInput> = labels
+        .iter()
+        .take(64)
+        .map(|(p, _)| image(p, read(p)))
+        .collect();
+    let query = read(&labels[100].0);
+    let mut c1 = server.client.clone();
+    let started = Instant::now();
+    let bulk_task = tokio::spawn(async move {
+        c1.embed(pb::EmbedRequest {
+            images: bulk,
+            priority: pb::Priority::Bulk as i32,
+            include_probabilities: false,
+        })
+        .await
+        .expect("bulk");
+        started.elapsed()
+    });
+    // Let the bulk images reach the queue first.
+    let mut c2 = server.client.clone();
+    loop {
+        let s = c2
+            .get_model_info(pb::GetModelInfoRequest::default())
+            .await
+            .expect("info")
+            .into_inner()
+            .batcher
+            .expect("stats");
+        if s.queued_bulk >= 32 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "bulk never queued");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let t = Instant::now();
+    c2.embed_image(pb::EmbedImageRequest {
+        image: Some(image("q", query)),
+        priority: pb::Priority::Interactive as i32,
+        include_probabilities: false,
+    })
+    .await
+    .expect("interactive");
+    let interactive = t.elapsed();
+    let interactive_done = started.elapsed();
+    let bulk_done = bulk_task.await.expect("bulk task");
+    println!("interactive answered after {interactive:?}; bulk of 64 took {bulk_done:?}");
+    assert!(
+        interactive_done < bulk_done,
+        "the interactive request ({interactive_done:?}) waited for the bulk work ({bulk_done:?})"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_answers_resource_exhausted() {
+    let mut cfg = fast_config();
+    cfg.batcher.max_queue_bulk = 4;
+    let server = Server::start(cfg).await;
+    let labels = imagenet_labels();
+    let images: Vec<pb::ImageInput> = labels
+        .iter()
+        .take(10)
+        .map(|(p, _)| image(p, read(p)))
+        .collect();
+    let mut client = server.client.clone();
+    let err = client
+        .embed(pb::EmbedRequest {
+            images: images.clone(),
+            priority: pb::Priority::Bulk as i32,
+            include_probabilities: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("queue is full"), "{}", err.message());
+    // It keeps serving, and smaller requests fit.
+    let ok = client
+        .embed(pb::EmbedRequest {
+            images: images[..3].to_vec(),
+            priority: pb::Priority::Bulk as i32,
+            include_probabilities: false,
+        })
+        .await
+        .expect("fits")
+        .into_inner();
+    assert_eq!(ok.results.len(), 3);
+    ok.results.iter().for_each(|r| {
+        embedding(r);
+    });
+    server.stop().await;
+}
+
+fn png_claiming(w: u32, h: u32) -> Vec<u8> {
+    fn crc32(data: &[u8]) -> u32 {
+        let mut crc = 0xffff_ffffu32;
+        for &b in data {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+            }
+        }
+        !crc
+    }
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut chunk = |kind: &[u8], data: &[u8]| {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut body = kind.to_vec();
+        body.extend_from_slice(data);
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&crc32(&body).to_be_bytes());
+    };
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    chunk(b"IHDR", &ihdr);
+    chunk(b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
+    chunk(b"IEND", &[]);
+    out
+}
+
+fn one_pixel_png() -> Vec<u8> {
+    let img = image::RgbImage::from_pixel(1, 1, image::Rgb([200, 30, 30]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).expect("png");
+    out.into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_images_fail_alone_and_service_keeps_serving() {
+    let server = Server::start(fast_config()).await;
+    let mut client = server.client.clone();
+    let good_path = "imagenet-sample-300/n01440764/n01440764_tench.JPEG";
+    let good = read(good_path);
+    let truncated = good[..good.len() / 3].to_vec();
+    let cases: Vec<(&str, Vec<u8>, Option<&str>)> = vec![
+        ("truncated.jpg", truncated, Some("corrupt JPEG")),
+        ("empty.jpg", Vec::new(), Some("zero bytes")),
+        ("notes.txt", b"just some text, not an image\n".to_vec(), Some("not an image")),
+        ("bomb.png", png_claiming(50_000, 50_000), Some("50000x50000")),
+        ("one-pixel.png", one_pixel_png(), None),
+        ("tench.jpg", good.clone(), None),
+    ];
+    let resp = client
+        .embed(pb::EmbedRequest {
+            images: cases.iter().map(|(n, d, _)| image(n, d.clone())).collect(),
+            priority: 0,
+            include_probabilities: false,
+        })
+        .await
+        .expect("the batch call succeeds")
+        .into_inner();
+    assert_eq!(resp.results.len(), cases.len());
+    for ((name, _, expect_err), r) in cases.iter().zip(&resp.results) {
+        assert_eq!(&r.id, name);
+        match (expect_err, &r.outcome) {
+            (Some(msg), Some(Outcome::Error(e))) => {
+                assert_eq!(e.code, Code::InvalidArgument as i32, "{name}: {e:?}");
+                assert!(e.message.contains(msg), "{name}: {:?}", e.message);
+            }
+            (None, Some(Outcome::Embedding(e))) => assert_eq!(e.feature.len(), 1280),
+            (want, got) => panic!("{name}: expected error {want:?}, got {got:?}"),
+        }
+    }
+    let tench = embedding(&resp.results[5]);
+    assert_eq!(tench.predicted_class, 0, "tench");
+    let one = embedding(&resp.results[4]);
+    assert_eq!((one.width, one.height), (1, 1));
+
+    // The single-image call fails with the status itself.
+    for (name, data, msg) in &cases[..4] {
+        let err = client
+            .embed_image(pb::EmbedImageRequest {
+                image: Some(image(name, data.clone())),
+                priority: 0,
+                include_probabilities: false,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{name}");
+        assert!(err.message().contains(msg.unwrap_or_default()), "{name}: {}", err.message());
+    }
+    let err = client
+        .embed_image(pb::EmbedImageRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("image"), "{}", err.message());
+    let err = client
+        .embed(pb::EmbedRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = client
+        .embed(pb::EmbedRequest {
+            images: (0..257).map(|i| image(&i.to_string(), vec![1])).collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("limit is 256"), "{}", err.message());
+
+    // And the next good request still works.
+    let e = client
+        .embed_image(pb::EmbedImageRequest {
+            image: Some(image("again", good)),
+            priority: 0,
+            include_probabilities: false,
+        })
+        .await
+        .expect("good request after bad ones")
+        .into_inner()
+        .embedding
+        .expect("embedding");
+    assert_eq!(e.predicted_class, 0);
+    assert_eq!(e.top5[0].name, "tench");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_embeds_every_image() {
+    let server = Server::start(fast_config()).await;
+    let labels = imagenet_labels();
+    let mut reqs: Vec<pb::EmbedStreamRequest> = labels
+        .iter()
+        .take(20)
+        .map(|(p, _)| pb::EmbedStreamRequest {
+            image: Some(image(p, read(p))),
+            priority: 0,
+            include_probabilities: false,
+        })
+        .collect();
+    reqs.push(pb::EmbedStreamRequest {
+        image: Some(image("bad", b"nope".to_vec())),
+        ..Default::default()
+    });
+    let mut client = server.client.clone();
+    let mut stream = client
+        .embed_stream(tokio_stream::iter(reqs))
+        .await
+        .expect("stream")
+        .into_inner();
+    let mut got = std::collections::HashMap::new();
+    while let Some(r) = stream.message().await.expect("message") {
+        got.insert(r.id.clone(), r);
+    }
+    assert_eq!(got.len(), 21);
+    for (p, label) in labels.iter().take(20) {
+        let e = embedding(&got[p]);
+        assert_eq!(e.feature.len(), 1280);
+        let _ = label;
+    }
+    assert!(matches!(&got["bad"].outcome, Some(Outcome::Error(e)) if e.code == Code::InvalidArgument as i32));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_swap_keeps_requests_working() {
+    let server = Server::start(fast_config()).await;
+    let mut client = server.client.clone();
+    let info = client
+        .get_model_info(pb::GetModelInfoRequest {
+            include_class_names: true,
+        })
+        .await
+        .expect("info")
+        .into_inner()
+        .info
+        .expect("info");
+    assert_eq!(info.num_classes, 1000);
+    assert_eq!(info.class_names.len(), 1000);
+    assert_eq!(info.embedding_dim, 1280);
+    assert_eq!(info.model.as_ref().map(|m| m.version.as_str()), Some("imagenet"));
+
+    let labels = imagenet_labels();
+    let mut load = Vec::new();
+    for i in 0..6 {
+        let mut c = client.clone();
+        let p = labels[i * 10].0.clone();
+        load.push(tokio::spawn(async move {
+            let mut n = 0;
+            for _ in 0..5 {
+                c.embed_image(pb::EmbedImageRequest {
+                    image: Some(image(&p, read(&p))),
+                    ..Default::default()
+                })
+                .await
+                .expect("no request fails during a swap");
+                n += 1;
+            }
+            n
+        }));
+    }
+    let weights = std::fs::read(crate::harness::weights()).expect("weights");
+    let resp = client
+        .load_model(pb::LoadModelRequest {
+            model: Some(pb::ModelRef {
+                name: "efficientnet-lite0".into(),
+                version: "reloaded".into(),
+            }),
+            class_names: vec![],
+            weights: Some(pb::load_model_request::Weights::Data(weights)),
+        })
+        .await
+        .expect("load")
+        .into_inner();
+    assert_eq!(
+        resp.info.and_then(|i| i.model).map(|m| m.version),
+        Some("reloaded".to_string())
+    );
+    for t in load {
+        assert_eq!(t.await.expect("task"), 5);
+    }
+    let r = client
+        .embed_image(pb::EmbedImageRequest {
+            image: Some(image("t", read(&labels[0].0))),
+            ..Default::default()
+        })
+        .await
+        .expect("after swap")
+        .into_inner();
+    assert_eq!(r.model.map(|m| m.version), Some("reloaded".to_string()));
+
+    // Bad models are refused and the service keeps the current one.
+    for weights in [
+        pb::load_model_request::Weights::Path("/nonexistent/x.safetensors".into()),
+        pb::load_model_request::Weights::Data(b"not safetensors".to_vec()),
+    ] {
+        let err = client
+            .load_model(pb::LoadModelRequest {
+                model: Some(pb::ModelRef {
+                    name: "broken".into(),
+                    version: "1".into(),
+                }),
+                class_names: vec![],
+                weights: Some(weights),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    }
+    let err = client
+        .load_model(pb::LoadModelRequest {
+            model: Some(pb::ModelRef {
+                name: "wrong-classes".into(),
+                version: "1".into(),
+            }),
+            class_names: vec!["a".into(), "b".into()],
+            weights: Some(pb::load_model_request::Weights::Path(
+                crate::harness::weights().display().to_string(),
+            )),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("2 class names"), "{}", err.message());
+    let info = client
+        .get_model_info(pb::GetModelInfoRequest::default())
+        .await
+        .expect("info")
+        .into_inner()
+        .info
+        .expect("info");
+    assert_eq!(info.model.map(|m| m.version), Some("reloaded".to_string()));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_reflection_are_served() {
+    let server = Server::start(fast_config()).await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel.clone());
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "cbir.v1.InferenceService".into(),
+        })
+        .await
+        .expect("health")
+        .into_inner()
+        .status;
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    server.stop().await;
+}
