@@ -1,1 +1,3 @@
-fn main() { cbir_torch_build::link_libtorch(); }
+fn main() {
+    cbir_torch_build::link_libtorch();
+}

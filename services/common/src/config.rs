@@ -36,6 +36,8 @@ pub fn figment<T: Default + Serialize>(prefix: &str, file: Option<&Path>) -> Res
 }
 
 #[cfg(test)]
+// figment::Jail fixes the closure's error type.
+#[allow(clippy::result_large_err)]
 mod tests {
     use serde::{Deserialize, Serialize};
 

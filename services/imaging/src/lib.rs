@@ -28,9 +28,7 @@ pub enum Error {
     UnknownFormat,
     #[error("image format {0} is not supported (supported: JPEG, PNG, WebP, GIF, BMP, TIFF)")]
     UnsupportedFormat(String),
-    #[error(
-        "image too large: {width}x{height} is {pixels} pixels, the limit is {limit} pixels"
-    )]
+    #[error("image too large: {width}x{height} is {pixels} pixels, the limit is {limit} pixels")]
     TooManyPixels {
         width: u32,
         height: u32,
@@ -133,7 +131,9 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Decoded> {
             limit: limits.max_pixels,
         });
     }
-    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
     img.apply_orientation(orientation);
     Ok(Decoded {
@@ -223,9 +223,15 @@ pub fn preprocess(img: &RgbImage) -> Result<Vec<u8>> {
     // torchvision Resize(256): the shorter side becomes 256, the longer
     // keeps the aspect ratio, truncated.
     let (nw, nh) = if w <= h {
-        (RESIZE_SHORTER, ((RESIZE_SHORTER as u64 * h as u64) / w as u64).max(1) as u32)
+        (
+            RESIZE_SHORTER,
+            ((RESIZE_SHORTER as u64 * h as u64) / w as u64).max(1) as u32,
+        )
     } else {
-        (((RESIZE_SHORTER as u64 * w as u64) / h as u64).max(1) as u32, RESIZE_SHORTER)
+        (
+            ((RESIZE_SHORTER as u64 * w as u64) / h as u64).max(1) as u32,
+            RESIZE_SHORTER,
+        )
     };
     let resized = resize(img, nw, nh)?;
     // torchvision CenterCrop: offsets rounded half to even of (size-224)/2.

@@ -23,7 +23,11 @@ fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -67,7 +71,10 @@ fn decodes_every_supported_format() {
         let left = d.image.get_pixel(5, 10);
         let right = d.image.get_pixel(35, 10);
         assert!(left[0] > 200 && left[2] < 60, "{format:?} left {left:?}");
-        assert!(right[2] > 200 && right[0] < 60, "{format:?} right {right:?}");
+        assert!(
+            right[2] > 200 && right[0] < 60,
+            "{format:?} right {right:?}"
+        );
     }
 }
 
@@ -102,11 +109,18 @@ fn alpha_is_composited_over_white() {
 
 #[test]
 fn cmyk_jpeg_becomes_rgb() {
-    let d = decode(include_bytes!("../tests/fixtures/cmyk.jpg"), &Limits::default()).expect("cmyk");
+    let d = decode(
+        include_bytes!("../tests/fixtures/cmyk.jpg"),
+        &Limits::default(),
+    )
+    .expect("cmyk");
     assert_eq!(d.image.dimensions(), (32, 16));
     let left = d.image.get_pixel(4, 8);
     let right = d.image.get_pixel(28, 8);
-    assert!(left[0] > 200 && left[1] < 60 && left[2] < 60, "left {left:?}");
+    assert!(
+        left[0] > 200 && left[1] < 60 && left[2] < 60,
+        "left {left:?}"
+    );
     assert!(right[2] > 200 && right[0] < 60, "right {right:?}");
 }
 
@@ -140,7 +154,10 @@ fn bad_inputs_get_clear_errors() {
     );
     for cut in [jpeg.len() / 2, jpeg.len() - 2, 3, 40] {
         let err = decode(&jpeg[..cut], &limits).unwrap_err();
-        assert!(matches!(err, Error::Corrupt { .. }), "cut at {cut}: {err:?}");
+        assert!(
+            matches!(err, Error::Corrupt { .. }),
+            "cut at {cut}: {err:?}"
+        );
         assert!(err.to_string().starts_with("corrupt JPEG image"), "{err}");
     }
     // Bytes after the end-of-image marker are tolerated, as viewers do.
@@ -149,7 +166,17 @@ fn bad_inputs_get_clear_errors() {
     assert!(decode(&trailing, &limits).is_ok());
     let bomb = png_claiming(50_000, 50_000);
     let err = decode(&bomb, &limits).unwrap_err();
-    assert!(matches!(err, Error::TooManyPixels { width: 50_000, height: 50_000, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::TooManyPixels {
+                width: 50_000,
+                height: 50_000,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("50000x50000"), "{err}");
     let small = Limits {
         max_bytes: 10,

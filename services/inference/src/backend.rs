@@ -205,7 +205,10 @@ impl TchBackend {
         tch::no_grad(|| {
             let x = x.to_device(self.device).to_kind(self.kind);
             let out = self.net.forward_all_t(&x, false);
-            (out.features.to_kind(Kind::Float), out.logits.to_kind(Kind::Float))
+            (
+                out.features.to_kind(Kind::Float),
+                out.logits.to_kind(Kind::Float),
+            )
         })
     }
 }
@@ -225,7 +228,10 @@ impl Backend for TchBackend {
         let mut buf = Vec::with_capacity(n * per);
         for (i, input) in inputs.iter().enumerate() {
             if input.len() != per {
-                return Err(format!("input {i} has {} bytes, expected {per}", input.len()));
+                return Err(format!(
+                    "input {i} has {} bytes, expected {per}",
+                    input.len()
+                ));
             }
             buf.extend_from_slice(input);
         }
@@ -237,9 +243,7 @@ impl Backend for TchBackend {
             let x = input_from_nhwc_u8(&t, self.channels_last, self.kind);
             let out = self.net.forward_all_t(&x, false);
             let feats = out.features.to_kind(Kind::Float);
-            let norm = feats
-                .norm_scalaropt_dim(2.0, [1i64], true)
-                .clamp_min(1e-12);
+            let norm = feats.norm_scalaropt_dim(2.0, [1i64], true).clamp_min(1e-12);
             let feats = (feats / norm).to_device(Device::Cpu).contiguous();
             let probs = out
                 .logits
@@ -247,8 +251,10 @@ impl Backend for TchBackend {
                 .softmax(-1, Kind::Float)
                 .to_device(Device::Cpu)
                 .contiguous();
-            let feats: Vec<f32> = Vec::try_from(feats.flatten(0, -1)).map_err(|e: tch::TchError| e.to_string())?;
-            let probs: Vec<f32> = Vec::try_from(probs.flatten(0, -1)).map_err(|e: tch::TchError| e.to_string())?;
+            let feats: Vec<f32> =
+                Vec::try_from(feats.flatten(0, -1)).map_err(|e: tch::TchError| e.to_string())?;
+            let probs: Vec<f32> =
+                Vec::try_from(probs.flatten(0, -1)).map_err(|e: tch::TchError| e.to_string())?;
             let d = feats.len() / n;
             let c = probs.len() / n;
             Ok((0..n)

@@ -116,7 +116,11 @@ impl Queues {
     fn take(&mut self, n: usize) -> Vec<Item> {
         let mut out = Vec::with_capacity(n);
         while out.len() < n {
-            match self.interactive.pop_front().or_else(|| self.bulk.pop_front()) {
+            match self
+                .interactive
+                .pop_front()
+                .or_else(|| self.bulk.pop_front())
+            {
                 Some(i) => out.push(i),
                 None => break,
             }
@@ -164,13 +168,18 @@ impl Batcher {
     /// `cfg.workers`).
     pub fn start(mut cfg: BatcherConfig, backends: Vec<Box<dyn Backend>>) -> Result<Self> {
         if backends.is_empty() {
-            return Err(Error::Config("the batcher needs at least one model instance".into()));
+            return Err(Error::Config(
+                "the batcher needs at least one model instance".into(),
+            ));
         }
         if cfg.max_batch_size == 0 {
-            return Err(Error::Config("batcher.max_batch_size must be at least 1".into()));
+            return Err(Error::Config(
+                "batcher.max_batch_size must be at least 1".into(),
+            ));
         }
         cfg.workers = backends.len();
-        cfg.preferred_batch_sizes.retain(|&s| s > 0 && s <= cfg.max_batch_size);
+        cfg.preferred_batch_sizes
+            .retain(|&s| s > 0 && s <= cfg.max_batch_size);
         cfg.preferred_batch_sizes.sort_unstable();
         cfg.preferred_batch_sizes.dedup();
         let meta = backends[0].meta();
@@ -363,16 +372,15 @@ fn worker(shared: Arc<Shared>, index: usize, mut backend: Box<dyn Backend>) {
             .unwrap_or_default();
         // A libtorch error surfaces as a panic in tch's infallible API; it
         // must fail this batch, not kill the worker.
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            backend.infer(&inputs)
-        }))
-        .unwrap_or_else(|p| {
-            Err(p
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_string()))
-                .unwrap_or_else(|| "forward pass panicked".into()))
-        });
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| backend.infer(&inputs)))
+                .unwrap_or_else(|p| {
+                    Err(p
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_string()))
+                        .unwrap_or_else(|| "forward pass panicked".into()))
+                });
         shared.counters.batches.fetch_add(1, Ordering::Relaxed);
         shared
             .counters

@@ -96,10 +96,12 @@ impl Config {
 
 /// `CBIR_WEIGHTS`, or `data/models/...` at the repository root.
 pub fn test_weights_path() -> PathBuf {
-    std::env::var_os("CBIR_WEIGHTS").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../data/models/efficientnet-lite0-imagenet.safetensors")
-    })
+    std::env::var_os("CBIR_WEIGHTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../data/models/efficientnet-lite0-imagenet.safetensors")
+        })
 }
 
 fn cores() -> usize {
@@ -138,7 +140,10 @@ pub fn start_batcher(cfg: &Config) -> Result<(Arc<Batcher>, ModelSpec)> {
     let backends = (0..workers)
         .map(|_| TchBackend::load(&spec, &cfg.device).map(|b| Box::new(b) as Box<dyn Backend>))
         .collect::<Result<Vec<_>>>()?;
-    Ok((Arc::new(Batcher::start(cfg.batcher.clone(), backends)?), spec))
+    Ok((
+        Arc::new(Batcher::start(cfg.batcher.clone(), backends)?),
+        spec,
+    ))
 }
 
 /// Builds the domain object from a running batcher.
@@ -211,8 +216,8 @@ pub async fn serve(
 mod tests {
     #[test]
     fn default_config_deserialises() {
-        let cfg: super::Config = cbir_common::config::load("INFERENCE_TEST_NONE_", None)
-            .expect("defaults load");
+        let cfg: super::Config =
+            cbir_common::config::load("INFERENCE_TEST_NONE_", None).expect("defaults load");
         assert_eq!(cfg, super::Config::default());
     }
 }

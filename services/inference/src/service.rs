@@ -91,8 +91,7 @@ impl Inference {
                 self.max_images_per_request
             )));
         }
-        let prepared =
-            futures::future::join_all(images.into_iter().map(|d| self.prepare(d))).await;
+        let prepared = futures::future::join_all(images.into_iter().map(|d| self.prepare(d))).await;
         let mut inputs = Vec::new();
         let mut dims = Vec::new();
         let mut slots: Vec<Option<Result<Embedded>>> = Vec::with_capacity(prepared.len());
@@ -271,7 +270,8 @@ impl InferenceService for InferenceGrpc {
         let image = req
             .image
             .ok_or_else(|| Status::invalid_argument("missing field `image`"))?;
-        let e = self.0
+        let e = self
+            .0
             .embed_one(image.data, priority(req.priority, Priority::Interactive))
             .await?;
         Ok(Response::new(pb::EmbedImageResponse {
@@ -366,7 +366,9 @@ impl InferenceService for InferenceGrpc {
             .model
             .ok_or_else(|| Status::invalid_argument("missing field `model` (name and version)"))?;
         if model.name.trim().is_empty() || model.version.trim().is_empty() {
-            return Err(Status::invalid_argument("model name and version must not be empty"));
+            return Err(Status::invalid_argument(
+                "model name and version must not be empty",
+            ));
         }
         // Held until the load finishes: the file must outlive the reads.
         let mut _tmp = None;
@@ -385,12 +387,17 @@ impl InferenceService for InferenceGrpc {
                 _tmp = Some(TempFile(path.clone()));
                 path
             }
-            None => return Err(Status::invalid_argument("missing weights: give a path or the data")),
+            None => {
+                return Err(Status::invalid_argument(
+                    "missing weights: give a path or the data",
+                ))
+            }
         };
         if !weights.is_file() {
             return Err(Error::ModelLoad(format!("{} is not a file", weights.display())).into());
         }
-        let meta = self.0
+        let meta = self
+            .0
             .load_model(ModelSpec {
                 name: model.name,
                 version: model.version,

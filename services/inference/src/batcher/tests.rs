@@ -89,8 +89,8 @@ fn wait_all(rxs: Vec<oneshot::Receiver<Reply>>) -> Vec<Reply> {
 #[test]
 fn forms_full_batches_and_flushes_after_the_delay() {
     let log = Arc::new(Mutex::new(Vec::new()));
-    let b = Batcher::start(cfg(4, 50_000), vec![Box::new(Fake::new(0.0, log.clone()))])
-        .expect("start");
+    let b =
+        Batcher::start(cfg(4, 50_000), vec![Box::new(Fake::new(0.0, log.clone()))]).expect("start");
     let started = Instant::now();
     let rxs = b.submit(inputs(0..10), Priority::Bulk).expect("submit");
     let out = wait_all(rxs);
@@ -109,10 +109,12 @@ fn forms_full_batches_and_flushes_after_the_delay() {
 #[test]
 fn single_request_is_not_held_without_delay() {
     let log = Arc::new(Mutex::new(Vec::new()));
-    let b = Batcher::start(cfg(32, 0), vec![Box::new(Fake::new(0.0, log.clone()))])
-        .expect("start");
+    let b = Batcher::start(cfg(32, 0), vec![Box::new(Fake::new(0.0, log.clone()))]).expect("start");
     let t = Instant::now();
-    wait_all(b.submit(inputs([7]), Priority::Interactive).expect("submit"));
+    wait_all(
+        b.submit(inputs([7]), Priority::Interactive)
+            .expect("submit"),
+    );
     assert!(t.elapsed() < Duration::from_millis(200));
 }
 
@@ -125,16 +127,22 @@ fn preferred_batch_size_is_formed_without_waiting() {
     let t = Instant::now();
     let rxs = b.submit(inputs(0..4), Priority::Bulk).expect("submit");
     wait_all(rxs);
-    assert!(t.elapsed() < Duration::from_millis(1_000), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(1_000),
+        "{:?}",
+        t.elapsed()
+    );
     assert_eq!(log.lock().iter().map(Vec::len).collect::<Vec<_>>(), vec![4]);
 }
+
+type BatchLog = Arc<Mutex<Vec<Vec<u8>>>>;
 
 /// A worker blocked inside a batch until `release` is sent.
 fn gated(
     c: BatcherConfig,
 ) -> (
     Batcher,
-    Arc<Mutex<Vec<Vec<u8>>>>,
+    BatchLog,
     std_mpsc::Sender<()>,
     std_mpsc::Receiver<()>,
 ) {
@@ -152,10 +160,14 @@ fn gated(
 fn interactive_requests_overtake_queued_bulk() {
     let (b, log, release, entered) = gated(cfg(2, 0));
     let first = b.submit(inputs([100]), Priority::Bulk).expect("submit");
-    entered.recv_timeout(Duration::from_secs(5)).expect("worker busy");
+    entered
+        .recv_timeout(Duration::from_secs(5))
+        .expect("worker busy");
     // While the worker is busy: six bulk items, then two interactive ones.
     let bulk = b.submit(inputs(1..7), Priority::Bulk).expect("bulk");
-    let inter = b.submit(inputs([50, 51]), Priority::Interactive).expect("inter");
+    let inter = b
+        .submit(inputs([50, 51]), Priority::Interactive)
+        .expect("inter");
     assert_eq!(b.stats().queued_bulk, 6);
     assert_eq!(b.stats().queued_interactive, 2);
     for _ in 0..10 {
@@ -166,7 +178,11 @@ fn interactive_requests_overtake_queued_bulk() {
     wait_all(bulk);
     let order: Vec<Vec<u8>> = log.lock().clone();
     assert_eq!(order[0], vec![100]);
-    assert_eq!(order[1], vec![50, 51], "interactive batch runs next: {order:?}");
+    assert_eq!(
+        order[1],
+        vec![50, 51],
+        "interactive batch runs next: {order:?}"
+    );
     assert_eq!(order[2], vec![1, 2]);
 }
 
@@ -176,18 +192,32 @@ fn full_queue_refuses_whole_request_and_keeps_serving() {
     c.max_queue_bulk = 3;
     let (b, _log, release, entered) = gated(c);
     let first = b.submit(inputs([0]), Priority::Bulk).expect("submit");
-    entered.recv_timeout(Duration::from_secs(5)).expect("worker busy");
+    entered
+        .recv_timeout(Duration::from_secs(5))
+        .expect("worker busy");
     let queued = b.submit(inputs([1, 2]), Priority::Bulk).expect("fits");
     let err = b.submit(inputs([3, 4]), Priority::Bulk).unwrap_err();
     assert!(
-        matches!(err, Error::QueueFull { queued: 2, capacity: 3, .. }),
+        matches!(
+            err,
+            Error::QueueFull {
+                queued: 2,
+                capacity: 3,
+                ..
+            }
+        ),
         "{err:?}"
     );
-    assert_eq!(tonic::Status::from(err).code(), tonic::Code::ResourceExhausted);
+    assert_eq!(
+        tonic::Status::from(err).code(),
+        tonic::Code::ResourceExhausted
+    );
     // All or nothing: nothing of the refused request was queued.
     assert_eq!(b.stats().queued_bulk, 2);
     // The interactive queue has its own room.
-    let inter = b.submit(inputs([9]), Priority::Interactive).expect("interactive fits");
+    let inter = b
+        .submit(inputs([9]), Priority::Interactive)
+        .expect("interactive fits");
     for _ in 0..10 {
         let _ = release.send(());
     }
@@ -203,9 +233,15 @@ fn full_queue_refuses_whole_request_and_keeps_serving() {
 fn failing_batch_errors_its_items_only() {
     let log = Arc::new(Mutex::new(Vec::new()));
     let b = Batcher::start(cfg(1, 0), vec![Box::new(Fake::new(0.0, log))]).expect("start");
-    let bad = wait_all(b.submit(inputs([255]), Priority::Interactive).expect("submit"));
+    let bad = wait_all(
+        b.submit(inputs([255]), Priority::Interactive)
+            .expect("submit"),
+    );
     assert!(matches!(&bad[0], Err(Error::Inference(m)) if m.contains("poison")));
-    let good = wait_all(b.submit(inputs([3]), Priority::Interactive).expect("submit"));
+    let good = wait_all(
+        b.submit(inputs([3]), Priority::Interactive)
+            .expect("submit"),
+    );
     assert_eq!(good[0].as_ref().expect("ok").0.feature[0], 3.0);
 }
 
@@ -213,10 +249,15 @@ fn failing_batch_errors_its_items_only() {
 fn swap_changes_model_without_failing_queued_work() {
     let (b, _log, release, entered) = gated(cfg(1, 0));
     let first = b.submit(inputs([1]), Priority::Bulk).expect("submit");
-    entered.recv_timeout(Duration::from_secs(5)).expect("worker busy");
+    entered
+        .recv_timeout(Duration::from_secs(5))
+        .expect("worker busy");
     let queued = b.submit(inputs([2, 3]), Priority::Bulk).expect("submit");
-    b.swap(vec![Box::new(Fake::new(7.0, Arc::new(Mutex::new(Vec::new()))))])
-        .expect("swap");
+    b.swap(vec![Box::new(Fake::new(
+        7.0,
+        Arc::new(Mutex::new(Vec::new())),
+    ))])
+    .expect("swap");
     assert_eq!(b.meta().name, "fake7");
     let _ = release.send(());
     let first = wait_all(first);
@@ -231,8 +272,7 @@ fn swap_changes_model_without_failing_queued_work() {
 #[test]
 fn shutdown_drains_the_queue() {
     let log = Arc::new(Mutex::new(Vec::new()));
-    let b = Batcher::start(cfg(2, 1_000_000), vec![Box::new(Fake::new(0.0, log))])
-        .expect("start");
+    let b = Batcher::start(cfg(2, 1_000_000), vec![Box::new(Fake::new(0.0, log))]).expect("start");
     let rxs = b.submit(inputs(0..3), Priority::Bulk).expect("submit");
     b.shutdown();
     assert!(wait_all(rxs).iter().all(Result::is_ok));

@@ -28,8 +28,8 @@ fn crops_dir() -> std::path::PathBuf {
 }
 
 fn check(channels_last: bool) {
-    let fixture: Fixture = serde_json::from_str(include_str!("../fixtures/reference.json"))
-        .expect("fixture parses");
+    let fixture: Fixture =
+        serde_json::from_str(include_str!("../fixtures/reference.json")).expect("fixture parses");
     let spec = cbir_inference::ModelSpec {
         name: "efficientnet-lite0".into(),
         version: "imagenet".into(),
@@ -79,8 +79,16 @@ fn check(channels_last: bool) {
             img.source
         );
         assert_eq!(logits.len(), 1000);
-        assert!(max_logit < 1e-3, "{}: max |logit diff| {max_logit}", img.source);
-        assert!(max_feat < 1e-3, "{}: max |feature diff| {max_feat}", img.source);
+        assert!(
+            max_logit < 1e-3,
+            "{}: max |logit diff| {max_logit}",
+            img.source
+        );
+        assert!(
+            max_feat < 1e-3,
+            "{}: max |feature diff| {max_feat}",
+            img.source
+        );
         let top1 = logits
             .iter()
             .enumerate()

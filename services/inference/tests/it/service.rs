@@ -56,7 +56,10 @@ async fn top1_accuracy_on_imagenet_sample_300() {
             let norm: f32 = e.feature.iter().map(|v| v * v).sum::<f32>().sqrt();
             assert!((norm - 1.0).abs() < 1e-4, "feature norm {norm}");
             assert_eq!(e.top5.len(), 5);
-            assert!(e.top5.windows(2).all(|w| w[0].probability >= w[1].probability));
+            assert!(e
+                .top5
+                .windows(2)
+                .all(|w| w[0].probability >= w[1].probability));
             correct += usize::from(e.predicted_class == *label);
             top5 += usize::from(e.top5.iter().any(|c| c.index == *label));
         }
@@ -146,7 +149,10 @@ async fn concurrent_requests_match_single_requests() {
         .expect("stats");
     let batches = after.batches - before.batches;
     assert_eq!(after.images - before.images, 32);
-    assert!(batches < 32, "32 concurrent requests ran in {batches} batches: no batching");
+    assert!(
+        batches < 32,
+        "32 concurrent requests ran in {batches} batches: no batching"
+    );
     server.stop().await;
 }
 
@@ -188,7 +194,10 @@ async fn interactive_request_overtakes_bulk_work() {
         if s.queued_bulk >= 32 {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "bulk never queued");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "bulk never queued"
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let t = Instant::now();
@@ -255,7 +264,11 @@ fn png_claiming(w: u32, h: u32) -> Vec<u8> {
         for &b in data {
             crc ^= u32::from(b);
             for _ in 0..8 {
-                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xedb8_8320
+                } else {
+                    crc >> 1
+                };
             }
         }
         !crc
@@ -281,7 +294,8 @@ fn png_claiming(w: u32, h: u32) -> Vec<u8> {
 fn one_pixel_png() -> Vec<u8> {
     let img = image::RgbImage::from_pixel(1, 1, image::Rgb([200, 30, 30]));
     let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).expect("png");
+    img.write_to(&mut out, image::ImageFormat::Png)
+        .expect("png");
     out.into_inner()
 }
 
@@ -295,8 +309,16 @@ async fn bad_images_fail_alone_and_service_keeps_serving() {
     let cases: Vec<(&str, Vec<u8>, Option<&str>)> = vec![
         ("truncated.jpg", truncated, Some("corrupt JPEG")),
         ("empty.jpg", Vec::new(), Some("zero bytes")),
-        ("notes.txt", b"just some text, not an image\n".to_vec(), Some("not an image")),
-        ("bomb.png", png_claiming(50_000, 50_000), Some("50000x50000")),
+        (
+            "notes.txt",
+            b"just some text, not an image\n".to_vec(),
+            Some("not an image"),
+        ),
+        (
+            "bomb.png",
+            png_claiming(50_000, 50_000),
+            Some("50000x50000"),
+        ),
         ("one-pixel.png", one_pixel_png(), None),
         ("tench.jpg", good.clone(), None),
     ];
@@ -337,7 +359,11 @@ async fn bad_images_fail_alone_and_service_keeps_serving() {
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{name}");
-        assert!(err.message().contains(msg.unwrap_or_default()), "{name}: {}", err.message());
+        assert!(
+            err.message().contains(msg.unwrap_or_default()),
+            "{name}: {}",
+            err.message()
+        );
     }
     let err = client
         .embed_image(pb::EmbedImageRequest::default())
@@ -345,10 +371,7 @@ async fn bad_images_fail_alone_and_service_keeps_serving() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("image"), "{}", err.message());
-    let err = client
-        .embed(pb::EmbedRequest::default())
-        .await
-        .unwrap_err();
+    let err = client.embed(pb::EmbedRequest::default()).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     let err = client
         .embed(pb::EmbedRequest {
@@ -410,7 +433,9 @@ async fn stream_embeds_every_image() {
         assert_eq!(e.feature.len(), 1280);
         let _ = label;
     }
-    assert!(matches!(&got["bad"].outcome, Some(Outcome::Error(e)) if e.code == Code::InvalidArgument as i32));
+    assert!(
+        matches!(&got["bad"].outcome, Some(Outcome::Error(e)) if e.code == Code::InvalidArgument as i32)
+    );
     server.stop().await;
 }
 
@@ -430,7 +455,10 @@ async fn model_swap_keeps_requests_working() {
     assert_eq!(info.num_classes, 1000);
     assert_eq!(info.class_names.len(), 1000);
     assert_eq!(info.embedding_dim, 1280);
-    assert_eq!(info.model.as_ref().map(|m| m.version.as_str()), Some("imagenet"));
+    assert_eq!(
+        info.model.as_ref().map(|m| m.version.as_str()),
+        Some("imagenet")
+    );
 
     let labels = imagenet_labels();
     let mut load = Vec::new();
