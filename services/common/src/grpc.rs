@@ -27,3 +27,10 @@ pub fn reflection() -> Result<
 
 /// Default limit on one gRPC message; images arrive inside messages.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// The accepted-connection stream of a gRPC server on `listener`, with
+/// Nagle off: small replies otherwise wait for the peer's delayed ACK
+/// (tens of milliseconds per call).
+pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}

@@ -8,7 +8,7 @@ use tch::{nn, Device, Kind, Tensor};
 
 use crate::batcher::{Backend, ModelMeta, RawOutput};
 use crate::error::{Error, Result};
-use crate::model::{input_from_nhwc_u8, EfficientNetLite0, FEATURE_DIM};
+use crate::model::{input_from_nhwc_u8, EfficientNetLite0, FusedEfficientNet, Output, FEATURE_DIM};
 use cbir_imaging::INPUT_SIZE;
 
 /// Where the network runs and in which precision.
@@ -23,6 +23,9 @@ pub struct DeviceConfig {
     pub channels_last: bool,
     /// libtorch intra-op threads; 0 = one per core.
     pub torch_threads: usize,
+    /// Serve a copy with BatchNorm folded into the convolutions and NHWC
+    /// activations (same outputs, faster); off runs the trainable module.
+    pub fuse: bool,
 }
 
 impl Default for DeviceConfig {
@@ -32,6 +35,7 @@ impl Default for DeviceConfig {
             dtype: "f32".into(),
             channels_last: true,
             torch_threads: 0,
+            fuse: true,
         }
     }
 }
@@ -151,6 +155,7 @@ pub fn load_network(
 pub struct TchBackend {
     vs: nn::VarStore,
     net: EfficientNetLite0,
+    fused: Option<FusedEfficientNet>,
     device: Device,
     kind: Kind,
     channels_last: bool,
@@ -161,6 +166,13 @@ impl TchBackend {
     pub fn load(spec: &ModelSpec, cfg: &DeviceConfig) -> Result<Self> {
         let (device, kind) = cfg.resolve()?;
         let (mut vs, net, class_names) = load_network(&spec.weights, &spec.class_names, device)?;
+        let fused = cfg.fuse.then(|| {
+            let mut f = FusedEfficientNet::from_trained(&net);
+            if kind != Kind::Float {
+                f.to_kind(kind);
+            }
+            f
+        });
         if cfg.channels_last {
             // NHWC weights so that oneDNN/cuDNN keep the whole net channels-last.
             tch::no_grad(|| {
@@ -189,6 +201,7 @@ impl TchBackend {
         Ok(Self {
             vs,
             net,
+            fused,
             device,
             kind,
             channels_last: cfg.channels_last,
@@ -204,7 +217,11 @@ impl TchBackend {
     pub fn forward_nchw(&self, x: &Tensor) -> (Tensor, Tensor) {
         tch::no_grad(|| {
             let x = x.to_device(self.device).to_kind(self.kind);
-            let out = self.net.forward_all_t(&x, false);
+            // The served path: fused when configured.
+            let out: Output = match &self.fused {
+                Some(f) => f.forward_nhwc(&x.permute([0, 2, 3, 1])),
+                None => self.net.forward_all_t(&x, false),
+            };
             (
                 out.features.to_kind(Kind::Float),
                 out.logits.to_kind(Kind::Float),
@@ -240,8 +257,16 @@ impl Backend for TchBackend {
                 .and_then(|t| t.f_view([n as i64, side as i64, side as i64, 3]))
                 .map_err(|e| e.to_string())?
                 .to_device(self.device);
-            let x = input_from_nhwc_u8(&t, self.channels_last, self.kind);
-            let out = self.net.forward_all_t(&x, false);
+            let out = match &self.fused {
+                Some(f) => {
+                    let x = ((t.to_kind(Kind::Float) - 127.0) / 128.0).to_kind(self.kind);
+                    f.forward_nhwc(&x)
+                }
+                None => {
+                    let x = input_from_nhwc_u8(&t, self.channels_last, self.kind);
+                    self.net.forward_all_t(&x, false)
+                }
+            };
             let feats = out.features.to_kind(Kind::Float);
             let norm = feats.norm_scalaropt_dim(2.0, [1i64], true).clamp_min(1e-12);
             let feats = (feats / norm).to_device(Device::Cpu).contiguous();

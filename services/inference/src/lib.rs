@@ -202,10 +202,7 @@ pub async fn serve(
         .add_service(health)
         .add_service(cbir_common::grpc::reflection()?)
         .add_service(svc)
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(cbir_common::grpc::incoming(listener), shutdown)
         .await?;
     // In-flight requests were drained by tonic; let the workers finish too.
     tokio::task::spawn_blocking(move || batcher.shutdown()).await?;

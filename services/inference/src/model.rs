@@ -227,6 +227,194 @@ impl ModuleT for EfficientNetLite0 {
     }
 }
 
+/// Folds a BatchNorm into the preceding bias-free convolution:
+/// w' = w * g / sqrt(var + eps), b' = beta - mean * g / sqrt(var + eps).
+fn fold(conv: &SameConv, bn: &nn::BatchNorm) -> (Tensor, Tensor) {
+    let var = bn.running_var.shallow_clone();
+    let scale = bn
+        .ws
+        .as_ref()
+        .map_or_else(|| var.ones_like(), Tensor::shallow_clone)
+        / (var + BN_EPS).sqrt();
+    let mean = bn.running_mean.shallow_clone();
+    let beta = bn
+        .bs
+        .as_ref()
+        .map_or_else(|| mean.zeros_like(), Tensor::shallow_clone);
+    let w = &conv.weight * scale.view([-1, 1, 1, 1]);
+    let b = beta - mean * &scale;
+    (w, b)
+}
+
+/// A convolution with its BatchNorm folded in, laid out for NHWC inference.
+#[derive(Debug)]
+enum FusedConv {
+    /// 1x1, stride 1: a matrix product over the channel axis, `wt` is
+    /// `[cin, cout]`.
+    Pointwise { wt: Tensor, b: Tensor },
+    /// k x k (stem and depthwise) with channels-last weights.
+    Spatial {
+        w: Tensor,
+        b: Tensor,
+        stride: i64,
+        kernel: i64,
+        groups: i64,
+    },
+}
+
+impl FusedConv {
+    fn new(conv: &SameConv, bn: &nn::BatchNorm) -> Self {
+        let (w, b) = fold(conv, bn);
+        if conv.kernel == 1 && conv.stride == 1 && conv.groups == 1 {
+            let s = w.size();
+            FusedConv::Pointwise {
+                wt: w.view([s[0], s[1]]).tr().contiguous(),
+                b,
+            }
+        } else {
+            FusedConv::Spatial {
+                w: w.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]),
+                b,
+                stride: conv.stride,
+                kernel: conv.kernel,
+                groups: conv.groups,
+            }
+        }
+    }
+
+    /// `x` is NHWC and contiguous; so is the result.
+    fn forward(&self, x: &Tensor, relu6: bool) -> Tensor {
+        let s = x.size();
+        let (n, h, w, c) = (s[0], s[1], s[2], s[3]);
+        let mut y = match self {
+            FusedConv::Pointwise { wt, b } => {
+                b.addmm(&x.view([n * h * w, c]), wt).view([n, h, w, -1])
+            }
+            FusedConv::Spatial {
+                w: weight,
+                b,
+                stride,
+                kernel,
+                groups,
+            } => {
+                let pad = |i: i64| {
+                    let o = (i + stride - 1) / stride;
+                    ((o - 1) * stride + kernel - i).max(0)
+                };
+                let (ph, pw) = (pad(h), pad(w));
+                // A permuted NHWC tensor is NCHW with channels-last strides.
+                let xn = x.permute([0, 3, 1, 2]);
+                let y = if ph % 2 == 0 && pw % 2 == 0 {
+                    xn.conv2d(
+                        weight,
+                        Some(b),
+                        [*stride, *stride],
+                        [ph / 2, pw / 2],
+                        [1, 1],
+                        *groups,
+                    )
+                } else {
+                    xn.constant_pad_nd([pw / 2, pw - pw / 2, ph / 2, ph - ph / 2])
+                        .conv2d(weight, Some(b), [*stride, *stride], [0, 0], [1, 1], *groups)
+                };
+                y.permute([0, 2, 3, 1]).contiguous()
+            }
+        };
+        if relu6 {
+            let _ = y.clamp_(0.0, 6.0);
+        }
+        y
+    }
+}
+
+#[derive(Debug)]
+struct FusedBlock {
+    expand: Option<FusedConv>,
+    depthwise: FusedConv,
+    project: FusedConv,
+    residual: bool,
+}
+
+/// The network prepared for inference only: every BatchNorm folded into its
+/// convolution, activations kept NHWC, 1x1 convolutions as matrix products,
+/// ReLU6 in place. Same numbers as `EfficientNetLite0` in eval mode, about
+/// twice as fast on a CPU.
+#[derive(Debug)]
+pub struct FusedEfficientNet {
+    stem: FusedConv,
+    blocks: Vec<FusedBlock>,
+    head: FusedConv,
+    fc_w: Tensor,
+    fc_b: Tensor,
+}
+
+impl FusedEfficientNet {
+    pub fn from_trained(net: &EfficientNetLite0) -> Self {
+        tch::no_grad(|| Self {
+            stem: FusedConv::new(&net.stem, &net.bn0),
+            blocks: net
+                .blocks
+                .iter()
+                .map(|b| FusedBlock {
+                    expand: b.expand.as_ref().map(|(c, bn)| FusedConv::new(c, bn)),
+                    depthwise: FusedConv::new(&b.depthwise, &b.bn1),
+                    project: FusedConv::new(&b.project, &b.bn2),
+                    residual: b.residual,
+                })
+                .collect(),
+            head: FusedConv::new(&net.head, &net.bn1),
+            fc_w: net.fc.ws.copy(),
+            fc_b: net.fc.bs.as_ref().map_or_else(
+                || Tensor::zeros([net.num_classes], (tch::Kind::Float, net.fc.ws.device())),
+                Tensor::copy,
+            ),
+        })
+    }
+
+    /// Converts the weights to `kind` (e.g. bf16 on CUDA).
+    pub fn to_kind(&mut self, kind: tch::Kind) {
+        let conv = |c: &mut FusedConv| match c {
+            FusedConv::Pointwise { wt, b } => {
+                *wt = wt.to_kind(kind);
+                *b = b.to_kind(kind);
+            }
+            FusedConv::Spatial { w, b, .. } => {
+                *w = w.to_kind(kind);
+                *b = b.to_kind(kind);
+            }
+        };
+        conv(&mut self.stem);
+        conv(&mut self.head);
+        for b in &mut self.blocks {
+            if let Some(e) = &mut b.expand {
+                conv(e);
+            }
+            conv(&mut b.depthwise);
+            conv(&mut b.project);
+        }
+        self.fc_w = self.fc_w.to_kind(kind);
+        self.fc_b = self.fc_b.to_kind(kind);
+    }
+
+    /// Features and logits of an NHWC batch already scaled to [-1, 1].
+    pub fn forward_nhwc(&self, x: &Tensor) -> Output {
+        let mut x = self.stem.forward(&x.contiguous(), true);
+        for b in &self.blocks {
+            let y = match &b.expand {
+                Some(e) => e.forward(&x, true),
+                None => x.shallow_clone(),
+            };
+            let y = b.depthwise.forward(&y, true);
+            let y = b.project.forward(&y, false);
+            x = if b.residual { y + x } else { y };
+        }
+        let x = self.head.forward(&x, true);
+        let features = x.mean_dim([1i64, 2].as_slice(), false, x.kind());
+        let logits = features.linear(&self.fc_w, Some(&self.fc_b));
+        Output { features, logits }
+    }
+}
+
 /// Turns a `[N, 224, 224, 3]` u8 (NHWC) batch into the network input:
 /// float NCHW scaled by (x - 127) / 128, kept in channels-last memory order
 /// when `channels_last` (the NHWC buffer permuted, no copy).

@@ -27,7 +27,7 @@ fn crops_dir() -> std::path::PathBuf {
         .join("reference")
 }
 
-fn check(channels_last: bool) {
+fn check(channels_last: bool, fuse: bool) {
     let fixture: Fixture =
         serde_json::from_str(include_str!("../fixtures/reference.json")).expect("fixture parses");
     let spec = cbir_inference::ModelSpec {
@@ -38,6 +38,7 @@ fn check(channels_last: bool) {
     };
     let device = cbir_inference::DeviceConfig {
         channels_last,
+        fuse,
         ..Default::default()
     };
     let backend = cbir_inference::TchBackend::load(&spec, &device).expect("load");
@@ -75,7 +76,7 @@ fn check(channels_last: bool) {
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
         println!(
-            "{} channels_last={channels_last}: max |logit diff| {max_logit:.2e}, max |feature diff| {max_feat:.2e}",
+            "{} channels_last={channels_last} fuse={fuse}: max |logit diff| {max_logit:.2e}, max |feature diff| {max_feat:.2e}",
             img.source
         );
         assert_eq!(logits.len(), 1000);
@@ -98,12 +99,19 @@ fn check(channels_last: bool) {
     }
 }
 
+/// The trainable module, as written.
 #[test]
 fn logits_match_pytorch_reference() {
-    check(false);
+    check(false, false);
 }
 
 #[test]
 fn logits_match_pytorch_reference_channels_last() {
-    check(true);
+    check(true, false);
+}
+
+/// The inference copy with BatchNorm folded and NHWC activations (served).
+#[test]
+fn fused_logits_match_pytorch_reference() {
+    check(true, true);
 }
