@@ -217,4 +217,14 @@ mod tests {
             cbir_common::config::load("INFERENCE_TEST_NONE_", None).expect("defaults load");
         assert_eq!(cfg, super::Config::default());
     }
+
+    #[test]
+    fn shipped_config_file_loads() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../deploy/config/inference.toml");
+        let cfg = super::Config::load(Some(&path)).expect("deploy/config/inference.toml loads");
+        assert_eq!(cfg.listen, "0.0.0.0:50051");
+        assert_eq!(cfg.batcher, super::BatcherConfig::default());
+        assert_eq!(cfg.device, super::DeviceConfig::default());
+    }
 }
