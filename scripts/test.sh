@@ -6,6 +6,22 @@ source "$(dirname "$0")/env.sh"
 cd "$REPO_ROOT"
 "$REPO_ROOT/scripts/setup.sh" --no-build
 
+# The index tests run every storage test on SQLite and on a real MariaDB.
+export CBIR_TEST_MYSQL_URL="${CBIR_TEST_MYSQL_URL:-mysql://root@127.0.0.1:3306}"
+mysql_up() { (exec 3<>/dev/tcp/127.0.0.1/3306) 2>/dev/null; }
+if ! mysql_up; then
+  if ! command -v mariadbd >/dev/null && [[ ! -x /usr/sbin/mariadbd ]]; then
+    echo "test: installing MariaDB"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mariadb-server mariadb-client >/dev/null
+  fi
+  echo "test: starting MariaDB"
+  mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld 2>/dev/null || true
+  start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd -- --user=mysql \
+    || (service mariadb start || service mysql start)
+  for _ in $(seq 60); do mysql_up && break; sleep 1; done
+  mysql_up || { echo "test: MariaDB did not start on 127.0.0.1:3306" >&2; exit 1; }
+fi
+
 echo "test: cargo fmt --check"
 cargo fmt --all -- --check
 echo "test: cargo clippy"

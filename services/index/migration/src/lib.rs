@@ -1,0 +1,141 @@
+//! The index store's schema. Written per backend in SQL, because MySQL's
+//! table partitioning has no place in a portable schema builder: in MySQL the
+//! image table is `PARTITION BY HASH(predicted_class)`, so a query for one
+//! class reads one partition; SQLite gets an index on the class instead.
+
+pub use sea_orm_migration::prelude::*;
+use sea_orm_migration::sea_orm::DatabaseBackend;
+
+/// Hash partitions of the MySQL image table. Class c lives in partition
+/// c mod this, so classes below it have a partition of their own.
+pub const MYSQL_PARTITIONS: u32 = 128;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261128_000001_initial::Migration)]
+    }
+}
+
+mod m20261128_000001_initial {
+    use super::*;
+
+    pub struct Migration;
+
+    impl MigrationName for Migration {
+        fn name(&self) -> &str {
+            "m20261128_000001_initial"
+        }
+    }
+
+    const MYSQL: &[&str] = &[
+        "CREATE TABLE collections (
+            id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+            name VARCHAR(255) NOT NULL,
+            model_name VARCHAR(255) NOT NULL,
+            model_version VARCHAR(255) NOT NULL,
+            dims INT NOT NULL,
+            description TEXT NOT NULL,
+            created_at_ms BIGINT NOT NULL,
+            UNIQUE KEY uq_collections_name (name)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+        "CREATE TABLE aliases (
+            alias VARCHAR(255) NOT NULL PRIMARY KEY,
+            collection_id BIGINT NOT NULL,
+            updated_at_ms BIGINT NOT NULL
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+        // Every unique key of a partitioned table must hold the partition
+        // column, hence predicted_class in the primary and hash keys; a
+        // content hash always gets the same class from the same model.
+        "CREATE TABLE images (
+            id BIGINT NOT NULL AUTO_INCREMENT,
+            collection_id BIGINT NOT NULL,
+            predicted_class INT NOT NULL,
+            content_hash CHAR(64) NOT NULL,
+            file_name VARCHAR(1024) NOT NULL,
+            path TEXT NOT NULL,
+            label VARCHAR(512) NOT NULL,
+            feature LONGBLOB NOT NULL,
+            created_at_ms BIGINT NOT NULL,
+            PRIMARY KEY (id, predicted_class),
+            UNIQUE KEY uq_images_hash (collection_id, content_hash, predicted_class),
+            KEY idx_images_class (collection_id, predicted_class, id)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4
+        PARTITION BY HASH(predicted_class) PARTITIONS 128",
+        "CREATE TABLE image_blobs (
+            image_id BIGINT NOT NULL PRIMARY KEY,
+            collection_id BIGINT NOT NULL,
+            thumbnail LONGBLOB NOT NULL,
+            source LONGBLOB NOT NULL,
+            KEY idx_blobs_collection (collection_id)
+        ) ENGINE=InnoDB",
+    ];
+
+    const SQLITE: &[&str] = &[
+        "CREATE TABLE collections (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL UNIQUE,
+            model_name TEXT NOT NULL,
+            model_version TEXT NOT NULL,
+            dims INTEGER NOT NULL,
+            description TEXT NOT NULL,
+            created_at_ms INTEGER NOT NULL
+        )",
+        "CREATE TABLE aliases (
+            alias TEXT NOT NULL PRIMARY KEY,
+            collection_id INTEGER NOT NULL,
+            updated_at_ms INTEGER NOT NULL
+        )",
+        "CREATE TABLE images (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            collection_id INTEGER NOT NULL,
+            predicted_class INTEGER NOT NULL,
+            content_hash TEXT NOT NULL,
+            file_name TEXT NOT NULL,
+            path TEXT NOT NULL,
+            label TEXT NOT NULL,
+            feature BLOB NOT NULL,
+            created_at_ms INTEGER NOT NULL
+        )",
+        "CREATE UNIQUE INDEX uq_images_hash ON images (collection_id, content_hash)",
+        "CREATE INDEX idx_images_class ON images (collection_id, predicted_class, id)",
+        "CREATE TABLE image_blobs (
+            image_id INTEGER NOT NULL PRIMARY KEY,
+            collection_id INTEGER NOT NULL,
+            thumbnail BLOB NOT NULL,
+            source BLOB NOT NULL
+        )",
+        "CREATE INDEX idx_blobs_collection ON image_blobs (collection_id)",
+    ];
+
+    #[async_trait::async_trait]
+    impl MigrationTrait for Migration {
+        async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            let stmts = match manager.get_database_backend() {
+                DatabaseBackend::MySql => MYSQL,
+                DatabaseBackend::Sqlite => SQLITE,
+                DatabaseBackend::Postgres => {
+                    return Err(DbErr::Migration(
+                        "PostgreSQL is not supported: use SQLite or MySQL/MariaDB".into(),
+                    ))
+                }
+            };
+            let db = manager.get_connection();
+            for s in stmts {
+                db.execute_unprepared(s).await?;
+            }
+            Ok(())
+        }
+
+        async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            let db = manager.get_connection();
+            for t in ["image_blobs", "images", "aliases", "collections"] {
+                db.execute_unprepared(&format!("DROP TABLE IF EXISTS {t}"))
+                    .await?;
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,662 @@
+//! The index domain: named collections (aliases of physical collections),
+//! write-through upserts (database first, then memory) and searches from
+//! memory. No tonic types here.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::RwLock;
+
+use crate::error::{Error, Result};
+use crate::kernels;
+use crate::mem::{Entry, Hit, MemIndex, Meta, Mode, ProbeRule, Query, Stats};
+use crate::store::{CollectionRow, NewImage, Store, StoredImage, Upserted};
+
+/// Limits on what one request may carry.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_records_per_upsert: usize,
+    pub max_top_k: usize,
+    pub max_thumbnail_bytes: usize,
+    pub max_source_bytes: usize,
+    pub max_name_len: usize,
+    pub max_path_len: usize,
+    pub max_label_len: usize,
+    pub max_dims: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_records_per_upsert: 1000,
+            max_top_k: 10_000,
+            max_thumbnail_bytes: 1 << 20,
+            max_source_bytes: 16 << 20,
+            max_name_len: 1024,
+            max_path_len: 4096,
+            max_label_len: 512,
+            max_dims: 8192,
+        }
+    }
+}
+
+pub struct Collection {
+    pub row: CollectionRow,
+    pub mem: RwLock<MemIndex>,
+    /// Serialises writers so that memory applies commits in commit order.
+    write: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct Catalog {
+    aliases: HashMap<String, i64>,
+    collections: HashMap<i64, Arc<Collection>>,
+}
+
+pub struct Index {
+    store: Store,
+    catalog: RwLock<Catalog>,
+    pub limits: Limits,
+    pub probe: ProbeRule,
+    pub default_mode: Mode,
+}
+
+/// A record to upsert, as the API gives it.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub content_hash: String,
+    pub file_name: String,
+    pub path: String,
+    pub label: String,
+    pub predicted_class: i32,
+    pub feature: Vec<f32>,
+    pub thumbnail: Vec<u8>,
+    pub source: Vec<u8>,
+}
+
+pub struct SearchRequest {
+    pub collection: String,
+    pub vector: Vec<f32>,
+    pub predicted_class: Option<i32>,
+    pub top_k: usize,
+    pub mode: Option<Mode>,
+    pub min_similarity: f32,
+    pub exclude_id: Option<u64>,
+}
+
+pub struct SearchResult {
+    pub hits: Vec<Hit>,
+    pub stats: Stats,
+    pub mode: Mode,
+    pub took_us: u64,
+}
+
+pub struct PartitionStat {
+    pub class: i32,
+    pub count: u64,
+    pub bytes: u64,
+}
+
+pub struct CollectionStats {
+    pub row: CollectionRow,
+    pub alias: String,
+    pub count: u64,
+    pub bytes: u64,
+    pub partitions: Vec<PartitionStat>,
+}
+
+/// Rows per page when loading a collection into memory.
+const LOAD_PAGE: u64 = 20_000;
+
+fn valid_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 128 {
+        return Err(Error::InvalidArgument(
+            "a collection name needs 1 to 128 characters".into(),
+        ));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(Error::InvalidArgument(format!(
+            "collection name {name:?} may hold only letters, digits, '-', '_' and '.'"
+        )));
+    }
+    Ok(())
+}
+
+impl Index {
+    /// Loads every collection from the store into memory.
+    pub async fn open(store: Store, limits: Limits, probe: ProbeRule) -> Result<Self> {
+        let index = Self {
+            store,
+            catalog: RwLock::new(Catalog::default()),
+            limits,
+            probe,
+            default_mode: Mode::Probe,
+        };
+        let started = Instant::now();
+        let rows = index.store.collections().await?;
+        let aliases = index.store.aliases().await?;
+        let mut total = 0;
+        for row in rows {
+            let coll = index.load_collection(row).await?;
+            total += coll.mem.read().len();
+            index.catalog.write().collections.insert(coll.row.id, coll);
+        }
+        index.catalog.write().aliases = aliases;
+        tracing::info!(
+            vectors = total,
+            took_ms = started.elapsed().as_millis() as u64,
+            "index loaded from the database"
+        );
+        Ok(index)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    async fn load_collection(&self, row: CollectionRow) -> Result<Arc<Collection>> {
+        let dims = row.dims as usize;
+        let mut mem = MemIndex::new(dims);
+        let mut after = 0;
+        loop {
+            let page = self.store.load_page(row.id, after, LOAD_PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = last.id;
+            let n = page.len() as u64;
+            // Decoding and inserting is CPU work: keep it off the runtime.
+            mem = tokio::task::spawn_blocking(move || {
+                let entries: Vec<Entry> = page
+                    .into_iter()
+                    .filter(|img| img.feature.len() == dims)
+                    .map(|img| Entry {
+                        id: img.id,
+                        class: img.predicted_class,
+                        feature: img.feature,
+                        meta: Arc::new(Meta {
+                            content_hash: img.content_hash,
+                            file_name: img.file_name,
+                            path: img.path,
+                            label: img.label,
+                        }),
+                    })
+                    .collect();
+                mem.upsert(&entries);
+                mem
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("load task: {e}")))?;
+            if n < LOAD_PAGE {
+                break;
+            }
+        }
+        mem.refresh();
+        Ok(Arc::new(Collection {
+            row,
+            mem: RwLock::new(mem),
+            write: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// The physical collection a name points at.
+    pub fn resolve(&self, name: &str) -> Result<Arc<Collection>> {
+        let cat = self.catalog.read();
+        cat.aliases
+            .get(name)
+            .and_then(|id| cat.collections.get(id))
+            .cloned()
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "collection {name:?} does not exist: create it first"
+                ))
+            })
+    }
+
+    pub fn alias_of(&self, id: i64) -> Option<String> {
+        self.catalog
+            .read()
+            .aliases
+            .iter()
+            .find(|(_, v)| **v == id)
+            .map(|(k, _)| k.clone())
+    }
+
+    pub async fn create_collection(
+        &self,
+        name: &str,
+        model_name: &str,
+        model_version: &str,
+        dims: u32,
+        description: &str,
+        if_not_exists: bool,
+    ) -> Result<Arc<Collection>> {
+        valid_name(name)?;
+        if model_name.trim().is_empty() || model_version.trim().is_empty() {
+            return Err(Error::InvalidArgument(
+                "a collection needs its model's name and version".into(),
+            ));
+        }
+        if dims == 0 || dims > self.limits.max_dims {
+            return Err(Error::InvalidArgument(format!(
+                "dims must be 1 to {}, got {dims}",
+                self.limits.max_dims
+            )));
+        }
+        if let Ok(existing) = self.resolve(name) {
+            let same = existing.row.model_name == model_name
+                && existing.row.model_version == model_version
+                && existing.row.dims == dims;
+            return if if_not_exists && same {
+                Ok(existing)
+            } else {
+                Err(Error::AlreadyExists(format!(
+                    "collection {name:?} exists already (model {} {}, {} dims)",
+                    existing.row.model_name, existing.row.model_version, existing.row.dims
+                )))
+            };
+        }
+        let row = self
+            .store
+            .create_collection(name, name, model_name, model_version, dims, description)
+            .await?;
+        let coll = Arc::new(Collection {
+            mem: RwLock::new(MemIndex::new(dims as usize)),
+            row,
+            write: tokio::sync::Mutex::new(()),
+        });
+        let mut cat = self.catalog.write();
+        cat.collections.insert(coll.row.id, coll.clone());
+        cat.aliases.insert(name.to_string(), coll.row.id);
+        Ok(coll)
+    }
+
+    pub fn collections(&self) -> Vec<(String, Arc<Collection>)> {
+        let cat = self.catalog.read();
+        let mut out: Vec<(String, Arc<Collection>)> = cat
+            .aliases
+            .iter()
+            .filter_map(|(a, id)| cat.collections.get(id).map(|c| (a.clone(), c.clone())))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    pub async fn delete_collection(&self, name: &str) -> Result<()> {
+        let coll = self.resolve(name)?;
+        let _w = coll.write.lock().await;
+        self.store.delete_collection(coll.row.id).await?;
+        let mut cat = self.catalog.write();
+        cat.aliases.retain(|_, id| *id != coll.row.id);
+        cat.collections.remove(&coll.row.id);
+        Ok(())
+    }
+
+    pub fn validate(&self, coll: &Collection, r: &mut Record) -> Result<()> {
+        let l = &self.limits;
+        let hex =
+            r.content_hash.len() == 64 && r.content_hash.chars().all(|c| c.is_ascii_hexdigit());
+        if !hex {
+            return Err(Error::InvalidArgument(format!(
+                "content_hash of {:?} must be the 64 hex digits of the file's SHA-256",
+                r.file_name
+            )));
+        }
+        r.content_hash.make_ascii_lowercase();
+        if r.feature.len() != coll.row.dims as usize {
+            return Err(Error::InvalidArgument(format!(
+                "feature of {:?} has {} dimensions, collection {} holds {}",
+                r.file_name,
+                r.feature.len(),
+                coll.row.name,
+                coll.row.dims
+            )));
+        }
+        if !kernels::normalize(&mut r.feature) {
+            return Err(Error::InvalidArgument(format!(
+                "feature of {:?} is zero or not finite",
+                r.file_name
+            )));
+        }
+        for (what, len, max) in [
+            ("file_name", r.file_name.len(), l.max_name_len),
+            ("path", r.path.len(), l.max_path_len),
+            ("label", r.label.len(), l.max_label_len),
+            ("thumbnail", r.thumbnail.len(), l.max_thumbnail_bytes),
+            ("source image", r.source.len(), l.max_source_bytes),
+        ] {
+            if len > max {
+                return Err(Error::InvalidArgument(format!(
+                    "{what} of {:?} is {len} bytes, the limit is {max}",
+                    r.file_name
+                )));
+            }
+        }
+        if r.predicted_class < 0 {
+            return Err(Error::InvalidArgument(format!(
+                "predicted_class of {:?} is negative",
+                r.file_name
+            )));
+        }
+        Ok(())
+    }
+
+    /// Validates all records (nothing is written if one is bad), commits them
+    /// in one transaction, then applies them to memory. Returns once both
+    /// are done: an acknowledged upsert is durable and searchable.
+    pub async fn upsert(&self, name: &str, records: Vec<Record>) -> Result<Vec<Upserted>> {
+        let coll = self.resolve(name)?;
+        self.upsert_into(&coll, records).await
+    }
+
+    /// `upsert` on a physical collection (rebuilds write to one that no
+    /// name points at yet).
+    pub async fn upsert_into(
+        &self,
+        coll: &Arc<Collection>,
+        mut records: Vec<Record>,
+    ) -> Result<Vec<Upserted>> {
+        if records.is_empty() {
+            return Err(Error::InvalidArgument("no records to upsert".into()));
+        }
+        if records.len() > self.limits.max_records_per_upsert {
+            return Err(Error::InvalidArgument(format!(
+                "{} records in one upsert, the limit is {}: send smaller batches",
+                records.len(),
+                self.limits.max_records_per_upsert
+            )));
+        }
+        for r in &mut records {
+            self.validate(coll, r)?;
+        }
+        let _w = coll.write.lock().await;
+        self.upsert_locked(coll, records).await
+    }
+
+    async fn upsert_locked(
+        &self,
+        coll: &Arc<Collection>,
+        records: Vec<Record>,
+    ) -> Result<Vec<Upserted>> {
+        let new: Vec<NewImage> = records
+            .iter()
+            .map(|r| NewImage {
+                content_hash: r.content_hash.clone(),
+                predicted_class: r.predicted_class,
+                file_name: r.file_name.clone(),
+                path: r.path.clone(),
+                label: r.label.clone(),
+                feature: r.feature.clone(),
+                thumbnail: r.thumbnail.clone(),
+                source: r.source.clone(),
+            })
+            .collect();
+        let outcome = self.store.upsert(coll.row.id, &new).await?;
+        let entries: Vec<Entry> = records
+            .into_iter()
+            .zip(&outcome)
+            .map(|(r, o)| Entry {
+                id: o.id,
+                class: r.predicted_class,
+                feature: r.feature,
+                meta: Arc::new(Meta {
+                    content_hash: r.content_hash,
+                    file_name: r.file_name,
+                    path: r.path,
+                    label: r.label,
+                }),
+            })
+            .collect();
+        let c = coll.clone();
+        tokio::task::spawn_blocking(move || {
+            // Centroids are refreshed outside the lock's hot path of
+            // searches: a short write lock per batch.
+            let mut mem = c.mem.write();
+            mem.upsert(&entries);
+            mem.refresh();
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("memory update task: {e}")))?;
+        Ok(outcome)
+    }
+
+    pub async fn delete(&self, name: &str, ids: &[u64]) -> Result<u64> {
+        let coll = self.resolve(name)?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let _w = coll.write.lock().await;
+        self.delete_locked(&coll, ids).await
+    }
+
+    async fn delete_locked(&self, coll: &Arc<Collection>, ids: &[u64]) -> Result<u64> {
+        let gone = self.store.delete(coll.row.id, ids).await?;
+        let mut mem = coll.mem.write();
+        for (id, _) in &gone {
+            mem.remove(*id);
+        }
+        mem.refresh();
+        Ok(gone.len() as u64)
+    }
+
+    pub async fn clear(&self, name: &str) -> Result<u64> {
+        let coll = self.resolve(name)?;
+        let _w = coll.write.lock().await;
+        let n = self.store.clear(coll.row.id).await?;
+        coll.mem.write().clear();
+        Ok(n)
+    }
+
+    pub async fn search(&self, req: SearchRequest) -> Result<SearchResult> {
+        let coll = self.resolve(&req.collection)?;
+        if req.top_k == 0 || req.top_k > self.limits.max_top_k {
+            return Err(Error::InvalidArgument(format!(
+                "top_k must be 1 to {}, got {}",
+                self.limits.max_top_k, req.top_k
+            )));
+        }
+        if !(0.0..=1.0).contains(&req.min_similarity) {
+            return Err(Error::InvalidArgument(format!(
+                "min_similarity must be between 0 and 1, got {}",
+                req.min_similarity
+            )));
+        }
+        let mut vector = req.vector;
+        if vector.len() != coll.row.dims as usize {
+            return Err(Error::InvalidArgument(format!(
+                "query vector has {} dimensions, collection {} holds {}",
+                vector.len(),
+                req.collection,
+                coll.row.dims
+            )));
+        }
+        if !kernels::normalize(&mut vector) {
+            return Err(Error::InvalidArgument(
+                "query vector is zero or not finite".into(),
+            ));
+        }
+        let mode = req.mode.unwrap_or(self.default_mode);
+        if mode == Mode::Partition && req.predicted_class.is_none() {
+            return Err(Error::InvalidArgument(
+                "partition mode needs the query's predicted class".into(),
+            ));
+        }
+        let rule = self.probe;
+        let (top_k, min_similarity, predicted_class, exclude_id) = (
+            req.top_k,
+            req.min_similarity,
+            req.predicted_class,
+            req.exclude_id,
+        );
+        // Scans take milliseconds on large collections: off the runtime.
+        tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let mem = coll.mem.read();
+            let (hits, stats) = mem.search(
+                &Query {
+                    vector: &vector,
+                    predicted_class,
+                    top_k,
+                    mode,
+                    min_similarity,
+                    exclude_id,
+                },
+                rule,
+            );
+            SearchResult {
+                hits,
+                stats,
+                mode,
+                took_us: started.elapsed().as_micros() as u64,
+            }
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("search task: {e}")))
+    }
+
+    pub async fn get_image(&self, name: &str, id: u64, with_blobs: bool) -> Result<StoredImage> {
+        let coll = self.resolve(name)?;
+        self.store
+            .get_image(coll.row.id, id, with_blobs)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("image {id} is not in collection {name:?}")))
+    }
+
+    /// A collection no name points at yet (the target of a rebuild).
+    pub async fn create_physical(
+        &self,
+        physical: &str,
+        model_name: &str,
+        model_version: &str,
+        dims: u32,
+        description: &str,
+    ) -> Result<Arc<Collection>> {
+        let row = self
+            .store
+            .create_collection("", physical, model_name, model_version, dims, description)
+            .await?;
+        let coll = Arc::new(Collection {
+            mem: RwLock::new(MemIndex::new(dims as usize)),
+            row,
+            write: tokio::sync::Mutex::new(()),
+        });
+        self.catalog
+            .write()
+            .collections
+            .insert(coll.row.id, coll.clone());
+        Ok(coll)
+    }
+
+    /// Drops a physical collection (and any name pointing at it).
+    pub async fn drop_physical(&self, coll: &Arc<Collection>) -> Result<()> {
+        let _w = coll.write.lock().await;
+        self.store.delete_collection(coll.row.id).await?;
+        let mut cat = self.catalog.write();
+        cat.aliases.retain(|_, id| *id != coll.row.id);
+        cat.collections.remove(&coll.row.id);
+        Ok(())
+    }
+
+    /// Finishes a rebuild: with writes to `old` held, copies what changed
+    /// since `copied` (old id -> new id) was taken, then points `alias` at
+    /// `new` in one database transaction and in memory. Searches see either
+    /// the old collection or the complete new one.
+    pub async fn finish_rebuild<F, Fut>(
+        &self,
+        alias: &str,
+        old: &Arc<Collection>,
+        new: &Arc<Collection>,
+        copied: &mut HashMap<u64, u64>,
+        copy_missing: F,
+    ) -> Result<()>
+    where
+        F: FnOnce(Vec<u64>) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<(u64, Record)>>>,
+    {
+        let _w = old.write.lock().await;
+        let live: Vec<u64> = {
+            let mem = old.mem.read();
+            let mut ids: Vec<u64> = copied
+                .keys()
+                .copied()
+                .filter(|id| mem.contains(*id))
+                .collect();
+            ids.sort_unstable();
+            ids
+        };
+        // Deleted from the old collection while the rebuild ran.
+        let gone: Vec<u64> = copied
+            .iter()
+            .filter(|(old_id, _)| live.binary_search(old_id).is_err())
+            .map(|(_, new_id)| *new_id)
+            .collect();
+        // Added to the old collection while the rebuild ran.
+        let missing: Vec<u64> = {
+            let mut all = Vec::new();
+            let mut after = 0;
+            loop {
+                let page = self.store.load_page(old.row.id, after, LOAD_PAGE).await?;
+                let Some(last) = page.last() else { break };
+                after = last.id;
+                all.extend(
+                    page.iter()
+                        .map(|i| i.id)
+                        .filter(|id| !copied.contains_key(id)),
+                );
+                if (page.len() as u64) < LOAD_PAGE {
+                    break;
+                }
+            }
+            all
+        };
+        if !missing.is_empty() {
+            let records = copy_missing(missing).await?;
+            for chunk in records.chunks(self.limits.max_records_per_upsert) {
+                let (ids, recs): (Vec<u64>, Vec<Record>) = chunk.iter().cloned().unzip();
+                let mut recs = recs;
+                for r in &mut recs {
+                    self.validate(new, r)?;
+                }
+                let _nw = new.write.lock().await;
+                let out = self.upsert_locked(new, recs).await?;
+                for (old_id, o) in ids.into_iter().zip(out) {
+                    copied.insert(old_id, o.id);
+                }
+            }
+        }
+        if !gone.is_empty() {
+            let _nw = new.write.lock().await;
+            self.delete_locked(new, &gone).await?;
+        }
+        self.store.switch_alias(alias, new.row.id).await?;
+        self.catalog
+            .write()
+            .aliases
+            .insert(alias.to_string(), new.row.id);
+        Ok(())
+    }
+
+    pub fn stats(&self, name: &str) -> Result<CollectionStats> {
+        let coll = self.resolve(name)?;
+        let mem = coll.mem.read();
+        let mut partitions: Vec<PartitionStat> = mem
+            .partitions()
+            .map(|p| PartitionStat {
+                class: p.class,
+                count: p.len() as u64,
+                bytes: p.bytes() as u64,
+            })
+            .collect();
+        partitions.sort_by_key(|p| p.class);
+        Ok(CollectionStats {
+            alias: name.to_string(),
+            count: mem.len() as u64,
+            bytes: mem.bytes() as u64,
+            partitions,
+            row: coll.row.clone(),
+        })
+    }
+}

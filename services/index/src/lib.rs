@@ -1,0 +1,136 @@
+//! The index service: feature vectors in per-class partitions, stored in
+//! SQLite or MySQL/MariaDB through sea-orm, searched from memory.
+
+pub mod error;
+pub mod index;
+pub mod kernels;
+pub mod mem;
+pub mod rebuild;
+pub mod service;
+pub mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use cbir_api::v1::index_service_server::IndexServiceServer;
+use cbir_common::telemetry::TelemetryConfig;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+
+pub use error::{Error, Result};
+pub use index::{Index, Limits};
+pub use store::Store;
+
+pub const ENV_PREFIX: &str = "INDEX_";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbeConfig {
+    /// Partitions always read before the stopping rule may end a search.
+    pub min_partitions: usize,
+    /// Stop after this many partitions in a row changed nothing in the top k.
+    pub patience: usize,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        let r = mem::ProbeRule::default();
+        Self {
+            min_partitions: r.min_partitions,
+            patience: r.patience,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen: String,
+    /// `sqlite://data/index.db` (embedded default) or `mysql://user:pass@host/db`.
+    pub database_url: String,
+    pub max_connections: u32,
+    /// The inference service, for rebuilds.
+    pub inference_url: Option<String>,
+    pub limits: Limits,
+    pub probe: ProbeConfig,
+    pub max_message_bytes: usize,
+    pub telemetry: TelemetryConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:50052".into(),
+            database_url: "sqlite://data/index.db".into(),
+            max_connections: 8,
+            inference_url: Some("http://127.0.0.1:50051".into()),
+            limits: Limits::default(),
+            probe: ProbeConfig::default(),
+            max_message_bytes: cbir_common::grpc::DEFAULT_MAX_MESSAGE_BYTES,
+            telemetry: TelemetryConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    pub fn load(file: Option<&std::path::Path>) -> cbir_common::Result<Self> {
+        cbir_common::config::load(ENV_PREFIX, file)
+    }
+}
+
+/// Connects, migrates, loads every collection into memory, then serves.
+pub async fn serve(
+    cfg: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (reporter, health) = cbir_common::grpc::health();
+    reporter
+        .set_not_serving::<IndexServiceServer<service::IndexGrpc>>()
+        .await;
+    let store = Store::connect(&cfg.database_url, cfg.max_connections).await?;
+    let index = Arc::new(
+        Index::open(
+            store,
+            cfg.limits,
+            mem::ProbeRule {
+                min_partitions: cfg.probe.min_partitions,
+                patience: cfg.probe.patience,
+            },
+        )
+        .await?,
+    );
+    let grpc = service::IndexGrpc {
+        index,
+        rebuilder: Arc::new(rebuild::Rebuilder::new(cfg.inference_url.clone())),
+    };
+    let svc = IndexServiceServer::new(grpc)
+        .max_decoding_message_size(cfg.max_message_bytes)
+        .max_encoding_message_size(cfg.max_message_bytes);
+    reporter
+        .set_serving::<IndexServiceServer<service::IndexGrpc>>()
+        .await;
+    tracing::info!(addr = %listener.local_addr()?, kernels = kernels::kernel_name(), "index service listening");
+    let r2 = reporter.clone();
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(cbir_common::grpc::reflection()?)
+        .add_service(svc)
+        .serve_with_incoming_shutdown(cbir_common::grpc::incoming(listener), async move {
+            shutdown.await;
+            r2.set_not_serving::<IndexServiceServer<service::IndexGrpc>>()
+                .await;
+        })
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn default_config_deserialises() {
+        let cfg: super::Config =
+            cbir_common::config::load("INDEX_TEST_NONE_", None).expect("defaults load");
+        assert_eq!(cfg, super::Config::default());
+    }
+}

@@ -1,0 +1,22 @@
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// The cbir index service (gRPC).
+#[derive(Parser)]
+struct Args {
+    /// TOML config file; INDEX_* environment variables override it.
+    #[arg(long, env = "INDEX_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let cfg = cbir_index::Config::load(args.config.as_deref())?;
+    let telemetry = cbir_common::telemetry::init("cbir-index", &cfg.telemetry)?;
+    let listener = tokio::net::TcpListener::bind(&cfg.listen).await?;
+    let result = cbir_index::serve(cfg, listener, cbir_common::shutdown::signal()).await;
+    telemetry.shutdown();
+    result
+}

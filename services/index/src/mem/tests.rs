@@ -1,0 +1,209 @@
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::*;
+
+fn unit(rng: &mut StdRng, dims: usize, center: Option<&[f32]>) -> Vec<f32> {
+    let mut v: Vec<f32> = (0..dims)
+        .map(|i| center.map_or(0.0, |c| c[i]) + rng.random_range(-1.0..1.0f32) * 0.5)
+        .collect();
+    assert!(kernels::normalize(&mut v));
+    v
+}
+
+fn entry(id: u64, class: i32, feature: Vec<f32>) -> Entry {
+    Entry {
+        id,
+        class,
+        feature,
+        meta: Arc::new(Meta {
+            content_hash: format!("h{id}"),
+            file_name: format!("f{id}.jpg"),
+            path: String::new(),
+            label: format!("l{class}"),
+        }),
+    }
+}
+
+fn brute(entries: &[Entry], q: &[f32], k: usize) -> Vec<(u64, f32)> {
+    let mut all: Vec<(u64, f32)> = entries
+        .iter()
+        .map(|e| {
+            let d: f32 = e
+                .feature
+                .iter()
+                .zip(q)
+                .map(|(a, b)| (a - b) * (a - b))
+                .sum::<f32>()
+                .sqrt();
+            (e.id, d)
+        })
+        .collect();
+    all.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+    all.truncate(k);
+    all
+}
+
+fn query(v: &[f32], k: usize, mode: Mode) -> Query<'_> {
+    Query {
+        vector: v,
+        predicted_class: None,
+        top_k: k,
+        mode,
+        min_similarity: 0.0,
+        exclude_id: None,
+    }
+}
+
+/// Clustered data: `classes` centres, `per` vectors each, class = cluster.
+fn clustered(rng: &mut StdRng, dims: usize, classes: i32, per: usize) -> Vec<Entry> {
+    let centres: Vec<Vec<f32>> = (0..classes).map(|_| unit(rng, dims, None)).collect();
+    let mut out = Vec::new();
+    let mut id = 1;
+    for c in 0..classes {
+        for _ in 0..per {
+            out.push(entry(id, c, unit(rng, dims, Some(&centres[c as usize]))));
+            id += 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn exact_search_equals_brute_force() {
+    let mut rng = StdRng::seed_from_u64(7);
+    // One partition above the int8 threshold, others below it.
+    let mut entries = clustered(&mut rng, 64, 3, 40);
+    let big = unit(&mut rng, 64, None);
+    for i in 0..3000 {
+        entries.push(entry(10_000 + i, 9, unit(&mut rng, 64, Some(&big))));
+    }
+    let mut idx = MemIndex::new(64);
+    idx.upsert(&entries);
+    idx.refresh();
+    for t in 0..20 {
+        let q = if t % 2 == 0 {
+            unit(&mut rng, 64, Some(&big))
+        } else {
+            unit(&mut rng, 64, None)
+        };
+        let (hits, stats) = idx.search(&query(&q, 10, Mode::Exact), ProbeRule::default());
+        let want = brute(&entries, &q, 10);
+        let got: Vec<u64> = hits.iter().map(|h| h.id).collect();
+        let want_ids: Vec<u64> = want.iter().map(|w| w.0).collect();
+        assert_eq!(got, want_ids, "query {t}");
+        for (h, w) in hits.iter().zip(&want) {
+            assert!((h.distance - w.1).abs() < 1e-4);
+            assert_eq!(h.similarity, 1.0 / (1.0 + h.distance));
+        }
+        assert!(hits.windows(2).all(|w| w[0].distance <= w[1].distance));
+        assert_eq!(stats.vectors_scanned, entries.len() as u64);
+        assert_eq!(stats.partitions_searched, 4);
+    }
+}
+
+#[test]
+fn partition_mode_reads_one_partition() {
+    let mut rng = StdRng::seed_from_u64(1);
+    let entries = clustered(&mut rng, 32, 5, 20);
+    let mut idx = MemIndex::new(32);
+    idx.upsert(&entries);
+    idx.refresh();
+    let q = entries[45].feature.clone();
+    let mut qq = query(&q, 5, Mode::Partition);
+    qq.predicted_class = Some(2);
+    let (hits, stats) = idx.search(&qq, ProbeRule::default());
+    assert_eq!(stats.partitions_searched, 1);
+    assert_eq!(stats.vectors_scanned, 20);
+    assert!(hits.iter().all(|h| h.partition == 2));
+    assert_eq!(hits[0].id, entries[45].id);
+    assert!(hits[0].distance < 1e-3);
+    // A class with no partition finds nothing rather than failing.
+    qq.predicted_class = Some(77);
+    assert!(idx.search(&qq, ProbeRule::default()).0.is_empty());
+}
+
+#[test]
+fn probe_matches_exact_on_clustered_data_and_reads_less() {
+    let mut rng = StdRng::seed_from_u64(3);
+    let entries = clustered(&mut rng, 64, 40, 50);
+    let mut idx = MemIndex::new(64);
+    idx.upsert(&entries);
+    idx.refresh();
+    let mut scanned = 0;
+    let mut agree = 0;
+    for i in 0..40 {
+        let e = &entries[i * 50 + 3];
+        let q = unit(&mut rng, 64, Some(&e.feature));
+        let mut probe = query(&q, 10, Mode::Probe);
+        probe.predicted_class = Some(e.class);
+        let (p, stats) = idx.search(&probe, ProbeRule::default());
+        let (x, _) = idx.search(&query(&q, 10, Mode::Exact), ProbeRule::default());
+        agree += p.iter().filter(|h| x.iter().any(|y| y.id == h.id)).count();
+        scanned += stats.vectors_scanned;
+    }
+    let recall = agree as f64 / 400.0;
+    assert!(recall >= 0.95, "probe recall@10 {recall}");
+    assert!(scanned < 40 * 2000 / 2, "probe read {scanned} vectors");
+}
+
+#[test]
+fn asking_for_everything_returns_everything() {
+    let mut rng = StdRng::seed_from_u64(4);
+    let entries = clustered(&mut rng, 16, 6, 10);
+    let mut idx = MemIndex::new(16);
+    idx.upsert(&entries);
+    idx.refresh();
+    let q = unit(&mut rng, 16, None);
+    let (p, _) = idx.search(&query(&q, 60, Mode::Probe), ProbeRule::default());
+    let (x, _) = idx.search(&query(&q, 60, Mode::Exact), ProbeRule::default());
+    assert_eq!(p.len(), 60);
+    assert_eq!(
+        p.iter().map(|h| h.id).collect::<Vec<_>>(),
+        x.iter().map(|h| h.id).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn replace_remove_exclude_and_min_similarity() {
+    let mut rng = StdRng::seed_from_u64(5);
+    let entries = clustered(&mut rng, 16, 2, 5);
+    let mut idx = MemIndex::new(16);
+    idx.upsert(&entries);
+    idx.refresh();
+    assert_eq!(idx.len(), 10);
+    // Replacing id 1 with a new vector in another class moves it.
+    let moved = entry(1, 1, entries[7].feature.clone());
+    idx.upsert(&[moved]);
+    idx.refresh();
+    assert_eq!(idx.len(), 10);
+    assert_eq!(idx.feature(1).map(|f| f.0), Some(1));
+    // Removing keeps every other id findable (swap_remove bookkeeping).
+    assert!(idx.remove(3));
+    assert!(!idx.remove(3));
+    idx.refresh();
+    for e in &entries {
+        if e.id == 3 {
+            continue;
+        }
+        let f = idx.feature(e.id).expect("still there").1;
+        let (hits, _) = idx.search(&query(&f, 1, Mode::Exact), ProbeRule::default());
+        assert!(hits[0].distance < 1e-3, "id {}", e.id);
+    }
+    let q = entries[4].feature.clone();
+    let mut qq = query(&q, 3, Mode::Exact);
+    qq.exclude_id = Some(5);
+    assert!(idx
+        .search(&qq, ProbeRule::default())
+        .0
+        .iter()
+        .all(|h| h.id != 5));
+    qq.exclude_id = None;
+    qq.min_similarity = 0.99;
+    let (hits, _) = idx.search(&qq, ProbeRule::default());
+    assert!(hits.iter().all(|h| h.similarity >= 0.99));
+    assert_eq!(hits.len(), 1);
+    idx.clear();
+    assert!(idx.is_empty());
+    assert!(idx.search(&qq, ProbeRule::default()).0.is_empty());
+}

@@ -1,0 +1,312 @@
+//! gRPC handlers: validate, call the domain, map the answer.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use cbir_api::v1 as pb;
+use cbir_api::v1::index_service_server::IndexService;
+use futures::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::index::{Collection, Index, Record, SearchRequest};
+use crate::mem::Mode;
+use crate::rebuild::Rebuilder;
+
+#[derive(Clone)]
+pub struct IndexGrpc {
+    pub index: Arc<Index>,
+    pub rebuilder: Arc<Rebuilder>,
+}
+
+fn collection_msg(alias: &str, c: &Collection) -> pb::Collection {
+    pb::Collection {
+        name: alias.to_string(),
+        physical_name: c.row.name.clone(),
+        model: Some(pb::ModelRef {
+            name: c.row.model_name.clone(),
+            version: c.row.model_version.clone(),
+        }),
+        dims: c.row.dims,
+        count: c.mem.read().len() as u64,
+        description: c.row.description.clone(),
+        created_at_ms: c.row.created_at_ms,
+    }
+}
+
+pub fn mode_from(m: i32) -> Result<Option<Mode>, Status> {
+    match pb::SearchMode::try_from(m) {
+        Ok(pb::SearchMode::Unspecified) => Ok(None),
+        Ok(pb::SearchMode::Partition) => Ok(Some(Mode::Partition)),
+        Ok(pb::SearchMode::Probe) => Ok(Some(Mode::Probe)),
+        Ok(pb::SearchMode::Exact) => Ok(Some(Mode::Exact)),
+        Err(_) => Err(Status::invalid_argument(format!("unknown search mode {m}"))),
+    }
+}
+
+pub fn mode_to(m: Mode) -> pb::SearchMode {
+    match m {
+        Mode::Partition => pb::SearchMode::Partition,
+        Mode::Probe => pb::SearchMode::Probe,
+        Mode::Exact => pb::SearchMode::Exact,
+    }
+}
+
+#[tonic::async_trait]
+impl IndexService for IndexGrpc {
+    async fn create_collection(
+        &self,
+        request: Request<pb::CreateCollectionRequest>,
+    ) -> Result<Response<pb::CreateCollectionResponse>, Status> {
+        let r = request.into_inner();
+        let model = r
+            .model
+            .ok_or_else(|| Status::invalid_argument("missing field `model` (name and version)"))?;
+        let c = self
+            .index
+            .create_collection(
+                &r.name,
+                &model.name,
+                &model.version,
+                r.dims,
+                &r.description,
+                r.if_not_exists,
+            )
+            .await?;
+        Ok(Response::new(pb::CreateCollectionResponse {
+            collection: Some(collection_msg(&r.name, &c)),
+        }))
+    }
+
+    async fn get_collection(
+        &self,
+        request: Request<pb::GetCollectionRequest>,
+    ) -> Result<Response<pb::GetCollectionResponse>, Status> {
+        let name = request.into_inner().name;
+        let c = self.index.resolve(&name)?;
+        Ok(Response::new(pb::GetCollectionResponse {
+            collection: Some(collection_msg(&name, &c)),
+        }))
+    }
+
+    async fn list_collections(
+        &self,
+        _request: Request<pb::ListCollectionsRequest>,
+    ) -> Result<Response<pb::ListCollectionsResponse>, Status> {
+        Ok(Response::new(pb::ListCollectionsResponse {
+            collections: self
+                .index
+                .collections()
+                .iter()
+                .map(|(a, c)| collection_msg(a, c))
+                .collect(),
+        }))
+    }
+
+    async fn delete_collection(
+        &self,
+        request: Request<pb::DeleteCollectionRequest>,
+    ) -> Result<Response<pb::DeleteCollectionResponse>, Status> {
+        self.index
+            .delete_collection(&request.into_inner().name)
+            .await?;
+        Ok(Response::new(pb::DeleteCollectionResponse {}))
+    }
+
+    async fn upsert(
+        &self,
+        request: Request<pb::UpsertRequest>,
+    ) -> Result<Response<pb::UpsertResponse>, Status> {
+        let r = request.into_inner();
+        let records: Vec<Record> = r
+            .records
+            .into_iter()
+            .map(|x| Record {
+                content_hash: x.content_hash,
+                file_name: x.file_name,
+                path: x.path,
+                label: x.label,
+                predicted_class: x.predicted_class,
+                feature: x.feature,
+                thumbnail: x.thumbnail,
+                source: x.source_image,
+            })
+            .collect();
+        let hashes: Vec<String> = records
+            .iter()
+            .map(|r| r.content_hash.to_lowercase())
+            .collect();
+        let out = self.index.upsert(&r.collection, records).await?;
+        Ok(Response::new(pb::UpsertResponse {
+            results: out
+                .into_iter()
+                .zip(hashes)
+                .map(|(o, content_hash)| pb::UpsertResult {
+                    id: o.id,
+                    content_hash,
+                    created: o.created,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let r = request.into_inner();
+        let deleted = self.index.delete(&r.collection, &r.ids).await?;
+        Ok(Response::new(pb::DeleteResponse { deleted }))
+    }
+
+    async fn search(
+        &self,
+        request: Request<pb::IndexSearchRequest>,
+    ) -> Result<Response<pb::IndexSearchResponse>, Status> {
+        let r = request.into_inner();
+        let mode = mode_from(r.mode)?;
+        let res = self
+            .index
+            .search(SearchRequest {
+                collection: r.collection,
+                vector: r.vector,
+                predicted_class: (r.predicted_class >= 0).then_some(r.predicted_class),
+                top_k: r.top_k as usize,
+                mode,
+                min_similarity: r.min_similarity,
+                exclude_id: (r.exclude_id != 0).then_some(r.exclude_id),
+            })
+            .await?;
+        Ok(Response::new(pb::IndexSearchResponse {
+            hits: res
+                .hits
+                .into_iter()
+                .map(|h| pb::SearchHit {
+                    id: h.id,
+                    file_name: h.meta.file_name.clone(),
+                    path: h.meta.path.clone(),
+                    label: h.meta.label.clone(),
+                    distance: h.distance,
+                    similarity: h.similarity,
+                    partition: h.partition,
+                    content_hash: h.meta.content_hash.clone(),
+                })
+                .collect(),
+            stats: Some(pb::SearchStats {
+                partitions_searched: res.stats.partitions_searched,
+                partitions_total: res.stats.partitions_total,
+                vectors_scanned: res.stats.vectors_scanned,
+                vectors_total: res.stats.vectors_total,
+                took_us: res.took_us,
+            }),
+            mode: mode_to(res.mode) as i32,
+        }))
+    }
+
+    async fn get_image(
+        &self,
+        request: Request<pb::GetImageRequest>,
+    ) -> Result<Response<pb::GetImageResponse>, Status> {
+        let r = request.into_inner();
+        let img = self
+            .index
+            .get_image(&r.collection, r.id, r.include_thumbnail || r.include_source)
+            .await?;
+        Ok(Response::new(pb::GetImageResponse {
+            image: Some(pb::ImageRecord {
+                id: img.image.id,
+                content_hash: img.image.content_hash,
+                file_name: img.image.file_name,
+                path: img.image.path,
+                label: img.image.label,
+                predicted_class: img.image.predicted_class,
+                feature: if r.include_feature {
+                    img.image.feature
+                } else {
+                    Vec::new()
+                },
+                thumbnail: if r.include_thumbnail {
+                    img.thumbnail.unwrap_or_default()
+                } else {
+                    Vec::new()
+                },
+                created_at_ms: img.created_at_ms,
+                class_probabilities: Vec::new(),
+                source_image: if r.include_source {
+                    img.source.unwrap_or_default()
+                } else {
+                    Vec::new()
+                },
+            }),
+        }))
+    }
+
+    async fn stats(
+        &self,
+        request: Request<pb::StatsRequest>,
+    ) -> Result<Response<pb::StatsResponse>, Status> {
+        let name = request.into_inner().collection;
+        let s = self.index.stats(&name)?;
+        let c = self.index.resolve(&name)?;
+        Ok(Response::new(pb::StatsResponse {
+            collection: Some(collection_msg(&name, &c)),
+            partitions: s
+                .partitions
+                .iter()
+                .map(|p| pb::PartitionStats {
+                    class_index: p.class,
+                    class_name: String::new(),
+                    count: p.count,
+                    bytes_in_memory: p.bytes,
+                })
+                .collect(),
+            bytes_in_memory: s.bytes,
+            dims: s.row.dims,
+            count: s.count,
+        }))
+    }
+
+    async fn clear(
+        &self,
+        request: Request<pb::ClearRequest>,
+    ) -> Result<Response<pb::ClearResponse>, Status> {
+        let removed = self.index.clear(&request.into_inner().collection).await?;
+        Ok(Response::new(pb::ClearResponse { removed }))
+    }
+
+    async fn rebuild(
+        &self,
+        request: Request<pb::RebuildRequest>,
+    ) -> Result<Response<pb::RebuildResponse>, Status> {
+        let r = request.into_inner();
+        let model = r
+            .model
+            .ok_or_else(|| Status::invalid_argument("missing field `model` (name and version)"))?;
+        let operation_id = self
+            .rebuilder
+            .start(self.index.clone(), r.collection, model.name, model.version)
+            .await?;
+        Ok(Response::new(pb::RebuildResponse { operation_id }))
+    }
+
+    type WatchOperationStream =
+        Pin<Box<dyn Stream<Item = Result<pb::OperationProgress, Status>> + Send + 'static>>;
+
+    async fn watch_operation(
+        &self,
+        request: Request<pb::WatchOperationRequest>,
+    ) -> Result<Response<Self::WatchOperationStream>, Status> {
+        let id = request.into_inner().operation_id;
+        let mut rx = self.rebuilder.watch(&id)?;
+        let stream = async_stream::stream! {
+            loop {
+                let p = rx.borrow_and_update().clone();
+                let done = p.state >= pb::operation_progress::State::Succeeded as i32;
+                yield Ok(p);
+                if done || rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

@@ -1,0 +1,443 @@
+//! The gRPC service on both backends.
+
+use cbir_api::v1 as pb;
+use cbir_api::v1::index_service_client::IndexServiceClient;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+use tonic::Code;
+
+use crate::both_backends;
+
+pub struct Server {
+    pub client: IndexServiceClient<Channel>,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Server {
+    pub async fn start(url: &str) -> Self {
+        cbir_common::telemetry::init_for_tests();
+        let mut cfg = cbir_index::Config::default();
+        cfg.database_url = url.to_string();
+        cfg.inference_url = None;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(cbir_index::serve(cfg, listener, async move {
+            let _ = rx.await;
+        }));
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect_lazy();
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+        for _ in 0..400 {
+            if let Ok(r) = health
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: "cbir.v1.IndexService".into(),
+                })
+                .await
+            {
+                if r.into_inner().status == 1 {
+                    break;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        Self {
+            client: IndexServiceClient::new(channel),
+            stop: Some(stop),
+            handle: Some(handle),
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            h.await.expect("join").expect("serve");
+        }
+    }
+}
+
+pub fn unit(seed: u64, dims: usize) -> Vec<f32> {
+    // A cheap deterministic pseudo-random unit vector.
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut v: Vec<f32> = (0..dims)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((x >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+        })
+        .collect();
+    let n: f32 = v.iter().map(|a| a * a).sum::<f32>().sqrt();
+    v.iter_mut().for_each(|a| *a /= n);
+    v
+}
+
+pub fn record(seed: u64, class: i32, dims: usize) -> pb::ImageRecord {
+    pb::ImageRecord {
+        content_hash: format!("{seed:064x}"),
+        file_name: format!("img{seed}.jpg"),
+        label: format!("label{class}"),
+        predicted_class: class,
+        feature: unit(seed, dims),
+        thumbnail: vec![0xFF, 0xD8, 0xFF],
+        ..Default::default()
+    }
+}
+
+pub async fn create(client: &mut IndexServiceClient<Channel>, name: &str, dims: u32) {
+    client
+        .create_collection(pb::CreateCollectionRequest {
+            name: name.into(),
+            model: Some(pb::ModelRef {
+                name: "efficientnet-lite0".into(),
+                version: "imagenet".into(),
+            }),
+            dims,
+            description: String::new(),
+            if_not_exists: false,
+        })
+        .await
+        .expect("create collection");
+}
+
+fn search(
+    collection: &str,
+    vector: Vec<f32>,
+    k: u32,
+    mode: pb::SearchMode,
+) -> pb::IndexSearchRequest {
+    pb::IndexSearchRequest {
+        collection: collection.into(),
+        vector,
+        predicted_class: -1,
+        class_probabilities: vec![],
+        top_k: k,
+        mode: mode as i32,
+        min_similarity: 0.0,
+        exclude_id: 0,
+    }
+}
+
+async fn upsert_search_delete(url: &str) {
+    let server = Server::start(url).await;
+    let mut c = server.client.clone();
+    create(&mut c, "photos", 32).await;
+    let records: Vec<pb::ImageRecord> = (0..300).map(|i| record(i, (i % 7) as i32, 32)).collect();
+    let out = c
+        .upsert(pb::UpsertRequest {
+            collection: "photos".into(),
+            records: records.clone(),
+        })
+        .await
+        .expect("upsert")
+        .into_inner();
+    assert_eq!(out.results.len(), 300);
+    // The same image twice is one entry.
+    let again = c
+        .upsert(pb::UpsertRequest {
+            collection: "photos".into(),
+            records: vec![records[5].clone()],
+        })
+        .await
+        .expect("upsert again")
+        .into_inner();
+    assert_eq!(again.results[0].id, out.results[5].id);
+    assert!(!again.results[0].created);
+    let stats = c
+        .stats(pb::StatsRequest {
+            collection: "photos".into(),
+        })
+        .await
+        .expect("stats")
+        .into_inner();
+    assert_eq!(stats.count, 300);
+    assert_eq!(stats.dims, 32);
+    assert_eq!(stats.partitions.len(), 7);
+    assert_eq!(stats.partitions.iter().map(|p| p.count).sum::<u64>(), 300);
+    assert!(stats.bytes_in_memory >= 300 * 32 * 4);
+
+    for mode in [
+        pb::SearchMode::Exact,
+        pb::SearchMode::Probe,
+        pb::SearchMode::Unspecified,
+    ] {
+        let q = records[42].feature.clone();
+        let r = c
+            .search(search("photos", q, 10, mode))
+            .await
+            .expect("search")
+            .into_inner();
+        assert_eq!(r.hits.len(), 10);
+        assert_eq!(
+            r.hits[0].id, out.results[42].id,
+            "{mode:?}: the image finds itself"
+        );
+        assert!(r.hits[0].distance < 1e-3);
+        assert_eq!(r.hits[0].file_name, "img42.jpg");
+        assert_eq!(r.hits[0].label, "label0");
+        assert!(r.hits.windows(2).all(|w| w[0].distance <= w[1].distance));
+        for h in &r.hits {
+            assert_eq!(
+                h.similarity,
+                1.0 / (1.0 + h.distance),
+                "similarity = 1/(1+d) exactly"
+            );
+        }
+    }
+    // Partition mode needs a class and reads one partition.
+    let mut p = search(
+        "photos",
+        records[42].feature.clone(),
+        10,
+        pb::SearchMode::Partition,
+    );
+    let err = c.search(p.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    p.predicted_class = 0;
+    let r = c.search(p).await.expect("partition").into_inner();
+    let st = r.stats.expect("stats");
+    assert_eq!(st.partitions_searched, 1);
+    assert!(r.hits.iter().all(|h| h.partition == 0));
+
+    // Delete removes from search at once.
+    let victim = out.results[42].id;
+    let d = c
+        .delete(pb::DeleteRequest {
+            collection: "photos".into(),
+            ids: vec![victim],
+        })
+        .await
+        .expect("delete")
+        .into_inner();
+    assert_eq!(d.deleted, 1);
+    let r = c
+        .search(search(
+            "photos",
+            records[42].feature.clone(),
+            300,
+            pb::SearchMode::Exact,
+        ))
+        .await
+        .expect("search")
+        .into_inner();
+    assert_eq!(r.hits.len(), 299);
+    assert!(r.hits.iter().all(|h| h.id != victim));
+    let err = c
+        .get_image(pb::GetImageRequest {
+            collection: "photos".into(),
+            id: victim,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    // Restart: everything acknowledged is there.
+    server.stop().await;
+    let server = Server::start(url).await;
+    let mut c = server.client.clone();
+    let stats = c
+        .stats(pb::StatsRequest {
+            collection: "photos".into(),
+        })
+        .await
+        .expect("stats")
+        .into_inner();
+    assert_eq!(stats.count, 299);
+    let img = c
+        .get_image(pb::GetImageRequest {
+            collection: "photos".into(),
+            id: out.results[7].id,
+            include_feature: true,
+            include_thumbnail: true,
+            include_source: false,
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .image
+        .expect("image");
+    assert_eq!(img.thumbnail, vec![0xFF, 0xD8, 0xFF]);
+    assert_eq!(img.feature.len(), 32);
+    let cleared = c
+        .clear(pb::ClearRequest {
+            collection: "photos".into(),
+        })
+        .await
+        .expect("clear")
+        .into_inner();
+    assert_eq!(cleared.removed, 299);
+    let r = c
+        .search(search(
+            "photos",
+            records[1].feature.clone(),
+            10,
+            pb::SearchMode::Exact,
+        ))
+        .await
+        .expect("search empty")
+        .into_inner();
+    assert!(r.hits.is_empty());
+    server.stop().await;
+}
+both_backends!(upsert_search_delete_restart, upsert_search_delete);
+
+async fn bad_requests(url: &str) {
+    let server = Server::start(url).await;
+    let mut c = server.client.clone();
+    create(&mut c, "photos", 16).await;
+    let err = c
+        .create_collection(pb::CreateCollectionRequest {
+            name: "photos".into(),
+            model: Some(pb::ModelRef {
+                name: "m".into(),
+                version: "v".into(),
+            }),
+            dims: 16,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists);
+    for (name, dims) in [("bad name!", 16), ("", 16), ("ok", 0)] {
+        let err = c
+            .create_collection(pb::CreateCollectionRequest {
+                name: name.into(),
+                model: Some(pb::ModelRef {
+                    name: "m".into(),
+                    version: "v".into(),
+                }),
+                dims,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{name:?} {dims}");
+    }
+    let good = record(1, 0, 16);
+    let mut wrong_dims = record(2, 0, 16);
+    wrong_dims.feature.pop();
+    let mut zero = record(3, 0, 16);
+    zero.feature = vec![0.0; 16];
+    let mut nan = record(4, 0, 16);
+    nan.feature[0] = f32::NAN;
+    let mut bad_hash = record(5, 0, 16);
+    bad_hash.content_hash = "xyz".into();
+    for bad in [wrong_dims, zero, nan, bad_hash] {
+        // A bad record refuses the whole batch: nothing half-written.
+        let err = c
+            .upsert(pb::UpsertRequest {
+                collection: "photos".into(),
+                records: vec![good.clone(), bad],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    }
+    let stats = c
+        .stats(pb::StatsRequest {
+            collection: "photos".into(),
+        })
+        .await
+        .expect("stats")
+        .into_inner();
+    assert_eq!(stats.count, 0);
+    let err = c
+        .upsert(pb::UpsertRequest {
+            collection: "nope".into(),
+            records: vec![good.clone()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(err.message().contains("nope"), "{}", err.message());
+    for k in [0, 1_000_000] {
+        let err = c
+            .search(search(
+                "photos",
+                good.feature.clone(),
+                k,
+                pb::SearchMode::Exact,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+    }
+    let err = c
+        .search(search("photos", vec![1.0; 3], 5, pb::SearchMode::Exact))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("3 dimensions"), "{}", err.message());
+    // Still serving.
+    c.upsert(pb::UpsertRequest {
+        collection: "photos".into(),
+        records: vec![good],
+    })
+    .await
+    .expect("good upsert");
+    server.stop().await;
+}
+both_backends!(bad_requests_are_refused_whole, bad_requests);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_searches_and_upserts() {
+    let db = crate::db::TestDb::sqlite().await;
+    let server = Server::start(&db.url).await;
+    let mut c = server.client.clone();
+    create(&mut c, "photos", 64).await;
+    let mut writers = Vec::new();
+    for w in 0..3u64 {
+        let mut c = c.clone();
+        writers.push(tokio::spawn(async move {
+            for b in 0..10u64 {
+                let recs = (0..20)
+                    .map(|i| record(w * 10_000 + b * 100 + i, (i % 4) as i32, 64))
+                    .collect();
+                c.upsert(pb::UpsertRequest {
+                    collection: "photos".into(),
+                    records: recs,
+                })
+                .await
+                .expect("concurrent upsert");
+            }
+        }));
+    }
+    let mut readers = Vec::new();
+    for r in 0..3u64 {
+        let mut c = c.clone();
+        readers.push(tokio::spawn(async move {
+            for i in 0..30 {
+                c.search(search(
+                    "photos",
+                    unit(r * 100 + i, 64),
+                    10,
+                    pb::SearchMode::Probe,
+                ))
+                .await
+                .expect("concurrent search");
+            }
+        }));
+    }
+    for t in writers.into_iter().chain(readers) {
+        t.await.expect("task");
+    }
+    let stats = c
+        .stats(pb::StatsRequest {
+            collection: "photos".into(),
+        })
+        .await
+        .expect("stats")
+        .into_inner();
+    assert_eq!(stats.count, 600);
+    server.stop().await;
+    db.drop_db().await;
+}
