@@ -13,6 +13,12 @@ pub struct UpArgs {
     /// Inference config file (TOML); INFERENCE_* variables override it.
     #[arg(long, env = "INFERENCE_CONFIG")]
     inference_config: Option<PathBuf>,
+    /// Address of the index service.
+    #[arg(long, env = "CBIR_INDEX_LISTEN", default_value = "127.0.0.1:50052")]
+    index_listen: String,
+    /// Index config file (TOML); INDEX_* variables override it.
+    #[arg(long, env = "INDEX_CONFIG")]
+    index_config: Option<PathBuf>,
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -28,37 +34,78 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     if std::env::var_os("INFERENCE_LISTEN").is_none() {
         cfg.listen = args.inference_listen.clone();
     }
-    let listener = tokio::net::TcpListener::bind(&cfg.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (is cbir already up?)", cfg.listen))?;
+    let mut index_cfg = cbir_index::Config::load(args.index_config.as_deref())?;
+    if index_cfg.database_url == cbir_index::Config::default().database_url {
+        index_cfg.database_url = format!("sqlite://{}", args.data_dir.join("index.db").display());
+    }
+    if std::env::var_os("INDEX_LISTEN").is_none() {
+        index_cfg.listen = args.index_listen.clone();
+    }
+    if std::env::var_os("INDEX_INFERENCE_URL").is_none() {
+        index_cfg.inference_url = Some(format!("http://{}", cfg.listen));
+    }
+    let bind = |addr: String| async move {
+        tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (is cbir already up?)"))
+    };
+    let inference_listener = bind(cfg.listen.clone()).await?;
+    let index_listener = bind(index_cfg.listen.clone()).await?;
     tracing::info!(
         inference = %cfg.listen,
+        index = %index_cfg.listen,
+        database = %index_cfg.database_url,
         data = %args.data_dir.display(),
         "starting cbir; press Ctrl-C to stop"
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let inference = tokio::spawn(cbir_inference::serve(cfg, listener, async move {
-        let mut rx = stop_rx;
-        let _ = rx.wait_for(|s| *s).await;
-    }));
-    tokio::select! {
-        () = cbir_common::shutdown::signal() => {}
-        r = inference_done(&inference) => {
-            telemetry.shutdown();
-            return r;
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let services: Vec<(&str, tokio::task::JoinHandle<anyhow::Result<()>>)> = vec![
+        (
+            "inference",
+            tokio::spawn(cbir_inference::serve(cfg, inference_listener, stopped())),
+        ),
+        (
+            "index",
+            tokio::spawn(cbir_index::serve(index_cfg, index_listener, stopped())),
+        ),
+    ];
+    let failed = tokio::select! {
+        () = cbir_common::shutdown::signal() => None,
+        name = first_to_stop(&services) => Some(name),
+    };
+    let _ = stop_tx.send(true);
+    let mut result = Ok(());
+    for (name, h) in services {
+        match h.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(service = name, error = %e, "service failed");
+                result = Err(e.context(format!("the {name} service failed")));
+            }
+            Err(e) => result = Err(anyhow::anyhow!("the {name} service panicked: {e}")),
         }
     }
-    let _ = stop_tx.send(true);
-    let r = inference.await.context("inference task")?;
     telemetry.shutdown();
-    r
+    if let (Some(name), Ok(())) = (failed, &result) {
+        anyhow::bail!("the {name} service stopped on its own");
+    }
+    result
 }
 
-/// Resolves when the service ended on its own (it failed to start, say).
-async fn inference_done(h: &tokio::task::JoinHandle<anyhow::Result<()>>) -> anyhow::Result<()> {
+/// Resolves with the name of the first service that ended on its own (it
+/// failed to start, say): then the whole system stops.
+async fn first_to_stop(
+    services: &[(&'static str, tokio::task::JoinHandle<anyhow::Result<()>>)],
+) -> &'static str {
     loop {
-        if h.is_finished() {
-            anyhow::bail!("the inference service stopped; see the log above");
+        if let Some((name, _)) = services.iter().find(|(_, h)| h.is_finished()) {
+            return name;
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }

@@ -76,7 +76,7 @@ pub fn encode_feature(v: &[f32]) -> Vec<u8> {
 }
 
 pub fn decode_feature(b: &[u8]) -> Result<Vec<f32>> {
-    if b.len() % 4 != 0 {
+    if !b.len().is_multiple_of(4) {
         return Err(Error::Corrupt(format!(
             "feature blob of {} bytes is not a whole number of f32",
             b.len()

@@ -4,8 +4,13 @@ use rand::{Rng, SeedableRng};
 use super::*;
 
 fn unit(rng: &mut StdRng, dims: usize, center: Option<&[f32]>) -> Vec<f32> {
+    noisy(rng, dims, center, 0.5)
+}
+
+/// `center` plus uniform noise of amplitude `noise` per dimension, normalised.
+fn noisy(rng: &mut StdRng, dims: usize, center: Option<&[f32]>, noise: f32) -> Vec<f32> {
     let mut v: Vec<f32> = (0..dims)
-        .map(|i| center.map_or(0.0, |c| c[i]) + rng.random_range(-1.0..1.0f32) * 0.5)
+        .map(|i| center.map_or(0.0, |c| c[i]) + rng.random_range(-1.0..1.0f32) * noise)
         .collect();
     assert!(kernels::normalize(&mut v));
     v
@@ -55,14 +60,20 @@ fn query(v: &[f32], k: usize, mode: Mode) -> Query<'_> {
     }
 }
 
-/// Clustered data: `classes` centres, `per` vectors each, class = cluster.
+/// Clustered data: `classes` centres, `per` vectors each, class = cluster;
+/// members have a cosine of about 0.8 to their centre.
 fn clustered(rng: &mut StdRng, dims: usize, classes: i32, per: usize) -> Vec<Entry> {
     let centres: Vec<Vec<f32>> = (0..classes).map(|_| unit(rng, dims, None)).collect();
+    let noise = 0.7 / (dims as f32 / 3.0).sqrt();
     let mut out = Vec::new();
     let mut id = 1;
     for c in 0..classes {
         for _ in 0..per {
-            out.push(entry(id, c, unit(rng, dims, Some(&centres[c as usize]))));
+            out.push(entry(
+                id,
+                c,
+                noisy(rng, dims, Some(&centres[c as usize]), noise),
+            ));
             id += 1;
         }
     }
@@ -134,7 +145,7 @@ fn probe_matches_exact_on_clustered_data_and_reads_less() {
     let mut agree = 0;
     for i in 0..40 {
         let e = &entries[i * 50 + 3];
-        let q = unit(&mut rng, 64, Some(&e.feature));
+        let q = noisy(&mut rng, 64, Some(&e.feature), 0.05);
         let mut probe = query(&q, 10, Mode::Probe);
         probe.predicted_class = Some(e.class);
         let (p, stats) = idx.search(&probe, ProbeRule::default());

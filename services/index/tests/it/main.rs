@@ -1,6 +1,8 @@
 //! Index service tests. Storage tests run on SQLite and on the real MariaDB
 //! (`CBIR_TEST_MYSQL_URL`, default mysql://root@127.0.0.1:3306; a fresh
 //! database per test): `scripts/test.sh` starts MariaDB when it is down.
+// Helpers shared by macro-generated tests are not #[test] functions.
+#![allow(clippy::unwrap_used, clippy::field_reassign_with_default)]
 
 mod db;
 mod durability;

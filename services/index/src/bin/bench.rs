@@ -1,0 +1,274 @@
+//! Index benchmark on synthetic clustered 1280-d vectors: search latency
+//! per mode, throughput with 2 concurrent clients, recall@10 of probe and
+//! partition against exact, memory per vector, and the time to load from
+//! SQLite. Prints Markdown rows.
+//!
+//! cargo run --release -p cbir-index --bin index-bench -- --sizes 100000 --classes 20,1000
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use cbir_index::mem::{Entry, MemIndex, Meta, Mode, ProbeRule, Query};
+use clap::Parser;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
+    sizes: Vec<usize>,
+    #[arg(long, value_delimiter = ',', default_value = "20,1000")]
+    classes: Vec<usize>,
+    #[arg(long, default_value_t = 1280)]
+    dims: usize,
+    #[arg(long, default_value_t = 200)]
+    queries: usize,
+    /// Also write this many vectors to a SQLite file and time loading them.
+    #[arg(long, default_value_t = 0)]
+    db_load: usize,
+    /// Folder for the SQLite file.
+    #[arg(long, default_value = "/tmp")]
+    db_dir: std::path::PathBuf,
+}
+
+fn normalize(v: &mut [f32]) {
+    let n: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter_mut().for_each(|x| *x /= n);
+}
+
+fn gaussian(rng: &mut SmallRng) -> f32 {
+    // Irwin-Hall: close enough to normal for synthetic data, and fast.
+    (0..4).map(|_| rng.random::<f32>()).sum::<f32>() - 2.0
+}
+
+/// Real CNN features of one class form several modes (poses, backgrounds):
+/// each class gets 4 sub-centres around its centre; members scatter around
+/// a sub-centre with cosine about 0.75.
+struct Generator {
+    dims: usize,
+    subs: Vec<Vec<Vec<f32>>>,
+    noise: f32,
+}
+
+impl Generator {
+    fn new(rng: &mut SmallRng, classes: usize, dims: usize) -> Self {
+        let per_dim = 1.0 / (dims as f32).sqrt();
+        let subs = (0..classes)
+            .map(|_| {
+                let c: Vec<f32> = (0..dims).map(|_| gaussian(rng) * per_dim).collect();
+                (0..4)
+                    .map(|_| {
+                        let mut s: Vec<f32> = c
+                            .iter()
+                            .map(|x| x + 0.7 * gaussian(rng) * per_dim)
+                            .collect();
+                        normalize(&mut s);
+                        s
+                    })
+                    .collect()
+            })
+            .collect();
+        Self {
+            dims,
+            subs,
+            noise: 0.9 * per_dim / (1.0f32 / 3.0).sqrt() * 0.5,
+        }
+    }
+
+    fn sample(&self, rng: &mut SmallRng, class: usize) -> Vec<f32> {
+        let s = &self.subs[class][rng.random_range(0..4)];
+        let mut v: Vec<f32> = (0..self.dims)
+            .map(|i| s[i] + self.noise * gaussian(rng) / 0.577)
+            .collect();
+        normalize(&mut v);
+        v
+    }
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    println!("kernels: {}", cbir_index::kernels::kernel_name());
+    println!("| vectors | classes | mode | p50 ms | p99 ms | qps (2 clients) | recall@10 vs exact | vectors read |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut memory_rows = Vec::new();
+    for &n in &args.sizes {
+        for &classes in &args.classes {
+            let mut rng = SmallRng::seed_from_u64(42);
+            let gen = Generator::new(&mut rng, classes, args.dims);
+            let mut idx = MemIndex::new(args.dims);
+            let meta = Arc::new(Meta {
+                content_hash: String::new(),
+                file_name: "synthetic.jpg".into(),
+                path: String::new(),
+                label: String::new(),
+            });
+            let build = Instant::now();
+            let mut id = 1u64;
+            while (id as usize) <= n {
+                let chunk: Vec<Entry> = (0..10_000.min(n + 1 - id as usize))
+                    .map(|_| {
+                        let class = rng.random_range(0..classes);
+                        let e = Entry {
+                            id,
+                            // A classifier is wrong sometimes: 10% land in a
+                            // random partition.
+                            class: if rng.random::<f32>() < 0.1 {
+                                rng.random_range(0..classes) as i32
+                            } else {
+                                class as i32
+                            },
+                            feature: gen.sample(&mut rng, class),
+                            meta: meta.clone(),
+                        };
+                        id += 1;
+                        e
+                    })
+                    .collect();
+                idx.upsert(&chunk);
+            }
+            idx.refresh();
+            let build_s = build.elapsed().as_secs_f64();
+            memory_rows.push(format!(
+                "| {n} | {classes} | {:.0} bytes | {:.1} s |",
+                idx.bytes() as f64 / n as f64,
+                build_s
+            ));
+            let queries: Vec<(Vec<f32>, i32)> = (0..args.queries)
+                .map(|_| {
+                    let class = rng.random_range(0..classes);
+                    (gen.sample(&mut rng, class), class as i32)
+                })
+                .collect();
+            let rule = ProbeRule::default();
+            let run = |mode: Mode, q: &(Vec<f32>, i32)| {
+                idx.search(
+                    &Query {
+                        vector: &q.0,
+                        predicted_class: Some(q.1),
+                        top_k: 10,
+                        mode,
+                        min_similarity: 0.0,
+                        exclude_id: None,
+                    },
+                    rule,
+                )
+            };
+            let exact: Vec<Vec<u64>> = queries
+                .iter()
+                .map(|q| run(Mode::Exact, q).0.iter().map(|h| h.id).collect())
+                .collect();
+            for (name, mode) in [
+                ("exact", Mode::Exact),
+                ("probe", Mode::Probe),
+                ("partition", Mode::Partition),
+            ] {
+                let mut lat = Vec::new();
+                let mut hit = 0usize;
+                let mut read = 0u64;
+                for (q, truth) in queries.iter().zip(&exact) {
+                    let t = Instant::now();
+                    let (hits, stats) = run(mode, q);
+                    lat.push(t.elapsed().as_secs_f64() * 1e3);
+                    hit += hits.iter().filter(|h| truth.contains(&h.id)).count();
+                    read += stats.vectors_scanned;
+                }
+                // Two clients at once.
+                let t = Instant::now();
+                std::thread::scope(|s| {
+                    for half in queries.chunks(queries.len().div_ceil(2)) {
+                        let run = &run;
+                        s.spawn(move || {
+                            for q in half {
+                                let _ = run(mode, q);
+                            }
+                        });
+                    }
+                });
+                let qps = queries.len() as f64 / t.elapsed().as_secs_f64();
+                println!(
+                    "| {n} | {classes} | {name} | {:.2} | {:.2} | {:.0} | {:.3} | {:.1}% |",
+                    pct(&mut lat, 0.5),
+                    pct(&mut lat, 0.99),
+                    qps,
+                    hit as f64 / (10 * queries.len()) as f64,
+                    100.0 * read as f64 / (n * queries.len()) as f64
+                );
+            }
+        }
+    }
+    println!();
+    println!("| vectors | classes | memory per vector | build in memory |");
+    println!("|---|---|---|---|");
+    for r in memory_rows {
+        println!("{r}");
+    }
+    if args.db_load > 0 {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(db_load(&args))?;
+    }
+    Ok(())
+}
+
+async fn db_load(args: &Args) -> anyhow::Result<()> {
+    let path = args
+        .db_dir
+        .join(format!("cbir-bench-{}.db", std::process::id()));
+    let url = format!("sqlite://{}", path.display());
+    let store = cbir_index::Store::connect(&url, 4).await?;
+    let c = store
+        .create_collection("bench", "bench", "synthetic", "1", args.dims as u32, "")
+        .await?;
+    let mut rng = SmallRng::seed_from_u64(7);
+    let gen = Generator::new(&mut rng, 20, args.dims);
+    let t = Instant::now();
+    let mut written = 0usize;
+    while written < args.db_load {
+        let batch: Vec<cbir_index::store::NewImage> = (0..1000.min(args.db_load - written))
+            .map(|i| {
+                let class = rng.random_range(0..20);
+                cbir_index::store::NewImage {
+                    content_hash: format!("{:064x}", written + i),
+                    predicted_class: class as i32,
+                    file_name: format!("img{}.jpg", written + i),
+                    path: String::new(),
+                    label: String::new(),
+                    feature: gen.sample(&mut rng, class),
+                    thumbnail: Vec::new(),
+                    source: Vec::new(),
+                }
+            })
+            .collect();
+        written += batch.len();
+        store.upsert(c.id, &batch).await?;
+    }
+    let write_s = t.elapsed().as_secs_f64();
+    drop(store);
+    let store = cbir_index::Store::connect(&url, 4).await?;
+    let t = Instant::now();
+    let index =
+        cbir_index::Index::open(store, cbir_index::Limits::default(), ProbeRule::default()).await?;
+    let load_s = t.elapsed().as_secs_f64();
+    let stats = index.stats("bench")?;
+    println!();
+    println!("| vectors in SQLite | write (bulk upsert) | load at start |");
+    println!("|---|---|---|");
+    println!(
+        "| {} | {:.1} s ({:.0} vectors/s) | {:.1} s ({:.0} vectors/s) |",
+        stats.count,
+        write_s,
+        written as f64 / write_s,
+        load_s,
+        stats.count as f64 / load_s
+    );
+    for ext in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+    }
+    Ok(())
+}
