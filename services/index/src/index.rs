@@ -644,10 +644,11 @@ impl Index {
         let mem = coll.mem.read();
         let mut partitions: Vec<PartitionStat> = mem
             .partitions()
+            .into_iter()
             .map(|p| PartitionStat {
                 class: p.class,
-                count: p.len() as u64,
-                bytes: p.bytes() as u64,
+                count: p.len as u64,
+                bytes: p.bytes as u64,
             })
             .collect();
         partitions.sort_by_key(|p| p.class);

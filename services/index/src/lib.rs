@@ -133,4 +133,14 @@ mod tests {
             cbir_common::config::load("INDEX_TEST_NONE_", None).expect("defaults load");
         assert_eq!(cfg, super::Config::default());
     }
+
+    #[test]
+    fn shipped_config_file_loads() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/config/index.toml");
+        let cfg = super::Config::load(Some(&path)).expect("deploy/config/index.toml loads");
+        assert_eq!(cfg.listen, "0.0.0.0:50052");
+        assert_eq!(cfg.limits, super::Limits::default());
+        assert_eq!(cfg.probe, super::ProbeConfig::default());
+    }
 }

@@ -26,12 +26,17 @@ pub struct Entry {
     pub meta: Arc<Meta>,
 }
 
-/// Partitions at least this large are scanned in int8 first, then the best
-/// candidates re-ranked with exact f32 distances.
-const QUANTIZED_SCAN_MIN: usize = 2048;
+/// A class partition holding more vectors than this is split into cells by
+/// k-means (an IVF inside the partition), so that probe searches read the
+/// parts of a big partition near the query, not all of it.
+const SPLIT_MIN: usize = 8192;
+/// Aimed-for vectors per cell after a split.
+const CELL_TARGET: usize = 2048;
 
+/// One cell: a whole class partition, or a k-means part of a big one. Its
+/// vectors sit in one contiguous buffer.
 #[derive(Debug)]
-pub struct Partition {
+pub struct Cell {
     pub class: i32,
     dims: usize,
     ids: Vec<u64>,
@@ -43,7 +48,7 @@ pub struct Partition {
     centroid: Vec<f32>,
 }
 
-impl Partition {
+impl Cell {
     fn new(class: i32, dims: usize) -> Self {
         Self {
             class,
@@ -103,13 +108,13 @@ impl Partition {
         self.centroid = c;
     }
 
-    fn push(&mut self, e: &Entry) -> usize {
-        self.ids.push(e.id);
-        self.vecs.extend_from_slice(&e.feature);
-        let s = kernels::quantize(&e.feature, &mut self.codes);
+    fn push(&mut self, id: u64, feature: &[f32], meta: Arc<Meta>) -> usize {
+        self.ids.push(id);
+        self.vecs.extend_from_slice(feature);
+        let s = kernels::quantize(feature, &mut self.codes);
         self.scales.push(s);
-        self.meta.push(e.meta.clone());
-        for (acc, x) in self.sum.iter_mut().zip(&e.feature) {
+        self.meta.push(meta);
+        for (acc, x) in self.sum.iter_mut().zip(feature) {
             *acc += f64::from(*x);
         }
         self.ids.len() - 1
@@ -138,6 +143,69 @@ impl Partition {
         self.codes.truncate(last * d);
         (slot != last).then(|| self.ids[slot])
     }
+}
+
+/// Per-class bookkeeping: the k-means centroids new vectors are assigned
+/// by, once the class was split.
+#[derive(Debug, Default)]
+struct ClassInfo {
+    count: usize,
+    lists: Vec<Vec<f32>>,
+    split_at: usize,
+}
+
+/// What `stats` shows of one class partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionSummary {
+    pub class: i32,
+    pub len: usize,
+    pub cells: usize,
+    pub bytes: usize,
+}
+
+/// Spherical k-means on `data` (rows of `dims`), seeded by evenly spaced
+/// rows, `iters` rounds over a sample; returns unit centroids.
+fn kmeans(data: &[f32], dims: usize, k: usize, iters: usize) -> Vec<Vec<f32>> {
+    let n = data.len() / dims;
+    let step = (n / 8192).max(1);
+    let sample: Vec<usize> = (0..n).step_by(step).collect();
+    let mut cents: Vec<Vec<f32>> = (0..k)
+        .map(|i| data[sample[i * sample.len() / k] * dims..][..dims].to_vec())
+        .collect();
+    for _ in 0..iters {
+        let mut sums = vec![vec![0f32; dims]; k];
+        let mut counts = vec![0usize; k];
+        for &r in &sample {
+            let v = &data[r * dims..(r + 1) * dims];
+            let best = nearest(&cents, v);
+            counts[best] += 1;
+            for (s, x) in sums[best].iter_mut().zip(v) {
+                *s += x;
+            }
+        }
+        for (j, s) in sums.into_iter().enumerate() {
+            if counts[j] > 0 {
+                let mut c = s;
+                if kernels::normalize(&mut c) {
+                    cents[j] = c;
+                }
+            }
+        }
+    }
+    cents
+}
+
+fn nearest(cents: &[Vec<f32>], v: &[f32]) -> usize {
+    let mut best = 0;
+    let mut best_dot = f32::NEG_INFINITY;
+    for (j, c) in cents.iter().enumerate() {
+        let d = kernels::dot(v, c);
+        if d > best_dot {
+            best_dot = d;
+            best = j;
+        }
+    }
+    best
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,8 +243,8 @@ pub struct Stats {
     pub vectors_total: u64,
 }
 
-/// The probe stopping rule: after at least `min_partitions`, stop once
-/// `patience` partitions in a row, taken in order of promise, changed
+/// The probe stopping rule: after at least `min_partitions` cells, stop
+/// once `patience` cells in a row, taken in order of promise, changed
 /// nothing in the top k.
 #[derive(Debug, Clone, Copy)]
 pub struct ProbeRule {
@@ -199,6 +267,7 @@ struct Cand {
     dist: f32,
     id: u64,
     class: i32,
+    list: u32,
     slot: usize,
 }
 
@@ -257,22 +326,27 @@ impl TopK {
     }
 }
 
-/// All partitions of one collection.
+/// All partitions of one collection, as cells.
 #[derive(Debug)]
 pub struct MemIndex {
     dims: usize,
-    partitions: HashMap<i32, Partition>,
-    locate: HashMap<u64, (i32, usize)>,
-    dirty_centroids: bool,
+    cells: HashMap<(i32, u32), Cell>,
+    classes: HashMap<i32, ClassInfo>,
+    locate: HashMap<u64, (i32, u32, usize)>,
+    dirty: Vec<i32>,
 }
+
+/// Total vectors above which an exact search is split over two threads.
+const PARALLEL_MIN: usize = 200_000;
 
 impl MemIndex {
     pub fn new(dims: usize) -> Self {
         Self {
             dims,
-            partitions: HashMap::new(),
+            cells: HashMap::new(),
+            classes: HashMap::new(),
             locate: HashMap::new(),
-            dirty_centroids: false,
+            dirty: Vec::new(),
         }
     }
 
@@ -292,16 +366,41 @@ impl MemIndex {
         self.locate.contains_key(&id)
     }
 
-    pub fn partitions(&self) -> impl Iterator<Item = &Partition> {
-        self.partitions.values()
+    pub fn cells(&self) -> impl Iterator<Item = &Cell> {
+        self.cells.values()
+    }
+
+    /// Every id, in no particular order.
+    pub fn ids(&self) -> Vec<u64> {
+        self.locate.keys().copied().collect()
+    }
+
+    pub fn partitions(&self) -> Vec<PartitionSummary> {
+        let mut by: HashMap<i32, PartitionSummary> = HashMap::new();
+        for c in self.cells.values() {
+            let e = by.entry(c.class).or_insert(PartitionSummary {
+                class: c.class,
+                len: 0,
+                cells: 0,
+                bytes: 0,
+            });
+            e.len += c.len();
+            e.cells += 1;
+            e.bytes += c.bytes();
+        }
+        let mut out: Vec<PartitionSummary> = by.into_values().collect();
+        out.sort_by_key(|p| p.class);
+        out
     }
 
     pub fn bytes(&self) -> usize {
-        self.partitions
-            .values()
-            .map(Partition::bytes)
-            .sum::<usize>()
+        self.cells.values().map(Cell::bytes).sum::<usize>()
             + self.locate.len() * (8 + 16 + 8)
+            + self
+                .classes
+                .values()
+                .map(|c| c.lists.len() * self.dims * 4)
+                .sum::<usize>()
     }
 
     /// Inserts or replaces entries (by id).
@@ -309,88 +408,152 @@ impl MemIndex {
         for e in entries {
             debug_assert_eq!(e.feature.len(), self.dims);
             self.remove(e.id);
-            let p = self
-                .partitions
-                .entry(e.class)
-                .or_insert_with(|| Partition::new(e.class, self.dims));
-            let slot = p.push(e);
-            self.locate.insert(e.id, (e.class, slot));
+            let info = self.classes.entry(e.class).or_insert_with(|| ClassInfo {
+                split_at: SPLIT_MIN,
+                ..ClassInfo::default()
+            });
+            let list = if info.lists.is_empty() {
+                0
+            } else {
+                nearest(&info.lists, &e.feature) as u32
+            };
+            info.count += 1;
+            let dims = self.dims;
+            let cell = self
+                .cells
+                .entry((e.class, list))
+                .or_insert_with(|| Cell::new(e.class, dims));
+            let slot = cell.push(e.id, &e.feature, e.meta.clone());
+            self.locate.insert(e.id, (e.class, list, slot));
+            self.dirty.push(e.class);
         }
-        self.dirty_centroids = true;
     }
 
     /// Removes `id`; false when it was not there.
     pub fn remove(&mut self, id: u64) -> bool {
-        let Some((class, slot)) = self.locate.remove(&id) else {
+        let Some((class, list, slot)) = self.locate.remove(&id) else {
             return false;
         };
-        if let Some(p) = self.partitions.get_mut(&class) {
-            if let Some(moved) = p.swap_remove(slot) {
-                self.locate.insert(moved, (class, slot));
+        if let Some(c) = self.cells.get_mut(&(class, list)) {
+            if let Some(moved) = c.swap_remove(slot) {
+                self.locate.insert(moved, (class, list, slot));
             }
-            if p.is_empty() {
-                self.partitions.remove(&class);
+            if c.is_empty() {
+                self.cells.remove(&(class, list));
             }
         }
-        self.dirty_centroids = true;
+        if let Some(info) = self.classes.get_mut(&class) {
+            info.count = info.count.saturating_sub(1);
+            if info.count == 0 {
+                self.classes.remove(&class);
+            }
+        }
+        self.dirty.push(class);
         true
     }
 
     pub fn clear(&mut self) {
-        self.partitions.clear();
+        self.cells.clear();
+        self.classes.clear();
         self.locate.clear();
+        self.dirty.clear();
     }
 
-    /// Brings partition centroids up to date (call after writes, under the
-    /// write lock, so that searches need no mutation).
+    /// Splits classes that grew past their threshold and brings centroids
+    /// up to date. Call after writes, under the write lock, so that
+    /// searches need no mutation.
     pub fn refresh(&mut self) {
-        if self.dirty_centroids {
-            for p in self.partitions.values_mut() {
-                p.refresh_centroid();
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
+        for class in dirty {
+            let split = self
+                .classes
+                .get(&class)
+                .is_some_and(|i| i.count >= i.split_at);
+            if split {
+                self.split(class);
             }
-            self.dirty_centroids = false;
+            for (_, c) in self.cells.iter_mut().filter(|((k, _), _)| *k == class) {
+                c.refresh_centroid();
+            }
+        }
+    }
+
+    /// Re-clusters one class into about count / CELL_TARGET cells.
+    fn split(&mut self, class: i32) {
+        let keys: Vec<(i32, u32)> = self
+            .cells
+            .keys()
+            .filter(|(k, _)| *k == class)
+            .copied()
+            .collect();
+        let old: Vec<Cell> = keys.iter().filter_map(|k| self.cells.remove(k)).collect();
+        let n: usize = old.iter().map(Cell::len).sum();
+        let mut data = Vec::with_capacity(n * self.dims);
+        for c in &old {
+            data.extend_from_slice(&c.vecs);
+        }
+        let k = (n / CELL_TARGET).max(2);
+        let lists = kmeans(&data, self.dims, k, 6);
+        for c in old {
+            for slot in 0..c.len() {
+                let v = c.vector(slot);
+                let list = nearest(&lists, v) as u32;
+                let dims = self.dims;
+                let cell = self
+                    .cells
+                    .entry((class, list))
+                    .or_insert_with(|| Cell::new(class, dims));
+                let new_slot = cell.push(c.ids[slot], v, c.meta[slot].clone());
+                self.locate.insert(c.ids[slot], (class, list, new_slot));
+            }
+        }
+        if let Some(info) = self.classes.get_mut(&class) {
+            info.lists = lists;
+            info.split_at = n * 2;
         }
     }
 
     pub fn feature(&self, id: u64) -> Option<(i32, Vec<f32>)> {
-        let (class, slot) = *self.locate.get(&id)?;
-        let p = self.partitions.get(&class)?;
-        Some((class, p.vector(slot).to_vec()))
+        let (class, list, slot) = *self.locate.get(&id)?;
+        let c = self.cells.get(&(class, list))?;
+        Some((class, c.vector(slot).to_vec()))
     }
 
+    /// Offers every vector of `c` to `top`; true when the top k changed.
     fn scan(
         &self,
-        p: &Partition,
+        c: &Cell,
         q: &[f32],
         qcode: &[i8],
-        qscale: f32,
         top: &mut TopK,
         exclude: Option<u64>,
     ) -> bool {
         let d = self.dims;
         let mut changed = false;
         let mut offer = |slot: usize, dot: f32, top: &mut TopK| {
-            let id = p.ids[slot];
+            let id = c.ids[slot];
             if Some(id) == exclude {
                 return;
             }
             changed |= top.offer(Cand {
                 dist: distance_from_dot(dot),
                 id,
-                class: p.class,
+                class: c.class,
+                list: 0,
                 slot,
             });
         };
-        if p.len() >= QUANTIZED_SCAN_MIN {
-            // First pass in int8 keeps a generous shortlist; exact f32
-            // distances decide among it. The shortlist bound is the current
-            // k-th distance loosened by the quantisation error.
-            let want = (top.k * 4 + 64).min(p.len());
+        let want = top.k.saturating_mul(4).saturating_add(64);
+        if c.len() > want.saturating_mul(2) {
+            // An int8 first pass keeps a generous shortlist; exact f32
+            // distances decide among it.
             let mut short: BinaryHeap<(std::cmp::Reverse<i64>, usize)> =
                 BinaryHeap::with_capacity(want + 1);
-            for slot in 0..p.len() {
-                let approx = i64::from(kernels::dot_i8(qcode, &p.codes[slot * d..(slot + 1) * d]));
-                let key = (approx as f64 * f64::from(p.scales[slot]) * 1e6) as i64;
+            for slot in 0..c.len() {
+                let approx = i64::from(kernels::dot_i8(qcode, &c.codes[slot * d..(slot + 1) * d]));
+                let key = (approx as f64 * f64::from(c.scales[slot]) * 1e6) as i64;
                 if short.len() < want {
                     short.push((std::cmp::Reverse(key), slot));
                 } else if short
@@ -401,14 +564,13 @@ impl MemIndex {
                     short.push((std::cmp::Reverse(key), slot));
                 }
             }
-            let _ = qscale;
             for (_, slot) in short {
-                let dot = kernels::dot(q, p.vector(slot));
+                let dot = kernels::dot(q, c.vector(slot));
                 offer(slot, dot, top);
             }
         } else {
-            for slot in 0..p.len() {
-                let dot = kernels::dot(q, p.vector(slot));
+            for slot in 0..c.len() {
+                let dot = kernels::dot(q, c.vector(slot));
                 offer(slot, dot, top);
             }
         }
@@ -418,67 +580,104 @@ impl MemIndex {
     /// Nearest neighbours of `q`, closest first.
     pub fn search(&self, q: &Query<'_>, rule: ProbeRule) -> (Vec<Hit>, Stats) {
         let mut stats = Stats {
-            partitions_total: self.partitions.len() as u32,
+            partitions_total: self.classes.len() as u32,
             vectors_total: self.len() as u64,
             ..Stats::default()
         };
-        let mut top = TopK::new(q.top_k, q.min_similarity);
         let mut qcode = Vec::with_capacity(self.dims);
-        let qscale = kernels::quantize(q.vector, &mut qcode);
-        let visit = |p: &Partition, top: &mut TopK, stats: &mut Stats| {
-            stats.partitions_searched += 1;
-            stats.vectors_scanned += p.len() as u64;
-            self.scan(p, q.vector, &qcode, qscale, top, q.exclude_id)
+        kernels::quantize(q.vector, &mut qcode);
+        let mut touched: Vec<i32> = Vec::new();
+        let chosen: Vec<&Cell> = match q.mode {
+            Mode::Exact => self.cells.values().collect(),
+            Mode::Partition => self
+                .cells
+                .values()
+                .filter(|c| Some(c.class) == q.predicted_class)
+                .collect(),
+            Mode::Probe => Vec::new(),
         };
-        match q.mode {
-            Mode::Exact => {
-                for p in self.partitions.values() {
-                    visit(p, &mut top, &mut stats);
+        let mut top = TopK::new(q.top_k, q.min_similarity);
+        if q.mode == Mode::Probe {
+            // Promise: the query's own class's nearest cell first, then cells
+            // by the similarity of their centroid to the query.
+            let mut order: Vec<(f32, &Cell)> = self
+                .cells
+                .values()
+                .map(|c| (kernels::dot(q.vector, &c.centroid), c))
+                .collect();
+            if let Some(best_own) = order
+                .iter_mut()
+                .filter(|(_, c)| Some(c.class) == q.predicted_class)
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+            {
+                best_own.0 = f32::INFINITY;
+            }
+            order.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.class.cmp(&b.1.class)));
+            let mut quiet = 0;
+            for (i, (_, c)) in order.iter().enumerate() {
+                let changed = self.scan(c, q.vector, &qcode, &mut top, q.exclude_id);
+                stats.vectors_scanned += c.len() as u64;
+                touched.push(c.class);
+                quiet = if changed { 0 } else { quiet + 1 };
+                if i + 1 >= rule.min_partitions && quiet >= rule.patience {
+                    break;
                 }
             }
-            Mode::Partition => {
-                if let Some(p) = q.predicted_class.and_then(|c| self.partitions.get(&c)) {
-                    visit(p, &mut top, &mut stats);
-                }
-            }
-            Mode::Probe => {
-                // Promise: the query's own class first, then partitions by
-                // the similarity of their centroid to the query.
-                let mut order: Vec<(f32, &Partition)> = self
-                    .partitions
-                    .values()
-                    .map(|p| {
-                        let s = if Some(p.class) == q.predicted_class {
-                            f32::INFINITY
-                        } else {
-                            kernels::dot(q.vector, &p.centroid)
-                        };
-                        (s, p)
-                    })
-                    .collect();
-                order.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.class.cmp(&b.1.class)));
-                let mut quiet = 0;
-                for (i, (_, p)) in order.iter().enumerate() {
-                    let changed = visit(p, &mut top, &mut stats);
-                    quiet = if changed { 0 } else { quiet + 1 };
-                    if i + 1 >= rule.min_partitions && quiet >= rule.patience {
-                        break;
+        } else {
+            let total: usize = chosen.iter().map(|c| c.len()).sum();
+            stats.vectors_scanned = total as u64;
+            touched.extend(chosen.iter().map(|c| c.class));
+            if total >= PARALLEL_MIN && chosen.len() > 1 {
+                // Two halves on two threads, merged.
+                let mid = chosen.len() / 2;
+                let (a, b) = chosen.split_at(mid);
+                let other = std::thread::scope(|s| {
+                    let h = s.spawn(|| {
+                        let mut t = TopK::new(q.top_k, q.min_similarity);
+                        for c in b {
+                            self.scan(c, q.vector, &qcode, &mut t, q.exclude_id);
+                        }
+                        t
+                    });
+                    for c in a {
+                        self.scan(c, q.vector, &qcode, &mut top, q.exclude_id);
                     }
+                    h.join()
+                });
+                match other {
+                    Ok(t) => {
+                        for c in t.heap {
+                            top.offer(c);
+                        }
+                    }
+                    Err(_) => {
+                        for c in b {
+                            self.scan(c, q.vector, &qcode, &mut top, q.exclude_id);
+                        }
+                    }
+                }
+            } else {
+                for c in &chosen {
+                    self.scan(c, q.vector, &qcode, &mut top, q.exclude_id);
                 }
             }
         }
+        touched.sort_unstable();
+        touched.dedup();
+        stats.partitions_searched = touched.len() as u32;
         let mut cands = top.heap.into_vec();
         cands.sort();
         let hits = cands
             .into_iter()
             .filter_map(|c| {
-                let p = self.partitions.get(&c.class)?;
+                let (class, list, slot) = *self.locate.get(&c.id)?;
+                let cell = self.cells.get(&(class, list))?;
                 Some(Hit {
                     id: c.id,
                     distance: c.dist,
                     similarity: similarity(c.dist),
-                    partition: c.class,
-                    meta: p.meta[c.slot].clone(),
+                    partition: class,
+                    meta: cell.meta[slot].clone(),
                 })
             })
             .collect();

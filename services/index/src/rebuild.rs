@@ -212,7 +212,7 @@ async fn run(
 ) -> Result<()> {
     let mut ids: Vec<u64> = {
         let mem = old.mem.read();
-        mem.partitions().flat_map(|p| p.ids().to_vec()).collect()
+        mem.ids()
     };
     ids.sort_unstable();
     let mut copied: HashMap<u64, u64> = HashMap::new();

@@ -41,21 +41,32 @@ fn gaussian(rng: &mut SmallRng) -> f32 {
     (0..4).map(|_| rng.random::<f32>()).sum::<f32>() - 2.0
 }
 
-/// Real CNN features of one class form several modes (poses, backgrounds):
-/// each class gets 4 sub-centres around its centre; members scatter around
-/// a sub-centre with cosine about 0.75.
+/// Real CNN features of one class form several modes (poses, backgrounds),
+/// and classes come in families of look-alikes (dog breeds): classes are
+/// grouped by 5 around a family centre, each class gets 4 sub-centres, and
+/// members scatter around a sub-centre with cosine about 0.75.
 struct Generator {
     dims: usize,
     subs: Vec<Vec<Vec<f32>>>,
     noise: f32,
 }
 
+/// Classes per family of look-alikes.
+const FAMILY: usize = 5;
+
 impl Generator {
     fn new(rng: &mut SmallRng, classes: usize, dims: usize) -> Self {
         let per_dim = 1.0 / (dims as f32).sqrt();
+        let families: Vec<Vec<f32>> = (0..classes.div_ceil(FAMILY))
+            .map(|_| (0..dims).map(|_| gaussian(rng) * per_dim).collect())
+            .collect();
         let subs = (0..classes)
-            .map(|_| {
-                let c: Vec<f32> = (0..dims).map(|_| gaussian(rng) * per_dim).collect();
+            .map(|k| {
+                let f = &families[k / FAMILY];
+                let c: Vec<f32> = f
+                    .iter()
+                    .map(|x| x + 0.8 * gaussian(rng) * per_dim)
+                    .collect();
                 (0..4)
                     .map(|_| {
                         let mut s: Vec<f32> = c
@@ -115,10 +126,11 @@ fn main() -> anyhow::Result<()> {
                         let class = rng.random_range(0..classes);
                         let e = Entry {
                             id,
-                            // A classifier is wrong sometimes: 10% land in a
-                            // random partition.
+                            // A classifier is wrong sometimes: 10% land in the
+                            // partition of a look-alike class.
                             class: if rng.random::<f32>() < 0.1 {
-                                rng.random_range(0..classes) as i32
+                                let base = class / FAMILY * FAMILY;
+                                (base + rng.random_range(0..FAMILY)).min(classes - 1) as i32
                             } else {
                                 class as i32
                             },

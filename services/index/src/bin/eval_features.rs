@@ -86,7 +86,7 @@ fn main() -> anyhow::Result<()> {
     println!(
         "{} images, {} partitions, {} labels",
         data.len(),
-        idx.partitions().count(),
+        idx.partitions().len(),
         {
             let mut l: Vec<&String> = data.iter().map(|d| &d.0).collect();
             l.sort();

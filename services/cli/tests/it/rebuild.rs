@@ -1,0 +1,275 @@
+//! Rebuilding a collection for another model through the inference service,
+//! with searches answered throughout and the name switched atomically.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cbir_api::v1 as pb;
+use cbir_api::v1::index_service_client::IndexServiceClient;
+use cbir_api::v1::inference_service_client::InferenceServiceClient;
+use tonic::transport::Channel;
+
+fn shared_data() -> PathBuf {
+    let dir = std::env::var_os("CBIR_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
+    assert!(
+        dir.join("flowers5").is_dir(),
+        "no flowers5 under {}: set CBIR_SHARED_DATA",
+        dir.display()
+    );
+    dir
+}
+
+async fn channel(addr: std::net::SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect_lazy()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuild_switches_model_while_searches_keep_working() {
+    cbir_common::telemetry::init_for_tests();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Inference.
+    let mut icfg = cbir_inference::Config::for_test();
+    icfg.batcher.max_queue_delay_us = 2_000;
+    let il = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let iaddr = il.local_addr().expect("addr");
+    tokio::spawn(cbir_inference::serve(icfg, il, std::future::pending()));
+    // Index, pointing at it.
+    let mut xcfg = cbir_index::Config::default();
+    xcfg.database_url = format!("sqlite://{}", dir.path().join("index.db").display());
+    xcfg.inference_url = Some(format!("http://{iaddr}"));
+    let xl = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let xaddr = xl.local_addr().expect("addr");
+    tokio::spawn(cbir_index::serve(xcfg, xl, std::future::pending()));
+
+    let mut inf = InferenceServiceClient::new(channel(iaddr).await)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
+    let mut idx = IndexServiceClient::new(channel(xaddr).await);
+    for _ in 0..400 {
+        if inf
+            .get_model_info(pb::GetModelInfoRequest::default())
+            .await
+            .is_ok()
+            && idx
+                .list_collections(pb::ListCollectionsRequest {})
+                .await
+                .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A small collection of real flowers, embedded by the served model.
+    idx.create_collection(pb::CreateCollectionRequest {
+        name: "flowers".into(),
+        model: Some(pb::ModelRef {
+            name: "efficientnet-lite0".into(),
+            version: "imagenet".into(),
+        }),
+        dims: 1280,
+        ..Default::default()
+    })
+    .await
+    .expect("create");
+    let root = shared_data().join("flowers5");
+    let mut files = Vec::new();
+    for class in ["daisy", "rose", "tulip"] {
+        let mut names: Vec<PathBuf> = std::fs::read_dir(root.join(class))
+            .expect("class dir")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        names.sort();
+        files.extend(names.into_iter().take(12).map(|p| (class.to_string(), p)));
+    }
+    let images: Vec<pb::ImageInput> = files
+        .iter()
+        .map(|(_, p)| pb::ImageInput {
+            id: p.display().to_string(),
+            data: std::fs::read(p).expect("read"),
+        })
+        .collect();
+    let embedded = inf
+        .embed(pb::EmbedRequest {
+            images: images.clone(),
+            priority: pb::Priority::Bulk as i32,
+            include_probabilities: false,
+        })
+        .await
+        .expect("embed")
+        .into_inner();
+    let records: Vec<pb::ImageRecord> = files
+        .iter()
+        .zip(&images)
+        .zip(&embedded.results)
+        .map(|(((label, path), img), r)| {
+            let Some(pb::embed_result::Outcome::Embedding(e)) = &r.outcome else {
+                panic!("{} did not embed", path.display());
+            };
+            let decoded = cbir_imaging::decode(&img.data, &Default::default()).expect("decode");
+            pb::ImageRecord {
+                content_hash: cbir_imaging::content_hash(&img.data),
+                file_name: path
+                    .file_name()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                path: path.display().to_string(),
+                label: label.clone(),
+                predicted_class: e.predicted_class,
+                feature: e.feature.clone(),
+                thumbnail: cbir_imaging::thumbnail(&decoded.image).expect("thumbnail"),
+                source_image: img.data.clone(),
+                ..Default::default()
+            }
+        })
+        .collect();
+    idx.upsert(pb::UpsertRequest {
+        collection: "flowers".into(),
+        records: records.clone(),
+    })
+    .await
+    .expect("upsert");
+
+    // Rebuilding for a model the inference service does not serve is refused.
+    let err = idx
+        .rebuild(pb::RebuildRequest {
+            collection: "flowers".into(),
+            model: Some(pb::ModelRef {
+                name: "efficientnet-lite0".into(),
+                version: "v2".into(),
+            }),
+        })
+        .await
+        .expect_err("model not served");
+    assert_eq!(
+        err.code(),
+        tonic::Code::FailedPrecondition,
+        "{}",
+        err.message()
+    );
+
+    // Serve "v2" (the same weights under a new version), then rebuild.
+    inf.load_model(pb::LoadModelRequest {
+        model: Some(pb::ModelRef {
+            name: "efficientnet-lite0".into(),
+            version: "v2".into(),
+        }),
+        class_names: vec![],
+        weights: Some(pb::load_model_request::Weights::Path(
+            cbir_inference::test_weights_path().display().to_string(),
+        )),
+    })
+    .await
+    .expect("load v2");
+    let before = idx
+        .get_collection(pb::GetCollectionRequest {
+            name: "flowers".into(),
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .collection
+        .expect("collection");
+    let op = idx
+        .rebuild(pb::RebuildRequest {
+            collection: "flowers".into(),
+            model: Some(pb::ModelRef {
+                name: "efficientnet-lite0".into(),
+                version: "v2".into(),
+            }),
+        })
+        .await
+        .expect("rebuild")
+        .into_inner()
+        .operation_id;
+    // Searches keep answering, with complete results, during the rebuild.
+    let mut searcher = idx.clone();
+    let query = records[0].feature.clone();
+    let searches = tokio::spawn(async move {
+        let mut n = 0;
+        for _ in 0..40 {
+            let r = searcher
+                .search(pb::IndexSearchRequest {
+                    collection: "flowers".into(),
+                    vector: query.clone(),
+                    predicted_class: -1,
+                    top_k: 100,
+                    mode: pb::SearchMode::Exact as i32,
+                    ..Default::default()
+                })
+                .await
+                .expect("search during rebuild")
+                .into_inner();
+            assert_eq!(r.hits.len(), 36, "a search saw a half-built collection");
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        n
+    });
+    let mut watch = idx
+        .watch_operation(pb::WatchOperationRequest {
+            operation_id: op.clone(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut last = None;
+    while let Some(p) = watch.message().await.expect("progress") {
+        last = Some(p);
+    }
+    let last = last.expect("progress reported");
+    assert_eq!(
+        last.state,
+        pb::operation_progress::State::Succeeded as i32,
+        "{}",
+        last.message
+    );
+    assert_eq!(last.done, 36);
+    assert_eq!(searches.await.expect("searches"), 40);
+    let after = idx
+        .get_collection(pb::GetCollectionRequest {
+            name: "flowers".into(),
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .collection
+        .expect("collection");
+    assert_eq!(after.model.as_ref().map(|m| m.version.as_str()), Some("v2"));
+    assert_ne!(after.physical_name, before.physical_name);
+    assert_eq!(after.count, 36);
+    // The rebuilt index answers like the old one (same weights).
+    let r = idx
+        .search(pb::IndexSearchRequest {
+            collection: "flowers".into(),
+            vector: records[5].feature.clone(),
+            predicted_class: -1,
+            top_k: 3,
+            mode: pb::SearchMode::Probe as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("search after rebuild")
+        .into_inner();
+    assert_eq!(r.hits[0].content_hash, records[5].content_hash);
+    assert!(r.hits[0].distance < 1e-3);
+    // The old physical collection is gone.
+    let names: Vec<String> = idx
+        .list_collections(pb::ListCollectionsRequest {})
+        .await
+        .expect("list")
+        .into_inner()
+        .collections
+        .into_iter()
+        .map(|c| c.physical_name)
+        .collect();
+    assert_eq!(names, vec![after.physical_name.clone()]);
+}
