@@ -113,10 +113,13 @@ pub fn similarity(distance: f32) -> f32 {
 pub fn quantize(v: &[f32], out: &mut Vec<i8>) -> f32 {
     let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
     let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
-    out.extend(
-        v.iter()
-            .map(|x| (x / scale).round().clamp(-127.0, 127.0) as i8),
-    );
+    let inv = 1.0 / scale;
+    // Round half away from zero by offset and truncation: `f32::round` is a
+    // libm call on baseline x86-64 and dominated loading.
+    out.extend(v.iter().map(|x| {
+        let y = (x * inv).clamp(-127.0, 127.0);
+        (y + 0.5f32.copysign(y)) as i8
+    }));
     scale
 }
 

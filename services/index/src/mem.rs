@@ -44,7 +44,7 @@ pub struct Cell {
     codes: Vec<i8>,
     scales: Vec<f32>,
     meta: Vec<Arc<Meta>>,
-    sum: Vec<f64>,
+    sum: Vec<f32>,
     centroid: Vec<f32>,
 }
 
@@ -61,6 +61,27 @@ impl Cell {
             sum: vec![0.0; dims],
             centroid: vec![0.0; dims],
         }
+    }
+
+    /// Appends every entry of `other` (same class); returns the ids with
+    /// their new slots.
+    fn append(&mut self, mut other: Cell) -> Vec<(u64, usize)> {
+        let base = self.ids.len();
+        let moved: Vec<(u64, usize)> = other
+            .ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (*id, base + i))
+            .collect();
+        self.ids.append(&mut other.ids);
+        self.vecs.append(&mut other.vecs);
+        self.codes.append(&mut other.codes);
+        self.scales.append(&mut other.scales);
+        self.meta.append(&mut other.meta);
+        for (a, b) in self.sum.iter_mut().zip(&other.sum) {
+            *a += b;
+        }
+        moved
     }
 
     pub fn len(&self) -> usize {
@@ -92,7 +113,7 @@ impl Cell {
                         + m.label.len()
                 })
                 .sum::<usize>()
-            + (self.sum.len() * 8 + self.centroid.len() * 4)
+            + (self.sum.len() * 4 + self.centroid.len() * 4)
     }
 
     fn vector(&self, slot: usize) -> &[f32] {
@@ -100,8 +121,8 @@ impl Cell {
     }
 
     fn refresh_centroid(&mut self) {
-        let n = self.ids.len().max(1) as f64;
-        let mut c: Vec<f32> = self.sum.iter().map(|s| (s / n) as f32).collect();
+        let n = self.ids.len().max(1) as f32;
+        let mut c: Vec<f32> = self.sum.iter().map(|s| s / n).collect();
         if !kernels::normalize(&mut c) {
             c.iter_mut().for_each(|x| *x = 0.0);
         }
@@ -115,7 +136,7 @@ impl Cell {
         self.scales.push(s);
         self.meta.push(meta);
         for (acc, x) in self.sum.iter_mut().zip(feature) {
-            *acc += f64::from(*x);
+            *acc += *x;
         }
         self.ids.len() - 1
     }
@@ -129,7 +150,7 @@ impl Cell {
             .iter_mut()
             .zip(&self.vecs[slot * d..(slot + 1) * d])
         {
-            *acc -= f64::from(*x);
+            *acc -= *x;
         }
         let last = self.ids.len() - 1;
         self.ids.swap_remove(slot);
@@ -459,6 +480,31 @@ impl MemIndex {
         self.dirty.clear();
     }
 
+    /// Moves everything of `other` (built from disjoint ids, not yet
+    /// refreshed) into this index; used to load in parallel.
+    pub fn merge(&mut self, other: MemIndex) {
+        let MemIndex { cells, classes, .. } = other;
+        for ((class, list), cell) in cells {
+            // Unsplit indexes have one cell per class: list 0.
+            let dims = self.dims;
+            let target = self
+                .cells
+                .entry((class, list))
+                .or_insert_with(|| Cell::new(class, dims));
+            for (id, slot) in target.append(cell) {
+                self.locate.insert(id, (class, list, slot));
+            }
+            self.dirty.push(class);
+        }
+        for (class, info) in classes {
+            let mine = self.classes.entry(class).or_insert_with(|| ClassInfo {
+                split_at: SPLIT_MIN,
+                ..ClassInfo::default()
+            });
+            mine.count += info.count;
+        }
+    }
+
     /// Splits classes that grew past their threshold and brings centroids
     /// up to date. Call after writes, under the write lock, so that
     /// searches need no mutation.
@@ -466,22 +512,47 @@ impl MemIndex {
         let mut dirty = std::mem::take(&mut self.dirty);
         dirty.sort_unstable();
         dirty.dedup();
+        let to_split: Vec<i32> = dirty
+            .iter()
+            .copied()
+            .filter(|c| self.classes.get(c).is_some_and(|i| i.count >= i.split_at))
+            .collect();
+        // k-means of different classes is independent: two at a time.
+        let dims = self.dims;
+        let plans: Vec<(i32, Vec<Vec<f32>>)> = std::thread::scope(|s| {
+            let cells = &self.cells;
+            let work = |classes: &[i32]| -> Vec<(i32, Vec<Vec<f32>>)> {
+                classes
+                    .iter()
+                    .map(|&class| {
+                        let mut data = Vec::new();
+                        for c in cells.values().filter(|c| c.class == class) {
+                            data.extend_from_slice(&c.vecs);
+                        }
+                        let n = data.len() / dims;
+                        (class, kmeans(&data, dims, (n / CELL_TARGET).max(2), 6))
+                    })
+                    .collect()
+            };
+            let (a, b) = to_split.split_at(to_split.len() / 2);
+            let h = s.spawn(move || work(b));
+            let mut out = work(a);
+            out.extend(h.join().unwrap_or_default());
+            out
+        });
+        for (class, lists) in plans {
+            self.split(class, lists);
+        }
         for class in dirty {
-            let split = self
-                .classes
-                .get(&class)
-                .is_some_and(|i| i.count >= i.split_at);
-            if split {
-                self.split(class);
-            }
             for (_, c) in self.cells.iter_mut().filter(|((k, _), _)| *k == class) {
                 c.refresh_centroid();
             }
         }
     }
 
-    /// Re-clusters one class into about count / CELL_TARGET cells.
-    fn split(&mut self, class: i32) {
+    /// Re-distributes one class over the cells of `lists` (its k-means
+    /// centroids, about count / CELL_TARGET of them).
+    fn split(&mut self, class: i32, lists: Vec<Vec<f32>>) {
         let keys: Vec<(i32, u32)> = self
             .cells
             .keys()
@@ -490,12 +561,6 @@ impl MemIndex {
             .collect();
         let old: Vec<Cell> = keys.iter().filter_map(|k| self.cells.remove(k)).collect();
         let n: usize = old.iter().map(Cell::len).sum();
-        let mut data = Vec::with_capacity(n * self.dims);
-        for c in &old {
-            data.extend_from_slice(&c.vecs);
-        }
-        let k = (n / CELL_TARGET).max(2);
-        let lists = kmeans(&data, self.dims, k, 6);
         for c in old {
             for slot in 0..c.len() {
                 let v = c.vector(slot);

@@ -145,6 +145,12 @@ impl Store {
             .map_err(|e| Error::Unavailable(format!("cannot connect to the database: {e}")))?;
         let backend = db.get_database_backend();
         if backend == DbBackend::Sqlite {
+            // Takes effect only on a new file: 16 KiB pages keep a 1280-d
+            // feature (5 KiB) inside its row instead of overflow pages, which
+            // makes loading at start several times faster.
+            db.execute_unprepared("PRAGMA page_size=16384")
+                .await
+                .map_err(db_err("PRAGMA page_size"))?;
             // WAL: readers do not block the writer; NORMAL sync is durable
             // across process crashes (a power cut may lose the last commits).
             for pragma in [
@@ -604,6 +610,46 @@ impl Store {
             .query_all(self.stmt(
                 "SELECT id, predicted_class, content_hash, file_name, path, label, feature FROM images WHERE collection_id = ? AND id > ? ORDER BY id LIMIT ?",
                 vec![collection_id.into(), (after as i64).into(), (limit as i64).into()],
+            ))
+            .await
+            .map_err(db_err("loading images"))?;
+        rows.iter().map(Self::loaded_from_row).collect()
+    }
+
+    /// Smallest and largest image id of a collection.
+    pub async fn id_range(&self, collection_id: i64) -> Result<Option<(u64, u64)>> {
+        let row = self
+            .db
+            .query_one(self.stmt(
+                "SELECT MIN(id) AS lo, MAX(id) AS hi FROM images WHERE collection_id = ?",
+                vec![collection_id.into()],
+            ))
+            .await
+            .map_err(db_err("reading the id range"))?;
+        let Some(r) = row else { return Ok(None) };
+        let lo: Option<i64> = r.try_get("", "lo").map_err(db_err("lo"))?;
+        let hi: Option<i64> = r.try_get("", "hi").map_err(db_err("hi"))?;
+        Ok(lo.zip(hi).map(|(a, b)| (a as u64, b as u64)))
+    }
+
+    /// One page of images with `after < id <= upto`, by id.
+    pub async fn load_range(
+        &self,
+        collection_id: i64,
+        after: u64,
+        upto: u64,
+        limit: u64,
+    ) -> Result<Vec<LoadedImage>> {
+        let rows = self
+            .db
+            .query_all(self.stmt(
+                "SELECT id, predicted_class, content_hash, file_name, path, label, feature FROM images WHERE collection_id = ? AND id > ? AND id <= ? ORDER BY id LIMIT ?",
+                vec![
+                    collection_id.into(),
+                    (after as i64).into(),
+                    (upto as i64).into(),
+                    (limit as i64).into(),
+                ],
             ))
             .await
             .map_err(db_err("loading images"))?;

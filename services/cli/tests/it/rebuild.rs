@@ -40,9 +40,11 @@ async fn rebuild_switches_model_while_searches_keep_working() {
     let iaddr = il.local_addr().expect("addr");
     tokio::spawn(cbir_inference::serve(icfg, il, std::future::pending()));
     // Index, pointing at it.
-    let mut xcfg = cbir_index::Config::default();
-    xcfg.database_url = format!("sqlite://{}", dir.path().join("index.db").display());
-    xcfg.inference_url = Some(format!("http://{iaddr}"));
+    let xcfg = cbir_index::Config {
+        database_url: format!("sqlite://{}", dir.path().join("index.db").display()),
+        inference_url: Some(format!("http://{iaddr}")),
+        ..Default::default()
+    };
     let xl = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

@@ -15,7 +15,10 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261128_000001_initial::Migration)]
+        vec![
+            Box::new(m20261128_000001_initial::Migration),
+            Box::new(m20261128_000002_load_order::Migration),
+        ]
     }
 }
 
@@ -136,6 +139,43 @@ mod m20261128_000001_initial {
                     .await?;
             }
             Ok(())
+        }
+    }
+}
+
+/// Loading pages by id within a collection: without this index SQLite sorts
+/// the whole collection for every page (quadratic at start-up).
+mod m20261128_000002_load_order {
+    use super::*;
+
+    pub struct Migration;
+
+    impl MigrationName for Migration {
+        fn name(&self) -> &str {
+            "m20261128_000002_load_order"
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl MigrationTrait for Migration {
+        async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            manager
+                .get_connection()
+                .execute_unprepared("CREATE INDEX idx_images_load ON images (collection_id, id)")
+                .await
+                .map(|_| ())
+        }
+
+        async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            let sql = match manager.get_database_backend() {
+                DatabaseBackend::MySql => "DROP INDEX idx_images_load ON images",
+                _ => "DROP INDEX IF EXISTS idx_images_load",
+            };
+            manager
+                .get_connection()
+                .execute_unprepared(sql)
+                .await
+                .map(|_| ())
         }
     }
 }

@@ -29,6 +29,10 @@ struct Args {
     /// Folder for the SQLite file.
     #[arg(long, default_value = "/tmp")]
     db_dir: std::path::PathBuf,
+    /// Keep the SQLite file (cbir-bench-N.db) and, when it exists, only
+    /// time the load.
+    #[arg(long)]
+    db_keep: bool,
 }
 
 fn normalize(v: &mut [f32]) {
@@ -229,18 +233,27 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn db_load(args: &Args) -> anyhow::Result<()> {
-    let path = args
-        .db_dir
-        .join(format!("cbir-bench-{}.db", std::process::id()));
+    let path = if args.db_keep {
+        args.db_dir.join(format!("cbir-bench-{}.db", args.db_load))
+    } else {
+        args.db_dir
+            .join(format!("cbir-bench-{}.db", std::process::id()))
+    };
     let url = format!("sqlite://{}", path.display());
+    let reuse = args.db_keep && path.exists();
     let store = cbir_index::Store::connect(&url, 4).await?;
-    let c = store
-        .create_collection("bench", "bench", "synthetic", "1", args.dims as u32, "")
-        .await?;
     let mut rng = SmallRng::seed_from_u64(7);
     let gen = Generator::new(&mut rng, 20, args.dims);
     let t = Instant::now();
     let mut written = 0usize;
+    let c = if reuse {
+        written = args.db_load;
+        store.collections().await?.remove(0)
+    } else {
+        store
+            .create_collection("bench", "bench", "synthetic", "1", args.dims as u32, "")
+            .await?
+    };
     while written < args.db_load {
         let batch: Vec<cbir_index::store::NewImage> = (0..1000.min(args.db_load - written))
             .map(|i| {
@@ -279,8 +292,10 @@ async fn db_load(args: &Args) -> anyhow::Result<()> {
         load_s,
         stats.count as f64 / load_s
     );
-    for ext in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+    if !args.db_keep {
+        for ext in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+        }
     }
     Ok(())
 }

@@ -218,3 +218,72 @@ fn replace_remove_exclude_and_min_similarity() {
     assert!(idx.is_empty());
     assert!(idx.search(&qq, ProbeRule::default()).0.is_empty());
 }
+
+#[test]
+fn big_partitions_split_into_cells_and_stay_consistent() {
+    let mut rng = StdRng::seed_from_u64(9);
+    let dims = 32;
+    let noise = 0.7 / (dims as f32 / 3.0).sqrt();
+    let centres: Vec<Vec<f32>> = (0..8).map(|_| unit(&mut rng, dims, None)).collect();
+    // One class partition of 20000 vectors drawn from 8 modes: past the
+    // split threshold twice.
+    let entries: Vec<Entry> = (0..20_000u64)
+        .map(|i| {
+            let c = &centres[(i % 8) as usize];
+            entry(i + 1, 5, noisy(&mut rng, dims, Some(c), noise))
+        })
+        .collect();
+    let mut idx = MemIndex::new(dims);
+    for chunk in entries.chunks(2500) {
+        idx.upsert(chunk);
+        idx.refresh();
+    }
+    let parts = idx.partitions();
+    assert_eq!(parts.len(), 1);
+    assert_eq!(parts[0].len, 20_000);
+    assert!(
+        parts[0].cells >= 6,
+        "a 20000-vector partition was not split"
+    );
+    assert_eq!(idx.cells().map(Cell::len).sum::<usize>(), 20_000);
+    // Every id is still where `locate` says.
+    for e in entries.iter().step_by(97) {
+        assert_eq!(idx.feature(e.id).map(|f| f.1), Some(e.feature.clone()));
+    }
+    // Exact stays exact; probe reads less and still finds the neighbours.
+    let mut agree = 0;
+    let mut read = 0;
+    for t in 0..20 {
+        let q = noisy(&mut rng, dims, Some(&centres[t % 8]), noise);
+        let (x, _) = idx.search(&query(&q, 10, Mode::Exact), ProbeRule::default());
+        assert_eq!(
+            x.iter().map(|h| h.id).collect::<Vec<_>>(),
+            brute(&entries, &q, 10)
+                .iter()
+                .map(|b| b.0)
+                .collect::<Vec<_>>()
+        );
+        let mut pq = query(&q, 10, Mode::Probe);
+        pq.predicted_class = Some(5);
+        let (p, stats) = idx.search(&pq, ProbeRule::default());
+        agree += p.iter().filter(|h| x.iter().any(|y| y.id == h.id)).count();
+        read += stats.vectors_scanned;
+        assert_eq!(stats.partitions_searched, 1);
+    }
+    assert!(
+        agree as f64 / 200.0 >= 0.95,
+        "probe recall {}",
+        agree as f64 / 200.0
+    );
+    assert!(read < 20 * 20_000 * 3 / 4, "probe read {read} vectors");
+    // Deleting across cells keeps the bookkeeping right.
+    for e in entries.iter().take(10_000) {
+        assert!(idx.remove(e.id));
+    }
+    idx.refresh();
+    assert_eq!(idx.len(), 10_000);
+    assert_eq!(idx.cells().map(Cell::len).sum::<usize>(), 10_000);
+    for e in entries.iter().skip(10_000).step_by(101) {
+        assert_eq!(idx.feature(e.id).map(|f| f.1), Some(e.feature.clone()));
+    }
+}
