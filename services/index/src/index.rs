@@ -462,11 +462,22 @@ impl Index {
             .collect();
         let c = coll.clone();
         tokio::task::spawn_blocking(move || {
-            // Centroids are refreshed outside the lock's hot path of
-            // searches: a short write lock per batch.
-            let mut mem = c.mem.write();
-            mem.upsert(&entries);
-            mem.refresh();
+            // A short write lock per batch: append and refresh centroids.
+            let split = {
+                let mut mem = c.mem.write();
+                mem.upsert(&entries);
+                mem.refresh_centroids();
+                mem.needs_split()
+            };
+            // Splitting a grown partition runs k-means: under the read lock,
+            // so searches go on; only the redistribution takes the write
+            // lock. The collection's writer mutex keeps other writes out.
+            if split {
+                let plans = c.mem.read().plan_splits();
+                let mut mem = c.mem.write();
+                mem.apply_splits(plans);
+                mem.refresh_centroids();
+            }
         })
         .await
         .map_err(|e| Error::Internal(format!("memory update task: {e}")))?;
@@ -488,7 +499,7 @@ impl Index {
         for (id, _) in &gone {
             mem.remove(*id);
         }
-        mem.refresh();
+        mem.refresh_centroids();
         Ok(gone.len() as u64)
     }
 

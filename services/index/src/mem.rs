@@ -175,6 +175,13 @@ struct ClassInfo {
     split_at: usize,
 }
 
+/// New cells for one class: computed without the write lock.
+#[derive(Debug)]
+pub struct SplitPlan {
+    class: i32,
+    lists: Vec<Vec<f32>>,
+}
+
 /// What `stats` shows of one class partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionSummary {
@@ -509,19 +516,43 @@ impl MemIndex {
     /// up to date. Call after writes, under the write lock, so that
     /// searches need no mutation.
     pub fn refresh(&mut self) {
+        let plans = self.plan_splits();
+        self.apply_splits(plans);
+        self.refresh_centroids();
+    }
+
+    /// Brings the centroids of changed classes up to date (cheap).
+    pub fn refresh_centroids(&mut self) {
         let mut dirty = std::mem::take(&mut self.dirty);
         dirty.sort_unstable();
         dirty.dedup();
-        let to_split: Vec<i32> = dirty
+        for class in dirty {
+            for (_, c) in self.cells.iter_mut().filter(|((k, _), _)| *k == class) {
+                c.refresh_centroid();
+            }
+        }
+    }
+
+    /// True when some class grew past its split threshold.
+    pub fn needs_split(&self) -> bool {
+        self.classes.values().any(|i| i.count >= i.split_at)
+    }
+
+    /// The k-means centroids of every class due for a split. Read-only (the
+    /// expensive part), so writers run it under a read lock while searches
+    /// go on, then `apply_splits` under the write lock.
+    pub fn plan_splits(&self) -> Vec<SplitPlan> {
+        let to_split: Vec<i32> = self
+            .classes
             .iter()
-            .copied()
-            .filter(|c| self.classes.get(c).is_some_and(|i| i.count >= i.split_at))
+            .filter(|(_, i)| i.count >= i.split_at)
+            .map(|(c, _)| *c)
             .collect();
-        // k-means of different classes is independent: two at a time.
         let dims = self.dims;
-        let plans: Vec<(i32, Vec<Vec<f32>>)> = std::thread::scope(|s| {
+        // k-means of different classes is independent: two at a time.
+        std::thread::scope(|s| {
             let cells = &self.cells;
-            let work = |classes: &[i32]| -> Vec<(i32, Vec<Vec<f32>>)> {
+            let work = |classes: &[i32]| -> Vec<SplitPlan> {
                 classes
                     .iter()
                     .map(|&class| {
@@ -530,7 +561,10 @@ impl MemIndex {
                             data.extend_from_slice(&c.vecs);
                         }
                         let n = data.len() / dims;
-                        (class, kmeans(&data, dims, (n / CELL_TARGET).max(2), 6))
+                        SplitPlan {
+                            class,
+                            lists: kmeans(&data, dims, (n / CELL_TARGET).max(2), 6),
+                        }
                     })
                     .collect()
             };
@@ -539,13 +573,15 @@ impl MemIndex {
             let mut out = work(a);
             out.extend(h.join().unwrap_or_default());
             out
-        });
-        for (class, lists) in plans {
-            self.split(class, lists);
-        }
-        for class in dirty {
-            for (_, c) in self.cells.iter_mut().filter(|((k, _), _)| *k == class) {
-                c.refresh_centroid();
+        })
+    }
+
+    /// Re-distributes the planned classes over their new cells.
+    pub fn apply_splits(&mut self, plans: Vec<SplitPlan>) {
+        for p in plans {
+            if self.classes.contains_key(&p.class) && !p.lists.is_empty() {
+                self.split(p.class, p.lists);
+                self.dirty.push(p.class);
             }
         }
     }
