@@ -23,6 +23,8 @@ const BATCH: usize = 16;
 pub struct Rebuilder {
     inference_url: Option<String>,
     ops: Mutex<HashMap<String, watch::Sender<pb::OperationProgress>>>,
+    /// Collections being rebuilt: one rebuild at a time each.
+    running: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Rebuilder {
@@ -30,6 +32,7 @@ impl Rebuilder {
         Self {
             inference_url,
             ops: Mutex::new(HashMap::new()),
+            running: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -70,6 +73,28 @@ impl Rebuilder {
         model_version: String,
     ) -> Result<String> {
         let old = index.resolve(&alias)?;
+        if !self.running.lock().insert(alias.clone()) {
+            return Err(Error::FailedPrecondition(format!(
+                "collection {alias:?} is being rebuilt already: watch that operation"
+            )));
+        }
+        let started = self
+            .prepare(index, alias.clone(), old, model_name, model_version)
+            .await;
+        if started.is_err() {
+            self.running.lock().remove(&alias);
+        }
+        started
+    }
+
+    async fn prepare(
+        self: &Arc<Self>,
+        index: Arc<Index>,
+        alias: String,
+        old: Arc<Collection>,
+        model_name: String,
+        model_version: String,
+    ) -> Result<String> {
         let mut client = self.client().await?;
         let info = client
             .get_model_info(pb::GetModelInfoRequest::default())
@@ -107,6 +132,7 @@ impl Rebuilder {
             ..Default::default()
         });
         self.ops.lock().insert(id.clone(), tx.clone());
+        let me = self.clone();
         tokio::spawn(async move {
             let started = Instant::now();
             let r = run(&index, &mut client, &alias, &old, &new, &tx, started).await;
@@ -115,6 +141,7 @@ impl Rebuilder {
                     if let Err(e) = index.drop_physical(&old).await {
                         tracing::warn!(error = %e, "dropping the replaced collection failed");
                     }
+                    me.running.lock().remove(&alias);
                     tx.send_modify(|p| {
                         p.state = pb::operation_progress::State::Succeeded as i32;
                         p.message = format!("{alias} now uses {model_name} {model_version}");
@@ -127,6 +154,7 @@ impl Rebuilder {
                     if let Err(e2) = index.drop_physical(&new).await {
                         tracing::warn!(error = %e2, "dropping the half-built collection failed");
                     }
+                    me.running.lock().remove(&alias);
                     tx.send_modify(|p| {
                         p.state = pb::operation_progress::State::Failed as i32;
                         p.message = format!("rebuild failed, {alias} is unchanged: {e}");
