@@ -6,8 +6,30 @@ use cbir_api::v1 as pb;
 use cbir_api::v1::embed_result::Outcome;
 use serde_json::json;
 
-/// Images per Embed call.
+/// Images per Embed call, and encoded bytes per call (the service accepts
+/// 64 MiB messages by default).
 const CHUNK: usize = 32;
+const CHUNK_BYTES: u64 = 48 << 20;
+
+/// Groups files into calls of at most CHUNK images and about CHUNK_BYTES.
+fn chunks(images: &[PathBuf]) -> Vec<&[PathBuf]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, p) in images.iter().enumerate() {
+        let size = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        if i > start && (i - start >= CHUNK || bytes + size > CHUNK_BYTES) {
+            out.push(&images[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes += size;
+    }
+    if start < images.len() {
+        out.push(&images[start..]);
+    }
+    out
+}
 
 pub async fn run(url: &str, images: &[PathBuf], as_json: bool) -> anyhow::Result<ExitCode> {
     let channel = tonic::transport::Endpoint::from_shared(url.to_string())
@@ -21,7 +43,7 @@ pub async fn run(url: &str, images: &[PathBuf], as_json: bool) -> anyhow::Result
         .max_encoding_message_size(256 << 20)
         .max_decoding_message_size(64 << 20);
     let mut failed = 0usize;
-    for chunk in images.chunks(CHUNK) {
+    for chunk in chunks(images) {
         let mut inputs = Vec::new();
         let mut order = Vec::new();
         for path in chunk {
@@ -94,5 +116,38 @@ fn print_one(file: &str, outcome: Result<pb::Embedding, String>, as_json: bool) 
             println!("{file}: {}", top.join(", "));
         }
         (Err(err), false) => println!("{file}: error: {err}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_bound_count_and_bytes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let small: Vec<PathBuf> = (0..70)
+            .map(|i| {
+                let p = dir.path().join(format!("{i}.jpg"));
+                std::fs::write(&p, b"x").expect("write");
+                p
+            })
+            .collect();
+        let sizes: Vec<usize> = chunks(&small).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, vec![32, 32, 6]);
+        // Two 30 MiB files never share a call; a missing file counts as empty.
+        let big: Vec<PathBuf> = (0..2)
+            .map(|i| {
+                let p = dir.path().join(format!("big{i}.jpg"));
+                std::fs::File::create(&p)
+                    .and_then(|f| f.set_len(30 << 20))
+                    .expect("big file");
+                p
+            })
+            .chain([dir.path().join("missing.jpg")])
+            .collect();
+        let sizes: Vec<usize> = chunks(&big).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, vec![1, 2]);
+        assert!(chunks(&[]).is_empty());
     }
 }

@@ -141,6 +141,30 @@ impl Cell {
         self.ids.len() - 1
     }
 
+    /// Copies entry `slot` of `other` (codes included, no re-quantising).
+    fn push_from(&mut self, other: &Cell, slot: usize) -> usize {
+        let d = self.dims;
+        let v = other.vector(slot);
+        self.ids.push(other.ids[slot]);
+        self.vecs.extend_from_slice(v);
+        self.codes
+            .extend_from_slice(&other.codes[slot * d..(slot + 1) * d]);
+        self.scales.push(other.scales[slot]);
+        self.meta.push(other.meta[slot].clone());
+        for (acc, x) in self.sum.iter_mut().zip(v) {
+            *acc += *x;
+        }
+        self.ids.len() - 1
+    }
+
+    fn reserve(&mut self, n: usize) {
+        self.ids.reserve(n);
+        self.vecs.reserve(n * self.dims);
+        self.codes.reserve(n * self.dims);
+        self.scales.reserve(n);
+        self.meta.reserve(n);
+    }
+
     /// Removes `slot` by moving the last entry into it; returns the id that
     /// moved there, if any.
     fn swap_remove(&mut self, slot: usize) -> Option<u64> {
@@ -180,6 +204,8 @@ struct ClassInfo {
 pub struct SplitPlan {
     class: i32,
     lists: Vec<Vec<f32>>,
+    /// The new cell of every vector the class held when planned.
+    assign: HashMap<u64, u32>,
 }
 
 /// What `stats` shows of one class partition.
@@ -561,9 +587,17 @@ impl MemIndex {
                             data.extend_from_slice(&c.vecs);
                         }
                         let n = data.len() / dims;
+                        let lists = kmeans(&data, dims, (n / CELL_TARGET).max(2), 6);
+                        let mut assign = HashMap::with_capacity(n);
+                        for c in cells.values().filter(|c| c.class == class) {
+                            for slot in 0..c.len() {
+                                assign.insert(c.ids[slot], nearest(&lists, c.vector(slot)) as u32);
+                            }
+                        }
                         SplitPlan {
                             class,
-                            lists: kmeans(&data, dims, (n / CELL_TARGET).max(2), 6),
+                            lists,
+                            assign,
                         }
                     })
                     .collect()
@@ -580,7 +614,7 @@ impl MemIndex {
     pub fn apply_splits(&mut self, plans: Vec<SplitPlan>) {
         for p in plans {
             if self.classes.contains_key(&p.class) && !p.lists.is_empty() {
-                self.split(p.class, p.lists);
+                self.split(p.class, p.lists, &p.assign);
                 self.dirty.push(p.class);
             }
         }
@@ -588,7 +622,7 @@ impl MemIndex {
 
     /// Re-distributes one class over the cells of `lists` (its k-means
     /// centroids, about count / CELL_TARGET of them).
-    fn split(&mut self, class: i32, lists: Vec<Vec<f32>>) {
+    fn split(&mut self, class: i32, lists: Vec<Vec<f32>>, assign: &HashMap<u64, u32>) {
         let keys: Vec<(i32, u32)> = self
             .cells
             .keys()
@@ -597,16 +631,40 @@ impl MemIndex {
             .collect();
         let old: Vec<Cell> = keys.iter().filter_map(|k| self.cells.remove(k)).collect();
         let n: usize = old.iter().map(Cell::len).sum();
-        for c in old {
-            for slot in 0..c.len() {
-                let v = c.vector(slot);
-                let list = nearest(&lists, v) as u32;
-                let dims = self.dims;
+        let dims = self.dims;
+        // Where each vector goes; vectors added since the plan was made are
+        // placed now.
+        let targets: Vec<Vec<u32>> = old
+            .iter()
+            .map(|c| {
+                (0..c.len())
+                    .map(|slot| {
+                        assign
+                            .get(&c.ids[slot])
+                            .copied()
+                            .unwrap_or_else(|| nearest(&lists, c.vector(slot)) as u32)
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut sizes: HashMap<u32, usize> = HashMap::new();
+        for t in targets.iter().flatten() {
+            *sizes.entry(*t).or_default() += 1;
+        }
+        for (list, size) in sizes {
+            let cell = self
+                .cells
+                .entry((class, list))
+                .or_insert_with(|| Cell::new(class, dims));
+            cell.reserve(size);
+        }
+        for (c, t) in old.iter().zip(&targets) {
+            for (slot, &list) in t.iter().enumerate() {
                 let cell = self
                     .cells
                     .entry((class, list))
                     .or_insert_with(|| Cell::new(class, dims));
-                let new_slot = cell.push(c.ids[slot], v, c.meta[slot].clone());
+                let new_slot = cell.push_from(c, slot);
                 self.locate.insert(c.ids[slot], (class, list, new_slot));
             }
         }
