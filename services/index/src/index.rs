@@ -232,6 +232,11 @@ impl Index {
             let part = p
                 .await
                 .map_err(|e| Error::Internal(format!("load task: {e}")))??;
+            // The first part becomes the index; later ones are appended.
+            if mem.is_empty() {
+                mem = part;
+                continue;
+            }
             mem = tokio::task::spawn_blocking(move || {
                 mem.merge(part);
                 mem
