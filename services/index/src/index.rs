@@ -271,15 +271,6 @@ impl Index {
             })
     }
 
-    pub fn alias_of(&self, id: i64) -> Option<String> {
-        self.catalog
-            .read()
-            .aliases
-            .iter()
-            .find(|(_, v)| **v == id)
-            .map(|(k, _)| k.clone())
-    }
-
     pub async fn create_collection(
         &self,
         name: &str,

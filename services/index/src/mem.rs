@@ -92,10 +92,6 @@ impl Cell {
         self.ids.is_empty()
     }
 
-    pub fn ids(&self) -> &[u64] {
-        &self.ids
-    }
-
     pub fn bytes(&self) -> usize {
         self.ids.len() * 8
             + self.vecs.len() * 4
@@ -323,7 +319,6 @@ struct Cand {
     dist: f32,
     id: u64,
     class: i32,
-    list: u32,
     slot: usize,
 }
 
@@ -721,7 +716,6 @@ impl MemIndex {
                 dist: distance_from_dot(dot),
                 id,
                 class: c.class,
-                list: 0,
                 slot,
             });
         };
