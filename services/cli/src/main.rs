@@ -1,6 +1,8 @@
 //! `cbir`: run the system and talk to it.
 
 mod classify;
+mod client;
+mod eval;
 mod up;
 
 use std::path::PathBuf;
@@ -16,6 +18,18 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct GatewayArgs {
+    /// The gateway (its gRPC API; the same address serves the web UI).
+    #[arg(
+        long,
+        global = true,
+        env = "CBIR_GATEWAY_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    gateway: String,
 }
 
 #[derive(Subcommand)]
@@ -39,6 +53,81 @@ enum Command {
         )]
         inference: String,
     },
+    /// Add images to a collection, list its stats, or clear it.
+    Index {
+        #[command(subcommand)]
+        command: IndexCommand,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Find the images most similar to IMAGE.
+    Search {
+        image: PathBuf,
+        /// How many results.
+        #[arg(short = 'k', long = "top-k", default_value_t = 20)]
+        top_k: u32,
+        /// probe (default), partition or exact.
+        #[arg(long, default_value = "probe")]
+        mode: String,
+        #[arg(long, short = 'c', default_value = "default")]
+        collection: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Retrieval quality of a labeled folder-per-class set: indexes DIR into
+    /// a fresh collection and reports precision@K and mAP (leave-one-out
+    /// over DIR unless --queries is given), overall and per class.
+    Eval {
+        dir: PathBuf,
+        /// A folder-per-class set of queries; without it every image of DIR
+        /// queries the others.
+        #[arg(long)]
+        queries: Option<PathBuf>,
+        /// Cut-offs of precision@K.
+        #[arg(short = 'k', value_delimiter = ',', default_value = "1,5,10")]
+        k: Vec<usize>,
+        /// Search modes to measure, comma-separated: probe, partition, exact.
+        #[arg(long, value_delimiter = ',', default_value = "probe")]
+        mode: Vec<String>,
+        /// Index into this collection instead of a fresh temporary one.
+        #[arg(long)]
+        collection: Option<String>,
+        /// Keep the collection afterwards.
+        #[arg(long)]
+        keep: bool,
+        /// One JSON object per mode and line.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum IndexCommand {
+    /// Add image files and folders (recursively; label = parent folder name).
+    Add {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[arg(long, short = 'c', default_value = "default")]
+        collection: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Count per partition, memory, model.
+    Stats {
+        #[arg(long, short = 'c', default_value = "default")]
+        collection: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove every image of the collection (the collection stays).
+    Clear {
+        #[arg(long, short = 'c', default_value = "default")]
+        collection: String,
+    },
 }
 
 fn main() -> anyhow::Result<std::process::ExitCode> {
@@ -56,6 +145,49 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                 json,
                 inference,
             } => classify::run(&inference, &images, json).await,
+            Command::Index { command, gateway } => match command {
+                IndexCommand::Add {
+                    paths,
+                    collection,
+                    json,
+                } => client::index_add(&gateway.gateway, &collection, &paths, json).await,
+                IndexCommand::Stats { collection, json } => {
+                    client::stats(&gateway.gateway, &collection, json).await
+                }
+                IndexCommand::Clear { collection } => {
+                    client::clear(&gateway.gateway, &collection).await
+                }
+            },
+            Command::Search {
+                image,
+                top_k,
+                mode,
+                collection,
+                json,
+                gateway,
+            } => client::search(&gateway.gateway, &collection, &image, top_k, &mode, json).await,
+            Command::Eval {
+                dir,
+                queries,
+                k,
+                mode,
+                collection,
+                keep,
+                json,
+                gateway,
+            } => {
+                eval::run(eval::EvalArgs {
+                    gateway: gateway.gateway,
+                    dir,
+                    queries,
+                    ks: k,
+                    modes: mode,
+                    collection,
+                    keep,
+                    json,
+                })
+                .await
+            }
         }
     })
 }

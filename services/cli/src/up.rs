@@ -19,6 +19,12 @@ pub struct UpArgs {
     /// Index config file (TOML); INDEX_* variables override it.
     #[arg(long, env = "INDEX_CONFIG")]
     index_config: Option<PathBuf>,
+    /// Address of the gateway: the web UI, the REST API and the public gRPC API.
+    #[arg(long, env = "CBIR_GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
+    gateway_listen: String,
+    /// Gateway config file (TOML); GATEWAY_* variables override it.
+    #[arg(long, env = "GATEWAY_CONFIG")]
+    gateway_config: Option<PathBuf>,
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -44,6 +50,16 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     if std::env::var_os("INDEX_INFERENCE_URL").is_none() {
         index_cfg.inference_url = Some(format!("http://{}", cfg.listen));
     }
+    let mut gateway_cfg = cbir_gateway::Config::load(args.gateway_config.as_deref())?;
+    if std::env::var_os("GATEWAY_LISTEN").is_none() {
+        gateway_cfg.listen = args.gateway_listen.clone();
+    }
+    if std::env::var_os("GATEWAY_INFERENCE_URLS").is_none() {
+        gateway_cfg.inference_urls = vec![format!("http://{}", cfg.listen)];
+    }
+    if std::env::var_os("GATEWAY_INDEX_URLS").is_none() {
+        gateway_cfg.index_urls = vec![format!("http://{}", index_cfg.listen)];
+    }
     let bind = |addr: String| async move {
         tokio::net::TcpListener::bind(&addr)
             .await
@@ -51,7 +67,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     };
     let inference_listener = bind(cfg.listen.clone()).await?;
     let index_listener = bind(index_cfg.listen.clone()).await?;
+    let gateway_listener = bind(gateway_cfg.listen.clone()).await?;
     tracing::info!(
+        ui = %format!("http://{}/", gateway_cfg.listen),
         inference = %cfg.listen,
         index = %index_cfg.listen,
         database = %index_cfg.database_url,
@@ -73,6 +91,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         (
             "index",
             tokio::spawn(cbir_index::serve(index_cfg, index_listener, stopped())),
+        ),
+        (
+            "gateway",
+            tokio::spawn(cbir_gateway::serve(
+                gateway_cfg,
+                gateway_listener,
+                stopped(),
+            )),
         ),
     ];
     let failed = tokio::select! {

@@ -266,6 +266,28 @@ pub fn thumbnail(img: &RgbImage) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// A JPEG with the shorter side at most `shorter` pixels: a compact copy
+/// that still re-embeds like the original (preprocessing scales the shorter
+/// side to `RESIZE_SHORTER` anyway), kept so a collection can be rebuilt for
+/// another model without the original files.
+pub fn rendition(img: &RgbImage, shorter: u32, quality: u8) -> Result<Vec<u8>> {
+    let (w, h) = img.dimensions();
+    let scale = f64::from(shorter) / f64::from(w.min(h).max(1));
+    let small = if scale < 1.0 {
+        let tw = ((f64::from(w) * scale).round() as u32).max(1);
+        let th = ((f64::from(h) * scale).round() as u32).max(1);
+        resize(img, tw, th)?
+    } else {
+        img.clone()
+    };
+    let mut out = Vec::new();
+    let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality);
+    small
+        .write_with_encoder(enc)
+        .map_err(|e| Error::Processing(format!("rendition encoding: {e}")))?;
+    Ok(out)
+}
+
 /// Hex SHA-256 of the encoded file: the identity of an image in the index.
 pub fn content_hash(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))

@@ -195,3 +195,15 @@ fn content_hash_is_sha256_hex() {
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     );
 }
+
+#[test]
+fn rendition_keeps_the_shorter_side() {
+    let big = two_colour(1000, 500);
+    let r = rendition(&big, 320, 90).expect("rendition");
+    let d = decode(&r, &Limits::default()).expect("decode rendition");
+    assert_eq!(d.image.dimensions(), (640, 320));
+    let small = two_colour(100, 50);
+    let r = rendition(&small, 320, 90).expect("rendition");
+    let d = decode(&r, &Limits::default()).expect("decode rendition");
+    assert_eq!(d.image.dimensions(), (100, 50), "never upscaled");
+}

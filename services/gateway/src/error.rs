@@ -1,0 +1,174 @@
+use axum::http::StatusCode;
+use tonic::{Code, Status};
+
+/// The backing service a failure came from, named in every message so
+/// that a user knows which process to look at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Upstream {
+    Inference,
+    Index,
+}
+
+impl std::fmt::Display for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Upstream::Inference => "inference",
+            Upstream::Index => "index",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
+    #[error("the {service} service is unavailable: {detail}")]
+    Unavailable { service: Upstream, detail: String },
+    #[error("the {service} service did not answer in time ({detail})")]
+    DeadlineExceeded { service: Upstream, detail: String },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Translates a status from a backing service: client errors pass
+    /// through with their message, transport failures name the service.
+    pub fn upstream(service: Upstream, status: Status) -> Self {
+        let msg = status.message().to_string();
+        match status.code() {
+            Code::InvalidArgument | Code::OutOfRange => Error::InvalidArgument(msg),
+            Code::NotFound => Error::NotFound(msg),
+            Code::AlreadyExists => Error::AlreadyExists(msg),
+            Code::FailedPrecondition => Error::FailedPrecondition(msg),
+            Code::ResourceExhausted => Error::ResourceExhausted(format!(
+                "the {service} service is overloaded ({msg}); retry shortly"
+            )),
+            Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Aborted => {
+                Error::Unavailable {
+                    service,
+                    detail: unavailable_detail(service, &msg),
+                }
+            }
+            Code::DeadlineExceeded => Error::DeadlineExceeded {
+                service,
+                detail: msg,
+            },
+            Code::Ok
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+            | Code::Unimplemented
+            | Code::Internal
+            | Code::DataLoss => Error::Internal(format!("the {service} service failed: {msg}")),
+        }
+    }
+
+    /// Snake-case code of the REST error body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::InvalidArgument(_) => "invalid_argument",
+            Error::NotFound(_) => "not_found",
+            Error::AlreadyExists(_) => "already_exists",
+            Error::FailedPrecondition(_) => "failed_precondition",
+            Error::TooLarge(_) => "payload_too_large",
+            Error::UnsupportedMediaType(_) => "unsupported_media_type",
+            Error::Forbidden(_) => "forbidden",
+            Error::ResourceExhausted(_) => "resource_exhausted",
+            Error::Unavailable { .. } => "unavailable",
+            Error::DeadlineExceeded { .. } => "deadline_exceeded",
+            Error::Config(_) | Error::Internal(_) => "internal",
+        }
+    }
+
+    pub fn service(&self) -> Option<Upstream> {
+        match self {
+            Error::Unavailable { service, .. } | Error::DeadlineExceeded { service, .. } => {
+                Some(*service)
+            }
+            _ => None,
+        }
+    }
+
+    pub fn http_status(&self) -> StatusCode {
+        match self {
+            Error::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::AlreadyExists(_) | Error::FailedPrecondition(_) => StatusCode::CONFLICT,
+            Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::ResourceExhausted(_) => StatusCode::TOO_MANY_REQUESTS,
+            Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Error::DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Error::Config(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+fn unavailable_detail(service: Upstream, msg: &str) -> String {
+    let hint = match service {
+        Upstream::Inference => {
+            "start it (cbir up, or cbir-inference) or check GATEWAY_INFERENCE_URLS"
+        }
+        Upstream::Index => "start it (cbir up, or cbir-index) or check GATEWAY_INDEX_URL",
+    };
+    if msg.is_empty() {
+        hint.to_string()
+    } else {
+        format!("{msg}; {hint}")
+    }
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        match &err {
+            Error::InvalidArgument(_) => Status::new(Code::InvalidArgument, err.to_string()),
+            Error::NotFound(_) => Status::new(Code::NotFound, err.to_string()),
+            Error::AlreadyExists(_) => Status::new(Code::AlreadyExists, err.to_string()),
+            Error::FailedPrecondition(_) => Status::new(Code::FailedPrecondition, err.to_string()),
+            Error::TooLarge(_) | Error::UnsupportedMediaType(_) => {
+                Status::new(Code::InvalidArgument, err.to_string())
+            }
+            Error::Forbidden(_) => Status::new(Code::PermissionDenied, err.to_string()),
+            Error::ResourceExhausted(_) => Status::new(Code::ResourceExhausted, err.to_string()),
+            Error::Unavailable { .. } => Status::new(Code::Unavailable, err.to_string()),
+            Error::DeadlineExceeded { .. } => Status::new(Code::DeadlineExceeded, err.to_string()),
+            Error::Config(_) | Error::Internal(_) => cbir_common::error::internal(&err),
+        }
+    }
+}
+
+impl axum::response::IntoResponse for Error {
+    fn into_response(self) -> axum::response::Response {
+        let status = self.http_status();
+        let message = match &self {
+            Error::Config(_) | Error::Internal(_) => {
+                tracing::error!(error = %self, "internal error");
+                "internal error; see the gateway log".to_string()
+            }
+            _ => self.to_string(),
+        };
+        let body = serde_json::json!({
+            "error": { "code": self.code(), "message": message, "service": self.service() }
+        });
+        (status, axum::Json(body)).into_response()
+    }
+}

@@ -1,0 +1,881 @@
+//! What the gateway does, whatever the protocol: REST and gRPC handlers are
+//! thin translations onto these methods, so both give the same answers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cbir_api::v1 as pb;
+use cbir_api::v1::index_service_client::IndexServiceClient;
+use cbir_api::v1::inference_service_client::InferenceServiceClient;
+use parking_lot::Mutex;
+use tonic::transport::Channel;
+
+use crate::clients::{request, Pool, PoolConfig};
+use crate::error::{Error, Result, Upstream};
+use crate::jobs::Jobs;
+use crate::Config;
+
+/// Collection metadata is cached this long: a search needs the model the
+/// collection is bound to, and asking the index every time costs a round trip.
+const COLLECTION_TTL: Duration = Duration::from_secs(2);
+/// Originals up to this size are kept as they are for rebuilds; larger
+/// ones as a rendition (see `cbir_imaging::rendition`).
+const KEEP_ORIGINAL_BYTES: usize = 512 * 1024;
+const RENDITION_SHORTER_SIDE: u32 = 384;
+
+pub struct Gateway {
+    pub(crate) cfg: Arc<Config>,
+    inference: Arc<Pool>,
+    index: Arc<Pool>,
+    collections: Mutex<HashMap<String, (Instant, pb::Collection)>>,
+    class_names: Mutex<Option<(pb::ModelRef, Arc<Vec<String>>)>>,
+    pub(crate) jobs: Jobs,
+}
+
+fn inference_client(ch: Channel, max: usize) -> InferenceServiceClient<Channel> {
+    InferenceServiceClient::new(ch)
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max)
+}
+
+fn index_client(ch: Channel, max: usize) -> IndexServiceClient<Channel> {
+    IndexServiceClient::new(ch)
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max)
+}
+
+fn same_model(a: Option<&pb::ModelRef>, b: Option<&pb::ModelRef>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.name == b.name && a.version == b.version,
+        _ => false,
+    }
+}
+
+fn model_label(m: Option<&pb::ModelRef>) -> String {
+    m.map_or_else(|| "unknown".into(), |m| format!("{}:{}", m.name, m.version))
+}
+
+/// The label of an image from its path: the parent folder's name, as in a
+/// folder-per-class data set.
+pub fn label_from_path(path: &str) -> String {
+    let mut parts = path.rsplit(['/', '\\']).filter(|s| !s.is_empty());
+    let _file = parts.next();
+    parts.next().unwrap_or_default().to_string()
+}
+
+pub fn file_name_of(path: &str) -> String {
+    path.rsplit(['/', '\\'])
+        .find(|s| !s.is_empty())
+        .unwrap_or(path)
+        .to_string()
+}
+
+pub fn mode_name(mode: i32) -> &'static str {
+    match pb::SearchMode::try_from(mode).unwrap_or(pb::SearchMode::Unspecified) {
+        pb::SearchMode::Partition => "partition",
+        pb::SearchMode::Exact => "exact",
+        pb::SearchMode::Probe | pb::SearchMode::Unspecified => "probe",
+    }
+}
+
+pub fn parse_mode(s: &str) -> Result<pb::SearchMode> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "" | "probe" => Ok(pb::SearchMode::Probe),
+        "partition" => Ok(pb::SearchMode::Partition),
+        "exact" => Ok(pb::SearchMode::Exact),
+        other => Err(Error::InvalidArgument(format!(
+            "unknown search mode {other:?}: use probe, partition or exact"
+        ))),
+    }
+}
+
+/// The parts of an image to store, computed off the async threads.
+struct Prepared {
+    hash: String,
+    thumbnail: Vec<u8>,
+    source: Vec<u8>,
+}
+
+fn prepare(data: &[u8], limits: &cbir_imaging::Limits) -> std::result::Result<Prepared, String> {
+    let decoded = cbir_imaging::decode(data, limits).map_err(|e| e.to_string())?;
+    let thumbnail = cbir_imaging::thumbnail(&decoded.image).map_err(|e| e.to_string())?;
+    let source = if data.len() <= KEEP_ORIGINAL_BYTES {
+        data.to_vec()
+    } else {
+        cbir_imaging::rendition(&decoded.image, RENDITION_SHORTER_SIDE, 90)
+            .map_err(|e| e.to_string())?
+    };
+    Ok(Prepared {
+        hash: cbir_imaging::content_hash(data),
+        thumbnail,
+        source,
+    })
+}
+
+impl Gateway {
+    pub async fn new(cfg: Arc<Config>) -> Result<Arc<Self>> {
+        let pool = |service, urls: &Vec<String>| PoolConfig {
+            service,
+            urls: urls.clone(),
+            retries: cfg.retries,
+            connect_timeout: Duration::from_millis(cfg.timeouts.connect_ms),
+            refresh: Duration::from_secs(cfg.dns_refresh_s.max(1)),
+        };
+        let inference = Pool::new(pool(Upstream::Inference, &cfg.inference_urls)).await?;
+        let index = Pool::new(pool(Upstream::Index, &cfg.index_urls)).await?;
+        Ok(Arc::new(Self {
+            cfg,
+            inference,
+            index,
+            collections: Mutex::new(HashMap::new()),
+            class_names: Mutex::new(None),
+            jobs: Jobs::default(),
+        }))
+    }
+
+    fn max_msg(&self) -> usize {
+        self.cfg.max_message_bytes
+    }
+
+    fn t(ms: u64) -> Duration {
+        Duration::from_millis(ms)
+    }
+
+    pub fn collection_name(&self, name: &str) -> String {
+        let n = name.trim();
+        if n.is_empty() {
+            self.cfg.default_collection.clone()
+        } else {
+            n.to_string()
+        }
+    }
+
+    // ----- inference -------------------------------------------------------
+
+    pub async fn model_info(&self, timeout: Duration) -> Result<pb::GetModelInfoResponse> {
+        let max = self.max_msg();
+        self.inference
+            .call("GetModelInfo", timeout, true, |ch, t| async move {
+                inference_client(ch, max)
+                    .get_model_info(request(
+                        pb::GetModelInfoRequest {
+                            include_class_names: false,
+                        },
+                        t,
+                    ))
+                    .await
+                    .map(tonic::Response::into_inner)
+            })
+            .await
+    }
+
+    /// Class names of the served model, to name partitions; cached per model.
+    async fn class_names(&self, model: Option<&pb::ModelRef>) -> Option<Arc<Vec<String>>> {
+        if let Some((m, names)) = &*self.class_names.lock() {
+            if same_model(Some(m), model) {
+                return Some(names.clone());
+            }
+        }
+        let max = self.max_msg();
+        let info = self
+            .inference
+            .call(
+                "GetModelInfo",
+                Self::t(self.cfg.timeouts.admin_ms),
+                true,
+                |ch, t| async move {
+                    inference_client(ch, max)
+                        .get_model_info(request(
+                            pb::GetModelInfoRequest {
+                                include_class_names: true,
+                            },
+                            t,
+                        ))
+                        .await
+                        .map(tonic::Response::into_inner)
+                },
+            )
+            .await
+            .ok()?
+            .info?;
+        if !same_model(info.model.as_ref(), model) {
+            return None;
+        }
+        let names = Arc::new(info.class_names);
+        *self.class_names.lock() = info.model.map(|m| (m, names.clone()));
+        Some(names)
+    }
+
+    async fn embed_one(&self, data: Vec<u8>) -> Result<(pb::Embedding, Option<pb::ModelRef>)> {
+        let max = self.max_msg();
+        let data = bytes::Bytes::from(data);
+        let resp = self
+            .inference
+            .call(
+                "EmbedImage",
+                Self::t(self.cfg.timeouts.search_ms),
+                true,
+                |ch, t| {
+                    let data = data.clone();
+                    async move {
+                        inference_client(ch, max)
+                            .embed_image(request(
+                                pb::EmbedImageRequest {
+                                    image: Some(pb::ImageInput {
+                                        id: String::new(),
+                                        data: data.to_vec(),
+                                    }),
+                                    priority: pb::Priority::Interactive as i32,
+                                    include_probabilities: false,
+                                },
+                                t,
+                            ))
+                            .await
+                            .map(tonic::Response::into_inner)
+                    }
+                },
+            )
+            .await?;
+        let emb = resp.embedding.ok_or_else(|| {
+            Error::Internal("the inference service answered without an embedding".into())
+        })?;
+        Ok((emb, resp.model))
+    }
+
+    // ----- collections -------------------------------------------------------
+
+    pub async fn list_collections(&self) -> Result<Vec<pb::Collection>> {
+        self.list_collections_within(Self::t(self.cfg.timeouts.admin_ms))
+            .await
+    }
+
+    /// A cheap call that shows the index service answers.
+    pub async fn ping_index(&self, timeout: Duration) -> Result<String> {
+        let n = self.list_collections_within(timeout).await?.len();
+        Ok(format!("{n} collections"))
+    }
+
+    async fn list_collections_within(&self, timeout: Duration) -> Result<Vec<pb::Collection>> {
+        let max = self.max_msg();
+        let r = self
+            .index
+            .call("ListCollections", timeout, true, |ch, t| async move {
+                index_client(ch, max)
+                    .list_collections(request(pb::ListCollectionsRequest {}, t))
+                    .await
+                    .map(tonic::Response::into_inner)
+            })
+            .await?;
+        Ok(r.collections)
+    }
+
+    async fn fetch_collection(&self, name: &str) -> Result<pb::Collection> {
+        let max = self.max_msg();
+        let n = name.to_string();
+        let r = self
+            .index
+            .call(
+                "GetCollection",
+                Self::t(self.cfg.timeouts.admin_ms),
+                true,
+                |ch, t| {
+                    let n = n.clone();
+                    async move {
+                        index_client(ch, max)
+                            .get_collection(request(pb::GetCollectionRequest { name: n }, t))
+                            .await
+                            .map(tonic::Response::into_inner)
+                    }
+                },
+            )
+            .await
+            .map_err(|e| match e {
+                Error::NotFound(_) => Error::NotFound(format!(
+                    "no collection {name:?}: create it first (Index page, or `cbir index add --collection {name} FOLDER`)"
+                )),
+                e => e,
+            })?;
+        let c = r
+            .collection
+            .ok_or_else(|| Error::Internal("GetCollection answered without a collection".into()))?;
+        self.collections
+            .lock()
+            .insert(name.to_string(), (Instant::now(), c.clone()));
+        Ok(c)
+    }
+
+    /// The collection's metadata, from the cache when fresh and non-empty
+    /// (a stale "empty" must not refuse searches right after indexing).
+    async fn collection(&self, name: &str) -> Result<pb::Collection> {
+        if let Some((at, c)) = self.collections.lock().get(name) {
+            if at.elapsed() < COLLECTION_TTL && c.count > 0 {
+                return Ok(c.clone());
+            }
+        }
+        self.fetch_collection(name).await
+    }
+
+    pub async fn create_collection(
+        &self,
+        req: pb::CreateGatewayCollectionRequest,
+    ) -> Result<pb::Collection> {
+        let name = req.name.trim().to_string();
+        if name.is_empty() {
+            return Err(Error::InvalidArgument("a collection needs a name".into()));
+        }
+        let info = self
+            .model_info(Self::t(self.cfg.timeouts.admin_ms))
+            .await?
+            .info
+            .ok_or_else(|| Error::Internal("GetModelInfo answered without info".into()))?;
+        let max = self.max_msg();
+        let msg = pb::CreateCollectionRequest {
+            name: name.clone(),
+            model: info.model,
+            dims: info.embedding_dim,
+            description: req.description,
+            if_not_exists: req.if_not_exists,
+        };
+        let r = self
+            .index
+            .call(
+                "CreateCollection",
+                Self::t(self.cfg.timeouts.admin_ms),
+                true,
+                |ch, t| {
+                    let msg = msg.clone();
+                    async move {
+                        index_client(ch, max)
+                            .create_collection(request(msg, t))
+                            .await
+                            .map(tonic::Response::into_inner)
+                    }
+                },
+            )
+            .await?;
+        let c = r
+            .collection
+            .ok_or_else(|| Error::Internal("CreateCollection answered without one".into()))?;
+        self.collections
+            .lock()
+            .insert(name, (Instant::now(), c.clone()));
+        Ok(c)
+    }
+
+    pub async fn delete_collection(&self, name: &str) -> Result<()> {
+        let name = self.collection_name(name);
+        self.collections.lock().remove(&name);
+        let max = self.max_msg();
+        let n = name.clone();
+        self.index
+            .call(
+                "DeleteCollection",
+                Self::t(self.cfg.timeouts.admin_ms),
+                true,
+                |ch, t| {
+                    let n = n.clone();
+                    async move {
+                        index_client(ch, max)
+                            .delete_collection(request(pb::DeleteCollectionRequest { name: n }, t))
+                            .await
+                            .map(tonic::Response::into_inner)
+                    }
+                },
+            )
+            .await?;
+        self.collections.lock().remove(&name);
+        Ok(())
+    }
+
+    pub async fn clear(&self, name: &str) -> Result<u64> {
+        let name = self.collection_name(name);
+        let max = self.max_msg();
+        let n = name.clone();
+        let r = self
+            .index
+            .call(
+                "Clear",
+                Self::t(self.cfg.timeouts.admin_ms),
+                true,
+                |ch, t| {
+                    let n = n.clone();
+                    async move {
+                        index_client(ch, max)
+                            .clear(request(pb::ClearRequest { collection: n }, t))
+                            .await
+                            .map(tonic::Response::into_inner)
+                    }
+                },
+            )
+            .await?;
+        self.collections.lock().remove(&name);
+        Ok(r.removed)
+    }
+
+    pub async fn stats(&self, name: &str) -> Result<pb::StatsResponse> {
+        let name = self.collection_name(name);
+        let max = self.max_msg();
+        let mut r = self
+            .index
+            .call(
+                "Stats",
+                Self::t(self.cfg.timeouts.admin_ms),
+                true,
+                |ch, t| {
+                    let n = name.clone();
+                    async move {
+                        index_client(ch, max)
+                            .stats(request(pb::StatsRequest { collection: n }, t))
+                            .await
+                            .map(tonic::Response::into_inner)
+                    }
+                },
+            )
+            .await?;
+        let model = r.collection.as_ref().and_then(|c| c.model.clone());
+        if let Some(names) = self.class_names(model.as_ref()).await {
+            for p in &mut r.partitions {
+                if p.class_name.is_empty() {
+                    if let Some(n) = usize::try_from(p.class_index)
+                        .ok()
+                        .and_then(|i| names.get(i))
+                    {
+                        p.class_name.clone_from(n);
+                    }
+                }
+            }
+        }
+        Ok(r)
+    }
+
+    pub async fn thumbnail(&self, collection: &str, id: u64) -> Result<Vec<u8>> {
+        let name = self.collection_name(collection);
+        let max = self.max_msg();
+        let r = self
+            .index
+            .call(
+                "GetImage",
+                Self::t(self.cfg.timeouts.admin_ms),
+                true,
+                |ch, t| {
+                    let n = name.clone();
+                    async move {
+                        index_client(ch, max)
+                            .get_image(request(
+                                pb::GetImageRequest {
+                                    collection: n,
+                                    id,
+                                    include_thumbnail: true,
+                                    ..Default::default()
+                                },
+                                t,
+                            ))
+                            .await
+                            .map(tonic::Response::into_inner)
+                    }
+                },
+            )
+            .await?;
+        r.image
+            .map(|i| i.thumbnail)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| Error::NotFound(format!("image {id} has no thumbnail")))
+    }
+
+    // ----- search ------------------------------------------------------------
+
+    pub async fn search(&self, req: pb::SearchRequest) -> Result<pb::SearchResponse> {
+        let started = Instant::now();
+        let collection = self.collection_name(&req.collection);
+        let top_k = match req.top_k {
+            0 => 20,
+            k if k as usize > self.cfg.limits.max_top_k => {
+                return Err(Error::InvalidArgument(format!(
+                    "top_k {k} is over the limit of {}",
+                    self.cfg.limits.max_top_k
+                )))
+            }
+            k => k,
+        };
+        if !(0.0..=1.0).contains(&req.min_similarity) {
+            return Err(Error::InvalidArgument(format!(
+                "min_similarity {} is outside 0..1",
+                req.min_similarity
+            )));
+        }
+        let mode = pb::SearchMode::try_from(req.mode)
+            .map_err(|_| Error::InvalidArgument(format!("unknown search mode {}", req.mode)))?;
+        let query = req.query.ok_or_else(|| {
+            Error::InvalidArgument("no query: send an image, a stored image id or a vector".into())
+        })?;
+        let mut exclude_id = 0;
+        let mut info = None;
+        let (coll, vector, predicted_class) = match query {
+            pb::search_request::Query::Image(data) => {
+                if data.is_empty() {
+                    return Err(Error::InvalidArgument("the query image is empty".into()));
+                }
+                if data.len() > self.cfg.limits.max_image_bytes {
+                    return Err(Error::TooLarge(format!(
+                        "the query image has {} bytes, the limit is {} bytes",
+                        data.len(),
+                        self.cfg.limits.max_image_bytes
+                    )));
+                }
+                // The upload and the collection lookup are independent.
+                let (c, e) = tokio::join!(self.collection(&collection), self.embed_one(data));
+                let (c, (emb, model)) = (c?, e?);
+                if !same_model(c.model.as_ref(), model.as_ref()) {
+                    return Err(Error::FailedPrecondition(format!(
+                        "collection {collection:?} holds features of model {}, but the inference service serves {}: rebuild the collection for that model, or search another collection",
+                        model_label(c.model.as_ref()),
+                        model_label(model.as_ref())
+                    )));
+                }
+                info = Some(pb::QueryInfo {
+                    predicted_class: emb.predicted_class,
+                    predicted_name: emb.predicted_name.clone(),
+                    confidence: emb.confidence,
+                    top5: emb.top5.clone(),
+                });
+                (c, emb.feature, emb.predicted_class)
+            }
+            pb::search_request::Query::Stored(s) => {
+                let from = if s.collection.trim().is_empty() {
+                    collection.clone()
+                } else {
+                    s.collection.trim().to_string()
+                };
+                if s.exclude_self && from == collection {
+                    exclude_id = s.id;
+                }
+                let (c, img) = tokio::join!(self.collection(&collection), self.stored(&from, s.id));
+                let img = img?;
+                (c?, img.feature, img.predicted_class)
+            }
+            pb::search_request::Query::Vector(v) => {
+                if v.values.is_empty() {
+                    return Err(Error::InvalidArgument("the query vector is empty".into()));
+                }
+                (
+                    self.collection(&collection).await?,
+                    v.values,
+                    v.predicted_class,
+                )
+            }
+        };
+        if coll.count == 0 {
+            return Err(Error::FailedPrecondition(format!(
+                "collection {collection:?} is empty: add images first (Index page, or `cbir index add`)"
+            )));
+        }
+        let max = self.max_msg();
+        let msg = pb::IndexSearchRequest {
+            collection: collection.clone(),
+            vector,
+            predicted_class,
+            class_probabilities: Vec::new(),
+            top_k,
+            mode: mode as i32,
+            min_similarity: req.min_similarity,
+            exclude_id,
+        };
+        let msg = Arc::new(msg);
+        let r = self
+            .index
+            .call(
+                "Search",
+                Self::t(self.cfg.timeouts.search_ms),
+                true,
+                |ch, t| {
+                    let msg = msg.clone();
+                    async move {
+                        index_client(ch, max)
+                            .search(request((*msg).clone(), t))
+                            .await
+                            .map(tonic::Response::into_inner)
+                    }
+                },
+            )
+            .await?;
+        let names = self.class_names(coll.model.as_ref()).await;
+        let partition_name = |p: i32| -> String {
+            names
+                .as_ref()
+                .and_then(|n| usize::try_from(p).ok().and_then(|i| n.get(i)))
+                .cloned()
+                .unwrap_or_else(|| format!("class {p}"))
+        };
+        let results = r
+            .hits
+            .into_iter()
+            .map(|h| pb::SearchResult {
+                id: h.id,
+                partition_name: partition_name(h.partition),
+                file_name: h.file_name,
+                path: h.path,
+                label: h.label,
+                distance: h.distance,
+                similarity: h.similarity,
+                partition: h.partition,
+            })
+            .collect();
+        Ok(pb::SearchResponse {
+            results,
+            query: info,
+            stats: r.stats,
+            took_ms: started.elapsed().as_secs_f64() * 1e3,
+            collection,
+            mode: if r.mode == 0 { mode as i32 } else { r.mode },
+        })
+    }
+
+    async fn stored(&self, collection: &str, id: u64) -> Result<pb::ImageRecord> {
+        let max = self.max_msg();
+        let n = collection.to_string();
+        let r = self
+            .index
+            .call(
+                "GetImage",
+                Self::t(self.cfg.timeouts.search_ms),
+                true,
+                |ch, t| {
+                    let n = n.clone();
+                    async move {
+                        index_client(ch, max)
+                            .get_image(request(
+                                pb::GetImageRequest {
+                                    collection: n,
+                                    id,
+                                    include_feature: true,
+                                    ..Default::default()
+                                },
+                                t,
+                            ))
+                            .await
+                            .map(tonic::Response::into_inner)
+                    }
+                },
+            )
+            .await?;
+        r.image
+            .ok_or_else(|| Error::NotFound(format!("no image {id} in collection {collection:?}")))
+    }
+
+    // ----- indexing ----------------------------------------------------------
+
+    /// Embeds and stores a batch; each image succeeds or fails on its own.
+    pub async fn add_images(&self, req: pb::AddImagesRequest) -> Result<pb::AddImagesResponse> {
+        let collection = self.collection_name(&req.collection);
+        let limits = &self.cfg.limits;
+        if req.images.len() > limits.max_files_per_request {
+            return Err(Error::TooLarge(format!(
+                "{} images in one request, the limit is {}: send them in smaller batches",
+                req.images.len(),
+                limits.max_files_per_request
+            )));
+        }
+        let coll = match self.fetch_collection(&collection).await {
+            Err(Error::NotFound(_)) if req.create_collection => {
+                self.create_collection(pb::CreateGatewayCollectionRequest {
+                    name: collection.clone(),
+                    description: String::new(),
+                    if_not_exists: true,
+                })
+                .await?
+            }
+            r => r?,
+        };
+        let n = req.images.len();
+        let mut results: Vec<pb::AddImageResult> = req
+            .images
+            .iter()
+            .map(|i| pb::AddImageResult {
+                file_name: if i.file_name.is_empty() {
+                    file_name_of(&i.path)
+                } else {
+                    i.file_name.clone()
+                },
+                path: i.path.clone(),
+                ..Default::default()
+            })
+            .collect();
+        let mut ok = vec![true; n];
+        for (i, img) in req.images.iter().enumerate() {
+            let err = if img.data.is_empty() {
+                Some("empty file: the image has zero bytes".to_string())
+            } else if img.data.len() > limits.max_image_bytes {
+                Some(format!(
+                    "image too large: {} bytes, the limit is {} bytes",
+                    img.data.len(),
+                    limits.max_image_bytes
+                ))
+            } else {
+                None
+            };
+            if let Some(e) = err {
+                results[i].error = e;
+                ok[i] = false;
+            }
+        }
+        let images: Arc<Vec<pb::NewImage>> = Arc::new(req.images);
+        // Thumbnails and hashes here, features in the inference service, at
+        // the same time.
+        let imaging_limits = cbir_imaging::Limits {
+            max_bytes: limits.max_image_bytes,
+            max_pixels: limits.max_pixels,
+        };
+        let prep_images = images.clone();
+        let prep_ok = ok.clone();
+        let prepare_all = tokio::task::spawn_blocking(move || {
+            prep_images
+                .iter()
+                .zip(prep_ok)
+                .map(|(img, ok)| ok.then(|| prepare(&img.data, &imaging_limits)))
+                .collect::<Vec<_>>()
+        });
+        let inputs: Vec<pb::ImageInput> = images
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| ok[*i])
+            .map(|(i, img)| pb::ImageInput {
+                id: i.to_string(),
+                data: img.data.clone(),
+            })
+            .collect();
+        let max = self.max_msg();
+        let inputs = Arc::new(inputs);
+        let embed = async {
+            if inputs.is_empty() {
+                return Ok(pb::EmbedResponse::default());
+            }
+            self.inference
+                .call(
+                    "Embed",
+                    Self::t(self.cfg.timeouts.bulk_ms),
+                    true,
+                    |ch, t| {
+                        let inputs = inputs.clone();
+                        async move {
+                            inference_client(ch, max)
+                                .embed(request(
+                                    pb::EmbedRequest {
+                                        images: (*inputs).clone(),
+                                        priority: pb::Priority::Bulk as i32,
+                                        include_probabilities: false,
+                                    },
+                                    t,
+                                ))
+                                .await
+                                .map(tonic::Response::into_inner)
+                        }
+                    },
+                )
+                .await
+        };
+        let (prepared, embedded) = tokio::join!(prepare_all, embed);
+        let prepared = prepared.map_err(|e| Error::Internal(format!("image preparation: {e}")))?;
+        let embedded = embedded?;
+        if !inputs.is_empty() && !same_model(coll.model.as_ref(), embedded.model.as_ref()) {
+            return Err(Error::FailedPrecondition(format!(
+                "collection {collection:?} is bound to model {}, but the inference service serves {}: rebuild the collection or add to another one",
+                model_label(coll.model.as_ref()),
+                model_label(embedded.model.as_ref())
+            )));
+        }
+        let mut embeddings: Vec<Option<pb::Embedding>> = vec![None; n];
+        for r in embedded.results {
+            let Ok(i) = r.id.parse::<usize>() else {
+                continue;
+            };
+            if i >= n {
+                continue;
+            }
+            match r.outcome {
+                Some(pb::embed_result::Outcome::Embedding(e)) => embeddings[i] = Some(e),
+                Some(pb::embed_result::Outcome::Error(e)) => {
+                    results[i].error = e.message;
+                    ok[i] = false;
+                }
+                None => {
+                    results[i].error = "the inference service returned no result".into();
+                    ok[i] = false;
+                }
+            }
+        }
+        let mut records = Vec::new();
+        let mut record_of = Vec::new();
+        for (i, prep) in prepared.into_iter().enumerate() {
+            if !ok[i] {
+                continue;
+            }
+            let prep = match prep {
+                Some(Ok(p)) => p,
+                Some(Err(e)) => {
+                    results[i].error = e;
+                    ok[i] = false;
+                    continue;
+                }
+                None => continue,
+            };
+            let Some(emb) = embeddings[i].take() else {
+                results[i].error = "the inference service returned no feature".into();
+                ok[i] = false;
+                continue;
+            };
+            let img = &images[i];
+            results[i].predicted_class = emb.predicted_class;
+            results[i].predicted_name.clone_from(&emb.predicted_name);
+            records.push(pb::ImageRecord {
+                content_hash: prep.hash,
+                file_name: results[i].file_name.clone(),
+                path: img.path.clone(),
+                label: img.label.clone(),
+                predicted_class: emb.predicted_class,
+                feature: emb.feature,
+                thumbnail: prep.thumbnail,
+                source_image: prep.source,
+                ..Default::default()
+            });
+            record_of.push(i);
+        }
+        if !records.is_empty() {
+            let msg = Arc::new(pb::UpsertRequest {
+                collection: collection.clone(),
+                records,
+            });
+            // Upserts are keyed by content hash, so a retry cannot duplicate.
+            let r = self
+                .index
+                .call(
+                    "Upsert",
+                    Self::t(self.cfg.timeouts.bulk_ms),
+                    true,
+                    |ch, t| {
+                        let msg = msg.clone();
+                        async move {
+                            index_client(ch, max)
+                                .upsert(request((*msg).clone(), t))
+                                .await
+                                .map(tonic::Response::into_inner)
+                        }
+                    },
+                )
+                .await?;
+            for (k, u) in r.results.into_iter().enumerate() {
+                if let Some(&i) = record_of.get(k) {
+                    results[i].id = u.id;
+                    results[i].created = u.created;
+                }
+            }
+            self.collections.lock().remove(&collection);
+        }
+        let failed = results.iter().filter(|r| !r.error.is_empty()).count() as u64;
+        Ok(pb::AddImagesResponse {
+            added: n as u64 - failed,
+            failed,
+            results,
+        })
+    }
+}

@@ -1,0 +1,98 @@
+//! The public gRPC API: thin translations onto `Gateway`.
+
+use std::sync::Arc;
+
+use cbir_api::v1 as pb;
+use cbir_api::v1::search_service_server::SearchService;
+use tonic::{Request, Response, Status};
+
+use crate::gateway::Gateway;
+
+pub struct SearchGrpc {
+    pub gateway: Arc<Gateway>,
+}
+
+#[tonic::async_trait]
+impl SearchService for SearchGrpc {
+    async fn search(
+        &self,
+        request: Request<pb::SearchRequest>,
+    ) -> Result<Response<pb::SearchResponse>, Status> {
+        Ok(Response::new(
+            self.gateway.search(request.into_inner()).await?,
+        ))
+    }
+
+    async fn list_collections(
+        &self,
+        _request: Request<pb::ListCollectionsRequest>,
+    ) -> Result<Response<pb::ListCollectionsResponse>, Status> {
+        Ok(Response::new(pb::ListCollectionsResponse {
+            collections: self.gateway.list_collections().await?,
+        }))
+    }
+
+    async fn create_collection(
+        &self,
+        request: Request<pb::CreateGatewayCollectionRequest>,
+    ) -> Result<Response<pb::CreateCollectionResponse>, Status> {
+        Ok(Response::new(pb::CreateCollectionResponse {
+            collection: Some(self.gateway.create_collection(request.into_inner()).await?),
+        }))
+    }
+
+    async fn delete_collection(
+        &self,
+        request: Request<pb::DeleteCollectionRequest>,
+    ) -> Result<Response<pb::DeleteCollectionResponse>, Status> {
+        self.gateway
+            .delete_collection(&request.into_inner().name)
+            .await?;
+        Ok(Response::new(pb::DeleteCollectionResponse {}))
+    }
+
+    async fn get_stats(
+        &self,
+        request: Request<pb::StatsRequest>,
+    ) -> Result<Response<pb::StatsResponse>, Status> {
+        Ok(Response::new(
+            self.gateway.stats(&request.into_inner().collection).await?,
+        ))
+    }
+
+    async fn clear_collection(
+        &self,
+        request: Request<pb::ClearRequest>,
+    ) -> Result<Response<pb::ClearResponse>, Status> {
+        Ok(Response::new(pb::ClearResponse {
+            removed: self.gateway.clear(&request.into_inner().collection).await?,
+        }))
+    }
+
+    async fn add_images(
+        &self,
+        request: Request<pb::AddImagesRequest>,
+    ) -> Result<Response<pb::AddImagesResponse>, Status> {
+        Ok(Response::new(
+            self.gateway.add_images(request.into_inner()).await?,
+        ))
+    }
+
+    async fn start_index_job(
+        &self,
+        request: Request<pb::StartIndexJobRequest>,
+    ) -> Result<Response<pb::IndexJob>, Status> {
+        Ok(Response::new(
+            self.gateway.start_index_job(request.into_inner()).await?,
+        ))
+    }
+
+    async fn get_index_job(
+        &self,
+        request: Request<pb::GetIndexJobRequest>,
+    ) -> Result<Response<pb::IndexJob>, Status> {
+        Ok(Response::new(
+            self.gateway.jobs.get(&request.into_inner().id)?,
+        ))
+    }
+}

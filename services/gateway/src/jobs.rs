@@ -1,0 +1,357 @@
+//! Indexing a folder on the gateway's machine in the background, with
+//! progress that the UI and the API poll.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use cbir_api::v1 as pb;
+use futures::StreamExt;
+use parking_lot::Mutex;
+
+use crate::error::{Error, Result};
+use crate::gateway::{label_from_path, Gateway};
+
+/// Images per AddImages batch of a job, and batches in flight: enough to
+/// keep the inference batcher full without holding many images in memory.
+const BATCH: usize = 16;
+const IN_FLIGHT: usize = 2;
+/// Finished jobs kept for listing.
+const KEEP_JOBS: usize = 100;
+const MAX_FAILURES_LISTED: usize = 100;
+
+pub const IMAGE_EXTENSIONS: &[&str] = &[
+    "jpg", "jpeg", "png", "gif", "bmp", "webp", "tif", "tiff", "jfif",
+];
+
+pub fn is_image_path(p: &Path) -> bool {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+#[derive(Default)]
+pub struct Jobs {
+    jobs: Mutex<VecDeque<Arc<Mutex<pb::IndexJob>>>>,
+}
+
+impl Jobs {
+    pub fn get(&self, id: &str) -> Result<pb::IndexJob> {
+        self.jobs
+            .lock()
+            .iter()
+            .find(|j| j.lock().id == id)
+            .map(|j| j.lock().clone())
+            .ok_or_else(|| Error::NotFound(format!("no indexing job {id:?}")))
+    }
+
+    pub fn list(&self) -> Vec<pb::IndexJob> {
+        self.jobs
+            .lock()
+            .iter()
+            .rev()
+            .map(|j| j.lock().clone())
+            .collect()
+    }
+
+    fn add(&self, job: pb::IndexJob) -> Arc<Mutex<pb::IndexJob>> {
+        let j = Arc::new(Mutex::new(job));
+        let mut jobs = self.jobs.lock();
+        jobs.push_back(j.clone());
+        while jobs.len() > KEEP_JOBS {
+            let finished = jobs.iter().position(|j| {
+                let s = j.lock().state;
+                s != pb::operation_progress::State::Running as i32
+                    && s != pb::operation_progress::State::Pending as i32
+            });
+            match finished {
+                Some(i) => {
+                    jobs.remove(i);
+                }
+                None => break,
+            }
+        }
+        j
+    }
+}
+
+/// `path` resolved (symlinks included) and checked to lie under one of the
+/// allowed roots.
+pub fn resolve_allowed(path: &str, roots: &[PathBuf]) -> Result<PathBuf> {
+    if roots.is_empty() {
+        return Err(Error::Forbidden(
+            "indexing server folders is disabled: set allowed_roots (GATEWAY_ALLOWED_ROOTS) in the gateway config".into(),
+        ));
+    }
+    let p = Path::new(path.trim());
+    let real = p.canonicalize().map_err(|e| {
+        Error::InvalidArgument(format!("cannot open server folder {}: {e}", p.display()))
+    })?;
+    if !real.is_dir() {
+        return Err(Error::InvalidArgument(format!(
+            "{} is not a folder",
+            p.display()
+        )));
+    }
+    let inside = roots.iter().any(|r| {
+        r.canonicalize()
+            .map(|root| real.starts_with(root))
+            .unwrap_or(false)
+    });
+    if !inside {
+        return Err(Error::Forbidden(format!(
+            "{} is outside the allowed roots ({}): pick a folder under one of them",
+            p.display(),
+            roots
+                .iter()
+                .map(|r| r.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(real)
+}
+
+/// Every image file under `dir`, sorted, without following links out of it.
+pub fn walk_images(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            let ft = entry.file_type()?;
+            let p = entry.path();
+            if ft.is_dir() {
+                stack.push(p);
+            } else if ft.is_file() && is_image_path(&p) {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Gateway {
+    pub async fn start_index_job(
+        self: &Arc<Self>,
+        req: pb::StartIndexJobRequest,
+    ) -> Result<pb::IndexJob> {
+        let collection = self.collection_name(&req.collection);
+        let dir = resolve_allowed(&req.path, &self.cfg.allowed_roots)?;
+        if req.create_collection {
+            self.create_collection(pb::CreateGatewayCollectionRequest {
+                name: collection.clone(),
+                description: String::new(),
+                if_not_exists: true,
+            })
+            .await?;
+        } else {
+            self.stats(&collection).await?;
+        }
+        let walk_dir = dir.clone();
+        let files = tokio::task::spawn_blocking(move || walk_images(&walk_dir))
+            .await
+            .map_err(|e| Error::Internal(format!("folder walk: {e}")))?
+            .map_err(|e| {
+                Error::InvalidArgument(format!("cannot read folder {}: {e}", dir.display()))
+            })?;
+        let job = self.jobs.add(pb::IndexJob {
+            id: uuid::Uuid::new_v4().to_string(),
+            collection: collection.clone(),
+            path: dir.display().to_string(),
+            state: pb::operation_progress::State::Running as i32,
+            total: files.len() as u64,
+            started_at_ms: now_ms(),
+            updated_at_ms: now_ms(),
+            ..Default::default()
+        });
+        let snapshot = job.lock().clone();
+        let gw = self.clone();
+        tokio::spawn(async move { gw.run_job(job, collection, dir, files).await });
+        Ok(snapshot)
+    }
+
+    async fn run_job(
+        self: Arc<Self>,
+        job: Arc<Mutex<pb::IndexJob>>,
+        collection: String,
+        root: PathBuf,
+        files: Vec<PathBuf>,
+    ) {
+        let started = Instant::now();
+        let batches: Vec<Vec<PathBuf>> = files.chunks(BATCH).map(<[PathBuf]>::to_vec).collect();
+        let max_bytes = self.cfg.limits.max_image_bytes;
+        let mut stream = futures::stream::iter(batches.into_iter().map(|batch| {
+            let gw = self.clone();
+            let collection = collection.clone();
+            let root = root.clone();
+            async move {
+                let mut images = Vec::with_capacity(batch.len());
+                let mut unreadable = Vec::new();
+                for p in batch {
+                    let rel = p
+                        .strip_prefix(&root)
+                        .unwrap_or(&p)
+                        .to_string_lossy()
+                        .to_string();
+                    match tokio::fs::metadata(&p).await {
+                        Ok(m) if m.len() as usize > max_bytes => {
+                            unreadable.push((
+                                rel,
+                                format!(
+                                    "image too large: {} bytes, the limit is {max_bytes} bytes",
+                                    m.len()
+                                ),
+                            ));
+                            continue;
+                        }
+                        Err(e) => {
+                            unreadable.push((rel, format!("cannot read: {e}")));
+                            continue;
+                        }
+                        Ok(_) => {}
+                    }
+                    match tokio::fs::read(&p).await {
+                        Ok(data) => images.push(pb::NewImage {
+                            file_name: crate::gateway::file_name_of(&rel),
+                            label: label_from_path(&rel),
+                            path: p.display().to_string(),
+                            data,
+                        }),
+                        Err(e) => unreadable.push((rel, format!("cannot read: {e}"))),
+                    }
+                }
+                let r = gw
+                    .add_images(pb::AddImagesRequest {
+                        collection,
+                        images,
+                        create_collection: false,
+                    })
+                    .await;
+                (r, unreadable)
+            }
+        }))
+        .buffered(IN_FLIGHT);
+        let mut fatal = None;
+        while let Some((r, unreadable)) = stream.next().await {
+            let mut j = job.lock();
+            for (path, reason) in unreadable {
+                j.failed += 1;
+                if j.failures.len() < MAX_FAILURES_LISTED {
+                    j.failures.push(pb::FailedFile { path, reason });
+                }
+            }
+            match r {
+                Ok(resp) => {
+                    for item in resp.results {
+                        if item.error.is_empty() {
+                            j.done += 1;
+                        } else {
+                            j.failed += 1;
+                            if j.failures.len() < MAX_FAILURES_LISTED {
+                                j.failures.push(pb::FailedFile {
+                                    path: item.path,
+                                    reason: item.error,
+                                });
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    // A service down or the collection gone: every later
+                    // batch would fail the same way.
+                    fatal = Some(e.to_string());
+                }
+            }
+            let secs = started.elapsed().as_secs_f64().max(1e-3);
+            j.images_per_second = j.done as f64 / secs;
+            j.updated_at_ms = now_ms();
+            if fatal.is_some() {
+                break;
+            }
+        }
+        let mut j = job.lock();
+        j.updated_at_ms = now_ms();
+        match fatal {
+            Some(e) => {
+                j.state = pb::operation_progress::State::Failed as i32;
+                j.message = format!("indexing stopped after {} images: {e}", j.done);
+            }
+            None => {
+                j.state = pb::operation_progress::State::Succeeded as i32;
+                j.message = format!(
+                    "indexed {} images, {} failed, in {:.1} s",
+                    j.done,
+                    j.failed,
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        }
+        tracing::info!(job = %j.id, collection = %j.collection, done = j.done, failed = j.failed, "indexing job finished");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_paths_must_be_under_allowed_roots() {
+        let root = tempfile::tempdir().expect("tmp");
+        let inside = root.path().join("photos");
+        std::fs::create_dir(&inside).expect("mkdir");
+        let other = tempfile::tempdir().expect("tmp");
+        let roots = vec![root.path().to_path_buf()];
+        assert!(resolve_allowed(inside.to_str().expect("utf8"), &roots).is_ok());
+        let err =
+            resolve_allowed(other.path().to_str().expect("utf8"), &roots).expect_err("outside");
+        assert!(matches!(err, Error::Forbidden(_)), "{err}");
+        // `..` and symlinks are resolved before the check.
+        let escape = format!("{}/photos/../../", root.path().display());
+        assert!(matches!(
+            resolve_allowed(&escape, &roots),
+            Err(Error::Forbidden(_))
+        ));
+        #[cfg(unix)]
+        {
+            let link = root.path().join("link");
+            std::os::unix::fs::symlink(other.path(), &link).expect("symlink");
+            let err = resolve_allowed(link.to_str().expect("utf8"), &roots).expect_err("link out");
+            assert!(matches!(err, Error::Forbidden(_)), "{err}");
+        }
+        assert!(matches!(
+            resolve_allowed(inside.to_str().expect("utf8"), &[]),
+            Err(Error::Forbidden(_))
+        ));
+    }
+
+    #[test]
+    fn walk_finds_images_recursively() {
+        let root = tempfile::tempdir().expect("tmp");
+        std::fs::create_dir_all(root.path().join("a/b")).expect("mkdir");
+        for f in ["a/1.JPG", "a/b/2.png", "a/notes.txt", "3.webp"] {
+            std::fs::write(root.path().join(f), b"x").expect("write");
+        }
+        let found = walk_images(root.path()).expect("walk");
+        let names: Vec<String> = found
+            .iter()
+            .map(|p| {
+                p.strip_prefix(root.path())
+                    .expect("under")
+                    .display()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(names, ["3.webp", "a/1.JPG", "a/b/2.png"]);
+        assert_eq!(label_from_path("flowers/daisy/1.jpg"), "daisy");
+        assert_eq!(label_from_path("1.jpg"), "");
+    }
+}

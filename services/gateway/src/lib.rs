@@ -1,0 +1,271 @@
+//! The gateway: the browser UI, the JSON REST API and the public gRPC
+//! `SearchService`, all on one port. It embeds images through the inference
+//! service and stores and searches them through the index service.
+
+pub mod clients;
+pub mod error;
+pub mod gateway;
+pub mod grpc;
+pub mod jobs;
+pub mod rest;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::serve::ListenerExt;
+use cbir_api::v1::search_service_server::SearchServiceServer;
+use cbir_common::telemetry::TelemetryConfig;
+use serde::{Deserialize, Deserializer, Serialize};
+use tokio::net::TcpListener;
+use tower::ServiceExt;
+
+pub use error::{Error, Result};
+pub use gateway::Gateway;
+
+/// Environment prefix: `GATEWAY_LIMITS__MAX_IMAGE_BYTES=1048576`.
+pub const ENV_PREFIX: &str = "GATEWAY_";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest image file accepted (upload or query).
+    pub max_image_bytes: usize,
+    /// Largest width x height, checked before decoding.
+    pub max_pixels: u64,
+    /// Most images in one AddImages call or upload request.
+    pub max_files_per_request: usize,
+    /// Largest HTTP request body.
+    pub max_request_bytes: usize,
+    /// Most results one search may ask for.
+    pub max_top_k: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_image_bytes: 32 << 20,
+            max_pixels: 64 << 20,
+            max_files_per_request: 64,
+            max_request_bytes: 256 << 20,
+            max_top_k: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// Deadline of an interactive search, embedding included.
+    pub search_ms: u64,
+    /// Deadline of one batch of indexing (embedding or upsert).
+    pub bulk_ms: u64,
+    /// Deadline of collection management calls.
+    pub admin_ms: u64,
+    pub connect_ms: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            search_ms: 10_000,
+            bulk_ms: 120_000,
+            admin_ms: 30_000,
+            connect_ms: 2_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// HTTP (UI and REST) and gRPC on one address.
+    pub listen: String,
+    /// Inference endpoints: a list, or one DNS name resolving to several
+    /// pods (a headless Kubernetes service). Comma-separated in the
+    /// environment: `GATEWAY_INFERENCE_URLS=http://a:50051,http://b:50051`.
+    #[serde(deserialize_with = "url_list")]
+    pub inference_urls: Vec<String>,
+    /// Index endpoints, as above.
+    #[serde(deserialize_with = "url_list")]
+    pub index_urls: Vec<String>,
+    /// The collection used when a request names none.
+    pub default_collection: String,
+    /// Server folders that may be indexed (with everything under them);
+    /// empty disables indexing server paths.
+    #[serde(deserialize_with = "path_list")]
+    pub allowed_roots: Vec<PathBuf>,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+    /// Extra attempts of an idempotent call that failed in transport.
+    pub retries: u32,
+    /// Seconds between DNS resolutions of the service URLs.
+    pub dns_refresh_s: u64,
+    pub max_message_bytes: usize,
+    pub telemetry: TelemetryConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            inference_urls: vec!["http://127.0.0.1:50051".into()],
+            index_urls: vec!["http://127.0.0.1:50052".into()],
+            default_collection: "default".into(),
+            allowed_roots: Vec::new(),
+            limits: Limits::default(),
+            timeouts: Timeouts::default(),
+            retries: 2,
+            dns_refresh_s: 10,
+            max_message_bytes: 512 << 20,
+            telemetry: TelemetryConfig::default(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+fn split_list<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<String>, D::Error> {
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
+        OneOrMany::Many(v) => v,
+    })
+}
+
+fn url_list<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<String>, D::Error> {
+    split_list(d)
+}
+
+fn path_list<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<PathBuf>, D::Error> {
+    Ok(split_list(d)?.into_iter().map(PathBuf::from).collect())
+}
+
+impl Config {
+    pub fn load(file: Option<&std::path::Path>) -> cbir_common::Result<Self> {
+        cbir_common::config::load(ENV_PREFIX, file)
+    }
+}
+
+/// The whole HTTP + gRPC application: requests with a gRPC content type go
+/// to the gRPC services, everything else to the REST API and the UI.
+pub async fn app(cfg: Config) -> anyhow::Result<(axum::Router, Arc<Gateway>)> {
+    let max = cfg.max_message_bytes;
+    let gateway = Gateway::new(Arc::new(cfg)).await?;
+    let (reporter, health) = cbir_common::grpc::health();
+    reporter
+        .set_serving::<SearchServiceServer<grpc::SearchGrpc>>()
+        .await;
+    let search = SearchServiceServer::new(grpc::SearchGrpc {
+        gateway: gateway.clone(),
+    })
+    .max_decoding_message_size(max)
+    .max_encoding_message_size(max);
+    let grpc_router = tonic::service::Routes::new(search)
+        .add_service(health)
+        .add_service(cbir_common::grpc::reflection()?)
+        .into_axum_router();
+    let rest_router = rest::router(gateway.clone());
+    let app = axum::Router::new().fallback_service(tower::service_fn(
+        move |req: axum::extract::Request| {
+            let is_grpc = req
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+            let target = if is_grpc {
+                grpc_router.clone()
+            } else {
+                rest_router.clone()
+            };
+            target.oneshot(req)
+        },
+    ));
+    Ok((app, gateway))
+}
+
+pub async fn serve(
+    cfg: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (app, gateway) = app(cfg).await?;
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        inference = ?gateway.cfg.inference_urls,
+        index = ?gateway.cfg.index_urls,
+        "gateway listening (web UI, REST and gRPC)"
+    );
+    // Nagle off: small replies otherwise wait for the peer's delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_deserialises() {
+        let cfg: Config = cbir_common::config::load("GATEWAY_TEST_NONE_", None).expect("defaults");
+        assert_eq!(cfg, Config::default());
+    }
+
+    #[test]
+    fn shipped_config_file_loads() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../deploy/config/gateway.toml");
+        let cfg = Config::load(Some(&path)).expect("deploy/config/gateway.toml loads");
+        assert_eq!(cfg.listen, "0.0.0.0:8080");
+        assert_eq!(cfg.limits, Limits::default());
+    }
+
+    #[test]
+    fn url_lists_come_comma_separated_or_as_arrays() {
+        #[derive(Deserialize)]
+        struct T {
+            #[serde(deserialize_with = "url_list")]
+            u: Vec<String>,
+        }
+        let t: T = serde_json::from_str(r#"{"u":"http://a:1, http://b:2"}"#).expect("string");
+        assert_eq!(t.u, ["http://a:1", "http://b:2"]);
+        let t: T = serde_json::from_str(r#"{"u":["http://a:1"]}"#).expect("array");
+        assert_eq!(t.u, ["http://a:1"]);
+    }
+
+    #[test]
+    fn openapi_documents_every_route() {
+        let doc: serde_json::Value =
+            serde_json::from_str(rest::OPENAPI_JSON).expect("openapi.json is JSON");
+        let paths = doc["paths"].as_object().expect("paths");
+        for p in [
+            "/api/health",
+            "/api/config",
+            "/api/model",
+            "/api/collections",
+            "/api/collections/{name}",
+            "/api/collections/{name}/clear",
+            "/api/collections/{name}/images",
+            "/api/collections/{name}/index-jobs",
+            "/api/collections/{name}/images/{id}/thumbnail",
+            "/api/jobs",
+            "/api/jobs/{id}",
+            "/api/search",
+        ] {
+            assert!(paths.contains_key(p), "openapi.json lacks {p}");
+        }
+    }
+}
