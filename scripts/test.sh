@@ -22,6 +22,18 @@ if ! mysql_up; then
   mysql_up || { echo "test: MariaDB did not start on 127.0.0.1:3306" >&2; exit 1; }
 fi
 
+# The browser test drives Debian's chromium with playwright-core.
+if [[ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]]; then
+  echo "test: installing chromium and chromium-driver"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+if [[ ! -d services/gateway/ui-tests/node_modules/playwright-core ]]; then
+  echo "test: installing playwright-core (npm ci)"
+  (cd services/gateway/ui-tests && npm ci --no-audit --no-fund --silent)
+fi
+# Browser screenshots of the UI test land here.
+export CBIR_E2E_ARTIFACTS="${CBIR_E2E_ARTIFACTS:-$REPO_ROOT/target/e2e}"
+
 echo "test: cargo fmt --check"
 cargo fmt --all -- --check
 echo "test: cargo clippy"

@@ -104,6 +104,16 @@ pub async fn add_files(
 ) -> anyhow::Result<AddSummary> {
     let started = Instant::now();
     let total = files.len();
+    // Created once up front: the batches below run concurrently.
+    client
+        .clone()
+        .create_collection(pb::CreateGatewayCollectionRequest {
+            name: collection.to_string(),
+            description: String::new(),
+            if_not_exists: true,
+        })
+        .await
+        .map_err(|s| status_error("creating the collection", s))?;
     let mut summary = AddSummary::default();
     let mut stream = futures::stream::iter(batches(files).into_iter().map(|batch| {
         let mut client = client.clone();

@@ -128,7 +128,7 @@ fn unavailable_detail(service: Upstream, msg: &str) -> String {
         Upstream::Inference => {
             "start it (cbir up, or cbir-inference) or check GATEWAY_INFERENCE_URLS"
         }
-        Upstream::Index => "start it (cbir up, or cbir-index) or check GATEWAY_INDEX_URL",
+        Upstream::Index => "start it (cbir up, or cbir-index) or check GATEWAY_INDEX_URLS",
     };
     if msg.is_empty() {
         hint.to_string()

@@ -678,12 +678,18 @@ impl Gateway {
         }
         let coll = match self.fetch_collection(&collection).await {
             Err(Error::NotFound(_)) if req.create_collection => {
-                self.create_collection(pb::CreateGatewayCollectionRequest {
-                    name: collection.clone(),
-                    description: String::new(),
-                    if_not_exists: true,
-                })
-                .await?
+                match self
+                    .create_collection(pb::CreateGatewayCollectionRequest {
+                        name: collection.clone(),
+                        description: String::new(),
+                        if_not_exists: true,
+                    })
+                    .await
+                {
+                    // Another batch created it at the same moment.
+                    Err(Error::AlreadyExists(_)) => self.fetch_collection(&collection).await?,
+                    r => r?,
+                }
             }
             r => r?,
         };

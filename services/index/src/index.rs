@@ -61,6 +61,9 @@ pub struct Index {
     pub limits: Limits,
     pub probe: ProbeRule,
     pub default_mode: Mode,
+    /// Creations one at a time: the existence check and the insert must not
+    /// interleave (two `if_not_exists` creates of one name both succeed).
+    creating: tokio::sync::Mutex<()>,
 }
 
 /// A record to upsert, as the API gives it.
@@ -138,6 +141,7 @@ impl Index {
             limits,
             probe,
             default_mode: Mode::Probe,
+            creating: tokio::sync::Mutex::new(()),
         };
         let started = Instant::now();
         let rows = index.store.collections().await?;
@@ -292,6 +296,7 @@ impl Index {
                 self.limits.max_dims
             )));
         }
+        let _creating = self.creating.lock().await;
         if let Ok(existing) = self.resolve(name) {
             let same = existing.row.model_name == model_name
                 && existing.row.model_version == model_version

@@ -1,4 +1,8 @@
 //! System tests: several real services in one process, real network, real
 //! images from ../shared/data.
 
+mod browser;
+mod cli;
+mod gateway;
 mod rebuild;
+mod system;

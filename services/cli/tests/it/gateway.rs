@@ -1,0 +1,551 @@
+//! The gateway against real inference and index services: REST and gRPC
+//! agree, outages give clear errors and recover, limits refuse bad input.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cbir_api::v1 as pb;
+use cbir_api::v1::search_service_client::SearchServiceClient;
+use serde_json::{json, Value};
+use tonic::transport::Channel;
+
+use crate::system::{flowers_subset, System};
+
+async fn grpc(sys: &System) -> SearchServiceClient<Channel> {
+    let ch = Channel::from_shared(sys.url()).expect("uri").connect_lazy();
+    SearchServiceClient::new(ch)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
+}
+
+fn file_part(path: &std::path::Path, name: &str) -> reqwest::multipart::Part {
+    reqwest::multipart::Part::bytes(std::fs::read(path).expect("read"))
+        .file_name(name.to_string())
+        .mime_str("image/jpeg")
+        .expect("mime")
+}
+
+/// Uploads `files` (labels = parent folder) as the browser does.
+async fn upload(http: &reqwest::Client, base: &str, coll: &str, files: &[PathBuf]) -> Value {
+    let mut form = reqwest::multipart::Form::new();
+    for f in files {
+        let class = f
+            .parent()
+            .and_then(|p| p.file_name())
+            .expect("class")
+            .to_string_lossy();
+        let name = f.file_name().expect("name").to_string_lossy();
+        form = form.part("files", file_part(f, &format!("set/{class}/{name}")));
+    }
+    let r = http
+        .post(format!("{base}/api/collections/{coll}/images"))
+        .multipart(form)
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(r.status(), 200);
+    r.json().await.expect("json")
+}
+
+async fn rest_search(
+    http: &reqwest::Client,
+    base: &str,
+    coll: &str,
+    image: &std::path::Path,
+    k: u32,
+) -> reqwest::Response {
+    let form = reqwest::multipart::Form::new()
+        .part("image", file_part(image, "q.jpg"))
+        .text("collection", coll.to_string())
+        .text("top_k", k.to_string());
+    http.post(format!("{base}/api/search"))
+        .multipart(form)
+        .send()
+        .await
+        .expect("search request")
+}
+
+fn assert_ranked(results: &[Value]) {
+    let mut last = -1.0f64;
+    for r in results {
+        let d = r["distance"].as_f64().expect("distance");
+        let s = r["similarity"].as_f64().expect("similarity");
+        assert!(d >= last - 1e-6, "sorted by distance: {d} after {last}");
+        assert!(
+            (s - 1.0 / (1.0 + d)).abs() < 1e-5,
+            "similarity {s} = 1/(1+{d})"
+        );
+        last = d;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_and_grpc_agree_and_server_folders_index() {
+    let roots = tempfile::tempdir().expect("tmp");
+    let root_path = roots.path().to_path_buf();
+    let sys = System::start(|c| c.allowed_roots = vec![root_path]).await;
+    let base = sys.url();
+    let http = reqwest::Client::new();
+    let files = flowers_subset(&sys.dir.path().join("up"), &["daisy", "rose", "tulip"], 8);
+
+    let r = http
+        .post(format!("{base}/api/collections"))
+        .json(&json!({"name": "flowers", "description": "test"}))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(r.status(), 201);
+    let created: Value = r.json().await.expect("json");
+    assert_eq!(created["dims"], 1280);
+    assert_eq!(created["model"]["name"], "efficientnet-lite0");
+
+    let up = upload(&http, &base, "flowers", &files).await;
+    assert_eq!(up["added"], 24, "{up}");
+    assert_eq!(up["failed"], 0);
+    assert_eq!(up["results"][0]["error"], "");
+    // The same images again: one entry each.
+    let again = upload(&http, &base, "flowers", &files[..4]).await;
+    assert!(again["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .all(|r| r["created"] == false));
+    let stats: Value = http
+        .get(format!("{base}/api/collections/flowers"))
+        .send()
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(stats["count"], 24, "{stats}");
+    assert!(stats["partitions"]
+        .as_array()
+        .expect("parts")
+        .iter()
+        .all(|p| !p["class_name"].as_str().unwrap_or("").is_empty()));
+
+    // REST upload and gRPC bytes give the same ranking.
+    let query = &files[9];
+    let r = rest_search(&http, &base, "flowers", query, 10).await;
+    assert_eq!(r.status(), 200);
+    let rest: Value = r.json().await.expect("json");
+    let rest_hits = rest["results"].as_array().expect("results").clone();
+    assert_eq!(rest_hits.len(), 10);
+    assert_ranked(&rest_hits);
+    assert_eq!(rest_hits[0]["similarity"], 1.0, "the image itself first");
+    assert!(!rest["query"]["predicted_name"]
+        .as_str()
+        .expect("name")
+        .is_empty());
+    let mut client = grpc(&sys).await;
+    let g = client
+        .search(pb::SearchRequest {
+            query: Some(pb::search_request::Query::Image(
+                std::fs::read(query).expect("read"),
+            )),
+            collection: "flowers".into(),
+            top_k: 10,
+            ..Default::default()
+        })
+        .await
+        .expect("grpc search")
+        .into_inner();
+    assert_eq!(g.results.len(), rest_hits.len());
+    for (a, b) in g.results.iter().zip(&rest_hits) {
+        assert_eq!(a.id, b["id"].as_u64().expect("id"));
+        assert!((f64::from(a.distance) - b["distance"].as_f64().expect("d")).abs() < 1e-6);
+        assert_eq!(a.label, b["label"].as_str().expect("label"));
+    }
+
+    // Searching with a stored image (a click on a result), both ways.
+    let id = rest_hits[3]["id"].as_u64().expect("id");
+    let stored: Value = http
+        .post(format!("{base}/api/search"))
+        .json(&json!({"collection": "flowers", "image_id": id, "top_k": 5, "mode": "exact"}))
+        .send()
+        .await
+        .expect("stored search")
+        .json()
+        .await
+        .expect("json");
+    let g = client
+        .search(pb::SearchRequest {
+            query: Some(pb::search_request::Query::Stored(pb::StoredImageQuery {
+                collection: String::new(),
+                id,
+                exclude_self: false,
+            })),
+            collection: "flowers".into(),
+            top_k: 5,
+            mode: pb::SearchMode::Exact as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("grpc stored")
+        .into_inner();
+    let ids: Vec<u64> = stored["results"]
+        .as_array()
+        .expect("r")
+        .iter()
+        .map(|r| r["id"].as_u64().expect("id"))
+        .collect();
+    assert_eq!(ids, g.results.iter().map(|r| r.id).collect::<Vec<_>>());
+    assert_eq!(ids[0], id);
+    assert_eq!(stored["mode"], "exact");
+
+    // Thumbnails come back as JPEG.
+    let t = http
+        .get(format!(
+            "{base}{}",
+            rest_hits[0]["thumbnail_url"].as_str().expect("url")
+        ))
+        .send()
+        .await
+        .expect("thumb");
+    assert_eq!(t.status(), 200);
+    assert_eq!(t.headers()["content-type"], "image/jpeg");
+    let bytes = t.bytes().await.expect("bytes");
+    assert_eq!(&bytes[..2], &[0xFF, 0xD8]);
+
+    // A server folder under the allowed roots, in the background.
+    let folder = roots.path().join("more");
+    let more = flowers_subset(&folder, &["sunflower"], 6);
+    std::fs::write(folder.join("sunflower/notes.jpg"), b"not an image").expect("write");
+    let r = http
+        .post(format!("{base}/api/collections/flowers/index-jobs"))
+        .json(&json!({"path": folder}))
+        .send()
+        .await
+        .expect("job");
+    assert_eq!(r.status(), 202);
+    let job: Value = r.json().await.expect("json");
+    let id = job["id"].as_str().expect("id").to_string();
+    let mut last = Value::Null;
+    for _ in 0..300 {
+        last = http
+            .get(format!("{base}/api/jobs/{id}"))
+            .send()
+            .await
+            .expect("poll")
+            .json()
+            .await
+            .expect("json");
+        if last["state"] != "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last["state"], "succeeded", "{last}");
+    assert_eq!(last["done"], more.len() as u64);
+    assert_eq!(last["failed"], 1);
+    let reason = last["failures"][0]["reason"].as_str().expect("reason");
+    assert!(reason.contains("not an image"), "{reason}");
+    // Outside the roots: refused, nothing indexed.
+    let r = http
+        .post(format!("{base}/api/collections/flowers/index-jobs"))
+        .json(&json!({"path": sys.dir.path()}))
+        .send()
+        .await
+        .expect("job");
+    assert_eq!(r.status(), 403);
+    let e: Value = r.json().await.expect("json");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("outside the allowed roots"),
+        "{e}"
+    );
+    let g = client
+        .get_stats(pb::StatsRequest {
+            collection: "flowers".into(),
+        })
+        .await
+        .expect("stats")
+        .into_inner();
+    assert_eq!(g.count, 30);
+    sys.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_service_down_gives_a_clear_error_then_recovers() {
+    let mut sys = System::start(|_| {}).await;
+    let base = sys.url();
+    let http = reqwest::Client::new();
+    let files = flowers_subset(&sys.dir.path().join("up"), &["daisy", "tulip"], 5);
+    let up = {
+        let r = http
+            .post(format!("{base}/api/collections/f/images?create=true"))
+            .multipart(files.iter().fold(reqwest::multipart::Form::new(), |f, p| {
+                f.part(
+                    "files",
+                    file_part(
+                        p,
+                        &format!("x/{}", p.file_name().expect("n").to_string_lossy()),
+                    ),
+                )
+            }))
+            .send()
+            .await
+            .expect("upload");
+        assert_eq!(r.status(), 200);
+        r.json::<Value>().await.expect("json")
+    };
+    assert_eq!(up["added"], 10, "{up}");
+    let query = &files[0];
+    let mut client = grpc(&sys).await;
+    let grpc_search = |client: &mut SearchServiceClient<Channel>| {
+        let mut c = client.clone();
+        let data = std::fs::read(query).expect("read");
+        async move {
+            c.search(pb::SearchRequest {
+                query: Some(pb::search_request::Query::Image(data)),
+                collection: "f".into(),
+                top_k: 3,
+                ..Default::default()
+            })
+            .await
+        }
+    };
+
+    for service in ["inference", "index"] {
+        if service == "inference" {
+            sys.stop_inference().await;
+        } else {
+            sys.stop_index().await;
+        }
+        let r = rest_search(&http, &base, "f", query, 3).await;
+        assert_eq!(r.status(), 503, "{service} down");
+        let e: Value = r.json().await.expect("json");
+        assert_eq!(e["error"]["code"], "unavailable");
+        assert_eq!(e["error"]["service"], service);
+        let msg = e["error"]["message"].as_str().expect("message");
+        assert!(
+            msg.contains(&format!("the {service} service is unavailable")),
+            "{msg}"
+        );
+        let status = grpc_search(&mut client).await.expect_err("down");
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert!(status.message().contains(service), "{}", status.message());
+        let health: Value = http
+            .get(format!("{base}/api/health"))
+            .send()
+            .await
+            .expect("health")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(health["status"], "degraded");
+        assert_eq!(health["services"][service]["ok"], false);
+        if service == "inference" {
+            // Stored-image searches need no inference.
+            let r = http
+                .post(format!("{base}/api/search"))
+                .json(&json!({"collection": "f", "image_id": up["results"][0]["id"]}))
+                .send()
+                .await
+                .expect("stored");
+            assert_eq!(r.status(), 200);
+            sys.start_inference().await;
+        } else {
+            sys.start_index().await;
+        }
+        sys.wait_healthy().await;
+        let r = rest_search(&http, &base, "f", query, 3).await;
+        assert_eq!(r.status(), 200, "{service} back");
+        let ok: Value = r.json().await.expect("json");
+        assert_eq!(ok["results"].as_array().expect("r").len(), 3);
+        // The query is the first uploaded image; batch and single forward
+        // passes differ in the last float bits.
+        assert_eq!(ok["results"][0]["id"], up["results"][0]["id"]);
+        assert!(ok["results"][0]["similarity"].as_f64().expect("s") > 0.999);
+        let g = grpc_search(&mut client)
+            .await
+            .expect("grpc after recovery")
+            .into_inner();
+        assert_eq!(g.results.len(), 3);
+    }
+    sys.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_non_image_uploads_are_refused_clearly() {
+    let sys = System::start(|c| {
+        c.limits.max_image_bytes = 64 * 1024;
+        c.limits.max_request_bytes = 1 << 20;
+        c.limits.max_top_k = 100;
+    })
+    .await;
+    let base = sys.url();
+    let http = reqwest::Client::new();
+    let dir = sys.dir.path().join("up");
+    let files = flowers_subset(&dir, &["rose"], 12);
+    let small: Vec<&PathBuf> = files
+        .iter()
+        .filter(|p| std::fs::metadata(p).expect("m").len() < 64 * 1024)
+        .collect();
+    let big = dir.join("big.jpg");
+    {
+        // A real JPEG over the per-image limit: the query re-encoded larger.
+        let img = image_of(small[0]);
+        let mut out = Vec::new();
+        let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 100);
+        image::imageops::resize(&img, 900, 900, image::imageops::FilterType::Triangle)
+            .write_with_encoder(enc)
+            .expect("encode");
+        assert!(out.len() > 64 * 1024);
+        std::fs::write(&big, out).expect("write");
+    }
+    let text = dir.join("notes.jpg");
+    std::fs::write(&text, b"hello, I am not an image").expect("write");
+
+    // Empty and unknown collections first.
+    let r = rest_search(&http, &base, "nowhere", small[0], 5).await;
+    assert_eq!(r.status(), 404);
+    let e: Value = r.json().await.expect("json");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .expect("m")
+            .contains("create it first"),
+        "{e}"
+    );
+    http.post(format!("{base}/api/collections"))
+        .json(&json!({"name": "c"}))
+        .send()
+        .await
+        .expect("create");
+    let r = rest_search(&http, &base, "c", small[0], 5).await;
+    assert_eq!(r.status(), 409);
+    let e: Value = r.json().await.expect("json");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .expect("m")
+            .contains("is empty"),
+        "{e}"
+    );
+
+    // Per-image failures inside a batch; the good images still go in.
+    let mut form = reqwest::multipart::Form::new();
+    for p in [small[0], small[1], &big, &text] {
+        form = form.part(
+            "files",
+            file_part(
+                p,
+                &format!("rose/{}", p.file_name().expect("n").to_string_lossy()),
+            ),
+        );
+    }
+    let r = http
+        .post(format!("{base}/api/collections/c/images"))
+        .multipart(form)
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(r.status(), 200);
+    let up: Value = r.json().await.expect("json");
+    assert_eq!(up["added"], 2, "{up}");
+    assert_eq!(up["failed"], 2);
+    let errs: Vec<&str> = up["results"]
+        .as_array()
+        .expect("r")
+        .iter()
+        .map(|r| r["error"].as_str().expect("e"))
+        .collect();
+    assert!(
+        errs[2].contains("too large") && errs[2].contains("65536"),
+        "{errs:?}"
+    );
+    assert!(errs[3].contains("not an image"), "{errs:?}");
+
+    // Queries: too large, not an image, over the request limit, wrong type, bad top_k.
+    let r = rest_search(&http, &base, "c", &big, 5).await;
+    assert_eq!(r.status(), 413);
+    let e: Value = r.json().await.expect("json");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .expect("m")
+            .contains("limit is 65536 bytes"),
+        "{e}"
+    );
+    let r = rest_search(&http, &base, "c", &text, 5).await;
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.expect("json");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .expect("m")
+            .contains("not an image"),
+        "{e}"
+    );
+    let huge = vec![0u8; 2 << 20];
+    let r = http
+        .post(format!("{base}/api/search"))
+        .multipart(reqwest::multipart::Form::new().part(
+            "image",
+            reqwest::multipart::Part::bytes(huge).file_name("h.jpg"),
+        ))
+        .send()
+        .await
+        .expect("huge");
+    assert_eq!(r.status(), 413);
+    let e: Value = r.json().await.expect("json");
+    assert_eq!(e["error"]["code"], "payload_too_large");
+    let r = http
+        .post(format!("{base}/api/search"))
+        .body("x")
+        .header("content-type", "text/plain")
+        .send()
+        .await
+        .expect("text");
+    assert_eq!(r.status(), 415);
+    let r = rest_search(&http, &base, "c", small[0], 101).await;
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.expect("json");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .expect("m")
+            .contains("top_k 101 is over the limit of 100"),
+        "{e}"
+    );
+    let r = http
+        .post(format!("{base}/api/collections"))
+        .body("{nope")
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .expect("bad json");
+    assert_eq!(r.status(), 400);
+
+    // gRPC gets the same refusals.
+    let mut client = grpc(&sys).await;
+    let s = client
+        .search(pb::SearchRequest {
+            query: Some(pb::search_request::Query::Image(b"nope".to_vec())),
+            collection: "c".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("not an image");
+    assert_eq!(s.code(), tonic::Code::InvalidArgument);
+
+    // Nothing was lost or half written: exactly the two good images.
+    let r = rest_search(&http, &base, "c", small[0], 10).await;
+    assert_eq!(r.status(), 200);
+    let ok: Value = r.json().await.expect("json");
+    assert_eq!(ok["results"].as_array().expect("r").len(), 2);
+    sys.shutdown().await;
+}
+
+fn image_of(p: &std::path::Path) -> image::RgbImage {
+    cbir_imaging::decode(
+        &std::fs::read(p).expect("read"),
+        &cbir_imaging::Limits::default(),
+    )
+    .expect("decode")
+    .image
+}

@@ -1,0 +1,199 @@
+//! The whole system in one process on fixed loopback ports, with each
+//! service stoppable and restartable on its port (to test outages).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub fn shared_data() -> PathBuf {
+    let dir = std::env::var_os("CBIR_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
+    assert!(
+        dir.join("flowers5").is_dir(),
+        "no flowers5 under {}: set CBIR_SHARED_DATA",
+        dir.display()
+    );
+    dir
+}
+
+/// The first `per_class` images (sorted) of each of `classes` of flowers5,
+/// copied into `dest/<class>/`.
+pub fn flowers_subset(dest: &Path, classes: &[&str], per_class: usize) -> Vec<PathBuf> {
+    let root = shared_data().join("flowers5");
+    let mut out = Vec::new();
+    for class in classes {
+        let mut names: Vec<PathBuf> = std::fs::read_dir(root.join(class))
+            .expect("class dir")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        names.sort();
+        std::fs::create_dir_all(dest.join(class)).expect("mkdir");
+        for p in names.into_iter().take(per_class) {
+            let to = dest.join(class).join(p.file_name().expect("name"));
+            std::fs::copy(&p, &to).expect("copy");
+            out.push(to);
+        }
+    }
+    out
+}
+
+struct Running {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let mut task = self.task;
+        if tokio::time::timeout(Duration::from_secs(10), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
+    }
+}
+
+async fn free_addr() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    l.local_addr().expect("addr")
+}
+
+async fn bind(addr: SocketAddr) -> tokio::net::TcpListener {
+    // The port was just released by a stopped service; it may take a moment.
+    for _ in 0..100 {
+        if let Ok(l) = tokio::net::TcpListener::bind(addr).await {
+            return l;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("cannot bind {addr} again");
+}
+
+fn stop_future() -> (
+    oneshot::Sender<()>,
+    impl std::future::Future<Output = ()> + Send,
+) {
+    let (tx, rx) = oneshot::channel::<()>();
+    (tx, async move {
+        let _ = rx.await;
+    })
+}
+
+pub struct System {
+    pub dir: tempfile::TempDir,
+    pub inference_addr: SocketAddr,
+    pub index_addr: SocketAddr,
+    pub gateway_addr: SocketAddr,
+    inference: Option<Running>,
+    index: Option<Running>,
+    gateway: Option<Running>,
+    pub gateway_cfg: cbir_gateway::Config,
+}
+
+impl System {
+    pub async fn start(tweak: impl FnOnce(&mut cbir_gateway::Config)) -> Self {
+        cbir_common::telemetry::init_for_tests();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let inference_addr = free_addr().await;
+        let index_addr = free_addr().await;
+        let gateway_addr = free_addr().await;
+        let mut gateway_cfg = cbir_gateway::Config {
+            inference_urls: vec![format!("http://{inference_addr}")],
+            index_urls: vec![format!("http://{index_addr}")],
+            ..Default::default()
+        };
+        gateway_cfg.timeouts.connect_ms = 500;
+        tweak(&mut gateway_cfg);
+        let mut sys = Self {
+            dir,
+            inference_addr,
+            index_addr,
+            gateway_addr,
+            inference: None,
+            index: None,
+            gateway: None,
+            gateway_cfg,
+        };
+        sys.start_inference().await;
+        sys.start_index().await;
+        sys.start_gateway().await;
+        sys.wait_healthy().await;
+        sys
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.gateway_addr)
+    }
+
+    pub async fn start_inference(&mut self) {
+        let mut cfg = cbir_inference::Config::for_test();
+        cfg.batcher.max_queue_delay_us = 2_000;
+        let l = bind(self.inference_addr).await;
+        let (stop, fut) = stop_future();
+        let task = tokio::spawn(cbir_inference::serve(cfg, l, fut));
+        self.inference = Some(Running { stop, task });
+    }
+
+    pub async fn stop_inference(&mut self) {
+        if let Some(r) = self.inference.take() {
+            r.stop().await;
+        }
+    }
+
+    pub async fn start_index(&mut self) {
+        let cfg = cbir_index::Config {
+            database_url: format!("sqlite://{}", self.dir.path().join("index.db").display()),
+            inference_url: Some(format!("http://{}", self.inference_addr)),
+            ..Default::default()
+        };
+        let l = bind(self.index_addr).await;
+        let (stop, fut) = stop_future();
+        let task = tokio::spawn(cbir_index::serve(cfg, l, fut));
+        self.index = Some(Running { stop, task });
+    }
+
+    pub async fn stop_index(&mut self) {
+        if let Some(r) = self.index.take() {
+            r.stop().await;
+        }
+    }
+
+    pub async fn start_gateway(&mut self) {
+        let l = bind(self.gateway_addr).await;
+        let (stop, fut) = stop_future();
+        let task = tokio::spawn(cbir_gateway::serve(self.gateway_cfg.clone(), l, fut));
+        self.gateway = Some(Running { stop, task });
+    }
+
+    /// Waits until the gateway reports every service up.
+    pub async fn wait_healthy(&self) {
+        let http = reqwest::Client::new();
+        for _ in 0..600 {
+            if let Ok(r) = http.get(format!("{}/api/health", self.url())).send().await {
+                if let Ok(v) = r.json::<serde_json::Value>().await {
+                    if v["status"] == "ok" {
+                        return;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the system did not become healthy in 60 s");
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(r) = self.gateway.take() {
+            r.stop().await;
+        }
+        self.stop_index().await;
+        self.stop_inference().await;
+    }
+}
