@@ -222,7 +222,20 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
                     .await
                     .map_err(|s| status_error("search", s))?
                     .into_inner();
-                anyhow::Ok((label.clone(), self_excluded, top, full, took))
+                // Only the relevance of each rank is kept: whole rankings of
+                // every query would not fit in memory.
+                let rel = |res: &[pb::SearchResult]| -> Vec<bool> {
+                    res.iter().map(|h| &h.label == label).collect()
+                };
+                let stats = top.stats.unwrap_or_default();
+                anyhow::Ok((
+                    label.clone(),
+                    self_excluded,
+                    rel(&top.results),
+                    rel(&full.results),
+                    (stats.vectors_scanned, stats.vectors_total),
+                    took,
+                ))
             }
         }))
         .buffer_unordered(CONCURRENCY)
@@ -236,7 +249,7 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         let mut total_vectors = 0u64;
         let mut latency = 0.0;
         for r in results {
-            let (label, self_excluded, top, full, took) = r?;
+            let (label, self_excluded, top, full, (read, total), took) = r?;
             let relevant = class_size
                 .get(&label)
                 .copied()
@@ -246,16 +259,11 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
                 no_relevant += 1;
                 continue;
             }
-            let rel = |res: &[pb::SearchResult]| -> Vec<bool> {
-                res.iter().map(|h| h.label == label).collect()
-            };
-            let s = score(&rel(&top.results), &rel(&full.results), relevant, &ks);
+            let s = score(&top, &full, relevant, &ks);
             overall.add(&s);
             per_class.entry(label).or_default().add(&s);
-            if let Some(st) = top.stats {
-                scanned += st.vectors_scanned;
-                total_vectors += st.vectors_total;
-            }
+            scanned += read;
+            total_vectors += total;
             latency += took;
         }
         let mut report = overall.json(&ks);

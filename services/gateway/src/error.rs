@@ -39,7 +39,7 @@ pub enum Error {
     ResourceExhausted(String),
     #[error("the {service} service is unavailable: {detail}")]
     Unavailable { service: Upstream, detail: String },
-    #[error("the {service} service did not answer in time ({detail})")]
+    #[error("the {service} service did not answer in time: {detail}")]
     DeadlineExceeded { service: Upstream, detail: String },
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -54,6 +54,13 @@ impl Error {
     /// through with their message, transport failures name the service.
     pub fn upstream(service: Upstream, status: Status) -> Self {
         let msg = status.message().to_string();
+        // tonic reports its own client-side deadline as CANCELLED.
+        if status.code() == Code::Cancelled && msg.contains("Timeout expired") {
+            return Error::DeadlineExceeded {
+                service,
+                detail: "the call's deadline passed; the service is overloaded or stuck".into(),
+            };
+        }
         match status.code() {
             Code::InvalidArgument | Code::OutOfRange => Error::InvalidArgument(msg),
             Code::NotFound => Error::NotFound(msg),
@@ -170,5 +177,43 @@ impl axum::response::IntoResponse for Error {
             "error": { "code": self.code(), "message": message, "service": self.service() }
         });
         (status, axum::Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_statuses_map_to_clear_errors() {
+        let e = Error::upstream(
+            Upstream::Inference,
+            Status::unavailable("tcp connect error"),
+        );
+        assert_eq!(e.http_status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.service(), Some(Upstream::Inference));
+        assert!(
+            e.to_string()
+                .starts_with("the inference service is unavailable: tcp connect error; start it"),
+            "{e}"
+        );
+        let e = Error::upstream(Upstream::Index, Status::cancelled("Timeout expired"));
+        assert_eq!(e.http_status(), StatusCode::GATEWAY_TIMEOUT);
+        assert!(
+            e.to_string()
+                .contains("index service did not answer in time"),
+            "{e}"
+        );
+        let e = Error::upstream(
+            Upstream::Inference,
+            Status::invalid_argument("not an image"),
+        );
+        assert_eq!(e.http_status(), StatusCode::BAD_REQUEST);
+        assert_eq!(Status::from(e).code(), Code::InvalidArgument);
+        let e = Error::upstream(Upstream::Index, Status::internal("disk on fire"));
+        assert_eq!(
+            Status::from(e).message(),
+            "internal error; see the service log"
+        );
     }
 }

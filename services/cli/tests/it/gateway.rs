@@ -158,6 +158,43 @@ async fn rest_and_grpc_agree_and_server_folders_index() {
         assert_eq!(a.label, b["label"].as_str().expect("label"));
     }
 
+    // gRPC health and reflection share the port with HTTP.
+    let ch = Channel::from_shared(sys.url()).expect("uri").connect_lazy();
+    let status = tonic_health::pb::health_client::HealthClient::new(ch.clone())
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "cbir.v1.SearchService".into(),
+        })
+        .await
+        .expect("health")
+        .into_inner()
+        .status;
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    let mut refl =
+        tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(ch);
+    let req = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(
+                String::new(),
+            ),
+        ),
+    };
+    let mut answers = refl
+        .server_reflection_info(futures::stream::iter(vec![req]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let answer = answers
+        .message()
+        .await
+        .expect("answer")
+        .expect("one answer");
+    let listed = format!("{:?}", answer.message_response);
+    assert!(listed.contains("cbir.v1.SearchService"), "{listed}");
+
     // Searching with a stored image (a click on a result), both ways.
     let id = rest_hits[3]["id"].as_u64().expect("id");
     let stored: Value = http
