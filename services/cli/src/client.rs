@@ -123,17 +123,9 @@ pub async fn add_files(
             let mut unreadable = Vec::new();
             let mut sent = Vec::new();
             for p in batch {
-                match tokio::fs::read(&p).await {
-                    Ok(data) => {
-                        images.push(pb::NewImage {
-                            file_name: p
-                                .file_name()
-                                .map(|n| n.to_string_lossy().to_string())
-                                .unwrap_or_default(),
-                            path: p.display().to_string(),
-                            label: label_of(&p),
-                            data,
-                        });
+                match cbir_gateway::jobs::read_image(&p).await {
+                    Ok(img) => {
+                        images.push(img);
                         sent.push(p);
                     }
                     Err(e) => {

@@ -2,6 +2,7 @@
 //! thin translations onto these methods, so both give the same answers.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,6 +11,7 @@ use cbir_api::v1::index_service_client::IndexServiceClient;
 use cbir_api::v1::inference_service_client::InferenceServiceClient;
 use parking_lot::Mutex;
 use tonic::transport::Channel;
+use tonic::Status;
 
 use crate::clients::{request, Pool, PoolConfig};
 use crate::error::{Error, Result, Upstream};
@@ -151,23 +153,70 @@ impl Gateway {
         }
     }
 
+    /// One call of a backing service, with its deadline and retries; the
+    /// message is cloned for each attempt.
+    async fn rpc<C, Req, Resp, F, Fut>(
+        &self,
+        pool: &Pool,
+        client: fn(Channel, usize) -> C,
+        what: &str,
+        timeout: Duration,
+        msg: Req,
+        rpc: F,
+    ) -> Result<Resp>
+    where
+        Req: Clone,
+        F: Fn(C, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<Resp>, Status>>,
+    {
+        let max = self.max_msg();
+        pool.call(what, timeout, true, |ch, t| {
+            let fut = rpc(client(ch, max), request(msg.clone(), t));
+            async move { fut.await.map(tonic::Response::into_inner) }
+        })
+        .await
+    }
+
+    async fn index_rpc<Req: Clone, Resp, F, Fut>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        msg: Req,
+        rpc: F,
+    ) -> Result<Resp>
+    where
+        F: Fn(IndexServiceClient<Channel>, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<Resp>, Status>>,
+    {
+        self.rpc(&self.index, index_client, what, timeout, msg, rpc)
+            .await
+    }
+
+    async fn inference_rpc<Req: Clone, Resp, F, Fut>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        msg: Req,
+        rpc: F,
+    ) -> Result<Resp>
+    where
+        F: Fn(InferenceServiceClient<Channel>, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<Resp>, Status>>,
+    {
+        self.rpc(&self.inference, inference_client, what, timeout, msg, rpc)
+            .await
+    }
+
     // ----- inference -------------------------------------------------------
 
     pub async fn model_info(&self, timeout: Duration) -> Result<pb::GetModelInfoResponse> {
-        let max = self.max_msg();
-        self.inference
-            .call("GetModelInfo", timeout, true, |ch, t| async move {
-                inference_client(ch, max)
-                    .get_model_info(request(
-                        pb::GetModelInfoRequest {
-                            include_class_names: false,
-                        },
-                        t,
-                    ))
-                    .await
-                    .map(tonic::Response::into_inner)
-            })
-            .await
+        let msg = pb::GetModelInfoRequest {
+            include_class_names: false,
+        };
+        self.inference_rpc("GetModelInfo", timeout, msg, |mut c, r| async move {
+            c.get_model_info(r).await
+        })
+        .await
     }
 
     /// Class names of the served model, to name partitions; cached per model.
@@ -177,24 +226,15 @@ impl Gateway {
                 return Some(names.clone());
             }
         }
-        let max = self.max_msg();
+        let msg = pb::GetModelInfoRequest {
+            include_class_names: true,
+        };
         let info = self
-            .inference
-            .call(
+            .inference_rpc(
                 "GetModelInfo",
                 Self::t(self.cfg.timeouts.admin_ms),
-                true,
-                |ch, t| async move {
-                    inference_client(ch, max)
-                        .get_model_info(request(
-                            pb::GetModelInfoRequest {
-                                include_class_names: true,
-                            },
-                            t,
-                        ))
-                        .await
-                        .map(tonic::Response::into_inner)
-                },
+                msg,
+                |mut c, r| async move { c.get_model_info(r).await },
             )
             .await
             .ok()?
@@ -208,33 +248,20 @@ impl Gateway {
     }
 
     async fn embed_one(&self, data: Vec<u8>) -> Result<(pb::Embedding, Option<pb::ModelRef>)> {
-        let max = self.max_msg();
-        let data = bytes::Bytes::from(data);
+        let msg = pb::EmbedImageRequest {
+            image: Some(pb::ImageInput {
+                id: String::new(),
+                data,
+            }),
+            priority: pb::Priority::Interactive as i32,
+            include_probabilities: false,
+        };
         let resp = self
-            .inference
-            .call(
+            .inference_rpc(
                 "EmbedImage",
                 Self::t(self.cfg.timeouts.search_ms),
-                true,
-                |ch, t| {
-                    let data = data.clone();
-                    async move {
-                        inference_client(ch, max)
-                            .embed_image(request(
-                                pb::EmbedImageRequest {
-                                    image: Some(pb::ImageInput {
-                                        id: String::new(),
-                                        data: data.to_vec(),
-                                    }),
-                                    priority: pb::Priority::Interactive as i32,
-                                    include_probabilities: false,
-                                },
-                                t,
-                            ))
-                            .await
-                            .map(tonic::Response::into_inner)
-                    }
-                },
+                msg,
+                |mut c, r| async move { c.embed_image(r).await },
             )
             .await?;
         let emb = resp.embedding.ok_or_else(|| {
@@ -257,37 +284,26 @@ impl Gateway {
     }
 
     async fn list_collections_within(&self, timeout: Duration) -> Result<Vec<pb::Collection>> {
-        let max = self.max_msg();
         let r = self
-            .index
-            .call("ListCollections", timeout, true, |ch, t| async move {
-                index_client(ch, max)
-                    .list_collections(request(pb::ListCollectionsRequest {}, t))
-                    .await
-                    .map(tonic::Response::into_inner)
-            })
+            .index_rpc(
+                "ListCollections",
+                timeout,
+                pb::ListCollectionsRequest {},
+                |mut c, r| async move { c.list_collections(r).await },
+            )
             .await?;
         Ok(r.collections)
     }
 
     async fn fetch_collection(&self, name: &str) -> Result<pb::Collection> {
-        let max = self.max_msg();
-        let n = name.to_string();
         let r = self
-            .index
-            .call(
+            .index_rpc(
                 "GetCollection",
                 Self::t(self.cfg.timeouts.admin_ms),
-                true,
-                |ch, t| {
-                    let n = n.clone();
-                    async move {
-                        index_client(ch, max)
-                            .get_collection(request(pb::GetCollectionRequest { name: n }, t))
-                            .await
-                            .map(tonic::Response::into_inner)
-                    }
+                pb::GetCollectionRequest {
+                    name: name.to_string(),
                 },
+                |mut c, r| async move { c.get_collection(r).await },
             )
             .await
             .map_err(|e| match e {
@@ -329,7 +345,6 @@ impl Gateway {
             .await?
             .info
             .ok_or_else(|| Error::Internal("GetModelInfo answered without info".into()))?;
-        let max = self.max_msg();
         let msg = pb::CreateCollectionRequest {
             name: name.clone(),
             model: info.model,
@@ -338,20 +353,11 @@ impl Gateway {
             if_not_exists: req.if_not_exists,
         };
         let r = self
-            .index
-            .call(
+            .index_rpc(
                 "CreateCollection",
                 Self::t(self.cfg.timeouts.admin_ms),
-                true,
-                |ch, t| {
-                    let msg = msg.clone();
-                    async move {
-                        index_client(ch, max)
-                            .create_collection(request(msg, t))
-                            .await
-                            .map(tonic::Response::into_inner)
-                    }
-                },
+                msg,
+                |mut c, r| async move { c.create_collection(r).await },
             )
             .await?;
         let c = r
@@ -366,47 +372,27 @@ impl Gateway {
     pub async fn delete_collection(&self, name: &str) -> Result<()> {
         let name = self.collection_name(name);
         self.collections.lock().remove(&name);
-        let max = self.max_msg();
-        let n = name.clone();
-        self.index
-            .call(
-                "DeleteCollection",
-                Self::t(self.cfg.timeouts.admin_ms),
-                true,
-                |ch, t| {
-                    let n = n.clone();
-                    async move {
-                        index_client(ch, max)
-                            .delete_collection(request(pb::DeleteCollectionRequest { name: n }, t))
-                            .await
-                            .map(tonic::Response::into_inner)
-                    }
-                },
-            )
-            .await?;
+        self.index_rpc(
+            "DeleteCollection",
+            Self::t(self.cfg.timeouts.admin_ms),
+            pb::DeleteCollectionRequest { name: name.clone() },
+            |mut c, r| async move { c.delete_collection(r).await },
+        )
+        .await?;
         self.collections.lock().remove(&name);
         Ok(())
     }
 
     pub async fn clear(&self, name: &str) -> Result<u64> {
         let name = self.collection_name(name);
-        let max = self.max_msg();
-        let n = name.clone();
         let r = self
-            .index
-            .call(
+            .index_rpc(
                 "Clear",
                 Self::t(self.cfg.timeouts.admin_ms),
-                true,
-                |ch, t| {
-                    let n = n.clone();
-                    async move {
-                        index_client(ch, max)
-                            .clear(request(pb::ClearRequest { collection: n }, t))
-                            .await
-                            .map(tonic::Response::into_inner)
-                    }
+                pb::ClearRequest {
+                    collection: name.clone(),
                 },
+                |mut c, r| async move { c.clear(r).await },
             )
             .await?;
         self.collections.lock().remove(&name);
@@ -415,22 +401,12 @@ impl Gateway {
 
     pub async fn stats(&self, name: &str) -> Result<pb::StatsResponse> {
         let name = self.collection_name(name);
-        let max = self.max_msg();
         let mut r = self
-            .index
-            .call(
+            .index_rpc(
                 "Stats",
                 Self::t(self.cfg.timeouts.admin_ms),
-                true,
-                |ch, t| {
-                    let n = name.clone();
-                    async move {
-                        index_client(ch, max)
-                            .stats(request(pb::StatsRequest { collection: n }, t))
-                            .await
-                            .map(tonic::Response::into_inner)
-                    }
-                },
+                pb::StatsRequest { collection: name },
+                |mut c, r| async move { c.stats(r).await },
             )
             .await?;
         let model = r.collection.as_ref().and_then(|c| c.model.clone());
@@ -451,36 +427,34 @@ impl Gateway {
 
     pub async fn thumbnail(&self, collection: &str, id: u64) -> Result<Vec<u8>> {
         let name = self.collection_name(collection);
-        let max = self.max_msg();
-        let r = self
-            .index
-            .call(
-                "GetImage",
-                Self::t(self.cfg.timeouts.admin_ms),
-                true,
-                |ch, t| {
-                    let n = name.clone();
-                    async move {
-                        index_client(ch, max)
-                            .get_image(request(
-                                pb::GetImageRequest {
-                                    collection: n,
-                                    id,
-                                    include_thumbnail: true,
-                                    ..Default::default()
-                                },
-                                t,
-                            ))
-                            .await
-                            .map(tonic::Response::into_inner)
-                    }
-                },
-            )
-            .await?;
-        r.image
+        let msg = pb::GetImageRequest {
+            collection: name,
+            id,
+            include_thumbnail: true,
+            ..Default::default()
+        };
+        self.get_image(msg, Self::t(self.cfg.timeouts.admin_ms))
+            .await
             .map(|i| i.thumbnail)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| Error::NotFound(format!("image {id} has no thumbnail")))
+            .and_then(|t| {
+                (!t.is_empty())
+                    .then_some(t)
+                    .ok_or_else(|| Error::NotFound(format!("image {id} has no thumbnail")))
+            })
+    }
+
+    async fn get_image(
+        &self,
+        msg: pb::GetImageRequest,
+        timeout: Duration,
+    ) -> Result<pb::ImageRecord> {
+        let (collection, id) = (msg.collection.clone(), msg.id);
+        self.index_rpc("GetImage", timeout, msg, |mut c, r| async move {
+            c.get_image(r).await
+        })
+        .await?
+        .image
+        .ok_or_else(|| Error::NotFound(format!("no image {id} in collection {collection:?}")))
     }
 
     // ----- search ------------------------------------------------------------
@@ -570,7 +544,6 @@ impl Gateway {
                 "collection {collection:?} is empty: add images first (Index page, or `cbir index add`)"
             )));
         }
-        let max = self.max_msg();
         let msg = pb::IndexSearchRequest {
             collection: collection.clone(),
             vector,
@@ -581,22 +554,12 @@ impl Gateway {
             min_similarity: req.min_similarity,
             exclude_id,
         };
-        let msg = Arc::new(msg);
         let r = self
-            .index
-            .call(
+            .index_rpc(
                 "Search",
                 Self::t(self.cfg.timeouts.search_ms),
-                true,
-                |ch, t| {
-                    let msg = msg.clone();
-                    async move {
-                        index_client(ch, max)
-                            .search(request((*msg).clone(), t))
-                            .await
-                            .map(tonic::Response::into_inner)
-                    }
-                },
+                msg,
+                |mut c, r| async move { c.search(r).await },
             )
             .await?;
         let names = self.class_names(coll.model.as_ref()).await;
@@ -632,35 +595,14 @@ impl Gateway {
     }
 
     async fn stored(&self, collection: &str, id: u64) -> Result<pb::ImageRecord> {
-        let max = self.max_msg();
-        let n = collection.to_string();
-        let r = self
-            .index
-            .call(
-                "GetImage",
-                Self::t(self.cfg.timeouts.search_ms),
-                true,
-                |ch, t| {
-                    let n = n.clone();
-                    async move {
-                        index_client(ch, max)
-                            .get_image(request(
-                                pb::GetImageRequest {
-                                    collection: n,
-                                    id,
-                                    include_feature: true,
-                                    ..Default::default()
-                                },
-                                t,
-                            ))
-                            .await
-                            .map(tonic::Response::into_inner)
-                    }
-                },
-            )
-            .await?;
-        r.image
-            .ok_or_else(|| Error::NotFound(format!("no image {id} in collection {collection:?}")))
+        let msg = pb::GetImageRequest {
+            collection: collection.to_string(),
+            id,
+            include_feature: true,
+            ..Default::default()
+        };
+        self.get_image(msg, Self::t(self.cfg.timeouts.search_ms))
+            .await
     }
 
     // ----- indexing ----------------------------------------------------------
@@ -750,40 +692,28 @@ impl Gateway {
                 data: img.data.clone(),
             })
             .collect();
-        let max = self.max_msg();
-        let inputs = Arc::new(inputs);
+        let any_input = !inputs.is_empty();
         let embed = async {
-            if inputs.is_empty() {
+            if !any_input {
                 return Ok(pb::EmbedResponse::default());
             }
-            self.inference
-                .call(
-                    "Embed",
-                    Self::t(self.cfg.timeouts.bulk_ms),
-                    true,
-                    |ch, t| {
-                        let inputs = inputs.clone();
-                        async move {
-                            inference_client(ch, max)
-                                .embed(request(
-                                    pb::EmbedRequest {
-                                        images: (*inputs).clone(),
-                                        priority: pb::Priority::Bulk as i32,
-                                        include_probabilities: false,
-                                    },
-                                    t,
-                                ))
-                                .await
-                                .map(tonic::Response::into_inner)
-                        }
-                    },
-                )
-                .await
+            let msg = pb::EmbedRequest {
+                images: inputs,
+                priority: pb::Priority::Bulk as i32,
+                include_probabilities: false,
+            };
+            self.inference_rpc(
+                "Embed",
+                Self::t(self.cfg.timeouts.bulk_ms),
+                msg,
+                |mut c, r| async move { c.embed(r).await },
+            )
+            .await
         };
         let (prepared, embedded) = tokio::join!(prepare_all, embed);
         let prepared = prepared.map_err(|e| Error::Internal(format!("image preparation: {e}")))?;
         let embedded = embedded?;
-        if !inputs.is_empty() && !same_model(coll.model.as_ref(), embedded.model.as_ref()) {
+        if any_input && !same_model(coll.model.as_ref(), embedded.model.as_ref()) {
             return Err(Error::FailedPrecondition(format!(
                 "collection {collection:?} is bound to model {}, but the inference service serves {}: rebuild the collection or add to another one",
                 model_label(coll.model.as_ref()),
@@ -847,26 +777,17 @@ impl Gateway {
             record_of.push(i);
         }
         if !records.is_empty() {
-            let msg = Arc::new(pb::UpsertRequest {
+            let msg = pb::UpsertRequest {
                 collection: collection.clone(),
                 records,
-            });
+            };
             // Upserts are keyed by content hash, so a retry cannot duplicate.
             let r = self
-                .index
-                .call(
+                .index_rpc(
                     "Upsert",
                     Self::t(self.cfg.timeouts.bulk_ms),
-                    true,
-                    |ch, t| {
-                        let msg = msg.clone();
-                        async move {
-                            index_client(ch, max)
-                                .upsert(request((*msg).clone(), t))
-                                .await
-                                .map(tonic::Response::into_inner)
-                        }
-                    },
+                    msg,
+                    |mut c, r| async move { c.upsert(r).await },
                 )
                 .await?;
             for (k, u) in r.results.into_iter().enumerate() {

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
-use crate::gateway::{label_from_path, Gateway};
+use crate::gateway::Gateway;
 
 /// Images per AddImages batch of a job, and batches in flight: enough to
 /// keep the inference batcher full without holding many images in memory.
@@ -74,6 +74,18 @@ impl Jobs {
         }
         j
     }
+}
+
+/// An image file as an item of AddImages; its label is the name of the
+/// folder holding it (a folder-per-class set).
+pub async fn read_image(path: &Path) -> std::io::Result<pb::NewImage> {
+    let name = |p: Option<&std::ffi::OsStr>| p.map(|n| n.to_string_lossy().to_string());
+    Ok(pb::NewImage {
+        file_name: name(path.file_name()).unwrap_or_default(),
+        label: name(path.parent().and_then(Path::file_name)).unwrap_or_default(),
+        path: path.display().to_string(),
+        data: tokio::fs::read(path).await?,
+    })
 }
 
 /// `path` resolved (symlinks included) and checked to lie under one of the
@@ -219,13 +231,8 @@ impl Gateway {
                         }
                         Ok(_) => {}
                     }
-                    match tokio::fs::read(&p).await {
-                        Ok(data) => images.push(pb::NewImage {
-                            file_name: crate::gateway::file_name_of(&rel),
-                            label: label_from_path(&rel),
-                            path: p.display().to_string(),
-                            data,
-                        }),
+                    match read_image(&p).await {
+                        Ok(img) => images.push(img),
                         Err(e) => unreadable.push((rel, format!("cannot read: {e}"))),
                     }
                 }
@@ -302,6 +309,7 @@ impl Gateway {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gateway::label_from_path;
 
     #[test]
     fn server_paths_must_be_under_allowed_roots() {

@@ -250,20 +250,11 @@ pub fn preprocess(img: &RgbImage) -> Result<Vec<u8>> {
 /// A JPEG of at most `THUMBNAIL_SIZE` on the long side.
 pub fn thumbnail(img: &RgbImage) -> Result<Vec<u8>> {
     let (w, h) = img.dimensions();
-    let scale = f64::from(THUMBNAIL_SIZE) / f64::from(w.max(h));
-    let small = if scale < 1.0 {
-        let tw = ((f64::from(w) * scale).round() as u32).max(1);
-        let th = ((f64::from(h) * scale).round() as u32).max(1);
-        resize(img, tw, th)?
-    } else {
-        img.clone()
-    };
-    let mut out = Vec::new();
-    let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 80);
-    small
-        .write_with_encoder(enc)
-        .map_err(|e| Error::Processing(format!("thumbnail encoding: {e}")))?;
-    Ok(out)
+    scaled_jpeg(
+        img,
+        f64::from(THUMBNAIL_SIZE) / f64::from(w.max(h).max(1)),
+        80,
+    )
 }
 
 /// A JPEG with the shorter side at most `shorter` pixels: a compact copy
@@ -272,7 +263,16 @@ pub fn thumbnail(img: &RgbImage) -> Result<Vec<u8>> {
 /// another model without the original files.
 pub fn rendition(img: &RgbImage, shorter: u32, quality: u8) -> Result<Vec<u8>> {
     let (w, h) = img.dimensions();
-    let scale = f64::from(shorter) / f64::from(w.min(h).max(1));
+    scaled_jpeg(
+        img,
+        f64::from(shorter) / f64::from(w.min(h).max(1)),
+        quality,
+    )
+}
+
+/// `img` scaled down by `scale` (never up) and encoded as JPEG.
+fn scaled_jpeg(img: &RgbImage, scale: f64, quality: u8) -> Result<Vec<u8>> {
+    let (w, h) = img.dimensions();
     let small = if scale < 1.0 {
         let tw = ((f64::from(w) * scale).round() as u32).max(1);
         let th = ((f64::from(h) * scale).round() as u32).max(1);
@@ -284,7 +284,7 @@ pub fn rendition(img: &RgbImage, shorter: u32, quality: u8) -> Result<Vec<u8>> {
     let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality);
     small
         .write_with_encoder(enc)
-        .map_err(|e| Error::Processing(format!("rendition encoding: {e}")))?;
+        .map_err(|e| Error::Processing(format!("JPEG encoding: {e}")))?;
     Ok(out)
 }
 

@@ -65,6 +65,15 @@ async fn rest_search(
         .expect("search request")
 }
 
+/// Asserts an error answer: its status, and a message containing `needle`.
+async fn expect_error(r: reqwest::Response, status: u16, needle: &str) -> Value {
+    assert_eq!(r.status(), status);
+    let e: Value = r.json().await.expect("json");
+    let msg = e["error"]["message"].as_str().expect("message");
+    assert!(msg.contains(needle), "{e}");
+    e
+}
+
 fn assert_ranked(results: &[Value]) {
     let mut last = -1.0f64;
     for r in results {
@@ -285,15 +294,7 @@ async fn rest_and_grpc_agree_and_server_folders_index() {
         .send()
         .await
         .expect("job");
-    assert_eq!(r.status(), 403);
-    let e: Value = r.json().await.expect("json");
-    assert!(
-        e["error"]["message"]
-            .as_str()
-            .expect("msg")
-            .contains("outside the allowed roots"),
-        "{e}"
-    );
+    expect_error(r, 403, "outside the allowed roots").await;
     let g = client
         .get_stats(pb::StatsRequest {
             collection: "flowers".into(),
@@ -439,30 +440,14 @@ async fn oversized_and_non_image_uploads_are_refused_clearly() {
 
     // Empty and unknown collections first.
     let r = rest_search(&http, &base, "nowhere", small[0], 5).await;
-    assert_eq!(r.status(), 404);
-    let e: Value = r.json().await.expect("json");
-    assert!(
-        e["error"]["message"]
-            .as_str()
-            .expect("m")
-            .contains("create it first"),
-        "{e}"
-    );
+    expect_error(r, 404, "create it first").await;
     http.post(format!("{base}/api/collections"))
         .json(&json!({"name": "c"}))
         .send()
         .await
         .expect("create");
     let r = rest_search(&http, &base, "c", small[0], 5).await;
-    assert_eq!(r.status(), 409);
-    let e: Value = r.json().await.expect("json");
-    assert!(
-        e["error"]["message"]
-            .as_str()
-            .expect("m")
-            .contains("is empty"),
-        "{e}"
-    );
+    expect_error(r, 409, "is empty").await;
 
     // Per-image failures inside a batch; the good images still go in.
     let mut form = reqwest::multipart::Form::new();
@@ -499,25 +484,9 @@ async fn oversized_and_non_image_uploads_are_refused_clearly() {
 
     // Queries: too large, not an image, over the request limit, wrong type, bad top_k.
     let r = rest_search(&http, &base, "c", &big, 5).await;
-    assert_eq!(r.status(), 413);
-    let e: Value = r.json().await.expect("json");
-    assert!(
-        e["error"]["message"]
-            .as_str()
-            .expect("m")
-            .contains("limit is 65536 bytes"),
-        "{e}"
-    );
+    expect_error(r, 413, "limit is 65536 bytes").await;
     let r = rest_search(&http, &base, "c", &text, 5).await;
-    assert_eq!(r.status(), 400);
-    let e: Value = r.json().await.expect("json");
-    assert!(
-        e["error"]["message"]
-            .as_str()
-            .expect("m")
-            .contains("not an image"),
-        "{e}"
-    );
+    expect_error(r, 400, "not an image").await;
     let huge = vec![0u8; 2 << 20];
     let r = http
         .post(format!("{base}/api/search"))
@@ -540,15 +509,7 @@ async fn oversized_and_non_image_uploads_are_refused_clearly() {
         .expect("text");
     assert_eq!(r.status(), 415);
     let r = rest_search(&http, &base, "c", small[0], 101).await;
-    assert_eq!(r.status(), 400);
-    let e: Value = r.json().await.expect("json");
-    assert!(
-        e["error"]["message"]
-            .as_str()
-            .expect("m")
-            .contains("top_k 101 is over the limit of 100"),
-        "{e}"
-    );
+    expect_error(r, 400, "top_k 101 is over the limit of 100").await;
     let r = http
         .post(format!("{base}/api/collections"))
         .body("{nope")

@@ -9,17 +9,7 @@ use cbir_api::v1::index_service_client::IndexServiceClient;
 use cbir_api::v1::inference_service_client::InferenceServiceClient;
 use tonic::transport::Channel;
 
-fn shared_data() -> PathBuf {
-    let dir = std::env::var_os("CBIR_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
-    assert!(
-        dir.join("flowers5").is_dir(),
-        "no flowers5 under {}: set CBIR_SHARED_DATA",
-        dir.display()
-    );
-    dir
-}
+use crate::system::shared_data;
 
 async fn channel(addr: std::net::SocketAddr) -> Channel {
     Channel::from_shared(format!("http://{addr}"))

@@ -167,19 +167,7 @@ async fn add_through_gateway(
         async move {
             let mut images = Vec::new();
             for p in &chunk {
-                images.push(pb::NewImage {
-                    file_name: p
-                        .file_name()
-                        .map(|n| n.to_string_lossy().to_string())
-                        .unwrap_or_default(),
-                    path: p.display().to_string(),
-                    label: p
-                        .parent()
-                        .and_then(|d| d.file_name())
-                        .map(|n| n.to_string_lossy().to_string())
-                        .unwrap_or_default(),
-                    data: tokio::fs::read(p).await?,
-                });
+                images.push(cbir_gateway::jobs::read_image(p).await?);
             }
             let labels: Vec<String> = images.iter().map(|i| i.label.clone()).collect();
             let r = c
