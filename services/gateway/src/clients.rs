@@ -314,14 +314,25 @@ async fn refresh_loop(pool: Weak<Pool>, every: Duration) {
 /// A failure of the connection rather than an answer of the service: the
 /// same call may succeed on another endpoint or a moment later.
 fn is_transport_failure(status: &Status) -> bool {
+    let m = status.message().to_ascii_lowercase();
     match status.code() {
         Code::Unavailable => true,
-        // A connection reset mid-call surfaces as Unknown/Cancelled from
-        // hyper, with no answer from the service.
-        Code::Unknown | Code::Cancelled => {
-            let m = status.message().to_ascii_lowercase();
-            m.contains("transport") || m.contains("connection") || m.contains("h2 protocol")
-        }
+        // A stream cut when the server closes the connection (a replica
+        // shutting down sends GOAWAY) comes back from hyper as CANCELLED;
+        // tonic reports the caller's own deadline the same way.
+        Code::Cancelled => !m.contains("timeout expired"),
+        // Resets and protocol errors of a dying connection, with no answer
+        // from the service.
+        Code::Unknown | Code::Internal => [
+            "transport",
+            "connection",
+            "h2 protocol",
+            "canceled",
+            "broken pipe",
+            "reset",
+        ]
+        .iter()
+        .any(|w| m.contains(w)),
         _ => false,
     }
 }
@@ -336,6 +347,24 @@ pub fn request<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transport_failures_are_told_from_answers() {
+        assert!(is_transport_failure(&Status::unavailable(
+            "tcp connect error"
+        )));
+        assert!(is_transport_failure(&Status::cancelled(
+            "operation was canceled"
+        )));
+        assert!(!is_transport_failure(&Status::cancelled("Timeout expired")));
+        assert!(is_transport_failure(&Status::internal(
+            "h2 protocol error: error reading a body from connection"
+        )));
+        assert!(!is_transport_failure(&Status::internal("disk full")));
+        assert!(!is_transport_failure(&Status::invalid_argument(
+            "not an image"
+        )));
+    }
 
     #[test]
     fn urls_parse_with_default_ports() {

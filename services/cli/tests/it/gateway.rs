@@ -547,3 +547,94 @@ fn image_of(p: &std::path::Path) -> image::RgbImage {
     .expect("decode")
     .image
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn searches_balance_over_inference_replicas_and_survive_losing_one() {
+    // A second inference replica on a port chosen before the gateway starts.
+    let second = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let sys = System::start(|c| c.inference_urls.push(format!("http://{second}"))).await;
+    let mut cfg = cbir_inference::Config::for_test();
+    cfg.batcher.max_queue_delay_us = 2_000;
+    let listener = tokio::net::TcpListener::bind(second)
+        .await
+        .expect("bind second");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let replica = tokio::spawn(cbir_inference::serve(cfg, listener, async move {
+        let _ = stopped.await;
+    }));
+    let base = sys.url();
+    let http = reqwest::Client::new();
+    let files = flowers_subset(&sys.dir.path().join("up"), &["daisy", "rose"], 6);
+    let up = {
+        let form = files.iter().fold(reqwest::multipart::Form::new(), |f, p| {
+            f.part(
+                "files",
+                file_part(
+                    p,
+                    &format!("x/{}", p.file_name().expect("n").to_string_lossy()),
+                ),
+            )
+        });
+        let r = http
+            .post(format!("{base}/api/collections/r/images?create=true"))
+            .multipart(form)
+            .send()
+            .await
+            .expect("upload");
+        r.json::<Value>().await.expect("json")
+    };
+    assert_eq!(up["added"], 12, "{up}");
+
+    let served = |addr: std::net::SocketAddr| async move {
+        let ch = Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect_lazy();
+        cbir_api::v1::inference_service_client::InferenceServiceClient::new(ch)
+            .get_model_info(pb::GetModelInfoRequest::default())
+            .await
+            .expect("model info")
+            .into_inner()
+            .batcher
+            .expect("batcher stats")
+            .images
+    };
+    let start = (served(sys.inference_addr).await, served(second).await);
+    // Searches in four streams; the replica goes away a third of the way in.
+    let mut streams = Vec::new();
+    for s in 0..4 {
+        let (http, base, files) = (http.clone(), base.clone(), files.clone());
+        streams.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for i in 0..15 {
+                let r = rest_search(&http, &base, "r", &files[(s * 3 + i) % files.len()], 5).await;
+                let status = r.status().as_u16();
+                if status != 200 {
+                    eprintln!("search failed: {}", r.text().await.unwrap_or_default());
+                }
+                statuses.push(status);
+            }
+            statuses
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = (served(sys.inference_addr).await, served(second).await);
+    let _ = stop.send(());
+    let mut statuses = Vec::new();
+    for s in streams {
+        statuses.extend(s.await.expect("stream"));
+    }
+    assert_eq!(statuses.len(), 60);
+    assert!(
+        statuses.iter().all(|&s| s == 200),
+        "every search answered: {statuses:?}"
+    );
+    assert!(
+        before.0 > start.0 && before.1 > start.1,
+        "both replicas served searches: {start:?} then {before:?}"
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(10), replica).await;
+    sys.shutdown().await;
+}
