@@ -34,6 +34,15 @@ fi
 # Browser screenshots of the UI test land here.
 export CBIR_E2E_ARTIFACTS="${CBIR_E2E_ARTIFACTS:-$REPO_ROOT/target/e2e}"
 
+# The compose files must be valid (images are not built here).
+if ! command -v docker-compose >/dev/null; then
+  echo "test: installing docker-compose (to validate docker-compose.yml)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null
+fi
+echo "test: docker-compose config"
+docker-compose -f docker-compose.yml config -q
+docker-compose -f docker-compose.yml -f docker-compose.gpu.yml config -q
+
 echo "test: cargo fmt --check"
 cargo fmt --all -- --check
 echo "test: cargo clippy"

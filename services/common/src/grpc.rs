@@ -34,3 +34,39 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
+
+/// Asks the gRPC health service at `addr` (host:port) whether `service` is
+/// SERVING: the container health check of every service binary
+/// (`--probe`). A listen address of 0.0.0.0 is probed on loopback.
+pub async fn probe(addr: &str, service: &str) -> Result<(), String> {
+    let addr = addr
+        .replace("0.0.0.0", "127.0.0.1")
+        .replace("[::]", "[::1]");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| format!("bad address {addr}: {e}"))?
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .timeout(std::time::Duration::from_secs(3))
+        .connect()
+        .await
+        .map_err(|e| format!("nothing answers at {addr}: {e}"))?;
+    let status = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.to_string(),
+        })
+        .await
+        .map_err(|e| {
+            format!(
+                "health check of {service} at {addr} failed: {}",
+                e.message()
+            )
+        })?
+        .into_inner()
+        .status;
+    if status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 {
+        Ok(())
+    } else {
+        Err(format!(
+            "{service} at {addr} is not serving yet (status {status})"
+        ))
+    }
+}

@@ -234,6 +234,24 @@ mod tests {
     }
 
     #[test]
+    // figment::Jail fixes the closure's error type.
+    #[allow(clippy::result_large_err)]
+    fn environment_overrides_like_compose_and_helm_set_them() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("GATEWAY_INFERENCE_URLS", "http://a:50051,http://b:50051");
+            jail.set_env("GATEWAY_INDEX_URLS", "http://index:50052");
+            jail.set_env("GATEWAY_ALLOWED_ROOTS", "/images");
+            jail.set_env("GATEWAY_LIMITS__MAX_TOP_K", "50");
+            let cfg = Config::load(None).expect("loads");
+            assert_eq!(cfg.inference_urls, ["http://a:50051", "http://b:50051"]);
+            assert_eq!(cfg.index_urls, ["http://index:50052"]);
+            assert_eq!(cfg.allowed_roots, [PathBuf::from("/images")]);
+            assert_eq!(cfg.limits.max_top_k, 50);
+            Ok(())
+        });
+    }
+
+    #[test]
     fn url_lists_come_comma_separated_or_as_arrays() {
         #[derive(Deserialize)]
         struct T {

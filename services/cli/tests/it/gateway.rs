@@ -167,6 +167,18 @@ async fn rest_and_grpc_agree_and_server_folders_index() {
         assert_eq!(a.label, b["label"].as_str().expect("label"));
     }
 
+    // The container health check (`cbir-gateway --probe`).
+    cbir_common::grpc::probe(&sys.gateway_addr.to_string(), "cbir.v1.SearchService")
+        .await
+        .expect("probe");
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let nothing = free.local_addr().expect("addr").to_string();
+    drop(free);
+    let err = cbir_common::grpc::probe(&nothing, "cbir.v1.SearchService")
+        .await
+        .expect_err("nothing listens");
+    assert!(err.contains("nothing answers"), "{err}");
+
     // gRPC health and reflection share the port with HTTP.
     let ch = Channel::from_shared(sys.url()).expect("uri").connect_lazy();
     let status = tonic_health::pb::health_client::HealthClient::new(ch.clone())
