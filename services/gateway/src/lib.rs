@@ -175,8 +175,22 @@ pub async fn app(cfg: Config) -> anyhow::Result<(axum::Router, Arc<Gateway>)> {
         .add_service(cbir_common::grpc::reflection()?)
         .into_axum_router();
     let rest_router = rest::router(gateway.clone());
-    let app = axum::Router::new().fallback_service(tower::service_fn(
-        move |req: axum::extract::Request| {
+    let metrics = cbir_common::metrics::Metrics::new("gateway");
+    let scrape = metrics.clone();
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let m = scrape.clone();
+                async move {
+                    (
+                        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        m.render(),
+                    )
+                }
+            }),
+        )
+        .fallback_service(tower::service_fn(move |req: axum::extract::Request| {
             let is_grpc = req
                 .headers()
                 .get(http::header::CONTENT_TYPE)
@@ -187,8 +201,8 @@ pub async fn app(cfg: Config) -> anyhow::Result<(axum::Router, Arc<Gateway>)> {
                 rest_router.clone()
             };
             target.oneshot(req)
-        },
-    ));
+        }))
+        .layer(cbir_common::metrics::MetricsLayer(metrics));
     Ok((app, gateway))
 }
 

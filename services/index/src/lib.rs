@@ -54,6 +54,8 @@ pub struct Config {
     pub limits: Limits,
     pub probe: ProbeConfig,
     pub max_message_bytes: usize,
+    /// Address of the Prometheus `/metrics` endpoint; none when unset.
+    pub metrics_listen: Option<String>,
     pub telemetry: TelemetryConfig,
 }
 
@@ -67,6 +69,7 @@ impl Default for Config {
             limits: Limits::default(),
             probe: ProbeConfig::default(),
             max_message_bytes: cbir_common::grpc::DEFAULT_MAX_MESSAGE_BYTES,
+            metrics_listen: None,
             telemetry: TelemetryConfig::default(),
         }
     }
@@ -76,6 +79,46 @@ impl Config {
     pub fn load(file: Option<&std::path::Path>) -> cbir_common::Result<Self> {
         cbir_common::config::load(ENV_PREFIX, file)
     }
+}
+
+/// The service's metrics: requests (by the server layer), and vectors and
+/// memory per collection and partition, read at each scrape.
+fn index_metrics(index: &Arc<Index>) -> anyhow::Result<Arc<cbir_common::metrics::Metrics>> {
+    use prometheus::{IntGaugeVec, Opts};
+    let m = cbir_common::metrics::Metrics::new("index");
+    let vectors = IntGaugeVec::new(
+        Opts::new(
+            "index_vectors",
+            "Vectors in memory, by collection and partition",
+        ),
+        &["collection", "partition"],
+    )?;
+    let bytes = IntGaugeVec::new(
+        Opts::new(
+            "index_bytes_in_memory",
+            "Bytes of vectors in memory, by collection",
+        ),
+        &["collection"],
+    )?;
+    m.registry.register(Box::new(vectors.clone()))?;
+    m.registry.register(Box::new(bytes.clone()))?;
+    let idx = Arc::downgrade(index);
+    m.on_collect(move || {
+        let Some(idx) = idx.upgrade() else { return };
+        // Collections come and go: start from a clean slate each scrape.
+        vectors.reset();
+        bytes.reset();
+        for (name, _) in idx.collections() {
+            let Ok(s) = idx.stats(&name) else { continue };
+            bytes.with_label_values(&[&name]).set(s.bytes as i64);
+            for p in s.partitions {
+                vectors
+                    .with_label_values(&[name.as_str(), &p.class.to_string()])
+                    .set(p.count as i64);
+            }
+        }
+    });
+    Ok(m)
 }
 
 /// Connects, migrates, loads every collection into memory, then serves.
@@ -100,6 +143,11 @@ pub async fn serve(
         )
         .await?,
     );
+    let metrics = index_metrics(&index)?;
+    let _metrics_server = match &cfg.metrics_listen {
+        Some(addr) => Some(cbir_common::metrics::start(addr, metrics.clone()).await?),
+        None => None,
+    };
     let grpc = service::IndexGrpc {
         index,
         rebuilder: Arc::new(rebuild::Rebuilder::new(cfg.inference_url.clone())),
@@ -113,6 +161,7 @@ pub async fn serve(
     tracing::info!(addr = %listener.local_addr()?, kernels = kernels::kernel_name(), "index service listening");
     let r2 = reporter.clone();
     tonic::transport::Server::builder()
+        .layer(cbir_common::metrics::MetricsLayer(metrics))
         .add_service(health)
         .add_service(cbir_common::grpc::reflection()?)
         .add_service(svc)

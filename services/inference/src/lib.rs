@@ -58,6 +58,8 @@ pub struct Config {
     pub limits: Limits,
     /// Most images in one Embed call.
     pub max_images_per_request: usize,
+    /// Address of the Prometheus `/metrics` endpoint; none when unset.
+    pub metrics_listen: Option<String>,
     /// Images decoded at once; 0 = twice the cores.
     pub decode_concurrency: usize,
     pub max_message_bytes: usize,
@@ -73,6 +75,7 @@ impl Default for Config {
             batcher: BatcherConfig::default(),
             limits: Limits::default(),
             max_images_per_request: 256,
+            metrics_listen: None,
             decode_concurrency: 0,
             max_message_bytes: cbir_common::grpc::DEFAULT_MAX_MESSAGE_BYTES,
             telemetry: TelemetryConfig::default(),
@@ -162,6 +165,62 @@ pub fn build_inference(cfg: &Config, batcher: Arc<Batcher>) -> Arc<Inference> {
     ))
 }
 
+/// The service's metrics: requests (by the server layer) and the batcher's
+/// queue depth (what the autoscaler follows), batches and images.
+fn batcher_metrics(
+    batcher: &Arc<Batcher>,
+    max_batch_size: usize,
+    capacity: usize,
+) -> anyhow::Result<Arc<cbir_common::metrics::Metrics>> {
+    use prometheus::{IntCounter, IntGauge, IntGaugeVec, Opts};
+    let m = cbir_common::metrics::Metrics::new("inference");
+    let depth = IntGauge::new("inference_queue_depth", "Images waiting for a forward pass")?;
+    let by_priority = IntGaugeVec::new(
+        Opts::new(
+            "inference_queue_depth_by_priority",
+            "Images waiting, by priority",
+        ),
+        &["priority"],
+    )?;
+    let cap = IntGauge::new("inference_queue_capacity", "Images the queue holds at most")?;
+    let max_batch = IntGauge::new(
+        "inference_max_batch_size",
+        "Largest batch of a forward pass",
+    )?;
+    let batches = IntCounter::new("inference_batches_total", "Forward passes run")?;
+    let images = IntCounter::new(
+        "inference_images_total",
+        "Images embedded (batch size = rate of this / rate of batches)",
+    )?;
+    for c in [
+        Box::new(depth.clone()) as Box<dyn prometheus::core::Collector>,
+        Box::new(by_priority.clone()),
+        Box::new(cap.clone()),
+        Box::new(max_batch.clone()),
+        Box::new(batches.clone()),
+        Box::new(images.clone()),
+    ] {
+        m.registry.register(c)?;
+    }
+    cap.set(capacity as i64);
+    max_batch.set(max_batch_size as i64);
+    let b = Arc::downgrade(batcher);
+    m.on_collect(move || {
+        let Some(b) = b.upgrade() else { return };
+        let s = b.stats();
+        depth.set((s.queued_interactive + s.queued_bulk) as i64);
+        by_priority
+            .with_label_values(&["interactive"])
+            .set(s.queued_interactive as i64);
+        by_priority
+            .with_label_values(&["bulk"])
+            .set(s.queued_bulk as i64);
+        batches.inc_by(s.batches.saturating_sub(batches.get()));
+        images.inc_by(s.images.saturating_sub(images.get()));
+    });
+    Ok(m)
+}
+
 /// Loads the model, then serves gRPC (inference, health, reflection) on
 /// `listener` until `shutdown` resolves; queued work is finished first.
 pub async fn serve(
@@ -189,6 +248,15 @@ pub async fn serve(
     health_reporter
         .set_serving::<InferenceServiceServer<service::InferenceGrpc>>()
         .await;
+    let metrics = batcher_metrics(
+        &batcher,
+        cfg.batcher.max_batch_size,
+        cfg.batcher.max_queue_interactive + cfg.batcher.max_queue_bulk,
+    )?;
+    let _metrics_server = match &cfg.metrics_listen {
+        Some(addr) => Some(cbir_common::metrics::start(addr, metrics.clone()).await?),
+        None => None,
+    };
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "inference service listening");
     let reporter = health_reporter.clone();
@@ -199,6 +267,7 @@ pub async fn serve(
             .await;
     };
     tonic::transport::Server::builder()
+        .layer(cbir_common::metrics::MetricsLayer(metrics))
         .add_service(health)
         .add_service(cbir_common::grpc::reflection()?)
         .add_service(svc)

@@ -266,6 +266,49 @@ async fn rest_and_grpc_agree_and_server_folders_index() {
     let bytes = t.bytes().await.expect("bytes");
     assert_eq!(&bytes[..2], &[0xFF, 0xD8]);
 
+    // Prometheus metrics of every service.
+    let scrape = |url: String| {
+        let http = http.clone();
+        async move {
+            http.get(url)
+                .send()
+                .await
+                .expect("scrape")
+                .text()
+                .await
+                .expect("text")
+        }
+    };
+    let gw = scrape(format!("{base}/metrics")).await;
+    assert!(
+        gw.contains(r#"cbir_requests_total{code="200",method="/api/search",service="gateway"}"#),
+        "{gw}"
+    );
+    assert!(gw.contains("cbir_request_duration_seconds_bucket"), "{gw}");
+    let inf = scrape(format!("http://{}/metrics", sys.inference_metrics_addr)).await;
+    assert!(
+        inf.contains(r#"cbir_inference_queue_depth{service="inference"} 0"#),
+        "{inf}"
+    );
+    assert!(
+        inf.contains(r#"method="/cbir.v1.InferenceService/EmbedImage",service="inference"}"#),
+        "{inf}"
+    );
+    let images: f64 = inf
+        .lines()
+        .find(|l| l.starts_with("cbir_inference_images_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .expect("images counter");
+    assert!(images >= 24.0, "{images}");
+    let idx = scrape(format!("http://{}/metrics", sys.index_metrics_addr)).await;
+    let stored: i64 = idx
+        .lines()
+        .filter(|l| l.starts_with(r#"cbir_index_vectors{collection="flowers""#))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<i64>().ok()))
+        .sum();
+    assert_eq!(stored, 24, "{idx}");
+
     // A server folder under the allowed roots, in the background.
     let folder = roots.path().join("more");
     let more = flowers_subset(&folder, &["sunflower"], 6);

@@ -92,6 +92,8 @@ pub struct System {
     pub inference_addr: SocketAddr,
     pub index_addr: SocketAddr,
     pub gateway_addr: SocketAddr,
+    pub inference_metrics_addr: SocketAddr,
+    pub index_metrics_addr: SocketAddr,
     inference: Option<Running>,
     index: Option<Running>,
     gateway: Option<Running>,
@@ -105,6 +107,8 @@ impl System {
         let inference_addr = free_addr().await;
         let index_addr = free_addr().await;
         let gateway_addr = free_addr().await;
+        let inference_metrics_addr = free_addr().await;
+        let index_metrics_addr = free_addr().await;
         let mut gateway_cfg = cbir_gateway::Config {
             inference_urls: vec![format!("http://{inference_addr}")],
             index_urls: vec![format!("http://{index_addr}")],
@@ -117,6 +121,8 @@ impl System {
             inference_addr,
             index_addr,
             gateway_addr,
+            inference_metrics_addr,
+            index_metrics_addr,
             inference: None,
             index: None,
             gateway: None,
@@ -136,6 +142,7 @@ impl System {
     pub async fn start_inference(&mut self) {
         let mut cfg = cbir_inference::Config::for_test();
         cfg.batcher.max_queue_delay_us = 2_000;
+        cfg.metrics_listen = Some(self.inference_metrics_addr.to_string());
         let l = bind(self.inference_addr).await;
         let (stop, fut) = stop_future();
         let task = tokio::spawn(cbir_inference::serve(cfg, l, fut));
@@ -152,6 +159,7 @@ impl System {
         let cfg = cbir_index::Config {
             database_url: format!("sqlite://{}", self.dir.path().join("index.db").display()),
             inference_url: Some(format!("http://{}", self.inference_addr)),
+            metrics_listen: Some(self.index_metrics_addr.to_string()),
             ..Default::default()
         };
         let l = bind(self.index_addr).await;

