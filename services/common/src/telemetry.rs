@@ -135,3 +135,104 @@ pub fn init_for_tests() {
         }
     });
 }
+
+/// Installs a global subscriber that sends spans to `provider` (tests use an
+/// in-memory exporter to check traces across services), with the W3C
+/// propagator. Fails when a global subscriber is set already.
+pub fn init_with_provider(provider: &SdkTracerProvider, service: &str) -> Result<()> {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let tracer = provider.tracer(service.to_string());
+    tracing_subscriber::registry()
+        .with(EnvFilter::new("info"))
+        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .try_init()
+        .map_err(|e| Error::Telemetry(format!("a global subscriber is already set: {e}")))
+}
+
+struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
+
+impl opentelemetry::propagation::Injector for MetadataInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(k), Ok(v)) = (
+            tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+            tonic::metadata::MetadataValue::try_from(value.as_str()),
+        ) {
+            self.0.insert(k, v);
+        }
+    }
+}
+
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+/// Puts the current span's trace context into outgoing gRPC metadata
+/// (`traceparent`), so the callee's spans join the caller's trace.
+pub fn inject_context(metadata: &mut tonic::metadata::MetadataMap) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let cx = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|p| {
+        p.inject_context(&cx, &mut MetadataInjector(metadata));
+    });
+}
+
+/// A tower layer that runs each request of a server in a span whose parent
+/// is the caller's trace context (from the `traceparent` header).
+#[derive(Clone, Copy, Default)]
+pub struct TraceLayer;
+
+impl<S> tower::Layer<S> for TraceLayer {
+    type Service = TraceService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        TraceService(inner)
+    }
+}
+
+#[derive(Clone)]
+pub struct TraceService<S>(S);
+
+impl<S, ReqB, ResB> tower::Service<http::Request<ReqB>> for TraceService<S>
+where
+    S: tower::Service<http::Request<ReqB>, Response = http::Response<ResB>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::result::Result<S::Response, S::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::result::Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<ReqB>) -> Self::Future {
+        use tracing::Instrument;
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        let parent = opentelemetry::global::get_text_map_propagator(|p| {
+            p.extract(&HeaderExtractor(req.headers()))
+        });
+        let path = req.uri().path().to_string();
+        let name = format!("{} {}", req.method(), crate::metrics::method_label(&path));
+        let span = tracing::info_span!(
+            "request",
+            otel.name = %name,
+            otel.kind = "server",
+            http.route = %crate::metrics::method_label(&path),
+        );
+        let _ = span.set_parent(parent);
+        Box::pin(self.0.call(req).instrument(span))
+    }
+}

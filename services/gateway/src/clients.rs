@@ -337,10 +337,12 @@ fn is_transport_failure(status: &Status) -> bool {
     }
 }
 
-/// A request carrying the caller's remaining time as its gRPC deadline.
+/// A request carrying the caller's remaining time as its gRPC deadline and
+/// the current trace context.
 pub fn request<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     r.set_timeout(timeout);
+    cbir_common::telemetry::inject_context(r.metadata_mut());
     r
 }
 

@@ -459,6 +459,7 @@ impl Gateway {
 
     // ----- search ------------------------------------------------------------
 
+    #[tracing::instrument(name = "gateway.search", skip_all)]
     pub async fn search(&self, req: pb::SearchRequest) -> Result<pb::SearchResponse> {
         let started = Instant::now();
         let collection = self.collection_name(&req.collection);
@@ -608,6 +609,7 @@ impl Gateway {
     // ----- indexing ----------------------------------------------------------
 
     /// Embeds and stores a batch; each image succeeds or fails on its own.
+    #[tracing::instrument(name = "gateway.add_images", skip_all, fields(images = req.images.len()))]
     pub async fn add_images(&self, req: pb::AddImagesRequest) -> Result<pb::AddImagesResponse> {
         let collection = self.collection_name(&req.collection);
         let limits = &self.cfg.limits;

@@ -202,7 +202,8 @@ pub async fn app(cfg: Config) -> anyhow::Result<(axum::Router, Arc<Gateway>)> {
             };
             target.oneshot(req)
         }))
-        .layer(cbir_common::metrics::MetricsLayer(metrics));
+        .layer(cbir_common::metrics::MetricsLayer(metrics))
+        .layer(cbir_common::telemetry::TraceLayer);
     Ok((app, gateway))
 }
 

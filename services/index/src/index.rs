@@ -554,7 +554,15 @@ impl Index {
             req.exclude_id,
         );
         // Scans take milliseconds on large collections: off the runtime.
+        let span = tracing::info_span!(
+            "partition_scan",
+            mode = ?mode,
+            top_k,
+            partitions_searched = tracing::field::Empty,
+            vectors_scanned = tracing::field::Empty,
+        );
         tokio::task::spawn_blocking(move || {
+            let _span = span.enter();
             let started = Instant::now();
             let mem = coll.mem.read();
             let (hits, stats) = mem.search(
@@ -568,6 +576,8 @@ impl Index {
                 },
                 rule,
             );
+            span.record("partitions_searched", stats.partitions_searched);
+            span.record("vectors_scanned", stats.vectors_scanned);
             SearchResult {
                 hits,
                 stats,

@@ -145,7 +145,11 @@ pub async fn serve(
     );
     let metrics = index_metrics(&index)?;
     let _metrics_server = match &cfg.metrics_listen {
-        Some(addr) => Some(cbir_common::metrics::start(addr, metrics.clone()).await?),
+        // Metrics are not worth refusing to serve for: a clash is logged.
+        Some(addr) => cbir_common::metrics::start(addr, metrics.clone())
+            .await
+            .map_err(|e| tracing::error!(error = %e, "metrics endpoint disabled"))
+            .ok(),
         None => None,
     };
     let grpc = service::IndexGrpc {
@@ -161,6 +165,7 @@ pub async fn serve(
     tracing::info!(addr = %listener.local_addr()?, kernels = kernels::kernel_name(), "index service listening");
     let r2 = reporter.clone();
     tonic::transport::Server::builder()
+        .layer(cbir_common::telemetry::TraceLayer)
         .layer(cbir_common::metrics::MetricsLayer(metrics))
         .add_service(health)
         .add_service(cbir_common::grpc::reflection()?)

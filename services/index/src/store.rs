@@ -181,6 +181,7 @@ impl Store {
         Statement::from_sql_and_values(self.backend, sql, values)
     }
 
+    #[tracing::instrument(name = "db.create_collection", skip_all)]
     pub async fn create_collection(
         &self,
         alias: &str,
@@ -285,6 +286,7 @@ impl Store {
 
     /// Points `alias` at `collection_id` in one transaction; returns the
     /// collection it pointed at before.
+    #[tracing::instrument(name = "db.switch_alias", skip_all)]
     pub async fn switch_alias(&self, alias: &str, collection_id: i64) -> Result<Option<i64>> {
         let tx = self.db.begin().await.map_err(db_err("begin"))?;
         let old = tx
@@ -317,6 +319,7 @@ impl Store {
     }
 
     /// Drops a physical collection with its images and any alias to it.
+    #[tracing::instrument(name = "db.delete_collection", skip_all)]
     pub async fn delete_collection(&self, collection_id: i64) -> Result<()> {
         let tx = self.db.begin().await.map_err(db_err("begin"))?;
         for sql in [
@@ -335,6 +338,7 @@ impl Store {
     /// Inserts or replaces `images` (identified by content hash) in one
     /// transaction. Returns one outcome per input, in order; the same hash
     /// twice in one call is one entry (the last wins).
+    #[tracing::instrument(name = "db.upsert", skip_all)]
     pub async fn upsert(&self, collection_id: i64, images: &[NewImage]) -> Result<Vec<Upserted>> {
         if images.is_empty() {
             return Ok(Vec::new());
@@ -510,6 +514,7 @@ impl Store {
     }
 
     /// Deletes `ids`; returns the (id, class) of those that existed.
+    #[tracing::instrument(name = "db.delete", skip_all)]
     pub async fn delete(&self, collection_id: i64, ids: &[u64]) -> Result<Vec<(u64, i32)>> {
         let tx = self.db.begin().await.map_err(db_err("begin"))?;
         let mut gone = Vec::new();
@@ -549,6 +554,7 @@ impl Store {
     }
 
     /// Removes every image of a collection; returns how many.
+    #[tracing::instrument(name = "db.clear", skip_all)]
     pub async fn clear(&self, collection_id: i64) -> Result<u64> {
         let tx = self.db.begin().await.map_err(db_err("begin"))?;
         tx.execute(self.stmt(
@@ -633,6 +639,7 @@ impl Store {
     }
 
     /// One page of images with `after < id <= upto`, by id.
+    #[tracing::instrument(name = "db.load_range", skip_all)]
     pub async fn load_range(
         &self,
         collection_id: i64,
@@ -671,6 +678,7 @@ impl Store {
             .collect()
     }
 
+    #[tracing::instrument(name = "db.get_image", skip_all)]
     pub async fn get_image(
         &self,
         collection_id: i64,

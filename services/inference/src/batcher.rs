@@ -89,6 +89,8 @@ pub type Reply = std::result::Result<(RawOutput, Arc<ModelMeta>), Error>;
 struct Item {
     input: Vec<u8>,
     enqueued: Instant,
+    /// The submitting request's span: the forward pass joins its trace.
+    span: tracing::Span,
     reply: oneshot::Sender<Reply>,
 }
 
@@ -269,6 +271,7 @@ impl Batcher {
             let item = Item {
                 input,
                 enqueued: now,
+                span: tracing::Span::current(),
                 reply: tx,
             };
             match priority {
@@ -370,6 +373,13 @@ fn worker(shared: Arc<Shared>, index: usize, mut backend: Box<dyn Backend>) {
             .map(|i| started.duration_since(i.enqueued))
             .max()
             .unwrap_or_default();
+        // One span per forward pass, in the trace of the batch's first
+        // request and linked from the others.
+        let forward = tracing::info_span!(parent: batch.first().and_then(|i| i.span.id()), "forward_pass", batch_size = batch.len());
+        for item in batch.iter().skip(1) {
+            forward.follows_from(item.span.id());
+        }
+        let _forward = forward.enter();
         // A libtorch error surfaces as a panic in tch's infallible API; it
         // must fail this batch, not kill the worker.
         let result =

@@ -254,7 +254,11 @@ pub async fn serve(
         cfg.batcher.max_queue_interactive + cfg.batcher.max_queue_bulk,
     )?;
     let _metrics_server = match &cfg.metrics_listen {
-        Some(addr) => Some(cbir_common::metrics::start(addr, metrics.clone()).await?),
+        // Metrics are not worth refusing to serve for: a clash is logged.
+        Some(addr) => cbir_common::metrics::start(addr, metrics.clone())
+            .await
+            .map_err(|e| tracing::error!(error = %e, "metrics endpoint disabled"))
+            .ok(),
         None => None,
     };
     let addr = listener.local_addr()?;
@@ -267,6 +271,7 @@ pub async fn serve(
             .await;
     };
     tonic::transport::Server::builder()
+        .layer(cbir_common::telemetry::TraceLayer)
         .layer(cbir_common::metrics::MetricsLayer(metrics))
         .add_service(health)
         .add_service(cbir_common::grpc::reflection()?)

@@ -3,6 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use tracing::Instrument;
 
 use cbir_api::v1 as pb;
 use cbir_api::v1::inference_service_server::InferenceService;
@@ -63,8 +64,11 @@ impl Inference {
             .await
             .map_err(|_| Error::ShuttingDown)?;
         let limits = self.limits;
+        // Created here, entered on the blocking thread: the span keeps the
+        // request's trace as its parent.
+        let span = tracing::info_span!("decode", bytes = data.len());
         tokio::task::spawn_blocking(move || {
-            let _span = tracing::debug_span!("decode", bytes = data.len()).entered();
+            let _span = span.entered();
             let decoded = cbir_imaging::decode(&data, &limits)?;
             let (w, h) = decoded.image.dimensions();
             let input = cbir_imaging::preprocess(&decoded.image)?;
@@ -105,12 +109,16 @@ impl Inference {
                 Err(e) => slots.push(Some(Err(e))),
             }
         }
+        let inputs_len = inputs.len();
         let receivers = if inputs.is_empty() {
             Vec::new()
         } else {
             self.batcher.submit(inputs, priority)?
         };
-        let mut answers = futures::future::join_all(receivers).await.into_iter();
+        let mut answers = futures::future::join_all(receivers)
+            .instrument(tracing::info_span!("batch_wait", images = inputs_len))
+            .await
+            .into_iter();
         let mut dims = dims.into_iter();
         Ok(slots
             .into_iter()

@@ -606,16 +606,13 @@ fn image_of(p: &std::path::Path) -> image::RgbImage {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn searches_balance_over_inference_replicas_and_survive_losing_one() {
     // A second inference replica on a port chosen before the gateway starts.
-    let second = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr")
-    };
+    let reserved = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    reserved.set_nonblocking(true).expect("nonblocking");
+    let second = reserved.local_addr().expect("addr");
     let sys = System::start(|c| c.inference_urls.push(format!("http://{second}"))).await;
     let mut cfg = cbir_inference::Config::for_test();
     cfg.batcher.max_queue_delay_us = 2_000;
-    let listener = tokio::net::TcpListener::bind(second)
-        .await
-        .expect("bind second");
+    let listener = tokio::net::TcpListener::from_std(reserved).expect("listener");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let replica = tokio::spawn(cbir_inference::serve(cfg, listener, async move {
         let _ = stopped.await;

@@ -7,3 +7,4 @@ mod deploy;
 mod gateway;
 mod rebuild;
 mod system;
+mod traces;

@@ -59,14 +59,23 @@ impl Running {
     }
 }
 
-async fn free_addr() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    l.local_addr().expect("addr")
+/// A loopback port held open until its service first starts, so that no
+/// other process (the tests run in parallel) can take it in between.
+fn reserve() -> std::net::TcpListener {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.set_nonblocking(true).expect("nonblocking");
+    l
 }
 
-async fn bind(addr: SocketAddr) -> tokio::net::TcpListener {
+/// The reserved listener on its first use; afterwards the same port again
+/// (a restart after an outage).
+async fn bind(
+    addr: SocketAddr,
+    reserved: &mut Option<std::net::TcpListener>,
+) -> tokio::net::TcpListener {
+    if let Some(l) = reserved.take() {
+        return tokio::net::TcpListener::from_std(l).expect("listener");
+    }
     // The port was just released by a stopped service; it may take a moment.
     for _ in 0..100 {
         if let Ok(l) = tokio::net::TcpListener::bind(addr).await {
@@ -97,6 +106,7 @@ pub struct System {
     inference: Option<Running>,
     index: Option<Running>,
     gateway: Option<Running>,
+    reserved: [Option<std::net::TcpListener>; 3],
     pub gateway_cfg: cbir_gateway::Config,
 }
 
@@ -104,11 +114,15 @@ impl System {
     pub async fn start(tweak: impl FnOnce(&mut cbir_gateway::Config)) -> Self {
         cbir_common::telemetry::init_for_tests();
         let dir = tempfile::tempdir().expect("tempdir");
-        let inference_addr = free_addr().await;
-        let index_addr = free_addr().await;
-        let gateway_addr = free_addr().await;
-        let inference_metrics_addr = free_addr().await;
-        let index_metrics_addr = free_addr().await;
+        let reserved = [reserve(), reserve(), reserve()];
+        let [inference_addr, index_addr, gateway_addr] =
+            reserved.each_ref().map(|l| l.local_addr().expect("addr"));
+        // The metrics endpoints bind their own ports; a clash there is
+        // logged by the service and only the metrics assertions would fail.
+        let (inference_metrics_addr, index_metrics_addr) = {
+            let (a, b) = (reserve(), reserve());
+            (a.local_addr().expect("addr"), b.local_addr().expect("addr"))
+        };
         let mut gateway_cfg = cbir_gateway::Config {
             inference_urls: vec![format!("http://{inference_addr}")],
             index_urls: vec![format!("http://{index_addr}")],
@@ -126,6 +140,7 @@ impl System {
             inference: None,
             index: None,
             gateway: None,
+            reserved: reserved.map(Some),
             gateway_cfg,
         };
         sys.start_inference().await;
@@ -143,7 +158,7 @@ impl System {
         let mut cfg = cbir_inference::Config::for_test();
         cfg.batcher.max_queue_delay_us = 2_000;
         cfg.metrics_listen = Some(self.inference_metrics_addr.to_string());
-        let l = bind(self.inference_addr).await;
+        let l = bind(self.inference_addr, &mut self.reserved[0]).await;
         let (stop, fut) = stop_future();
         let task = tokio::spawn(cbir_inference::serve(cfg, l, fut));
         self.inference = Some(Running { stop, task });
@@ -162,7 +177,7 @@ impl System {
             metrics_listen: Some(self.index_metrics_addr.to_string()),
             ..Default::default()
         };
-        let l = bind(self.index_addr).await;
+        let l = bind(self.index_addr, &mut self.reserved[1]).await;
         let (stop, fut) = stop_future();
         let task = tokio::spawn(cbir_index::serve(cfg, l, fut));
         self.index = Some(Running { stop, task });
@@ -175,7 +190,7 @@ impl System {
     }
 
     pub async fn start_gateway(&mut self) {
-        let l = bind(self.gateway_addr).await;
+        let l = bind(self.gateway_addr, &mut self.reserved[2]).await;
         let (stop, fut) = stop_future();
         let task = tokio::spawn(cbir_gateway::serve(self.gateway_cfg.clone(), l, fut));
         self.gateway = Some(Running { stop, task });
