@@ -47,6 +47,9 @@ pub struct Collection {
     pub mem: RwLock<MemIndex>,
     /// Serialises writers so that memory applies commits in commit order.
     write: tokio::sync::Mutex<()>,
+    /// The collection's write counter in the database that memory reflects
+    /// (replicas reload a collection whose counter moved).
+    seen_seq: std::sync::atomic::AtomicI64,
 }
 
 #[derive(Default)]
@@ -144,11 +147,16 @@ impl Index {
             creating: tokio::sync::Mutex::new(()),
         };
         let started = Instant::now();
+        // Counters first: a write during the load shows as a moved counter.
+        let seqs = index.store.write_seqs().await?;
         let rows = index.store.collections().await?;
         let aliases = index.store.aliases().await?;
         let mut total = 0;
         for row in rows {
+            let seq = seqs.get(&row.id).copied().unwrap_or(0);
             let coll = index.load_collection(row).await?;
+            coll.seen_seq
+                .store(seq, std::sync::atomic::Ordering::SeqCst);
             total += coll.mem.read().len();
             index.catalog.write().collections.insert(coll.row.id, coll);
         }
@@ -159,6 +167,49 @@ impl Index {
             "index loaded from the database"
         );
         Ok(index)
+    }
+
+    /// Brings memory up to date with what other replicas on the same
+    /// database committed: new collections are loaded, collections whose
+    /// write counter moved are reloaded (then swapped in at once), deleted
+    /// ones dropped, aliases replaced.
+    pub async fn follow_once(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        let seqs = self.store.write_seqs().await?;
+        let rows = self.store.collections().await?;
+        let aliases = self.store.aliases().await?;
+        let live: std::collections::HashSet<i64> = rows.iter().map(|r| r.id).collect();
+        for row in rows {
+            let seq = seqs.get(&row.id).copied().unwrap_or(0);
+            let known = self.catalog.read().collections.get(&row.id).cloned();
+            match known {
+                None => {
+                    let coll = self.load_collection(row).await?;
+                    coll.seen_seq.store(seq, Ordering::SeqCst);
+                    tracing::info!(collection = %coll.row.name, vectors = coll.mem.read().len(), "loaded a collection another replica created");
+                    self.catalog.write().collections.insert(coll.row.id, coll);
+                }
+                Some(coll) if coll.seen_seq.load(Ordering::SeqCst) != seq => {
+                    let _w = coll.write.lock().await;
+                    // Our own write may have been the change.
+                    if coll.seen_seq.load(Ordering::SeqCst) == seq {
+                        continue;
+                    }
+                    let fresh = self.load_collection(coll.row.clone()).await?;
+                    let dims = coll.row.dims as usize;
+                    let mem = std::mem::replace(&mut *fresh.mem.write(), MemIndex::new(dims));
+                    let n = mem.len();
+                    *coll.mem.write() = mem;
+                    coll.seen_seq.store(seq, Ordering::SeqCst);
+                    tracing::info!(collection = %coll.row.name, vectors = n, "reloaded a collection other replicas changed");
+                }
+                Some(_) => {}
+            }
+        }
+        let mut cat = self.catalog.write();
+        cat.collections.retain(|id, _| live.contains(id));
+        cat.aliases = aliases;
+        Ok(())
     }
 
     pub fn store(&self) -> &Store {
@@ -173,6 +224,7 @@ impl Index {
                 row,
                 mem: RwLock::new(mem),
                 write: tokio::sync::Mutex::new(()),
+                seen_seq: std::sync::atomic::AtomicI64::new(0),
             }));
         };
         // Readers over disjoint id ranges run in parallel (one connection
@@ -258,6 +310,7 @@ impl Index {
             row,
             mem: RwLock::new(mem),
             write: tokio::sync::Mutex::new(()),
+            seen_seq: std::sync::atomic::AtomicI64::new(0),
         }))
     }
 
@@ -318,6 +371,7 @@ impl Index {
             mem: RwLock::new(MemIndex::new(dims as usize)),
             row,
             write: tokio::sync::Mutex::new(()),
+            seen_seq: std::sync::atomic::AtomicI64::new(0),
         });
         let mut cat = self.catalog.write();
         cat.collections.insert(coll.row.id, coll.clone());
@@ -446,6 +500,8 @@ impl Index {
             })
             .collect();
         let outcome = self.store.upsert(coll.row.id, &new).await?;
+        coll.seen_seq
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let entries: Vec<Entry> = records
             .into_iter()
             .zip(&outcome)
@@ -496,6 +552,8 @@ impl Index {
 
     async fn delete_locked(&self, coll: &Arc<Collection>, ids: &[u64]) -> Result<u64> {
         let gone = self.store.delete(coll.row.id, ids).await?;
+        coll.seen_seq
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let mut mem = coll.mem.write();
         for (id, _) in &gone {
             mem.remove(*id);
@@ -508,6 +566,8 @@ impl Index {
         let coll = self.resolve(name)?;
         let _w = coll.write.lock().await;
         let n = self.store.clear(coll.row.id).await?;
+        coll.seen_seq
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         coll.mem.write().clear();
         Ok(n)
     }
@@ -614,6 +674,7 @@ impl Index {
             mem: RwLock::new(MemIndex::new(dims as usize)),
             row,
             write: tokio::sync::Mutex::new(()),
+            seen_seq: std::sync::atomic::AtomicI64::new(0),
         });
         self.catalog
             .write()

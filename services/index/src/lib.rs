@@ -56,6 +56,9 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Address of the Prometheus `/metrics` endpoint; none when unset.
     pub metrics_listen: Option<String>,
+    /// Replicas on one database: how often (ms) to pick up what the others
+    /// wrote; 0 when this is the only index service of its database.
+    pub follow_ms: u64,
     pub telemetry: TelemetryConfig,
 }
 
@@ -70,6 +73,7 @@ impl Default for Config {
             probe: ProbeConfig::default(),
             max_message_bytes: cbir_common::grpc::DEFAULT_MAX_MESSAGE_BYTES,
             metrics_listen: None,
+            follow_ms: 0,
             telemetry: TelemetryConfig::default(),
         }
     }
@@ -143,6 +147,19 @@ pub async fn serve(
         )
         .await?,
     );
+    if cfg.follow_ms > 0 {
+        let weak = Arc::downgrade(&index);
+        let every = std::time::Duration::from_millis(cfg.follow_ms);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(index) = weak.upgrade() else { return };
+                if let Err(e) = index.follow_once().await {
+                    tracing::warn!(error = %e, "following the other replicas' writes failed; retrying");
+                }
+            }
+        });
+    }
     let metrics = index_metrics(&index)?;
     let _metrics_server = match &cfg.metrics_listen {
         // Metrics are not worth refusing to serve for: a clash is logged.

@@ -266,6 +266,36 @@ impl Store {
         rows.iter().map(Self::collection_from_row).collect()
     }
 
+    /// Counts a committed write of the collection (inside its transaction),
+    /// so that replicas on the same database see that it changed.
+    async fn bump_seq(&self, tx: &sea_orm::DatabaseTransaction, collection_id: i64) -> Result<()> {
+        tx.execute(self.stmt(
+            "UPDATE collections SET write_seq = write_seq + 1 WHERE id = ?",
+            vec![collection_id.into()],
+        ))
+        .await
+        .map_err(db_err("counting the write"))?;
+        Ok(())
+    }
+
+    /// collection id -> writes committed so far.
+    pub async fn write_seqs(&self) -> Result<HashMap<i64, i64>> {
+        let rows = self
+            .db
+            .query_all(self.stmt("SELECT id, write_seq FROM collections", vec![]))
+            .await
+            .map_err(db_err("reading write counters"))?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<i64>("", "id").map_err(db_err("id"))?,
+                    r.try_get::<i64>("", "write_seq")
+                        .map_err(db_err("write_seq"))?,
+                ))
+            })
+            .collect()
+    }
+
     /// alias -> physical collection id.
     pub async fn aliases(&self) -> Result<HashMap<String, i64>> {
         let rows = self
@@ -471,6 +501,7 @@ impl Store {
                 start = end;
             }
         }
+        self.bump_seq(&tx, collection_id).await?;
         tx.commit().await.map_err(db_err("commit"))?;
         images
             .iter()
@@ -549,6 +580,7 @@ impl Store {
             .await
             .map_err(db_err("deleting image blobs"))?;
         }
+        self.bump_seq(&tx, collection_id).await?;
         tx.commit().await.map_err(db_err("commit"))?;
         Ok(gone)
     }
@@ -571,6 +603,7 @@ impl Store {
             .await
             .map_err(db_err("clearing images"))?
             .rows_affected();
+        self.bump_seq(&tx, collection_id).await?;
         tx.commit().await.map_err(db_err("commit"))?;
         Ok(n)
     }

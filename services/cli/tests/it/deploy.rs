@@ -69,6 +69,8 @@ fn chart_config_loads_in_every_service() {
         "inference.batcher.maxBatchSize=48",
         "--set",
         "gateway.config.limits.max_top_k=500",
+        "--set",
+        "index.replicas=3",
     ]);
     let dir = tempfile::tempdir().expect("tmp");
     let write = |name: &str| {
@@ -95,6 +97,7 @@ fn chart_config_loads_in_every_service() {
         Some("http://rel-cbir-inference:50051")
     );
     assert_eq!(idx.metrics_listen.as_deref(), Some("0.0.0.0:9092"));
+    assert_eq!(idx.follow_ms, 1000, "replicas follow each other");
     // The database URL comes from a Secret, not the ConfigMap.
     assert!(rendered.contains("secretKeyRef"));
     assert!(rendered.contains("nvidia.com/gpu: 1"));

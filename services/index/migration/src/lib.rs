@@ -18,6 +18,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261128_000001_initial::Migration),
             Box::new(m20261128_000002_load_order::Migration),
+            Box::new(m20261128_000003_write_seq::Migration),
         ]
     }
 }
@@ -174,6 +175,41 @@ mod m20261128_000002_load_order {
             manager
                 .get_connection()
                 .execute_unprepared(sql)
+                .await
+                .map(|_| ())
+        }
+    }
+}
+
+mod m20261128_000003_write_seq {
+    use super::*;
+
+    pub struct Migration;
+
+    impl MigrationName for Migration {
+        fn name(&self) -> &str {
+            "m20261128_000003_write_seq"
+        }
+    }
+
+    /// A counter of committed writes per collection: index replicas on the
+    /// same database reload a collection when it moves.
+    #[async_trait::async_trait]
+    impl MigrationTrait for Migration {
+        async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            manager
+                .get_connection()
+                .execute_unprepared(
+                    "ALTER TABLE collections ADD COLUMN write_seq BIGINT NOT NULL DEFAULT 0",
+                )
+                .await
+                .map(|_| ())
+        }
+
+        async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            manager
+                .get_connection()
+                .execute_unprepared("ALTER TABLE collections DROP COLUMN write_seq")
                 .await
                 .map(|_| ())
         }

@@ -16,10 +16,15 @@ pub struct Server {
 
 impl Server {
     pub async fn start(url: &str) -> Self {
+        Self::start_with(url, |_| {}).await
+    }
+
+    pub async fn start_with(url: &str, tweak: impl FnOnce(&mut cbir_index::Config)) -> Self {
         cbir_common::telemetry::init_for_tests();
         let mut cfg = cbir_index::Config::default();
         cfg.database_url = url.to_string();
         cfg.inference_url = None;
+        tweak(&mut cfg);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -441,3 +446,147 @@ async fn concurrent_searches_and_upserts() {
     server.stop().await;
     db.drop_db().await;
 }
+
+/// Polls `check` every 50 ms for up to 10 s.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..200 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{what} did not happen within 10 s");
+}
+
+async fn replicas_follow(url: &str) {
+    let follow = |c: &mut cbir_index::Config| c.follow_ms = 100;
+    let a = Server::start_with(url, follow).await;
+    let b = Server::start_with(url, follow).await;
+    let (mut ca, mut cb) = (a.client.clone(), b.client.clone());
+    create(&mut ca, "shared", 16).await;
+    // B picks up the collection A created, then A's writes.
+    eventually("B sees the new collection", || {
+        let mut cb = cb.clone();
+        async move {
+            cb.get_collection(pb::GetCollectionRequest {
+                name: "shared".into(),
+            })
+            .await
+            .is_ok()
+        }
+    })
+    .await;
+    let records: Vec<pb::ImageRecord> = (0..20).map(|i| record(i, (i % 3) as i32, 16)).collect();
+    let ids: Vec<u64> = ca
+        .upsert(pb::UpsertRequest {
+            collection: "shared".into(),
+            records: records.clone(),
+        })
+        .await
+        .expect("upsert on A")
+        .into_inner()
+        .results
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    let query = records[7].feature.clone();
+    eventually("B finds what A wrote", || {
+        let mut cb = cb.clone();
+        let q = search("shared", query.clone(), 1, pb::SearchMode::Exact);
+        let want = ids[7];
+        async move {
+            cb.search(q)
+                .await
+                .map(|r| r.into_inner().hits.first().map(|h| h.id) == Some(want))
+                .unwrap_or(false)
+        }
+    })
+    .await;
+    // A delete on B disappears from A.
+    cb.delete(pb::DeleteRequest {
+        collection: "shared".into(),
+        ids: vec![ids[7]],
+    })
+    .await
+    .expect("delete on B");
+    eventually("A stops returning what B deleted", || {
+        let mut ca = ca.clone();
+        let q = search("shared", query.clone(), 1, pb::SearchMode::Exact);
+        let gone = ids[7];
+        async move {
+            ca.search(q)
+                .await
+                .map(|r| r.into_inner().hits.first().map(|h| h.id) != Some(gone))
+                .unwrap_or(false)
+        }
+    })
+    .await;
+    let stats = ca
+        .stats(pb::StatsRequest {
+            collection: "shared".into(),
+        })
+        .await
+        .expect("stats")
+        .into_inner();
+    assert_eq!(stats.count, 19);
+    // Each replica's own writes stay visible at once, without a reload.
+    ca.upsert(pb::UpsertRequest {
+        collection: "shared".into(),
+        records: vec![record(99, 1, 16)],
+    })
+    .await
+    .expect("upsert on A");
+    let hit = ca
+        .search(search(
+            "shared",
+            record(99, 1, 16).feature,
+            1,
+            pb::SearchMode::Exact,
+        ))
+        .await
+        .expect("search A")
+        .into_inner()
+        .hits;
+    assert_eq!(hit[0].file_name, "img99.jpg");
+    // Clear on A empties B; deleting the collection removes it from B.
+    ca.clear(pb::ClearRequest {
+        collection: "shared".into(),
+    })
+    .await
+    .expect("clear");
+    eventually("B is empty after A cleared", || {
+        let mut cb = cb.clone();
+        async move {
+            cb.stats(pb::StatsRequest {
+                collection: "shared".into(),
+            })
+            .await
+            .map(|r| r.into_inner().count == 0)
+            .unwrap_or(false)
+        }
+    })
+    .await;
+    ca.delete_collection(pb::DeleteCollectionRequest {
+        name: "shared".into(),
+    })
+    .await
+    .expect("delete collection");
+    eventually("B forgets the deleted collection", || {
+        let mut cb = cb.clone();
+        async move {
+            cb.get_collection(pb::GetCollectionRequest {
+                name: "shared".into(),
+            })
+            .await
+            .is_err_and(|s| s.code() == Code::NotFound)
+        }
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
+}
+both_backends!(replicas_on_one_database_follow_each_other, replicas_follow);
