@@ -2,6 +2,7 @@
 //! real images. They need libtorch, the converted weights and the shared
 //! image sets: `scripts/test.sh` prepares all three.
 
+mod failover;
 mod harness;
 mod parity;
 mod service;
