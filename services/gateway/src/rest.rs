@@ -67,7 +67,41 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             Error::NotFound("no such page or API route: see /api/openapi.json".into())
         })
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(
+            move |req: Request, next: axum::middleware::Next| {
+                refuse_oversized(req, next, body_limit)
+            },
+        ))
         .with_state(gateway)
+}
+
+/// Bodies up to this size are read and dropped before an over-limit request
+/// is refused: a client still sending when the server closes the connection
+/// sees a broken pipe instead of the 413 and its message.
+const DRAIN_CAP: u64 = 64 << 20;
+
+/// Refuses a request whose declared length is over the limit with a clear
+/// 413, after draining what the client sends (up to `DRAIN_CAP`).
+async fn refuse_oversized(req: Request, next: axum::middleware::Next, limit: usize) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(len) if len > limit as u64 => {
+            if len <= DRAIN_CAP {
+                use futures::StreamExt;
+                let mut body = req.into_body().into_data_stream();
+                while let Some(Ok(_)) = body.next().await {}
+            }
+            Error::TooLarge(format!(
+                "the request has {len} bytes, over the limit of {limit} bytes per request: send fewer or smaller files"
+            ))
+            .into_response()
+        }
+        _ => next.run(req).await,
+    }
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {

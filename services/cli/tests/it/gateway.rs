@@ -555,6 +555,8 @@ async fn oversized_and_non_image_uploads_are_refused_clearly() {
     assert_eq!(r.status(), 413);
     let e: Value = r.json().await.expect("json");
     assert_eq!(e["error"]["code"], "payload_too_large");
+    let msg = e["error"]["message"].as_str().expect("message");
+    assert!(msg.contains("over the limit of 1048576 bytes"), "{msg}");
     let r = http
         .post(format!("{base}/api/search"))
         .body("x")
