@@ -378,6 +378,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_dns_name_becomes_every_address_it_resolves_to() {
+        // `localhost` stands in for a headless service's name: each address
+        // becomes an endpoint (127.0.0.1, and ::1 where it resolves).
+        let pool = Pool::new(PoolConfig {
+            service: Upstream::Index,
+            urls: vec![
+                "http://localhost:50999".into(),
+                "http://127.0.0.1:50999".into(),
+            ],
+            retries: 0,
+            connect_timeout: Duration::from_millis(100),
+            refresh: Duration::from_secs(60),
+        })
+        .await
+        .expect("pool");
+        let addrs = pool.addresses();
+        let resolved: Vec<SocketAddr> = tokio::net::lookup_host(("localhost", 50999))
+            .await
+            .expect("resolve")
+            .collect();
+        assert!(
+            addrs.contains(&"127.0.0.1:50999".parse().expect("addr")),
+            "{addrs:?}"
+        );
+        for a in &resolved {
+            assert!(addrs.contains(a), "{a} missing from {addrs:?}");
+        }
+        // The same address from two URLs is one endpoint.
+        assert_eq!(
+            addrs.len(),
+            resolved.len()
+                + usize::from(!resolved.contains(&"127.0.0.1:50999".parse().expect("addr")))
+        );
+    }
+
+    #[tokio::test]
     async fn unreachable_endpoints_are_skipped_then_retried() {
         // Two ports with nothing listening: both calls fail in transport,
         // the error names the service, and both endpoints end marked down.

@@ -64,8 +64,10 @@ pub struct Index {
     pub limits: Limits,
     pub probe: ProbeRule,
     pub default_mode: Mode,
-    /// Creations one at a time: the existence check and the insert must not
-    /// interleave (two `if_not_exists` creates of one name both succeed).
+    /// Changes to the set of collections and names, one at a time: the
+    /// existence check and the insert of a create must not interleave, and
+    /// the follow loop must not sync the catalog from a snapshot taken
+    /// before a local change. Taken before any collection's `write`.
     creating: tokio::sync::Mutex<()>,
 }
 
@@ -175,6 +177,7 @@ impl Index {
     /// ones dropped, aliases replaced.
     pub async fn follow_once(&self) -> Result<()> {
         use std::sync::atomic::Ordering;
+        let _catalog = self.creating.lock().await;
         let seqs = self.store.write_seqs().await?;
         let rows = self.store.collections().await?;
         let aliases = self.store.aliases().await?;
@@ -391,6 +394,7 @@ impl Index {
     }
 
     pub async fn delete_collection(&self, name: &str) -> Result<()> {
+        let _catalog = self.creating.lock().await;
         let coll = self.resolve(name)?;
         let _w = coll.write.lock().await;
         self.store.delete_collection(coll.row.id).await?;
@@ -666,6 +670,7 @@ impl Index {
         dims: u32,
         description: &str,
     ) -> Result<Arc<Collection>> {
+        let _catalog = self.creating.lock().await;
         let row = self
             .store
             .create_collection("", physical, model_name, model_version, dims, description)
@@ -685,6 +690,7 @@ impl Index {
 
     /// Drops a physical collection (and any name pointing at it).
     pub async fn drop_physical(&self, coll: &Arc<Collection>) -> Result<()> {
+        let _catalog = self.creating.lock().await;
         let _w = coll.write.lock().await;
         self.store.delete_collection(coll.row.id).await?;
         let mut cat = self.catalog.write();
@@ -709,6 +715,7 @@ impl Index {
         F: FnOnce(Vec<u64>) -> Fut,
         Fut: std::future::Future<Output = Result<Vec<(u64, Record)>>>,
     {
+        let _catalog = self.creating.lock().await;
         let _w = old.write.lock().await;
         let live: Vec<u64> = {
             let mem = old.mem.read();
