@@ -20,14 +20,37 @@ pub const IN_FLIGHT: usize = 3;
 /// Bytes per AddImages call, well under the gateway's message limit.
 const BATCH_BYTES: u64 = 64 << 20;
 
-pub async fn connect(url: &str) -> anyhow::Result<SearchServiceClient<Channel>> {
+/// Sends `CBIR_API_KEY` (when set) as the `x-api-key` of every call.
+#[derive(Clone)]
+pub struct ApiKey(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for ApiKey {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(k) = &self.0 {
+            req.metadata_mut().insert("x-api-key", k.clone());
+        }
+        Ok(req)
+    }
+}
+
+pub type Client = SearchServiceClient<tonic::codegen::InterceptedService<Channel, ApiKey>>;
+
+pub async fn connect(url: &str) -> anyhow::Result<Client> {
     let channel = tonic::transport::Endpoint::from_shared(url.to_string())
         .with_context(|| format!("bad gateway URL {url}"))?
         .tcp_nodelay(true)
         .connect()
         .await
         .with_context(|| format!("cannot reach the gateway at {url}: is `cbir up` running?"))?;
-    Ok(SearchServiceClient::new(channel)
+    let key = match std::env::var("CBIR_API_KEY") {
+        Ok(k) if !k.trim().is_empty() => Some(
+            k.trim()
+                .parse()
+                .context("CBIR_API_KEY must be printable ASCII")?,
+        ),
+        _ => None,
+    };
+    Ok(SearchServiceClient::with_interceptor(channel, ApiKey(key))
         .max_encoding_message_size(512 << 20)
         .max_decoding_message_size(512 << 20))
 }
@@ -97,7 +120,7 @@ pub struct AddSummary {
 /// Sends `files` to the gateway in batches, a few in flight, reporting
 /// progress on stderr when `progress` is set.
 pub async fn add_files(
-    client: &SearchServiceClient<Channel>,
+    client: &Client,
     collection: &str,
     files: &[PathBuf],
     progress: bool,

@@ -60,6 +60,11 @@ enum Command {
         #[command(flatten)]
         gateway: GatewayArgs,
     },
+    /// API keys for the gateway's access control.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
     /// Find the images most similar to IMAGE.
     Search {
         image: PathBuf,
@@ -102,6 +107,21 @@ enum Command {
         json: bool,
         #[command(flatten)]
         gateway: GatewayArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Make a new random API key: prints the key (give it to its holder,
+    /// who sets CBIR_API_KEY or sends it as x-api-key) and the entry for the
+    /// gateway config, which keeps only its SHA-256.
+    New {
+        /// Who holds the key.
+        #[arg(long)]
+        name: String,
+        /// search, index or admin.
+        #[arg(long, default_value = "search")]
+        role: String,
     },
 }
 
@@ -158,6 +178,26 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                     client::clear(&gateway.gateway, &collection).await
                 }
             },
+            Command::Key {
+                command: KeyCommand::New { name, role },
+            } => {
+                let role = match role.as_str() {
+                    "search" | "index" | "admin" => role,
+                    other => anyhow::bail!("unknown role {other:?}: use search, index or admin"),
+                };
+                let key = format!(
+                    "cbir_{}{}",
+                    uuid::Uuid::new_v4().simple(),
+                    uuid::Uuid::new_v4().simple()
+                );
+                println!("key (shown once): {key}");
+                println!("gateway config (gateway.toml):");
+                println!("[[auth.keys]]");
+                println!("name = {name:?}");
+                println!("sha256 = \"{}\"", cbir_gateway::auth::hash_key(&key));
+                println!("role = \"{role}\"");
+                Ok(std::process::ExitCode::SUCCESS)
+            }
             Command::Search {
                 image,
                 top_k,

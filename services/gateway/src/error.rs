@@ -36,6 +36,10 @@ pub enum Error {
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
     ResourceExhausted(String),
     #[error("the {service} service is unavailable: {detail}")]
     Unavailable { service: Upstream, detail: String },
@@ -98,6 +102,8 @@ impl Error {
             Error::TooLarge(_) => "payload_too_large",
             Error::UnsupportedMediaType(_) => "unsupported_media_type",
             Error::Forbidden(_) => "forbidden",
+            Error::Unauthenticated(_) => "unauthenticated",
+            Error::PermissionDenied(_) => "permission_denied",
             Error::ResourceExhausted(_) => "resource_exhausted",
             Error::Unavailable { .. } => "unavailable",
             Error::DeadlineExceeded { .. } => "deadline_exceeded",
@@ -121,7 +127,8 @@ impl Error {
             Error::AlreadyExists(_) | Error::FailedPrecondition(_) => StatusCode::CONFLICT,
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::Forbidden(_) | Error::PermissionDenied(_) => StatusCode::FORBIDDEN,
+            Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Error::ResourceExhausted(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -154,7 +161,10 @@ impl From<Error> for Status {
             Error::TooLarge(_) | Error::UnsupportedMediaType(_) => {
                 Status::new(Code::InvalidArgument, err.to_string())
             }
-            Error::Forbidden(_) => Status::new(Code::PermissionDenied, err.to_string()),
+            Error::Forbidden(_) | Error::PermissionDenied(_) => {
+                Status::new(Code::PermissionDenied, err.to_string())
+            }
+            Error::Unauthenticated(_) => Status::new(Code::Unauthenticated, err.to_string()),
             Error::ResourceExhausted(_) => Status::new(Code::ResourceExhausted, err.to_string()),
             Error::Unavailable { .. } => Status::new(Code::Unavailable, err.to_string()),
             Error::DeadlineExceeded { .. } => Status::new(Code::DeadlineExceeded, err.to_string()),

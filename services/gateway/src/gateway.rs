@@ -33,6 +33,7 @@ pub struct Gateway {
     collections: Mutex<HashMap<String, (Instant, pb::Collection)>>,
     class_names: Mutex<Option<(pb::ModelRef, Arc<Vec<String>>)>>,
     pub(crate) jobs: Jobs,
+    pub auth: crate::auth::Auth,
 }
 
 fn inference_client(ch: Channel, max: usize) -> InferenceServiceClient<Channel> {
@@ -126,6 +127,7 @@ impl Gateway {
         };
         let inference = Pool::new(pool(Upstream::Inference, &cfg.inference_urls)).await?;
         let index = Pool::new(pool(Upstream::Index, &cfg.index_urls)).await?;
+        let auth = crate::auth::Auth::new(cfg.auth.clone())?;
         Ok(Arc::new(Self {
             cfg,
             inference,
@@ -133,6 +135,7 @@ impl Gateway {
             collections: Mutex::new(HashMap::new()),
             class_names: Mutex::new(None),
             jobs: Jobs::default(),
+            auth,
         }))
     }
 

@@ -6,10 +6,23 @@ use cbir_api::v1 as pb;
 use cbir_api::v1::search_service_server::SearchService;
 use tonic::{Request, Response, Status};
 
+use crate::auth::{key_from_headers, Role};
 use crate::gateway::Gateway;
 
 pub struct SearchGrpc {
     pub gateway: Arc<Gateway>,
+}
+
+impl SearchGrpc {
+    /// The caller's key (`x-api-key` metadata) must carry `role`.
+    fn allow<T>(&self, request: &Request<T>, role: Role) -> Result<(), Status> {
+        let headers = request.metadata().clone().into_headers();
+        self.gateway
+            .auth
+            .check(key_from_headers(&headers), role)
+            .map(|_| ())
+            .map_err(Status::from)
+    }
 }
 
 #[tonic::async_trait]
@@ -18,6 +31,7 @@ impl SearchService for SearchGrpc {
         &self,
         request: Request<pb::SearchRequest>,
     ) -> Result<Response<pb::SearchResponse>, Status> {
+        self.allow(&request, Role::Search)?;
         Ok(Response::new(
             self.gateway.search(request.into_inner()).await?,
         ))
@@ -25,8 +39,9 @@ impl SearchService for SearchGrpc {
 
     async fn list_collections(
         &self,
-        _request: Request<pb::ListCollectionsRequest>,
+        request: Request<pb::ListCollectionsRequest>,
     ) -> Result<Response<pb::ListCollectionsResponse>, Status> {
+        self.allow(&request, Role::Search)?;
         Ok(Response::new(pb::ListCollectionsResponse {
             collections: self.gateway.list_collections().await?,
         }))
@@ -36,6 +51,7 @@ impl SearchService for SearchGrpc {
         &self,
         request: Request<pb::CreateGatewayCollectionRequest>,
     ) -> Result<Response<pb::CreateCollectionResponse>, Status> {
+        self.allow(&request, Role::Index)?;
         Ok(Response::new(pb::CreateCollectionResponse {
             collection: Some(self.gateway.create_collection(request.into_inner()).await?),
         }))
@@ -45,6 +61,7 @@ impl SearchService for SearchGrpc {
         &self,
         request: Request<pb::DeleteCollectionRequest>,
     ) -> Result<Response<pb::DeleteCollectionResponse>, Status> {
+        self.allow(&request, Role::Admin)?;
         self.gateway
             .delete_collection(&request.into_inner().name)
             .await?;
@@ -55,6 +72,7 @@ impl SearchService for SearchGrpc {
         &self,
         request: Request<pb::StatsRequest>,
     ) -> Result<Response<pb::StatsResponse>, Status> {
+        self.allow(&request, Role::Search)?;
         Ok(Response::new(
             self.gateway.stats(&request.into_inner().collection).await?,
         ))
@@ -64,6 +82,7 @@ impl SearchService for SearchGrpc {
         &self,
         request: Request<pb::ClearRequest>,
     ) -> Result<Response<pb::ClearResponse>, Status> {
+        self.allow(&request, Role::Admin)?;
         Ok(Response::new(pb::ClearResponse {
             removed: self.gateway.clear(&request.into_inner().collection).await?,
         }))
@@ -73,6 +92,7 @@ impl SearchService for SearchGrpc {
         &self,
         request: Request<pb::AddImagesRequest>,
     ) -> Result<Response<pb::AddImagesResponse>, Status> {
+        self.allow(&request, Role::Index)?;
         Ok(Response::new(
             self.gateway.add_images(request.into_inner()).await?,
         ))
@@ -82,6 +102,7 @@ impl SearchService for SearchGrpc {
         &self,
         request: Request<pb::StartIndexJobRequest>,
     ) -> Result<Response<pb::IndexJob>, Status> {
+        self.allow(&request, Role::Index)?;
         Ok(Response::new(
             self.gateway.start_index_job(request.into_inner()).await?,
         ))
@@ -91,6 +112,7 @@ impl SearchService for SearchGrpc {
         &self,
         request: Request<pb::GetIndexJobRequest>,
     ) -> Result<Response<pb::IndexJob>, Status> {
+        self.allow(&request, Role::Search)?;
         Ok(Response::new(
             self.gateway.jobs.get(&request.into_inner().id)?,
         ))

@@ -2,6 +2,7 @@
 //! `SearchService`, all on one port. It embeds images through the inference
 //! service and stores and searches them through the index service.
 
+pub mod auth;
 pub mod clients;
 pub mod error;
 pub mod gateway;
@@ -102,6 +103,8 @@ pub struct Config {
     /// Seconds between DNS resolutions of the service URLs.
     pub dns_refresh_s: u64,
     pub max_message_bytes: usize,
+    /// API keys and rate limits; no keys means no access control.
+    pub auth: auth::AuthConfig,
     pub telemetry: TelemetryConfig,
 }
 
@@ -118,6 +121,7 @@ impl Default for Config {
             retries: 2,
             dns_refresh_s: 10,
             max_message_bytes: 512 << 20,
+            auth: auth::AuthConfig::default(),
             telemetry: TelemetryConfig::default(),
         }
     }

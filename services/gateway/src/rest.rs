@@ -13,6 +13,7 @@ use cbir_api::v1 as pb;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::auth::Role;
 use crate::error::{Error, Result};
 use crate::gateway::{file_name_of, label_from_path, mode_name, parse_mode, Gateway};
 
@@ -73,6 +74,19 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             },
         ))
         .with_state(gateway)
+}
+
+/// The caller's key (header, or `api_key` in the query for `<img>` tags)
+/// must carry `role`.
+fn allow(
+    gw: &Gateway,
+    headers: &axum::http::HeaderMap,
+    query_key: Option<&str>,
+    role: Role,
+) -> Result<()> {
+    gw.auth
+        .check(crate::auth::key_from_headers(headers).or(query_key), role)
+        .map(|_| ())
 }
 
 /// Bodies up to this size are read and dropped before an over-limit request
@@ -289,7 +303,11 @@ async fn model(State(gw): State<AppState>) -> Result<Json<Value>> {
     })))
 }
 
-async fn list_collections(State(gw): State<AppState>) -> Result<Json<Value>> {
+async fn list_collections(
+    State(gw): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<Json<Value>> {
+    allow(&gw, &headers, None, Role::Search)?;
     let cs: Vec<CollectionJson> = gw
         .list_collections()
         .await?
@@ -309,7 +327,12 @@ struct CreateBody {
     if_not_exists: bool,
 }
 
-async fn create_collection(State(gw): State<AppState>, body: Bytes) -> Result<Response> {
+async fn create_collection(
+    State(gw): State<AppState>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    allow(&gw, &headers, None, Role::Index)?;
     let b: CreateBody = parse_json(&body)?;
     let c = gw
         .create_collection(pb::CreateGatewayCollectionRequest {
@@ -323,8 +346,10 @@ async fn create_collection(State(gw): State<AppState>, body: Bytes) -> Result<Re
 
 async fn collection_stats(
     State(gw): State<AppState>,
+    headers: axum::http::HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Json<Value>> {
+    allow(&gw, &headers, None, Role::Search)?;
     let s = gw.stats(&name).await?;
     Ok(Json(json!({
         "collection": s.collection.map(CollectionJson::from),
@@ -342,16 +367,20 @@ async fn collection_stats(
 
 async fn delete_collection(
     State(gw): State<AppState>,
+    headers: axum::http::HeaderMap,
     Path(name): Path<String>,
 ) -> Result<StatusCode> {
+    allow(&gw, &headers, None, Role::Admin)?;
     gw.delete_collection(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn clear_collection(
     State(gw): State<AppState>,
+    headers: axum::http::HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Json<Value>> {
+    allow(&gw, &headers, None, Role::Admin)?;
     Ok(Json(json!({ "removed": gw.clear(&name).await? })))
 }
 
@@ -367,6 +396,7 @@ async fn add_images(
     Query(q): Query<AddQuery>,
     request: Request,
 ) -> Result<Json<Value>> {
+    allow(&gw, request.headers(), None, Role::Index)?;
     let limit = gw.cfg.limits.max_request_bytes;
     let mut mp = Multipart::from_request(request, &()).await.map_err(|e| {
         Error::UnsupportedMediaType(format!(
@@ -438,9 +468,11 @@ struct JobBody {
 
 async fn start_job(
     State(gw): State<AppState>,
+    headers: axum::http::HeaderMap,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Response> {
+    allow(&gw, &headers, None, Role::Index)?;
     let b: JobBody = parse_json(&body)?;
     let job = gw
         .start_index_job(pb::StartIndexJobRequest {
@@ -452,18 +484,37 @@ async fn start_job(
     Ok((StatusCode::ACCEPTED, Json(job_json(job))).into_response())
 }
 
-async fn list_jobs(State(gw): State<AppState>) -> Json<Value> {
-    Json(json!({ "jobs": gw.jobs.list().into_iter().map(job_json).collect::<Vec<_>>() }))
+async fn list_jobs(
+    State(gw): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<Json<Value>> {
+    allow(&gw, &headers, None, Role::Search)?;
+    Ok(Json(
+        json!({ "jobs": gw.jobs.list().into_iter().map(job_json).collect::<Vec<_>>() }),
+    ))
 }
 
-async fn get_job(State(gw): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>> {
+async fn get_job(
+    State(gw): State<AppState>,
+    headers: axum::http::HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>> {
+    allow(&gw, &headers, None, Role::Search)?;
     Ok(Json(job_json(gw.jobs.get(&id)?)))
+}
+
+#[derive(Deserialize, Default)]
+struct KeyQuery {
+    api_key: Option<String>,
 }
 
 async fn thumbnail(
     State(gw): State<AppState>,
+    headers: axum::http::HeaderMap,
+    Query(q): Query<KeyQuery>,
     Path((name, id)): Path<(String, u64)>,
 ) -> Result<Response> {
+    allow(&gw, &headers, q.api_key.as_deref(), Role::Search)?;
     let data = gw.thumbnail(&name, id).await?;
     Ok((
         [
@@ -507,6 +558,7 @@ async fn search(
     Query(params): Query<std::collections::HashMap<String, String>>,
     request: Request,
 ) -> Result<Json<Value>> {
+    allow(&gw, request.headers(), None, Role::Search)?;
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)

@@ -62,8 +62,16 @@
     }
   }
 
-  async function api(path, { method = 'GET', json, body } = {}) {
+  // API key: asked for when the gateway answers 401, kept in this browser.
+  const KEY_STORE = 'cbir.apiKey';
+  const apiKey = () => localStorage.getItem(KEY_STORE) || '';
+  // <img> tags cannot send headers: thumbnails carry the key in the query.
+  const withKey = (url) => (apiKey() && url ? `${url}${url.includes('?') ? '&' : '?'}api_key=${encodeURIComponent(apiKey())}` : url);
+
+  async function api(path, opts = {}, retried = false) {
+    const { method = 'GET', json, body } = opts;
     const init = { method, headers: { Accept: 'application/json' } };
+    if (apiKey()) init.headers['x-api-key'] = apiKey();
     if (json !== undefined) {
       init.headers['Content-Type'] = 'application/json';
       init.body = JSON.stringify(json);
@@ -81,6 +89,14 @@
     let data = null;
     if (text) {
       try { data = JSON.parse(text); } catch (_) { data = null; }
+    }
+    if ((res.status === 401 || res.status === 403) && !retried) {
+      const e0 = data && data.error ? data.error.message : '';
+      const key = window.prompt(`${e0 || 'This needs an API key.'}\n\nAPI key:`, '');
+      if (key) {
+        localStorage.setItem(KEY_STORE, key.trim());
+        return api(path, opts, true);
+      }
     }
     if (!res.ok) {
       const e = data && typeof data === 'object' ? data.error : null;
@@ -477,8 +493,8 @@
 
   function setQueryStored(r) {
     if (state.query && state.query.url) URL.revokeObjectURL(state.query.url);
-    state.query = { kind: 'id', id: r.id, thumb: r.thumbnail_url, name: r.file_name, label: r.label };
-    showPreview(r.thumbnail_url, `${r.file_name} (from the collection)`);
+    state.query = { kind: "id", id: r.id, thumb: withKey(r.thumbnail_url), name: r.file_name, label: r.label };
+    showPreview(withKey(r.thumbnail_url), `${r.file_name} (from the collection)`);
     runSearch();
   }
 
@@ -573,7 +589,7 @@
       onclick: () => setQueryStored(r),
     },
     el('span', { class: 'thumb' },
-      el('img', { src: r.thumbnail_url, alt: r.file_name, loading: 'lazy', decoding: 'async' }),
+      el('img', { src: withKey(r.thumbnail_url), alt: r.file_name, loading: 'lazy', decoding: 'async' }),
       el('span', { class: 'rank', text: `#${i + 1}` })),
     el('span', { class: 'card-body' },
       el('span', { class: 'sim-row' },

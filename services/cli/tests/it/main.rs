@@ -1,6 +1,7 @@
 //! System tests: several real services in one process, real network, real
 //! images from ../shared/data.
 
+mod access;
 mod browser;
 mod cli;
 mod deploy;
