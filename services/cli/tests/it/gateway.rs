@@ -692,3 +692,63 @@ async fn searches_balance_over_inference_replicas_and_survive_losing_one() {
     let _ = tokio::time::timeout(Duration::from_secs(10), replica).await;
     sys.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_finishes_the_searches_in_flight() {
+    let mut sys = System::start(|_| {}).await;
+    let base = sys.url();
+    let http = reqwest::Client::new();
+    let files = flowers_subset(&sys.dir.path().join("up"), &["tulip"], 4);
+    let form = files.iter().fold(reqwest::multipart::Form::new(), |f, p| {
+        f.part(
+            "files",
+            file_part(
+                p,
+                &format!("t/{}", p.file_name().expect("n").to_string_lossy()),
+            ),
+        )
+    });
+    let r = http
+        .post(format!("{base}/api/collections/g/images?create=true"))
+        .multipart(form)
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(r.status(), 200);
+    // Open the connections first, so that every search below is accepted
+    // before the stop.
+    let clients: Vec<reqwest::Client> = (0..24).map(|_| reqwest::Client::new()).collect();
+    for c in &clients {
+        let r = c
+            .get(format!("{base}/api/config"))
+            .send()
+            .await
+            .expect("warm");
+        assert_eq!(r.status(), 200);
+    }
+    let mut searches = Vec::new();
+    for (i, c) in clients.into_iter().enumerate() {
+        let (base, f) = (base.clone(), files[i % files.len()].clone());
+        searches.push(tokio::spawn(async move {
+            let r = rest_search(&c, &base, "g", &f, 3).await;
+            (r.status().as_u16(), std::time::Instant::now())
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let stop_at = std::time::Instant::now();
+    sys.stop_gateway().await;
+    let mut after_stop = 0;
+    for s in searches {
+        let (status, done) = s.await.expect("search task");
+        assert_eq!(status, 200, "a search in flight was cut by the stop");
+        after_stop += usize::from(done > stop_at);
+    }
+    eprintln!("{after_stop} of 24 searches finished after the stop began");
+    assert!(
+        after_stop > 0,
+        "no search was still running at the stop: the test proves nothing"
+    );
+    // Stopped means stopped: new requests are refused.
+    assert!(http.get(format!("{base}/api/config")).send().await.is_err());
+    sys.shutdown().await;
+}

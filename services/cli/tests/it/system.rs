@@ -196,6 +196,13 @@ impl System {
         self.gateway = Some(Running { stop, task });
     }
 
+    /// Stops the gateway gracefully: it finishes the requests in flight.
+    pub async fn stop_gateway(&mut self) {
+        if let Some(r) = self.gateway.take() {
+            r.stop().await;
+        }
+    }
+
     /// Waits until the gateway reports every service up.
     pub async fn wait_healthy(&self) {
         let http = reqwest::Client::new();
