@@ -3,10 +3,7 @@
 //! the text endpoint `/metrics`.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Instant;
 
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
@@ -104,76 +101,9 @@ pub fn method_label(path: &str) -> String {
     }
 }
 
-/// A tower layer that counts and times every request of a server.
-#[derive(Clone)]
-pub struct MetricsLayer(pub Arc<Metrics>);
-
-impl<S> tower::Layer<S> for MetricsLayer {
-    type Service = MetricsService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        MetricsService {
-            inner,
-            metrics: self.0.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct MetricsService<S> {
-    inner: S,
-    metrics: Arc<Metrics>,
-}
-
-impl<S, ReqB, ResB> tower::Service<http::Request<ReqB>> for MetricsService<S>
-where
-    S: tower::Service<http::Request<ReqB>, Response = http::Response<ResB>>,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<ReqB>) -> Self::Future {
-        let method = method_label(req.uri().path());
-        let started = Instant::now();
-        let metrics = self.metrics.clone();
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let r = fut.await;
-            let code = match &r {
-                // gRPC errors come as trailers-only responses (status in the
-                // headers); a success carries it in the trailers.
-                Ok(resp) => match resp.headers().get("grpc-status") {
-                    Some(v) => v.to_str().unwrap_or("?").to_string(),
-                    None if resp
-                        .headers()
-                        .get("content-type")
-                        .is_some_and(|c| c.as_bytes().starts_with(b"application/grpc")) =>
-                    {
-                        "0".to_string()
-                    }
-                    None => resp.status().as_u16().to_string(),
-                },
-                Err(_) => "transport".to_string(),
-            };
-            metrics.observe(&method, &code, started.elapsed().as_secs_f64());
-            r
-        })
-    }
-}
-
-/// Serves `/metrics` on `listener` until `shutdown`.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    metrics: Arc<Metrics>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let app = axum::Router::new().route(
+/// The `/metrics` route, to serve alone or merged into an HTTP app.
+pub fn router(metrics: Arc<Metrics>) -> axum::Router {
+    axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
             let m = metrics.clone();
@@ -184,8 +114,16 @@ pub async fn serve(
                 )
             }
         }),
-    );
-    axum::serve(listener, app)
+    )
+}
+
+/// Serves `/metrics` on `listener` until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(metrics))
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -202,6 +140,15 @@ impl Drop for MetricsServer {
             let _ = s.send(());
         }
     }
+}
+
+/// `start` on `addr` when one is configured. Metrics are not worth refusing
+/// to serve for: a failure to bind is logged and the service goes on.
+pub async fn start_if(addr: Option<&str>, metrics: &Arc<Metrics>) -> Option<MetricsServer> {
+    start(addr?, metrics.clone())
+        .await
+        .map_err(|e| tracing::error!(error = %e, "metrics endpoint disabled"))
+        .ok()
 }
 
 /// Binds `addr` and serves `/metrics` until the returned guard is dropped.

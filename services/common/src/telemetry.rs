@@ -184,23 +184,30 @@ pub fn inject_context(metadata: &mut tonic::metadata::MetadataMap) {
     });
 }
 
-/// A tower layer that runs each request of a server in a span whose parent
-/// is the caller's trace context (from the `traceparent` header).
-#[derive(Clone, Copy, Default)]
-pub struct TraceLayer;
+/// A tower layer for every server: each request runs in a span whose parent
+/// is the caller's trace context (from the `traceparent` header), and is
+/// counted and timed in `metrics` by method and status code.
+#[derive(Clone)]
+pub struct RequestLayer(pub std::sync::Arc<crate::metrics::Metrics>);
 
-impl<S> tower::Layer<S> for TraceLayer {
-    type Service = TraceService<S>;
+impl<S> tower::Layer<S> for RequestLayer {
+    type Service = RequestService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        TraceService(inner)
+        RequestService {
+            inner,
+            metrics: self.0.clone(),
+        }
     }
 }
 
 #[derive(Clone)]
-pub struct TraceService<S>(S);
+pub struct RequestService<S> {
+    inner: S,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+}
 
-impl<S, ReqB, ResB> tower::Service<http::Request<ReqB>> for TraceService<S>
+impl<S, ReqB, ResB> tower::Service<http::Request<ReqB>> for RequestService<S>
 where
     S: tower::Service<http::Request<ReqB>, Response = http::Response<ResB>>,
     S::Future: Send + 'static,
@@ -215,7 +222,7 @@ where
         &mut self,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::result::Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: http::Request<ReqB>) -> Self::Future {
@@ -224,15 +231,40 @@ where
         let parent = opentelemetry::global::get_text_map_propagator(|p| {
             p.extract(&HeaderExtractor(req.headers()))
         });
-        let path = req.uri().path().to_string();
-        let name = format!("{} {}", req.method(), crate::metrics::method_label(&path));
+        let method = crate::metrics::method_label(req.uri().path());
         let span = tracing::info_span!(
             "request",
-            otel.name = %name,
+            otel.name = %format!("{} {method}", req.method()),
             otel.kind = "server",
-            http.route = %crate::metrics::method_label(&path),
+            http.route = %method,
         );
         let _ = span.set_parent(parent);
-        Box::pin(self.0.call(req).instrument(span))
+        let started = std::time::Instant::now();
+        let metrics = self.metrics.clone();
+        let fut = self.inner.call(req);
+        Box::pin(
+            async move {
+                let r = fut.await;
+                let code = match &r {
+                    // gRPC errors come as trailers-only responses (status in
+                    // the headers); a success carries it in the trailers.
+                    Ok(resp) => match resp.headers().get("grpc-status") {
+                        Some(v) => v.to_str().unwrap_or("?").to_string(),
+                        None if resp
+                            .headers()
+                            .get("content-type")
+                            .is_some_and(|c| c.as_bytes().starts_with(b"application/grpc")) =>
+                        {
+                            "0".to_string()
+                        }
+                        None => resp.status().as_u16().to_string(),
+                    },
+                    Err(_) => "transport".to_string(),
+                };
+                metrics.observe(&method, &code, started.elapsed().as_secs_f64());
+                r
+            }
+            .instrument(span),
+        )
     }
 }

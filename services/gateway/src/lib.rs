@@ -180,20 +180,7 @@ pub async fn app(cfg: Config) -> anyhow::Result<(axum::Router, Arc<Gateway>)> {
         .into_axum_router();
     let rest_router = rest::router(gateway.clone());
     let metrics = cbir_common::metrics::Metrics::new("gateway");
-    let scrape = metrics.clone();
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            axum::routing::get(move || {
-                let m = scrape.clone();
-                async move {
-                    (
-                        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                        m.render(),
-                    )
-                }
-            }),
-        )
+    let app = cbir_common::metrics::router(metrics.clone())
         .fallback_service(tower::service_fn(move |req: axum::extract::Request| {
             let is_grpc = req
                 .headers()
@@ -206,8 +193,7 @@ pub async fn app(cfg: Config) -> anyhow::Result<(axum::Router, Arc<Gateway>)> {
             };
             target.oneshot(req)
         }))
-        .layer(cbir_common::metrics::MetricsLayer(metrics))
-        .layer(cbir_common::telemetry::TraceLayer);
+        .layer(cbir_common::telemetry::RequestLayer(metrics));
     Ok((app, gateway))
 }
 

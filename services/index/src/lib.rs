@@ -161,14 +161,8 @@ pub async fn serve(
         });
     }
     let metrics = index_metrics(&index)?;
-    let _metrics_server = match &cfg.metrics_listen {
-        // Metrics are not worth refusing to serve for: a clash is logged.
-        Some(addr) => cbir_common::metrics::start(addr, metrics.clone())
-            .await
-            .map_err(|e| tracing::error!(error = %e, "metrics endpoint disabled"))
-            .ok(),
-        None => None,
-    };
+    let _metrics_server =
+        cbir_common::metrics::start_if(cfg.metrics_listen.as_deref(), &metrics).await;
     let grpc = service::IndexGrpc {
         index,
         rebuilder: Arc::new(rebuild::Rebuilder::new(cfg.inference_url.clone())),
@@ -182,8 +176,7 @@ pub async fn serve(
     tracing::info!(addr = %listener.local_addr()?, kernels = kernels::kernel_name(), "index service listening");
     let r2 = reporter.clone();
     tonic::transport::Server::builder()
-        .layer(cbir_common::telemetry::TraceLayer)
-        .layer(cbir_common::metrics::MetricsLayer(metrics))
+        .layer(cbir_common::telemetry::RequestLayer(metrics))
         .add_service(health)
         .add_service(cbir_common::grpc::reflection()?)
         .add_service(svc)

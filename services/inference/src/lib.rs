@@ -253,14 +253,8 @@ pub async fn serve(
         cfg.batcher.max_batch_size,
         cfg.batcher.max_queue_interactive + cfg.batcher.max_queue_bulk,
     )?;
-    let _metrics_server = match &cfg.metrics_listen {
-        // Metrics are not worth refusing to serve for: a clash is logged.
-        Some(addr) => cbir_common::metrics::start(addr, metrics.clone())
-            .await
-            .map_err(|e| tracing::error!(error = %e, "metrics endpoint disabled"))
-            .ok(),
-        None => None,
-    };
+    let _metrics_server =
+        cbir_common::metrics::start_if(cfg.metrics_listen.as_deref(), &metrics).await;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "inference service listening");
     let reporter = health_reporter.clone();
@@ -271,8 +265,7 @@ pub async fn serve(
             .await;
     };
     tonic::transport::Server::builder()
-        .layer(cbir_common::telemetry::TraceLayer)
-        .layer(cbir_common::metrics::MetricsLayer(metrics))
+        .layer(cbir_common::telemetry::RequestLayer(metrics))
         .add_service(health)
         .add_service(cbir_common::grpc::reflection()?)
         .add_service(svc)
