@@ -64,6 +64,7 @@ pub async fn run(url: &str, images: &[PathBuf], as_json: bool) -> anyhow::Result
                     images: inputs,
                     priority: pb::Priority::Interactive as i32,
                     include_probabilities: false,
+                    ..Default::default()
                 })
                 .await
                 .map_err(|s| anyhow::anyhow!("inference failed: {}", s.message()))?

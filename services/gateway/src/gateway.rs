@@ -55,6 +55,15 @@ fn same_model(a: Option<&pb::ModelRef>, b: Option<&pb::ModelRef>) -> bool {
     }
 }
 
+fn query_info(emb: &pb::Embedding) -> pb::QueryInfo {
+    pb::QueryInfo {
+        predicted_class: emb.predicted_class,
+        predicted_name: emb.predicted_name.clone(),
+        confidence: emb.confidence,
+        top5: emb.top5.clone(),
+    }
+}
+
 fn model_label(m: Option<&pb::ModelRef>) -> String {
     m.map_or_else(|| "unknown".into(), |m| format!("{}:{}", m.name, m.version))
 }
@@ -250,7 +259,14 @@ impl Gateway {
         Some(names)
     }
 
-    async fn embed_one(&self, data: Vec<u8>) -> Result<(pb::Embedding, Option<pb::ModelRef>)> {
+    /// Embeds a query with `model` when the inference service holds it (the
+    /// active model or the one retained by its last swap); the answer names
+    /// the model used.
+    async fn embed_one(
+        &self,
+        data: Vec<u8>,
+        model: Option<pb::ModelRef>,
+    ) -> Result<(pb::Embedding, Option<pb::ModelRef>)> {
         let msg = pb::EmbedImageRequest {
             image: Some(pb::ImageInput {
                 id: String::new(),
@@ -258,6 +274,7 @@ impl Gateway {
             }),
             priority: pb::Priority::Interactive as i32,
             include_probabilities: false,
+            model,
         };
         let resp = self
             .inference_rpc(
@@ -322,6 +339,14 @@ impl Gateway {
             .lock()
             .insert(name.to_string(), (Instant::now(), c.clone()));
         Ok(c)
+    }
+
+    /// The collection's metadata from the index, never from the cache: after
+    /// a model mismatch, which a rebuild switching the name to a new model
+    /// explains.
+    async fn refresh_collection(&self, name: &str) -> Result<pb::Collection> {
+        self.collections.lock().remove(name);
+        self.fetch_collection(name).await
     }
 
     /// The collection's metadata, from the cache when fresh and non-empty
@@ -489,7 +514,10 @@ impl Gateway {
         })?;
         let mut exclude_id = 0;
         let mut info = None;
-        let (coll, vector, predicted_class) = match query {
+        // The model of an embedded query, sent along so that the index
+        // refuses a collection rebuilt for another model meanwhile.
+        let mut query_model = None;
+        let (coll, vector, predicted_class) = match &query {
             pb::search_request::Query::Image(data) => {
                 if data.is_empty() {
                     return Err(Error::InvalidArgument("the query image is empty".into()));
@@ -501,22 +529,11 @@ impl Gateway {
                         self.cfg.limits.max_image_bytes
                     )));
                 }
-                // The upload and the collection lookup are independent.
-                let (c, e) = tokio::join!(self.collection(&collection), self.embed_one(data));
-                let (c, (emb, model)) = (c?, e?);
-                if !same_model(c.model.as_ref(), model.as_ref()) {
-                    return Err(Error::FailedPrecondition(format!(
-                        "collection {collection:?} holds features of model {}, but the inference service serves {}: rebuild the collection for that model, or search another collection",
-                        model_label(c.model.as_ref()),
-                        model_label(model.as_ref())
-                    )));
-                }
-                info = Some(pb::QueryInfo {
-                    predicted_class: emb.predicted_class,
-                    predicted_name: emb.predicted_name.clone(),
-                    confidence: emb.confidence,
-                    top5: emb.top5.clone(),
-                });
+                // The collection first: the query is embedded with its model.
+                let c = self.collection(&collection).await?;
+                let (c, emb, model) = self.embed_query(&collection, c, data).await?;
+                query_model = model;
+                info = Some(query_info(&emb));
                 (c, emb.feature, emb.predicted_class)
             }
             pb::search_request::Query::Stored(s) => {
@@ -538,34 +555,59 @@ impl Gateway {
                 }
                 (
                     self.collection(&collection).await?,
-                    v.values,
+                    v.values.clone(),
                     v.predicted_class,
                 )
             }
         };
-        if coll.count == 0 {
-            return Err(Error::FailedPrecondition(format!(
-                "collection {collection:?} is empty: add images first (Index page, or `cbir index add`)"
-            )));
-        }
-        let msg = pb::IndexSearchRequest {
-            collection: collection.clone(),
-            vector,
-            predicted_class,
-            class_probabilities: Vec::new(),
-            top_k,
-            mode: mode as i32,
-            min_similarity: req.min_similarity,
-            exclude_id,
+        let mut coll = coll;
+        let mut vector = vector;
+        let mut predicted_class = predicted_class;
+        let mut looked_again = false;
+        let r = loop {
+            if coll.count == 0 {
+                return Err(Error::FailedPrecondition(format!(
+                    "collection {collection:?} is empty: add images first (Index page, or `cbir index add`)"
+                )));
+            }
+            let msg = pb::IndexSearchRequest {
+                collection: collection.clone(),
+                vector: vector.clone(),
+                predicted_class,
+                class_probabilities: Vec::new(),
+                top_k,
+                mode: mode as i32,
+                min_similarity: req.min_similarity,
+                exclude_id,
+                model: query_model.clone(),
+            };
+            let searched = self
+                .index_rpc(
+                    "Search",
+                    Self::t(self.cfg.timeouts.search_ms),
+                    msg,
+                    |mut c, r| async move { c.search(r).await },
+                )
+                .await;
+            match (searched, &query) {
+                // The name switched to a rebuild for another model since the
+                // collection was cached: embed again with that model, once.
+                (Err(Error::FailedPrecondition(e)), pb::search_request::Query::Image(data))
+                    if !looked_again =>
+                {
+                    looked_again = true;
+                    let fresh = self.refresh_collection(&collection).await?;
+                    if same_model(fresh.model.as_ref(), query_model.as_ref()) {
+                        return Err(Error::FailedPrecondition(e));
+                    }
+                    let (c, emb, model) = self.embed_query(&collection, fresh, data).await?;
+                    info = Some(query_info(&emb));
+                    (coll, vector, predicted_class, query_model) =
+                        (c, emb.feature, emb.predicted_class, model);
+                }
+                (r, _) => break r?,
+            }
         };
-        let r = self
-            .index_rpc(
-                "Search",
-                Self::t(self.cfg.timeouts.search_ms),
-                msg,
-                |mut c, r| async move { c.search(r).await },
-            )
-            .await?;
         let names = self.class_names(coll.model.as_ref()).await;
         let partition_name = |p: i32| -> String {
             names
@@ -596,6 +638,42 @@ impl Gateway {
             collection,
             mode: if r.mode == 0 { mode as i32 } else { r.mode },
         })
+    }
+
+    /// Embeds a query image for collection `c` (as cached) with its model.
+    /// When the inference service answers with another model, the
+    /// collection is read again once: a rebuild may have switched it to that
+    /// model, or to a newer one to embed with.
+    async fn embed_query(
+        &self,
+        collection: &str,
+        mut c: pb::Collection,
+        data: &[u8],
+    ) -> Result<(pb::Collection, pb::Embedding, Option<pb::ModelRef>)> {
+        let mut looked_again = false;
+        loop {
+            let (emb, model) = self.embed_one(data.to_vec(), c.model.clone()).await?;
+            if same_model(c.model.as_ref(), model.as_ref()) {
+                return Ok((c, emb, model));
+            }
+            if !looked_again {
+                looked_again = true;
+                let fresh = self.refresh_collection(collection).await?;
+                let changed = !same_model(fresh.model.as_ref(), c.model.as_ref());
+                c = fresh;
+                if same_model(c.model.as_ref(), model.as_ref()) {
+                    return Ok((c, emb, model));
+                }
+                if changed {
+                    continue;
+                }
+            }
+            return Err(Error::FailedPrecondition(format!(
+                "collection {collection:?} holds features of model {}, but the inference service serves {}: rebuild the collection for that model, or search another collection",
+                model_label(c.model.as_ref()),
+                model_label(model.as_ref())
+            )));
+        }
     }
 
     async fn stored(&self, collection: &str, id: u64) -> Result<pb::ImageRecord> {
@@ -702,29 +780,51 @@ impl Gateway {
             if !any_input {
                 return Ok(pb::EmbedResponse::default());
             }
-            let msg = pb::EmbedRequest {
-                images: inputs,
-                priority: pb::Priority::Bulk as i32,
-                include_probabilities: false,
-            };
-            self.inference_rpc(
-                "Embed",
-                Self::t(self.cfg.timeouts.bulk_ms),
-                msg,
-                |mut c, r| async move { c.embed(r).await },
-            )
-            .await
+            // Embedded with the collection's model; on an answer from another
+            // one the collection is read again once (a rebuild may have
+            // switched it to that model, or to a newer one to embed with).
+            let mut coll = coll;
+            let mut looked_again = false;
+            loop {
+                let msg = pb::EmbedRequest {
+                    images: inputs.clone(),
+                    priority: pb::Priority::Bulk as i32,
+                    include_probabilities: false,
+                    model: coll.model.clone(),
+                };
+                let embedded = self
+                    .inference_rpc(
+                        "Embed",
+                        Self::t(self.cfg.timeouts.bulk_ms),
+                        msg,
+                        |mut c, r| async move { c.embed(r).await },
+                    )
+                    .await?;
+                if same_model(coll.model.as_ref(), embedded.model.as_ref()) {
+                    return Ok(embedded);
+                }
+                if !looked_again {
+                    looked_again = true;
+                    let fresh = self.refresh_collection(&collection).await?;
+                    let changed = !same_model(fresh.model.as_ref(), coll.model.as_ref());
+                    coll = fresh;
+                    if same_model(coll.model.as_ref(), embedded.model.as_ref()) {
+                        return Ok(embedded);
+                    }
+                    if changed {
+                        continue;
+                    }
+                }
+                return Err(Error::FailedPrecondition(format!(
+                    "collection {collection:?} is bound to model {}, but the inference service serves {}: rebuild the collection or add to another one",
+                    model_label(coll.model.as_ref()),
+                    model_label(embedded.model.as_ref())
+                )));
+            }
         };
         let (prepared, embedded) = tokio::join!(prepare_all, embed);
         let prepared = prepared.map_err(|e| Error::Internal(format!("image preparation: {e}")))?;
         let embedded = embedded?;
-        if any_input && !same_model(coll.model.as_ref(), embedded.model.as_ref()) {
-            return Err(Error::FailedPrecondition(format!(
-                "collection {collection:?} is bound to model {}, but the inference service serves {}: rebuild the collection or add to another one",
-                model_label(coll.model.as_ref()),
-                model_label(embedded.model.as_ref())
-            )));
-        }
         let mut embeddings: Vec<Option<pb::Embedding>> = vec![None; n];
         for r in embedded.results {
             let Ok(i) = r.id.parse::<usize>() else {

@@ -247,6 +247,64 @@ pub fn preprocess(img: &RgbImage) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// The region `(x, y, w, h)` of `img` resized to `side`x`side` (the same
+/// bilinear filter as `preprocess`), mirrored left-right when `flip`: the
+/// random resized crop of training, as HWC RGB bytes.
+pub fn crop_resize(
+    img: &RgbImage,
+    region: (u32, u32, u32, u32),
+    side: u32,
+    flip: bool,
+) -> Result<Vec<u8>> {
+    let (sw, sh) = img.dimensions();
+    let (x, y, w, h) = region;
+    if w == 0 || h == 0 || x + w > sw || y + h > sh {
+        return Err(Error::Processing(format!(
+            "crop {region:?} is outside the {sw}x{sh} image"
+        )));
+    }
+    let src = FirImage::from_vec_u8(sw, sh, img.as_raw().clone(), PixelType::U8x3)
+        .map_err(|e| Error::Processing(e.to_string()))?;
+    let mut dst = FirImage::new(side, side, PixelType::U8x3);
+    Resizer::new()
+        .resize(
+            &src,
+            &mut dst,
+            &ResizeOptions::new()
+                .crop(f64::from(x), f64::from(y), f64::from(w), f64::from(h))
+                .resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)),
+        )
+        .map_err(|e| Error::Processing(e.to_string()))?;
+    let mut out = dst.into_vec();
+    if flip {
+        let row = side as usize * 3;
+        for r in out.chunks_exact_mut(row) {
+            let (mut a, mut b) = (0usize, row - 3);
+            while a < b {
+                for c in 0..3 {
+                    r.swap(a + c, b + c);
+                }
+                a += 3;
+                b -= 3;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `img` with its shorter side at most `shorter` pixels (never enlarged).
+pub fn shrink(img: RgbImage, shorter: u32) -> Result<RgbImage> {
+    let (w, h) = img.dimensions();
+    let short = w.min(h);
+    if short <= shorter {
+        return Ok(img);
+    }
+    let s = f64::from(shorter) / f64::from(short);
+    let nw = ((f64::from(w) * s).round() as u32).max(1);
+    let nh = ((f64::from(h) * s).round() as u32).max(1);
+    resize(&img, nw, nh)
+}
+
 /// A JPEG of at most `THUMBNAIL_SIZE` on the long side.
 pub fn thumbnail(img: &RgbImage) -> Result<Vec<u8>> {
     let (w, h) = img.dimensions();

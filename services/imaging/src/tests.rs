@@ -207,3 +207,24 @@ fn rendition_keeps_the_shorter_side() {
     let d = decode(&r, &Limits::default()).expect("decode rendition");
     assert_eq!(d.image.dimensions(), (100, 50), "never upscaled");
 }
+
+#[test]
+fn crop_resize_takes_the_region_and_flips_it() {
+    // Left half red, right half blue.
+    let img = RgbImage::from_fn(100, 50, |x, _| {
+        if x < 50 {
+            image::Rgb([255, 0, 0])
+        } else {
+            image::Rgb([0, 0, 255])
+        }
+    });
+    let red = crop_resize(&img, (0, 0, 50, 50), 16, false).expect("crop");
+    assert_eq!(red.len(), 16 * 16 * 3);
+    assert!(red.chunks(3).all(|p| p == [255, 0, 0]));
+    let whole = crop_resize(&img, (0, 0, 100, 50), 16, false).expect("crop");
+    let flipped = crop_resize(&img, (0, 0, 100, 50), 16, true).expect("crop");
+    assert_eq!(&whole[..3], &[255, 0, 0]);
+    assert_eq!(&flipped[..3], &[0, 0, 255]);
+    assert!(crop_resize(&img, (60, 0, 50, 50), 16, false).is_err());
+    assert_eq!(shrink(img, 20).expect("shrink").dimensions(), (40, 20));
+}

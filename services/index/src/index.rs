@@ -92,6 +92,10 @@ pub struct SearchRequest {
     pub mode: Option<Mode>,
     pub min_similarity: f32,
     pub exclude_id: Option<u64>,
+    /// `(name, version)` of the model that made `vector`: a collection bound
+    /// to another model refuses the search (its name may have switched to a
+    /// rebuild for a new model since the caller looked).
+    pub model: Option<(String, String)>,
 }
 
 pub struct SearchResult {
@@ -578,6 +582,19 @@ impl Index {
 
     pub async fn search(&self, req: SearchRequest) -> Result<SearchResult> {
         let coll = self.resolve(&req.collection)?;
+        if let Some((name, version)) = &req.model {
+            if *name != coll.row.model_name || *version != coll.row.model_version {
+                return Err(Error::FailedPrecondition(format!(
+                    "collection {:?} holds features of model {}:{}, not of {name}:{version}: it \
+                     was rebuilt for another model; embed the query with {}:{}",
+                    req.collection,
+                    coll.row.model_name,
+                    coll.row.model_version,
+                    coll.row.model_name,
+                    coll.row.model_version
+                )));
+            }
+        }
         if req.top_k == 0 || req.top_k > self.limits.max_top_k {
             return Err(Error::InvalidArgument(format!(
                 "top_k must be 1 to {}, got {}",

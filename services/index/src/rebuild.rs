@@ -167,11 +167,13 @@ impl Rebuilder {
     }
 }
 
-/// Re-embeds stored images of `old` (by id) into records for `new`.
+/// Re-embeds stored images of `old` (by id) into records for `new`, with
+/// `new`'s model.
 async fn reembed(
     index: &Index,
     client: &mut InferenceServiceClient<Channel>,
     old: &Collection,
+    new: &Collection,
     ids: &[u64],
 ) -> Result<(Vec<(u64, Record)>, u64)> {
     let mut stored = Vec::with_capacity(ids.len());
@@ -194,15 +196,30 @@ async fn reembed(
     if images.is_empty() {
         return Ok((Vec::new(), 0));
     }
+    let model = pb::ModelRef {
+        name: new.row.model_name.clone(),
+        version: new.row.model_version.clone(),
+    };
     let resp = client
         .embed(pb::EmbedRequest {
             images,
             priority: pb::Priority::Bulk as i32,
             include_probabilities: false,
+            // Named, so that a swap to yet another model during the rebuild
+            // cannot slip features of that one into the new collection.
+            model: Some(model.clone()),
         })
         .await
         .map_err(|s| Error::Unavailable(format!("inference service: {}", s.message())))?
         .into_inner();
+    let used = resp.model.unwrap_or_default();
+    if used != model {
+        return Err(Error::FailedPrecondition(format!(
+            "the inference service embedded with {} {} instead of {} {}: the model changed \
+             during the rebuild; load {} {} again and rebuild",
+            used.name, used.version, model.name, model.version, model.name, model.version
+        )));
+    }
     let mut out = Vec::new();
     let mut failed = 0;
     for (s, r) in stored.into_iter().zip(resp.results) {
@@ -247,7 +264,7 @@ async fn run(
     let mut done = 0u64;
     let mut failed = 0u64;
     for chunk in ids.chunks(BATCH) {
-        let (records, f) = reembed(index, client, old, chunk).await?;
+        let (records, f) = reembed(index, client, old, new, chunk).await?;
         failed += f;
         if !records.is_empty() {
             let (old_ids, recs): (Vec<u64>, Vec<Record>) = records.into_iter().unzip();
@@ -268,11 +285,12 @@ async fn run(
     let idx = index.clone();
     let mut c2 = client.clone();
     let old2 = old.clone();
+    let new2 = new.clone();
     index
         .finish_rebuild(alias, old, new, &mut copied, move |missing| async move {
             let mut all = Vec::new();
             for chunk in missing.chunks(BATCH) {
-                all.extend(reembed(&idx, &mut c2, &old2, chunk).await?.0);
+                all.extend(reembed(&idx, &mut c2, &old2, &new2, chunk).await?.0);
             }
             Ok(all)
         })

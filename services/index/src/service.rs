@@ -174,6 +174,10 @@ impl IndexService for IndexGrpc {
                 mode,
                 min_similarity: r.min_similarity,
                 exclude_id: (r.exclude_id != 0).then_some(r.exclude_id),
+                model: r
+                    .model
+                    .filter(|m| !m.name.is_empty())
+                    .map(|m| (m.name, m.version)),
             })
             .await?;
         Ok(Response::new(pb::IndexSearchResponse {

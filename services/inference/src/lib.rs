@@ -149,8 +149,8 @@ pub fn start_batcher(cfg: &Config) -> Result<(Arc<Batcher>, ModelSpec)> {
     ))
 }
 
-/// Builds the domain object from a running batcher.
-pub fn build_inference(cfg: &Config, batcher: Arc<Batcher>) -> Arc<Inference> {
+/// Builds the domain object from a running batcher serving `spec`.
+pub fn build_inference(cfg: &Config, batcher: Arc<Batcher>, spec: ModelSpec) -> Arc<Inference> {
     let decode = if cfg.decode_concurrency == 0 {
         cores() * 2
     } else {
@@ -158,6 +158,7 @@ pub fn build_inference(cfg: &Config, batcher: Arc<Batcher>) -> Arc<Inference> {
     };
     Arc::new(Inference::new(
         batcher,
+        spec,
         cfg.limits,
         cfg.max_images_per_request,
         cfg.device.clone(),
@@ -241,8 +242,8 @@ pub async fn serve(
         device = %cfg.device.device,
         "model loaded"
     );
-    let inference = build_inference(&cfg, batcher.clone());
-    let svc = InferenceServiceServer::new(service::InferenceGrpc(inference))
+    let inference = build_inference(&cfg, batcher.clone(), spec);
+    let svc = InferenceServiceServer::new(service::InferenceGrpc(inference.clone()))
         .max_decoding_message_size(cfg.max_message_bytes)
         .max_encoding_message_size(cfg.max_message_bytes);
     health_reporter
@@ -271,8 +272,9 @@ pub async fn serve(
         .add_service(svc)
         .serve_with_incoming_shutdown(cbir_common::grpc::incoming(listener), shutdown)
         .await?;
-    // In-flight requests were drained by tonic; let the workers finish too.
-    tokio::task::spawn_blocking(move || batcher.shutdown()).await?;
+    // In-flight requests were drained by tonic; let the workers (of the
+    // retained model too) finish as well.
+    tokio::task::spawn_blocking(move || inference.shutdown()).await?;
     Ok(())
 }
 

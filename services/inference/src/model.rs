@@ -214,6 +214,32 @@ impl EfficientNetLite0 {
         features.dropout(DROPOUT, train).apply(&self.fc)
     }
 
+    /// Number of MBConv blocks (16).
+    pub fn num_blocks(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Activations after the stem and blocks `..upto`: what fine-tuning
+    /// caches so that only the blocks after it are run per step.
+    pub fn trunk_t(&self, xs: &Tensor, upto: usize, train: bool) -> Tensor {
+        let mut x = self.stem.forward(xs).apply_t(&self.bn0, train).relu6();
+        for b in self.blocks.iter().take(upto) {
+            x = b.forward_t(&x, train);
+        }
+        x
+    }
+
+    /// Pooled features `[N, 1280]` from the output of `trunk_t(.., from, ..)`:
+    /// blocks `from..`, the head convolution and the pool.
+    pub fn tail_features_t(&self, x: &Tensor, from: usize, train: bool) -> Tensor {
+        let mut x = x.shallow_clone();
+        for b in self.blocks.iter().skip(from) {
+            x = b.forward_t(&x, train);
+        }
+        x = self.head.forward(&x).apply_t(&self.bn1, train).relu6();
+        x.adaptive_avg_pool2d([1, 1]).flatten(1, -1)
+    }
+
     pub fn forward_all_t(&self, xs: &Tensor, train: bool) -> Output {
         let features = self.features_t(xs, train);
         let logits = self.classify_t(&features, train);
@@ -394,6 +420,22 @@ impl FusedEfficientNet {
         }
         self.fc_w = self.fc_w.to_kind(kind);
         self.fc_b = self.fc_b.to_kind(kind);
+    }
+
+    /// NHWC activations after the stem and blocks `..upto` of an NHWC batch
+    /// scaled to [-1, 1]: the frozen part of a fine-tune, at the fused speed.
+    pub fn trunk_nhwc(&self, x: &Tensor, upto: usize) -> Tensor {
+        let mut x = self.stem.forward(&x.contiguous(), true);
+        for b in self.blocks.iter().take(upto) {
+            let y = match &b.expand {
+                Some(e) => e.forward(&x, true),
+                None => x.shallow_clone(),
+            };
+            let y = b.depthwise.forward(&y, true);
+            let y = b.project.forward(&y, false);
+            x = if b.residual { y + x } else { y };
+        }
+        x
     }
 
     /// Features and logits of an NHWC batch already scaled to [-1, 1].

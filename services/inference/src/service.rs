@@ -1,7 +1,9 @@
 //! The gRPC face of the inference service: validation, parallel decoding,
 //! then the batcher.
 
+use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tracing::Instrument;
 
@@ -9,6 +11,7 @@ use cbir_api::v1 as pb;
 use cbir_api::v1::inference_service_server::InferenceService;
 use cbir_imaging::Limits;
 use futures::Stream;
+use parking_lot::{Mutex, RwLock};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
@@ -16,6 +19,46 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::backend::{DeviceConfig, ModelSpec, TchBackend};
 use crate::batcher::{Backend, Batcher, ModelMeta, Priority, RawOutput};
 use crate::error::{Error, Result};
+
+/// A model's registry identity: what callers name when they want features
+/// of one model in particular.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelId {
+    pub name: String,
+    pub version: String,
+}
+
+impl ModelId {
+    pub fn new(name: impl Into<String>, version: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            version: version.into(),
+        }
+    }
+
+    pub fn of(meta: &ModelMeta) -> Self {
+        Self::new(meta.name.clone(), meta.version.clone())
+    }
+
+    pub fn is(&self, meta: &ModelMeta) -> bool {
+        self.name == meta.name && self.version == meta.version
+    }
+}
+
+impl std::fmt::Display for ModelId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.name, self.version)
+    }
+}
+
+/// The model replaced by the last swap, still served (one worker) to the
+/// requests that name it, so that collections not yet rebuilt for the new
+/// model keep answering searches.
+struct Retained {
+    /// Kept so that its weights file is not pruned from the staging folder.
+    spec: ModelSpec,
+    batcher: Arc<Batcher>,
+}
 
 /// The domain side of the service, free of tonic types where it can be.
 pub struct Inference {
@@ -25,6 +68,17 @@ pub struct Inference {
     pub device: DeviceConfig,
     decode_slots: Arc<Semaphore>,
     stream_window: usize,
+    /// What the main batcher serves: a later retaining swap rebuilds it from
+    /// this spec's weights file.
+    current: Mutex<ModelSpec>,
+    retained: RwLock<Option<Retained>>,
+    /// One load at a time: a load reads and replaces `current` and `retained`
+    /// across awaits.
+    loading: tokio::sync::Mutex<()>,
+    /// Where weights sent as bytes are kept while their model is current or
+    /// retained (the retained copy is built from the file when it is swapped
+    /// out). One folder per instance: tests run several in one process.
+    staging: PathBuf,
 }
 
 /// One image's answer, with what the model calls its classes.
@@ -35,9 +89,39 @@ pub struct Embedded {
     pub height: u32,
 }
 
+/// A batch's answers, all from `model` (an image that a swap in the middle
+/// of the request sent through another model fails alone).
+pub struct Embeddings {
+    pub model: Arc<ModelMeta>,
+    pub results: Vec<Result<Embedded>>,
+}
+
+fn staging_dir() -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    std::env::temp_dir().join(format!(
+        "cbir-models-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+/// Keeps a registry name usable in a file name.
+fn file_part(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 impl Inference {
     pub fn new(
         batcher: Arc<Batcher>,
+        spec: ModelSpec,
         limits: Limits,
         max_images_per_request: usize,
         device: DeviceConfig,
@@ -50,7 +134,61 @@ impl Inference {
             device,
             decode_slots: Arc::new(Semaphore::new(decode_concurrency.max(1))),
             stream_window: 64,
+            current: Mutex::new(spec),
+            retained: RwLock::new(None),
+            loading: tokio::sync::Mutex::new(()),
+            staging: staging_dir(),
         }
+    }
+
+    /// The model kept from the last swap, if any.
+    pub fn retained(&self) -> Option<Arc<ModelMeta>> {
+        self.retained.read().as_ref().map(|r| r.batcher.meta())
+    }
+
+    /// The batcher serving `wanted`: the retained one when it holds exactly
+    /// that model and the main one does not; otherwise the main one (the
+    /// answer names the model used, callers check it).
+    fn pick(&self, wanted: Option<&ModelId>) -> Arc<Batcher> {
+        if let Some(w) = wanted {
+            if !w.is(&self.batcher.meta()) {
+                if let Some(r) = self.retained.read().as_ref() {
+                    if w.is(&r.batcher.meta()) {
+                        return r.batcher.clone();
+                    }
+                }
+            }
+        }
+        self.batcher.clone()
+    }
+
+    /// Queues `inputs` on the batcher for `wanted`; returns the model it
+    /// serves and one receiver per input.
+    fn submit(
+        &self,
+        inputs: Vec<Vec<u8>>,
+        priority: Priority,
+        wanted: Option<&ModelId>,
+    ) -> Result<(
+        Arc<ModelMeta>,
+        Vec<tokio::sync::oneshot::Receiver<crate::batcher::Reply>>,
+    )> {
+        let batcher = self.pick(wanted);
+        let submitted = batcher
+            .submit(inputs, priority)
+            .map(|rx| (batcher.meta(), rx));
+        // Let go of a retained batcher before the forward pass: a load may
+        // have replaced it meanwhile, and its last owner joins its worker.
+        release(batcher);
+        submitted
+    }
+
+    /// The model a request for `wanted` would run on now.
+    fn serving(&self, wanted: Option<&ModelId>) -> Arc<ModelMeta> {
+        let batcher = self.pick(wanted);
+        let meta = batcher.meta();
+        release(batcher);
+        meta
     }
 
     /// Decodes and preprocesses one image on the blocking pool, bounded by
@@ -79,12 +217,14 @@ impl Inference {
     }
 
     /// Embeds a batch: every image gets its own result; request-level
-    /// problems (queue full, shutting down) fail the whole call.
+    /// problems (queue full, shutting down) fail the whole call. `wanted`
+    /// picks the retained model when it is that one (see [`Self::pick`]).
     pub async fn embed_many(
         &self,
         images: Vec<Vec<u8>>,
         priority: Priority,
-    ) -> Result<Vec<Result<Embedded>>> {
+        wanted: Option<&ModelId>,
+    ) -> Result<Embeddings> {
         if images.is_empty() {
             return Err(Error::InvalidRequest("no images in the request".into()));
         }
@@ -110,17 +250,17 @@ impl Inference {
             }
         }
         let inputs_len = inputs.len();
-        let receivers = if inputs.is_empty() {
-            Vec::new()
+        let (served, receivers) = if inputs.is_empty() {
+            (self.serving(wanted), Vec::new())
         } else {
-            self.batcher.submit(inputs, priority)?
+            self.submit(inputs, priority, wanted)?
         };
         let mut answers = futures::future::join_all(receivers)
             .instrument(tracing::info_span!("batch_wait", images = inputs_len))
             .await
             .into_iter();
         let mut dims = dims.into_iter();
-        Ok(slots
+        let results: Vec<Result<Embedded>> = slots
             .into_iter()
             .map(|slot| match slot {
                 Some(err) => err,
@@ -138,31 +278,236 @@ impl Inference {
                     }
                 }
             })
-            .collect())
+            .collect();
+        Ok(one_model(served, results))
     }
 
-    pub async fn embed_one(&self, image: Vec<u8>, priority: Priority) -> Result<Embedded> {
-        let mut all = self.embed_many(vec![image], priority).await?;
-        all.pop()
+    pub async fn embed_one(
+        &self,
+        image: Vec<u8>,
+        priority: Priority,
+        wanted: Option<&ModelId>,
+    ) -> Result<Embedded> {
+        let mut all = self.embed_many(vec![image], priority, wanted).await?;
+        all.results
+            .pop()
             .unwrap_or_else(|| Err(Error::Internal("no result for the image".into())))
     }
 
-    /// Loads `spec` once per worker and swaps it in.
-    pub async fn load_model(&self, spec: ModelSpec) -> Result<Arc<ModelMeta>> {
+    /// Loads `spec` once per worker and swaps it in. With `retain_previous`
+    /// the model it replaces keeps serving (one worker) the requests that
+    /// name it, until the next load; without, a retained model is dropped.
+    /// Reloading the active model keeps the retained one when asked to.
+    pub async fn load_model(
+        &self,
+        spec: ModelSpec,
+        retain_previous: bool,
+    ) -> Result<Arc<ModelMeta>> {
+        let _loading = self.loading.lock().await;
+        let loaded = self.load_locked(spec, retain_previous).await;
+        self.prune_staging();
+        loaded
+    }
+
+    /// [`Self::load_model`] for weights sent as bytes: they are kept in a
+    /// staging folder while their model is current or retained.
+    pub async fn load_model_data(
+        &self,
+        model: ModelId,
+        class_names: Vec<String>,
+        data: Vec<u8>,
+        retain_previous: bool,
+    ) -> Result<Arc<ModelMeta>> {
+        let _loading = self.loading.lock().await;
+        let loaded = match self.stage(&model, &data).await {
+            Ok(weights) => {
+                let spec = ModelSpec {
+                    name: model.name,
+                    version: model.version,
+                    class_names,
+                    weights,
+                };
+                self.load_locked(spec, retain_previous).await
+            }
+            Err(e) => Err(e),
+        };
+        self.prune_staging();
+        loaded
+    }
+
+    async fn stage(&self, model: &ModelId, data: &[u8]) -> Result<PathBuf> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        tokio::fs::create_dir_all(&self.staging)
+            .await
+            .map_err(|e| Error::Internal(format!("cannot create the staging folder: {e}")))?;
+        // Unique: a reload under the same name must not overwrite the file
+        // of the model it may have to retain.
+        let path = self.staging.join(format!(
+            "{}-{}-{}.safetensors",
+            file_part(&model.name),
+            file_part(&model.version),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        tokio::fs::write(&path, data)
+            .await
+            .map_err(|e| Error::Internal(format!("cannot stage the weights: {e}")))?;
+        Ok(path)
+    }
+
+    /// Deletes staged weights whose model is neither current nor retained.
+    fn prune_staging(&self) {
+        let keep = [
+            Some(self.current.lock().weights.clone()),
+            self.retained
+                .read()
+                .as_ref()
+                .map(|r| r.spec.weights.clone()),
+        ];
+        let Ok(entries) = std::fs::read_dir(&self.staging) else {
+            return;
+        };
+        for path in entries.flatten().map(|e| e.path()) {
+            if !keep.iter().flatten().any(|k| k == &path) {
+                if let Err(e) = std::fs::remove_file(&path) {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot delete staged weights");
+                }
+            }
+        }
+    }
+
+    async fn load_locked(&self, spec: ModelSpec, retain_previous: bool) -> Result<Arc<ModelMeta>> {
+        if !spec.weights.is_file() {
+            return Err(Error::ModelLoad(format!(
+                "{} is not a file",
+                spec.weights.display()
+            )));
+        }
+        let previous = self.current.lock().clone();
+        let new_id = ModelId::new(spec.name.clone(), spec.version.clone());
+        let previous_id = ModelId::new(previous.name.clone(), previous.version.clone());
+        // Reloading the active model has nothing new to retain: the model
+        // retained before (another one) stays.
+        let keep_existing = retain_previous && previous_id == new_id;
+        let retain = (retain_previous && !keep_existing).then(|| previous.clone());
         let workers = self.batcher.workers();
         let device = self.device.clone();
-        let instances = tokio::task::spawn_blocking(move || {
-            (0..workers)
-                .map(|_| TchBackend::load(&spec, &device).map(|b| Box::new(b) as Box<dyn Backend>))
-                .collect::<Result<Vec<_>>>()
+        let load = spec.clone();
+        let (instances, kept) = tokio::task::spawn_blocking(move || {
+            let instances = (0..workers)
+                .map(|_| TchBackend::load(&load, &device).map(|b| Box::new(b) as Box<dyn Backend>))
+                .collect::<Result<Vec<_>>>()?;
+            let kept = retain
+                .map(|p| {
+                    TchBackend::load(&p, &device).map_err(|e| {
+                        let cause = match e {
+                            Error::ModelLoad(m) => m,
+                            other => other.to_string(),
+                        };
+                        Error::ModelLoad(format!(
+                            "the previous model {}:{} cannot be retained ({cause}); load without \
+                             retain_previous",
+                            p.name, p.version
+                        ))
+                    })
+                })
+                .transpose()?;
+            Ok::<_, Error>((instances, kept))
         })
         .await
         .map_err(|e| Error::Internal(format!("model load task failed: {e}")))??;
+        let kept = match kept {
+            Some(backend) => Some(Retained {
+                spec: previous,
+                batcher: Arc::new(Batcher::start(
+                    self.batcher.config().clone(),
+                    vec![Box::new(backend)],
+                )?),
+            }),
+            None => None,
+        };
+        // The retained model is in place before the main batcher swaps, so
+        // that a request naming the old model always finds it somewhere.
+        let replaced = if keep_existing {
+            None
+        } else {
+            std::mem::replace(&mut *self.retained.write(), kept)
+        };
         self.batcher.swap(instances)?;
+        *self.current.lock() = spec;
+        if let Some(old) = replaced {
+            release(old.batcher);
+        }
         let meta = self.batcher.meta();
-        tracing::info!(model = %meta.name, version = %meta.version, "model swapped in");
+        let retained = self.retained();
+        tracing::info!(
+            model = %meta.name,
+            version = %meta.version,
+            retained = %retained.as_deref().map_or_else(|| "none".into(), |m| ModelId::of(m).to_string()),
+            "model swapped in"
+        );
         Ok(meta)
     }
+
+    /// Stops accepting work, finishes what is queued and joins the workers
+    /// of both batchers. Blocks.
+    pub fn shutdown(&self) {
+        self.batcher.shutdown();
+        let retained = self.retained.read().as_ref().map(|r| r.batcher.clone());
+        if let Some(b) = retained {
+            b.shutdown();
+        }
+    }
+}
+
+impl Drop for Inference {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.staging);
+    }
+}
+
+/// Drops a batcher handle; the last one joins the worker threads, which is
+/// done on the blocking pool, not on the async threads.
+fn release(batcher: Arc<Batcher>) {
+    if let Some(last) = Arc::into_inner(batcher) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn_blocking(move || drop(last));
+            }
+            Err(_) => drop(last),
+        }
+    }
+}
+
+/// Makes every answer of a batch come from one model: `served` (the model
+/// the batcher named when the work was queued) when some image used it,
+/// else the first image's. An image that a concurrent swap sent through
+/// another model fails alone, so that the response's model tells the truth.
+fn one_model(served: Arc<ModelMeta>, mut results: Vec<Result<Embedded>>) -> Embeddings {
+    let used = |m: &ModelMeta| {
+        results
+            .iter()
+            .any(|r| matches!(r, Ok(e) if ModelId::of(&e.meta).is(m)))
+    };
+    let model = if used(&served) {
+        served
+    } else {
+        results
+            .iter()
+            .find_map(|r| r.as_ref().ok().map(|e| e.meta.clone()))
+            .unwrap_or(served)
+    };
+    let id = ModelId::of(&model);
+    for r in &mut results {
+        if let Ok(e) = r {
+            if !id.is(&e.meta) {
+                *r = Err(Error::ModelChanged(format!(
+                    "the model changed from {} to {id} while the request ran: retry the image",
+                    ModelId::of(&e.meta)
+                )));
+            }
+        }
+    }
+    Embeddings { model, results }
 }
 
 pub fn model_ref(meta: &ModelMeta) -> pb::ModelRef {
@@ -200,6 +545,13 @@ pub fn to_embedding(e: &Embedded, include_probabilities: bool) -> pb::Embedding 
         width: e.width,
         height: e.height,
     }
+}
+
+/// The model a request names; none when unset or nameless.
+fn wanted(model: Option<pb::ModelRef>) -> Option<ModelId> {
+    model
+        .filter(|m| !m.name.is_empty())
+        .map(|m| ModelId::new(m.name, m.version))
 }
 
 fn priority(p: i32, default: Priority) -> Priority {
@@ -255,18 +607,21 @@ impl InferenceService for InferenceGrpc {
         let req = request.into_inner();
         let (ids, data): (Vec<String>, Vec<Vec<u8>>) =
             req.images.into_iter().map(|i| (i.id, i.data)).unzip();
-        let results = self
+        let out = self
             .0
-            .embed_many(data, priority(req.priority, Priority::Interactive))
+            .embed_many(
+                data,
+                priority(req.priority, Priority::Interactive),
+                wanted(req.model).as_ref(),
+            )
             .await?;
-        let model = Some(model_ref(&self.0.batcher.meta()));
         Ok(Response::new(pb::EmbedResponse {
             results: ids
                 .into_iter()
-                .zip(results)
+                .zip(out.results)
                 .map(|(id, r)| item_result(id, r, req.include_probabilities))
                 .collect(),
-            model,
+            model: Some(model_ref(&out.model)),
         }))
     }
 
@@ -280,7 +635,11 @@ impl InferenceService for InferenceGrpc {
             .ok_or_else(|| Status::invalid_argument("missing field `image`"))?;
         let e = self
             .0
-            .embed_one(image.data, priority(req.priority, Priority::Interactive))
+            .embed_one(
+                image.data,
+                priority(req.priority, Priority::Interactive),
+                wanted(req.model).as_ref(),
+            )
             .await?;
         Ok(Response::new(pb::EmbedImageResponse {
             embedding: Some(to_embedding(&e, req.include_probabilities)),
@@ -318,9 +677,13 @@ impl InferenceService for InferenceGrpc {
                     let _permit = permit;
                     let image = msg.image.unwrap_or_default();
                     let prio = priority(msg.priority, Priority::Bulk);
+                    let model = wanted(msg.model);
                     let mut attempt = 0u32;
                     let r = loop {
-                        match this.embed_one(image.data.clone(), prio).await {
+                        match this
+                            .embed_one(image.data.clone(), prio, model.as_ref())
+                            .await
+                        {
                             // Bulk work waits for room rather than failing.
                             Err(Error::QueueFull { .. }) if attempt < 200 => {
                                 attempt += 1;
@@ -362,6 +725,7 @@ impl InferenceService for InferenceGrpc {
                 max_batch_size: cfg.max_batch_size as u32,
                 max_queue_delay_us: cfg.max_queue_delay_us,
             }),
+            retained: self.0.retained().map(|m| model_ref(&m)),
         }))
     }
 
@@ -378,22 +742,21 @@ impl InferenceService for InferenceGrpc {
                 "model name and version must not be empty",
             ));
         }
-        // Held until the load finishes: the file must outlive the reads.
-        let mut _tmp = None;
-        let weights = match req.weights {
-            Some(pb::load_model_request::Weights::Path(p)) => std::path::PathBuf::from(p),
+        let meta = match req.weights {
+            Some(pb::load_model_request::Weights::Path(p)) => {
+                let spec = ModelSpec {
+                    name: model.name,
+                    version: model.version,
+                    class_names: req.class_names,
+                    weights: PathBuf::from(p),
+                };
+                self.0.load_model(spec, req.retain_previous).await?
+            }
             Some(pb::load_model_request::Weights::Data(bytes)) => {
-                let dir = std::env::temp_dir();
-                let path = dir.join(format!(
-                    "cbir-model-{}-{}.safetensors",
-                    std::process::id(),
-                    crate::backend::now_ms()
-                ));
-                tokio::fs::write(&path, &bytes)
-                    .await
-                    .map_err(|e| Status::internal(format!("cannot stage the weights: {e}")))?;
-                _tmp = Some(TempFile(path.clone()));
-                path
+                let id = ModelId::new(model.name, model.version);
+                self.0
+                    .load_model_data(id, req.class_names, bytes, req.retain_previous)
+                    .await?
             }
             None => {
                 return Err(Status::invalid_argument(
@@ -401,28 +764,8 @@ impl InferenceService for InferenceGrpc {
                 ))
             }
         };
-        if !weights.is_file() {
-            return Err(Error::ModelLoad(format!("{} is not a file", weights.display())).into());
-        }
-        let meta = self
-            .0
-            .load_model(ModelSpec {
-                name: model.name,
-                version: model.version,
-                class_names: req.class_names,
-                weights,
-            })
-            .await?;
         Ok(Response::new(pb::LoadModelResponse {
             info: Some(model_info(&meta, false)),
         }))
-    }
-}
-
-struct TempFile(std::path::PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
     }
 }

@@ -94,6 +94,7 @@ async fn rebuild_switches_model_while_searches_keep_working() {
             images: images.clone(),
             priority: pb::Priority::Bulk as i32,
             include_probabilities: false,
+            ..Default::default()
         })
         .await
         .expect("embed")
@@ -158,6 +159,7 @@ async fn rebuild_switches_model_while_searches_keep_working() {
         weights: Some(pb::load_model_request::Weights::Path(
             cbir_inference::test_weights_path().display().to_string(),
         )),
+        ..Default::default()
     })
     .await
     .expect("load v2");

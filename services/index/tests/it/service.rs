@@ -128,6 +128,7 @@ fn search(
         mode: mode as i32,
         min_similarity: 0.0,
         exclude_id: 0,
+        ..Default::default()
     }
 }
 
@@ -392,6 +393,55 @@ async fn bad_requests(url: &str) {
     server.stop().await;
 }
 both_backends!(bad_requests_are_refused_whole, bad_requests);
+
+/// A query that names the model of its vector is refused by a collection
+/// bound to another one: after a rebuild switched the name to a new model,
+/// an old-model vector must not be compared with new-model features.
+async fn search_for_another_model(url: &str) {
+    let server = Server::start(url).await;
+    let mut c = server.client.clone();
+    create(&mut c, "photos", 16).await;
+    let records: Vec<pb::ImageRecord> = (0..10).map(|i| record(i, 0, 16)).collect();
+    c.upsert(pb::UpsertRequest {
+        collection: "photos".into(),
+        records: records.clone(),
+    })
+    .await
+    .expect("upsert");
+    let model = |name: &str, version: &str| {
+        Some(pb::ModelRef {
+            name: name.into(),
+            version: version.into(),
+        })
+    };
+    let mut q = search(
+        "photos",
+        records[3].feature.clone(),
+        5,
+        pb::SearchMode::Exact,
+    );
+    // No model named, or the collection's own: searched.
+    for m in [None, model("efficientnet-lite0", "imagenet")] {
+        q.model = m;
+        let r = c.search(q.clone()).await.expect("search").into_inner();
+        assert_eq!(r.hits[0].file_name, "img3.jpg");
+    }
+    // Another name or only another version: refused, naming both models.
+    for (name, version) in [("flowers", "1"), ("efficientnet-lite0", "tuned-2")] {
+        q.model = model(name, version);
+        let err = c.search(q.clone()).await.unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+        let msg = err.message();
+        assert!(msg.contains("efficientnet-lite0:imagenet"), "{msg}");
+        assert!(msg.contains(&format!("{name}:{version}")), "{msg}");
+        assert!(msg.contains("rebuilt for another model"), "{msg}");
+    }
+    server.stop().await;
+}
+both_backends!(
+    search_naming_another_model_is_refused,
+    search_for_another_model
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_searches_and_upserts() {

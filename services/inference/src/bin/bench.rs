@@ -225,6 +225,7 @@ fn req(data: &[u8]) -> pb::EmbedImageRequest {
         }),
         priority: pb::Priority::Interactive as i32,
         include_probabilities: false,
+        ..Default::default()
     }
 }
 

@@ -48,6 +48,7 @@ async fn top1_accuracy_on_imagenet_sample_300() {
                 images,
                 priority: pb::Priority::Bulk as i32,
                 include_probabilities: false,
+                ..Default::default()
             })
             .await
             .expect("embed")
@@ -90,6 +91,7 @@ async fn concurrent_requests_match_single_requests() {
                 image: Some(image(p, read(p))),
                 priority: 0,
                 include_probabilities: true,
+                ..Default::default()
             })
             .await
             .expect("single")
@@ -117,6 +119,7 @@ async fn concurrent_requests_match_single_requests() {
                     image: Some(image("x", data)),
                     priority: 0,
                     include_probabilities: true,
+                    ..Default::default()
                 })
                 .await
                 .expect("concurrent");
@@ -178,6 +181,7 @@ async fn interactive_request_overtakes_bulk_work() {
             images: bulk,
             priority: pb::Priority::Bulk as i32,
             include_probabilities: false,
+            ..Default::default()
         })
         .await
         .expect("bulk");
@@ -207,6 +211,7 @@ async fn interactive_request_overtakes_bulk_work() {
         image: Some(image("q", query)),
         priority: pb::Priority::Interactive as i32,
         include_probabilities: false,
+        ..Default::default()
     })
     .await
     .expect("interactive");
@@ -238,6 +243,7 @@ async fn full_queue_answers_resource_exhausted() {
             images: images.clone(),
             priority: pb::Priority::Bulk as i32,
             include_probabilities: false,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -249,6 +255,7 @@ async fn full_queue_answers_resource_exhausted() {
             images: images[..3].to_vec(),
             priority: pb::Priority::Bulk as i32,
             include_probabilities: false,
+            ..Default::default()
         })
         .await
         .expect("fits")
@@ -296,6 +303,7 @@ async fn bad_images_fail_alone_and_service_keeps_serving() {
             images: cases.iter().map(|(n, d, _)| image(n, d.clone())).collect(),
             priority: 0,
             include_probabilities: false,
+            ..Default::default()
         })
         .await
         .expect("the batch call succeeds")
@@ -324,6 +332,7 @@ async fn bad_images_fail_alone_and_service_keeps_serving() {
                 image: Some(image(name, data.clone())),
                 priority: 0,
                 include_probabilities: false,
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -358,6 +367,7 @@ async fn bad_images_fail_alone_and_service_keeps_serving() {
             image: Some(image("again", good)),
             priority: 0,
             include_probabilities: false,
+            ..Default::default()
         })
         .await
         .expect("good request after bad ones")
@@ -380,6 +390,7 @@ async fn stream_embeds_every_image() {
             image: Some(image(p, read(p))),
             priority: 0,
             include_probabilities: false,
+            ..Default::default()
         })
         .collect();
     reqs.push(pb::EmbedStreamRequest {
@@ -457,6 +468,7 @@ async fn model_swap_keeps_requests_working() {
             }),
             class_names: vec![],
             weights: Some(pb::load_model_request::Weights::Data(weights)),
+            ..Default::default()
         })
         .await
         .expect("load")
@@ -491,6 +503,7 @@ async fn model_swap_keeps_requests_working() {
                 }),
                 class_names: vec![],
                 weights: Some(weights),
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -506,6 +519,7 @@ async fn model_swap_keeps_requests_working() {
             weights: Some(pb::load_model_request::Weights::Path(
                 crate::harness::weights().display().to_string(),
             )),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -520,6 +534,283 @@ async fn model_swap_keeps_requests_working() {
         .expect("info");
     assert_eq!(info.model.map(|m| m.version), Some("reloaded".to_string()));
     server.stop().await;
+}
+
+/// The ImageNet weights cut to their first five classes: another model
+/// (the same features, five probabilities) that answers tell apart.
+fn five_class_weights(dir: &std::path::Path) -> std::path::PathBuf {
+    let named = tch::Tensor::read_safetensors(crate::harness::weights()).expect("read weights");
+    let named: Vec<(String, tch::Tensor)> = named
+        .into_iter()
+        .map(|(k, t)| match k.as_str() {
+            "_fc.weight" | "_fc.bias" => (k, t.narrow(0, 0, 5).contiguous()),
+            _ => (k, t),
+        })
+        .collect();
+    let path = dir.join("five.safetensors");
+    tch::Tensor::write_safetensors(&named, &path).expect("write weights");
+    path
+}
+
+fn model(name: &str, version: &str) -> Option<pb::ModelRef> {
+    Some(pb::ModelRef {
+        name: name.into(),
+        version: version.into(),
+    })
+}
+
+/// Embeds the tench naming `wanted`; returns the model that answered and
+/// how many class probabilities it gave (1000 or 5).
+async fn embed_naming(
+    client: &mut cbir_api::v1::inference_service_client::InferenceServiceClient<
+        tonic::transport::Channel,
+    >,
+    wanted: Option<pb::ModelRef>,
+) -> (pb::ModelRef, usize) {
+    let tench = read("imagenet-sample-300/n01440764/n01440764_tench.JPEG");
+    let one = client
+        .embed_image(pb::EmbedImageRequest {
+            image: Some(image("t", tench.clone())),
+            include_probabilities: true,
+            model: wanted.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("embed image")
+        .into_inner();
+    let e = one.embedding.expect("embedding");
+    let used = one.model.expect("model");
+    // The batch call and the stream pick the same model.
+    let many = client
+        .embed(pb::EmbedRequest {
+            images: vec![image("a", tench.clone()), image("b", tench.clone())],
+            include_probabilities: true,
+            model: wanted.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("embed")
+        .into_inner();
+    assert_eq!(
+        many.model.as_ref(),
+        Some(&used),
+        "Embed and EmbedImage differ"
+    );
+    for r in &many.results {
+        assert_eq!(embedding(r).probabilities.len(), e.probabilities.len());
+    }
+    let mut stream = client
+        .embed_stream(tokio_stream::iter(vec![pb::EmbedStreamRequest {
+            image: Some(image("s", tench)),
+            include_probabilities: true,
+            model: wanted,
+            ..Default::default()
+        }]))
+        .await
+        .expect("stream")
+        .into_inner();
+    let r = stream
+        .message()
+        .await
+        .expect("message")
+        .expect("one result");
+    assert_eq!(embedding(&r).probabilities.len(), e.probabilities.len());
+    (used, e.probabilities.len())
+}
+
+async fn retained(
+    client: &mut cbir_api::v1::inference_service_client::InferenceServiceClient<
+        tonic::transport::Channel,
+    >,
+) -> (Option<pb::ModelRef>, Option<pb::ModelRef>) {
+    let r = client
+        .get_model_info(pb::GetModelInfoRequest::default())
+        .await
+        .expect("info")
+        .into_inner();
+    (r.info.and_then(|i| i.model), r.retained)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn previous_model_is_retained_for_requests_naming_it() {
+    let server = Server::start(fast_config()).await;
+    let mut client = server.client.clone();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let five = five_class_weights(dir.path());
+    let imagenet = model("efficientnet-lite0", "imagenet");
+    let flowers = model("flowers", "1");
+    let names: Vec<String> = ["a", "b", "c", "d", "e"].map(String::from).into();
+
+    // A new model sent as bytes; the configured one stays for those who name it.
+    let loaded = client
+        .load_model(pb::LoadModelRequest {
+            model: flowers.clone(),
+            class_names: names.clone(),
+            weights: Some(pb::load_model_request::Weights::Data(
+                std::fs::read(&five).expect("read"),
+            )),
+            retain_previous: true,
+        })
+        .await
+        .expect("load flowers")
+        .into_inner()
+        .info
+        .expect("info");
+    assert_eq!(loaded.model, flowers);
+    assert_eq!(loaded.num_classes, 5);
+    // The staged copy of the bytes: kept while the model is current or retained.
+    let staged = std::path::PathBuf::from(&loaded.source);
+    assert!(staged.is_file(), "{}", staged.display());
+    assert_eq!(
+        retained(&mut client).await,
+        (flowers.clone(), imagenet.clone())
+    );
+    assert_eq!(
+        embed_naming(&mut client, imagenet.clone()).await,
+        (imagenet.clone().unwrap(), 1000)
+    );
+    for wanted in [
+        flowers.clone(),
+        None,
+        model("nope", "1"),
+        model("flowers", "2"),
+    ] {
+        assert_eq!(
+            embed_naming(&mut client, wanted.clone()).await,
+            (flowers.clone().unwrap(), 5),
+            "naming {wanted:?}"
+        );
+    }
+
+    // Reactivating the previous model (by path) retains the bytes-loaded one,
+    // rebuilt from its staged file.
+    client
+        .load_model(pb::LoadModelRequest {
+            model: imagenet.clone(),
+            weights: Some(pb::load_model_request::Weights::Path(
+                crate::harness::weights().display().to_string(),
+            )),
+            retain_previous: true,
+            ..Default::default()
+        })
+        .await
+        .expect("reactivate imagenet");
+    assert_eq!(
+        retained(&mut client).await,
+        (imagenet.clone(), flowers.clone())
+    );
+    assert_eq!(
+        embed_naming(&mut client, flowers.clone()).await,
+        (flowers.clone().unwrap(), 5)
+    );
+    assert_eq!(
+        embed_naming(&mut client, None).await,
+        (imagenet.clone().unwrap(), 1000)
+    );
+    assert!(
+        staged.is_file(),
+        "the retained model's weights were deleted"
+    );
+
+    // Reloading the active model with retain_previous keeps the retained one.
+    client
+        .load_model(pb::LoadModelRequest {
+            model: imagenet.clone(),
+            weights: Some(pb::load_model_request::Weights::Path(
+                crate::harness::weights().display().to_string(),
+            )),
+            retain_previous: true,
+            ..Default::default()
+        })
+        .await
+        .expect("reload imagenet");
+    assert_eq!(
+        retained(&mut client).await,
+        (imagenet.clone(), flowers.clone())
+    );
+
+    // A load without retain_previous drops it: naming it gets the active model.
+    let reloaded = model("efficientnet-lite0", "reloaded");
+    let info = client
+        .load_model(pb::LoadModelRequest {
+            model: reloaded.clone(),
+            weights: Some(pb::load_model_request::Weights::Data(
+                std::fs::read(crate::harness::weights()).expect("read"),
+            )),
+            ..Default::default()
+        })
+        .await
+        .expect("load without retaining")
+        .into_inner()
+        .info
+        .expect("info");
+    assert_eq!(retained(&mut client).await, (reloaded.clone(), None));
+    for wanted in [flowers.clone(), imagenet.clone()] {
+        assert_eq!(
+            embed_naming(&mut client, wanted).await,
+            (reloaded.clone().unwrap(), 1000)
+        );
+    }
+    assert!(!staged.is_file(), "weights of a dropped model stay staged");
+    let current = std::path::PathBuf::from(&info.source);
+    assert!(current.is_file(), "{}", current.display());
+
+    // A retained model whose weights are gone fails the load; nothing changes.
+    let gone = dir.path().join("gone.safetensors");
+    std::fs::copy(&five, &gone).expect("copy");
+    client
+        .load_model(pb::LoadModelRequest {
+            model: flowers.clone(),
+            class_names: names.clone(),
+            weights: Some(pb::load_model_request::Weights::Path(
+                gone.display().to_string(),
+            )),
+            ..Default::default()
+        })
+        .await
+        .expect("load flowers by path");
+    std::fs::remove_file(&gone).expect("remove");
+    let err = client
+        .load_model(pb::LoadModelRequest {
+            model: imagenet.clone(),
+            weights: Some(pb::load_model_request::Weights::Path(
+                crate::harness::weights().display().to_string(),
+            )),
+            retain_previous: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("flowers:1 cannot be retained"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(retained(&mut client).await, (flowers.clone(), None));
+    assert!(
+        !current.is_file(),
+        "weights of a replaced model stay staged"
+    );
+
+    // Staged weights go with the service.
+    let info = client
+        .load_model(pb::LoadModelRequest {
+            model: reloaded.clone(),
+            weights: Some(pb::load_model_request::Weights::Data(
+                std::fs::read(crate::harness::weights()).expect("read"),
+            )),
+            ..Default::default()
+        })
+        .await
+        .expect("load by bytes")
+        .into_inner()
+        .info
+        .expect("info");
+    let current = std::path::PathBuf::from(&info.source);
+    assert!(current.is_file(), "{}", current.display());
+    server.stop().await;
+    assert!(!current.is_file(), "staged weights outlive the service");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,3 @@
+fn main() {
+    cbir_torch_build::link_libtorch();
+}

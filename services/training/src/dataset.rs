@@ -1,0 +1,567 @@
+//! Labeled data sets: a folder per class, checked before a job is queued,
+//! split into training and validation images, and unpacked from uploaded
+//! archives with limits.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+const IMAGE_EXTENSIONS: [&str; 9] = [
+    "jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "jfif",
+];
+
+/// One labeled image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sample {
+    pub path: PathBuf,
+    pub class: usize,
+}
+
+/// A checked data set, split.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Dataset {
+    pub root: PathBuf,
+    pub classes: Vec<String>,
+    pub train: Vec<Sample>,
+    pub validation: Vec<Sample>,
+    /// Files left out, each with the reason.
+    pub skipped: Vec<String>,
+}
+
+pub fn is_image_name(p: &Path) -> bool {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// Image files under `dir`, recursively, sorted; hidden entries skipped.
+fn images_under(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<std::io::Result<_>>()?;
+    entries.sort_by_key(std::fs::DirEntry::file_name);
+    for e in entries {
+        let name = e.file_name();
+        if name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let ft = e.file_type()?;
+        let p = e.path();
+        if ft.is_dir() {
+            images_under(&p, out)?;
+        } else if ft.is_file() && is_image_name(&p) {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+/// Whether the file's header names a format we decode and gives a size:
+/// cheap enough for every file at submission; a full decode failure later is
+/// listed the same way.
+fn readable(path: &Path) -> std::result::Result<(), String> {
+    let reader = image::ImageReader::open(path)
+        .map_err(|e| e.to_string())?
+        .with_guessed_format()
+        .map_err(|e| e.to_string())?;
+    if reader.format().is_none() {
+        return Err("not an image".into());
+    }
+    let (w, h) = reader.into_dimensions().map_err(|e| e.to_string())?;
+    if w == 0 || h == 0 {
+        return Err("empty image".into());
+    }
+    Ok(())
+}
+
+/// Reads a folder-per-class data set: each sub-folder of `root` with images
+/// is a class (images in deeper folders count for it). Refuses fewer than
+/// two classes and classes with fewer than `min_per_class` readable images;
+/// unreadable files are listed in `skipped`. The split is stratified and
+/// seeded: the same folder and seed give the same split.
+pub fn scan(
+    root: &Path,
+    min_per_class: usize,
+    validation_fraction: f64,
+    seed: u64,
+) -> Result<Dataset> {
+    if !root.is_dir() {
+        return Err(Error::InvalidArgument(format!(
+            "{} is not a folder: give a folder with one sub-folder of images per class",
+            root.display()
+        )));
+    }
+    if !(0.0..0.9).contains(&validation_fraction) {
+        return Err(Error::InvalidArgument(format!(
+            "validation fraction {validation_fraction} is outside 0..0.9"
+        )));
+    }
+    let io = |e: std::io::Error| Error::InvalidArgument(format!("reading {}: {e}", root.display()));
+    let mut by_class: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+    let mut skipped = Vec::new();
+    let mut loose = 0usize;
+    let mut entries: Vec<_> = std::fs::read_dir(root)
+        .map_err(io)?
+        .collect::<std::io::Result<_>>()
+        .map_err(io)?;
+    entries.sort_by_key(std::fs::DirEntry::file_name);
+    for e in entries {
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.starts_with('.') {
+            continue;
+        }
+        let p = e.path();
+        if e.file_type().map_err(io)?.is_dir() {
+            let mut files = Vec::new();
+            images_under(&p, &mut files).map_err(io)?;
+            let mut ok = Vec::new();
+            for f in files {
+                match readable(&f) {
+                    Ok(()) => ok.push(f),
+                    Err(why) => skipped.push(format!("{}: {why}", rel(root, &f))),
+                }
+            }
+            if !ok.is_empty() {
+                by_class.insert(name, ok);
+            }
+        } else if is_image_name(&p) {
+            loose += 1;
+        }
+    }
+    if loose > 0 {
+        skipped.push(format!(
+            "{loose} image(s) directly in the top folder: they have no class folder"
+        ));
+    }
+    if by_class.len() < 2 {
+        return Err(Error::InvalidArgument(format!(
+            "{} has {} class folder(s) with images; training needs at least 2 (one sub-folder of images per class)",
+            root.display(),
+            by_class.len()
+        )));
+    }
+    let small: Vec<String> = by_class
+        .iter()
+        .filter(|(_, v)| v.len() < min_per_class)
+        .map(|(k, v)| format!("{k} ({})", v.len()))
+        .collect();
+    if !small.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "every class needs at least {min_per_class} readable images; too few in: {}",
+            small.join(", ")
+        )));
+    }
+    let classes: Vec<String> = by_class.keys().cloned().collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let (mut train, mut validation) = (Vec::new(), Vec::new());
+    for (class, (_, mut files)) in by_class.into_iter().enumerate() {
+        files.shuffle(&mut rng);
+        let n = files.len();
+        let mut v = (n as f64 * validation_fraction).round() as usize;
+        if validation_fraction > 0.0 && n >= 2 {
+            v = v.clamp(1, n - 1);
+        }
+        for (i, path) in files.into_iter().enumerate() {
+            let s = Sample { path, class };
+            if i < v {
+                validation.push(s);
+            } else {
+                train.push(s);
+            }
+        }
+    }
+    Ok(Dataset {
+        root: root.to_path_buf(),
+        classes,
+        train,
+        validation,
+        skipped,
+    })
+}
+
+fn rel(root: &Path, p: &Path) -> String {
+    p.strip_prefix(root).unwrap_or(p).display().to_string()
+}
+
+/// What an uploaded archive may unpack to.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveLimits {
+    pub max_entries: usize,
+    pub max_total_bytes: u64,
+    pub max_entry_bytes: u64,
+}
+
+impl Default for ArchiveLimits {
+    fn default() -> Self {
+        Self {
+            max_entries: 200_000,
+            max_total_bytes: 8 << 30,
+            max_entry_bytes: 64 << 20,
+        }
+    }
+}
+
+/// The path an entry may be written to: relative, no `..`, no root or
+/// drive; refuses anything that would land outside `dest`.
+fn safe_join(dest: &Path, name: &str) -> Result<PathBuf> {
+    let p = Path::new(name);
+    let mut out = dest.to_path_buf();
+    for c in p.components() {
+        match c {
+            Component::Normal(s) => out.push(s),
+            Component::CurDir => {}
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
+                return Err(Error::InvalidArgument(format!(
+                    "the archive entry {name:?} points outside its folder: archives may only hold relative paths without '..'"
+                )))
+            }
+        }
+    }
+    if out == dest {
+        return Err(Error::InvalidArgument(format!(
+            "the archive entry {name:?} has no file name"
+        )));
+    }
+    Ok(out)
+}
+
+/// Archive formats, from the file name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArchiveKind {
+    Zip,
+    Tar,
+    TarGz,
+}
+
+impl ArchiveKind {
+    pub fn from_name(name: &str) -> Result<Self> {
+        let n = name.to_ascii_lowercase();
+        if n.ends_with(".zip") {
+            Ok(Self::Zip)
+        } else if n.ends_with(".tar.gz") || n.ends_with(".tgz") {
+            Ok(Self::TarGz)
+        } else if n.ends_with(".tar") {
+            Ok(Self::Tar)
+        } else {
+            Err(Error::InvalidArgument(format!(
+                "cannot tell the archive format of {name:?}: send a .zip, .tar, .tar.gz or .tgz file"
+            )))
+        }
+    }
+}
+
+/// Running totals against the limits.
+struct Budget {
+    limits: ArchiveLimits,
+    entries: usize,
+    bytes: u64,
+}
+
+impl Budget {
+    fn entry(&mut self, name: &str, declared: u64) -> Result<()> {
+        self.entries += 1;
+        if self.entries > self.limits.max_entries {
+            return Err(Error::InvalidArgument(format!(
+                "the archive has more than {} entries",
+                self.limits.max_entries
+            )));
+        }
+        if declared > self.limits.max_entry_bytes {
+            return Err(Error::InvalidArgument(format!(
+                "the archive entry {name:?} unpacks to {declared} bytes, over the limit of {} per file",
+                self.limits.max_entry_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Copies at most the entry limit, counting what was really written
+    /// (a declared size can lie).
+    fn copy(&mut self, name: &str, r: &mut dyn Read, to: &Path) -> Result<()> {
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| Error::Io(format!("{e}")))?;
+        }
+        let mut f = std::fs::File::create(to).map_err(|e| Error::Io(format!("{e}")))?;
+        let cap = self.limits.max_entry_bytes + 1;
+        let n = std::io::copy(&mut r.take(cap), &mut f).map_err(|e| {
+            Error::InvalidArgument(format!("reading the archive entry {name:?}: {e}"))
+        })?;
+        if n >= cap {
+            return Err(Error::InvalidArgument(format!(
+                "the archive entry {name:?} unpacks to more than {} bytes per file",
+                self.limits.max_entry_bytes
+            )));
+        }
+        self.bytes += n;
+        if self.bytes > self.limits.max_total_bytes {
+            return Err(Error::InvalidArgument(format!(
+                "the archive unpacks to more than {} bytes",
+                self.limits.max_total_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Unpacks `archive` into `dest` (created), refusing entries that escape
+/// it, links of any kind, and archives over the limits; on refusal `dest`
+/// is removed, so nothing half-unpacked stays. Only image files and folders
+/// are written; other files are ignored.
+pub fn unpack(archive: &Path, kind: ArchiveKind, dest: &Path, limits: ArchiveLimits) -> Result<()> {
+    std::fs::create_dir_all(dest)
+        .map_err(|e| Error::Io(format!("creating {}: {e}", dest.display())))?;
+    let r = unpack_inner(archive, kind, dest, limits);
+    if r.is_err() {
+        let _ = std::fs::remove_dir_all(dest);
+    }
+    r
+}
+
+fn unpack_inner(
+    archive: &Path,
+    kind: ArchiveKind,
+    dest: &Path,
+    limits: ArchiveLimits,
+) -> Result<()> {
+    let mut budget = Budget {
+        limits,
+        entries: 0,
+        bytes: 0,
+    };
+    let file = std::fs::File::open(archive).map_err(|e| Error::Io(format!("{e}")))?;
+    match kind {
+        ArchiveKind::Zip => {
+            let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
+                .map_err(|e| Error::InvalidArgument(format!("not a readable zip archive: {e}")))?;
+            for i in 0..zip.len() {
+                let mut entry = zip
+                    .by_index(i)
+                    .map_err(|e| Error::InvalidArgument(format!("zip entry {i}: {e}")))?;
+                let name = entry.name().to_string();
+                budget.entry(&name, entry.size())?;
+                let to = safe_join(dest, &name)?;
+                if entry.is_symlink() {
+                    return Err(Error::InvalidArgument(format!(
+                        "the archive entry {name:?} is a link: archives may hold only folders and files"
+                    )));
+                }
+                if entry.is_dir() || !is_image_name(&to) {
+                    continue;
+                }
+                budget.copy(&name, &mut entry, &to)?;
+            }
+        }
+        ArchiveKind::Tar | ArchiveKind::TarGz => {
+            let reader: Box<dyn Read> = if kind == ArchiveKind::TarGz {
+                Box::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)))
+            } else {
+                Box::new(std::io::BufReader::new(file))
+            };
+            let mut tar = tar::Archive::new(reader);
+            let entries = tar
+                .entries()
+                .map_err(|e| Error::InvalidArgument(format!("not a readable tar archive: {e}")))?;
+            for entry in entries {
+                let mut entry = entry.map_err(|e| {
+                    Error::InvalidArgument(format!("not a readable tar archive: {e}"))
+                })?;
+                let name = entry
+                    .path()
+                    .map_err(|e| Error::InvalidArgument(format!("bad entry name: {e}")))?
+                    .to_string_lossy()
+                    .to_string();
+                budget.entry(&name, entry.size())?;
+                let to = safe_join(dest, &name)?;
+                let t = entry.header().entry_type();
+                if t.is_symlink() || t.is_hard_link() {
+                    return Err(Error::InvalidArgument(format!(
+                        "the archive entry {name:?} is a link: archives may hold only folders and files"
+                    )));
+                }
+                if !t.is_file() || !is_image_name(&to) {
+                    continue;
+                }
+                budget.copy(&name, &mut entry, &to)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The folder that holds the class folders: an archive of `flowers/` with
+/// `flowers/daisy/...` has its classes one level down.
+pub fn dataset_root(unpacked: &Path) -> PathBuf {
+    let mut dir = unpacked.to_path_buf();
+    for _ in 0..4 {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            break;
+        };
+        let items: Vec<_> = rd
+            .filter_map(std::result::Result::ok)
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .collect();
+        if items.len() == 1 && items[0].file_type().is_ok_and(|t| t.is_dir()) {
+            dir = items[0].path();
+        } else {
+            break;
+        }
+    }
+    dir
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png(path: &Path) {
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        image::RgbImage::new(8, 8).save(path).expect("png");
+    }
+
+    #[test]
+    fn split_is_stratified_seeded_and_lists_unreadable_files() {
+        let dir = tempfile::tempdir().expect("tmp");
+        for c in ["a", "b"] {
+            for i in 0..10 {
+                png(&dir.path().join(c).join(format!("{i}.png")));
+            }
+        }
+        std::fs::write(dir.path().join("a/broken.jpg"), b"not a jpeg").expect("write");
+        let ds = scan(dir.path(), 5, 0.2, 7).expect("scan");
+        assert_eq!(ds.classes, ["a", "b"]);
+        assert_eq!(ds.validation.len(), 4);
+        assert_eq!(ds.train.len(), 16);
+        for c in 0..2 {
+            assert_eq!(ds.validation.iter().filter(|s| s.class == c).count(), 2);
+        }
+        assert_eq!(ds.skipped.len(), 1);
+        assert!(
+            ds.skipped[0].starts_with("a/broken.jpg"),
+            "{:?}",
+            ds.skipped
+        );
+        let again = scan(dir.path(), 5, 0.2, 7).expect("scan");
+        assert_eq!(again.validation, ds.validation);
+    }
+
+    #[test]
+    fn one_class_or_too_few_images_are_refused_with_reasons() {
+        let dir = tempfile::tempdir().expect("tmp");
+        for i in 0..3 {
+            png(&dir.path().join("only").join(format!("{i}.png")));
+        }
+        let e = scan(dir.path(), 1, 0.2, 1)
+            .expect_err("one class")
+            .to_string();
+        assert!(e.contains("at least 2"), "{e}");
+        png(&dir.path().join("other/0.png"));
+        let e = scan(dir.path(), 2, 0.2, 1).expect_err("few").to_string();
+        assert!(
+            e.contains("at least 2 readable images") && e.contains("other (1)"),
+            "{e}"
+        );
+    }
+
+    fn tar_with(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_entry_type(tar::EntryType::Regular);
+            // set_path refuses '..'; write the raw name as an attacker would.
+            let raw = &mut h.as_old_mut().name;
+            raw[..name.len()].copy_from_slice(name.as_bytes());
+            h.set_cksum();
+            b.append(&h, *data).expect("append");
+        }
+        b.into_inner().expect("tar")
+    }
+
+    #[test]
+    fn archives_that_escape_or_link_are_refused_and_leave_nothing() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let evil = dir.path().join("evil.tar");
+        std::fs::write(
+            &evil,
+            tar_with(&[("a/1.png", b"x"), ("../escape.png", b"x")]),
+        )
+        .expect("w");
+        let dest = dir.path().join("out");
+        let e = unpack(&evil, ArchiveKind::Tar, &dest, ArchiveLimits::default())
+            .expect_err("escape")
+            .to_string();
+        assert!(e.contains("outside its folder"), "{e}");
+        assert!(!dest.exists(), "a refused archive left files behind");
+        assert!(!dir.path().join("escape.png").exists());
+
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        b.append_link(&mut h, "a/link.png", "/etc/passwd")
+            .expect("link");
+        let link = dir.path().join("link.tar");
+        std::fs::write(&link, b.into_inner().expect("tar")).expect("w");
+        let e = unpack(&link, ArchiveKind::Tar, &dest, ArchiveLimits::default())
+            .expect_err("link")
+            .to_string();
+        assert!(e.contains("is a link"), "{e}");
+    }
+
+    #[test]
+    fn archive_size_limits_hold() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let big = vec![0u8; 5000];
+        let path = dir.path().join("big.tar");
+        std::fs::write(&path, tar_with(&[("a/1.png", &big), ("a/2.png", &big)])).expect("w");
+        let limits = ArchiveLimits {
+            max_entries: 10,
+            max_total_bytes: 8000,
+            max_entry_bytes: 6000,
+        };
+        let e = unpack(&path, ArchiveKind::Tar, &dir.path().join("o1"), limits)
+            .expect_err("total")
+            .to_string();
+        assert!(e.contains("more than 8000 bytes"), "{e}");
+        let limits = ArchiveLimits {
+            max_entry_bytes: 4000,
+            ..limits
+        };
+        let e = unpack(&path, ArchiveKind::Tar, &dir.path().join("o2"), limits)
+            .expect_err("entry")
+            .to_string();
+        assert!(e.contains("per file"), "{e}");
+    }
+
+    #[test]
+    fn zip_archives_unpack_and_find_the_class_folders() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("set.zip");
+        {
+            let f = std::fs::File::create(&path).expect("zip");
+            let mut z = zip::ZipWriter::new(f);
+            let o = zip::write::SimpleFileOptions::default();
+            for n in ["flowers/a/1.png", "flowers/b/2.png", "flowers/readme.txt"] {
+                z.start_file(n, o).expect("start");
+                std::io::Write::write_all(&mut z, b"data").expect("write");
+            }
+            z.finish().expect("finish");
+        }
+        let dest = dir.path().join("out");
+        unpack(&path, ArchiveKind::Zip, &dest, ArchiveLimits::default()).expect("unpack");
+        assert!(dest.join("flowers/a/1.png").is_file());
+        assert!(!dest.join("flowers/readme.txt").exists());
+        assert_eq!(dataset_root(&dest), dest.join("flowers"));
+        assert_eq!(
+            ArchiveKind::from_name("x.TGZ").expect("kind"),
+            ArchiveKind::TarGz
+        );
+        assert!(ArchiveKind::from_name("x.rar").is_err());
+    }
+}

@@ -1,0 +1,56 @@
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid request: {0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("the job was cancelled")]
+    Cancelled,
+    #[error("training failed: {0}")]
+    Training(String),
+    #[error("file error: {0}")]
+    Io(String),
+    #[error("database error: {0}")]
+    Database(String),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<sea_orm::DbErr> for Error {
+    fn from(e: sea_orm::DbErr) -> Self {
+        Error::Database(e.to_string())
+    }
+}
+
+impl From<tch::TchError> for Error {
+    fn from(e: tch::TchError) -> Self {
+        Error::Training(e.to_string())
+    }
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        match &err {
+            Error::InvalidArgument(_) => Status::new(Code::InvalidArgument, err.to_string()),
+            Error::NotFound(_) => Status::new(Code::NotFound, err.to_string()),
+            Error::FailedPrecondition(_) | Error::Config(_) => {
+                Status::new(Code::FailedPrecondition, err.to_string())
+            }
+            Error::Unavailable(_) => Status::new(Code::Unavailable, err.to_string()),
+            Error::Cancelled => Status::new(Code::Cancelled, err.to_string()),
+            Error::Training(_) | Error::Io(_) | Error::Database(_) | Error::Internal(_) => {
+                cbir_common::error::internal(&err)
+            }
+        }
+    }
+}

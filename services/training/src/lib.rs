@@ -1,0 +1,195 @@
+//! The training service: fine-tunes EfficientNet-Lite0 on a user's labeled
+//! folders, keeps the model registry in the database and activates models
+//! (inference hot swap, then a rebuild of the collections).
+
+pub mod augment;
+pub mod dataset;
+pub mod error;
+pub mod jobs;
+pub mod metrics;
+pub mod service;
+pub mod store;
+pub mod trainer;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cbir_api::v1::training_service_server::TrainingServiceServer;
+use cbir_common::telemetry::TelemetryConfig;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+
+pub use error::{Error, Result};
+pub use jobs::Training;
+
+/// Environment prefix: `TRAINING_DATABASE_URL=mysql://...`.
+pub const ENV_PREFIX: &str = "TRAINING_";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen: String,
+    /// sqlite://PATH or mysql://user:password@host:3306/database (may be the
+    /// index's database: the tables do not collide).
+    pub database_url: String,
+    /// Uploaded archives and their unpacked datasets.
+    pub data_dir: PathBuf,
+    /// The pretrained weights every fine-tune starts from; registered as
+    /// efficientnet-lite0:imagenet on first start.
+    pub base_weights: PathBuf,
+    /// Server folders that jobs may read (links resolved); none by default.
+    pub allowed_roots: Vec<PathBuf>,
+    /// The inference service: a URL whose host may resolve to several
+    /// replicas, each gets an activated model.
+    pub inference_url: String,
+    /// The index service, to rebuild collections on activation.
+    pub index_url: Option<String>,
+    /// `cpu`, `cuda`, `cuda:N` or `auto` (CUDA when present).
+    pub device: String,
+    /// libtorch threads of the training thread; 0 leaves libtorch's default.
+    pub threads: usize,
+    /// Niceness of the training thread (0..19): searches come first.
+    pub nice: i32,
+    /// Defaults of job parameters a request leaves at zero.
+    pub defaults: trainer::Params,
+    pub archive: dataset::ArchiveLimits,
+    pub max_upload_bytes: u64,
+    pub image_limits: cbir_imaging::Limits,
+    /// How often every inference replica is checked to serve the active
+    /// model (a restarted replica comes back with its configured one); 0 off.
+    pub reconcile_ms: u64,
+    pub max_message_bytes: usize,
+    pub metrics_listen: Option<String>,
+    pub telemetry: TelemetryConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:50053".into(),
+            database_url: "sqlite://data/training.db".into(),
+            data_dir: PathBuf::from("data/training"),
+            base_weights: PathBuf::from("data/models/efficientnet-lite0-imagenet.safetensors"),
+            allowed_roots: Vec::new(),
+            inference_url: "http://127.0.0.1:50051".into(),
+            index_url: Some("http://127.0.0.1:50052".into()),
+            device: "auto".into(),
+            threads: 0,
+            nice: 10,
+            defaults: trainer::Params::default(),
+            archive: dataset::ArchiveLimits::default(),
+            max_upload_bytes: 4 << 30,
+            image_limits: cbir_imaging::Limits::default(),
+            reconcile_ms: 10_000,
+            max_message_bytes: cbir_common::grpc::DEFAULT_MAX_MESSAGE_BYTES,
+            metrics_listen: None,
+            telemetry: TelemetryConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    pub fn load(file: Option<&std::path::Path>) -> cbir_common::Result<Self> {
+        cbir_common::config::load(ENV_PREFIX, file)
+    }
+}
+
+/// The libtorch device named by the config.
+pub fn device(name: &str) -> Result<tch::Device> {
+    match name.trim() {
+        "cpu" => Ok(tch::Device::Cpu),
+        "auto" => Ok(tch::Device::cuda_if_available()),
+        "cuda" => Ok(tch::Device::Cuda(0)),
+        other => other
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .map(tch::Device::Cuda)
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "unknown device {other:?}: use cpu, cuda, cuda:N or auto"
+                ))
+            }),
+    }
+}
+
+/// Connects, migrates, registers the pretrained model, starts the job queue
+/// and the inference reconcile loop, then serves gRPC until `shutdown`; a
+/// running job is cancelled (and marked so) at shutdown.
+pub async fn serve(
+    cfg: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (reporter, health) = cbir_common::grpc::health();
+    reporter
+        .set_not_serving::<TrainingServiceServer<service::TrainingGrpc>>()
+        .await;
+    device(&cfg.device)?;
+    let reconcile_every = cfg.reconcile_ms;
+    let max_message = cfg.max_message_bytes;
+    let metrics_listen = cfg.metrics_listen.clone();
+    let training = Training::open(cfg).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let queue = tokio::spawn(training.clone().run_queue(stop_rx.clone()));
+    if reconcile_every > 0 {
+        let weak = Arc::downgrade(&training);
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(reconcile_every)) => {}
+                    _ = stop.changed() => return,
+                }
+                let Some(t) = weak.upgrade() else { return };
+                if let Err(e) = t.reconcile().await {
+                    tracing::warn!(error = %e, "could not bring the inference replicas to the active model; retrying");
+                }
+            }
+        });
+    }
+    let metrics = training.metrics.metrics.clone();
+    let _metrics_server = cbir_common::metrics::start_if(metrics_listen.as_deref(), &metrics).await;
+    let svc = TrainingServiceServer::new(service::TrainingGrpc(training.clone()))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+    reporter
+        .set_serving::<TrainingServiceServer<service::TrainingGrpc>>()
+        .await;
+    tracing::info!(addr = %listener.local_addr()?, "training service listening");
+    let r2 = reporter.clone();
+    tonic::transport::Server::builder()
+        .layer(cbir_common::telemetry::RequestLayer(metrics))
+        .add_service(health)
+        .add_service(cbir_common::grpc::reflection()?)
+        .add_service(svc)
+        .serve_with_incoming_shutdown(cbir_common::grpc::incoming(listener), async move {
+            shutdown.await;
+            r2.set_not_serving::<TrainingServiceServer<service::TrainingGrpc>>()
+                .await;
+        })
+        .await?;
+    let _ = stop_tx.send(true);
+    let _ = queue.await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn default_config_deserialises() {
+        let cfg: super::Config =
+            cbir_common::config::load("TRAINING_TEST_NONE_", None).expect("defaults load");
+        assert_eq!(cfg, super::Config::default());
+    }
+
+    #[test]
+    fn shipped_config_file_loads() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../deploy/config/training.toml");
+        let cfg = super::Config::load(Some(&path)).expect("deploy/config/training.toml loads");
+        assert_eq!(cfg.listen, "0.0.0.0:50053");
+        assert_eq!(cfg.defaults, super::trainer::Params::default());
+    }
+}
