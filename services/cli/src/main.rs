@@ -3,6 +3,7 @@
 mod classify;
 mod client;
 mod eval;
+mod train;
 mod up;
 
 use std::path::PathBuf;
@@ -81,6 +82,41 @@ enum Command {
         #[command(flatten)]
         gateway: GatewayArgs,
     },
+    /// Fine-tune the network on a folder-per-class set: uploads DIR (or
+    /// names it on the server with --server), follows the job with a
+    /// progress bar and prints the registered model.
+    Train {
+        dir: PathBuf,
+        /// The model's name; each job registers the next version.
+        #[arg(long)]
+        name: String,
+        /// Epochs of fine-tuning (0: the service default).
+        #[arg(long, default_value_t = 0)]
+        epochs: u32,
+        /// Fewest images a class may have (0: the service default, 100).
+        #[arg(long, default_value_t = 0)]
+        min_per_class: u32,
+        /// DIR is a folder on the training service's machine (under its
+        /// allowed roots) instead of one to upload.
+        #[arg(long)]
+        server: bool,
+        /// Activate the model when it is registered and wait for the
+        /// collections to be rebuilt.
+        #[arg(long)]
+        activate: bool,
+        /// Job states as JSON lines on stdout instead of a progress bar.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// The model registry: list, activate, delete.
+    Model {
+        #[command(subcommand)]
+        command: ModelCmd,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
     /// Retrieval quality of a labeled folder-per-class set: indexes DIR into
     /// a fresh collection and reports precision@K and mAP (leave-one-out
     /// over DIR unless --queries is given), overall and per class.
@@ -108,6 +144,25 @@ enum Command {
         #[command(flatten)]
         gateway: GatewayArgs,
     },
+}
+
+#[derive(Subcommand)]
+enum ModelCmd {
+    /// Every registered model; the active one is starred.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve this model and rebuild the collections for it.
+    Activate {
+        name: String,
+        version: String,
+        /// Return once activated, without waiting for the rebuilds.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Remove a model that is not active.
+    Delete { name: String, version: String },
 }
 
 #[derive(Subcommand)]
@@ -206,6 +261,46 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                 json,
                 gateway,
             } => client::search(&gateway.gateway, &collection, &image, top_k, &mode, json).await,
+            Command::Train {
+                dir,
+                name,
+                epochs,
+                min_per_class,
+                server,
+                activate,
+                json,
+                gateway,
+            } => {
+                train::train(train::TrainArgs {
+                    gateway: gateway.gateway,
+                    dir,
+                    name,
+                    epochs,
+                    min_per_class,
+                    server,
+                    activate,
+                    json,
+                })
+                .await
+            }
+            Command::Model { command, gateway } => {
+                let cmd = match command {
+                    ModelCmd::List { json } => train::ModelCommand::List { json },
+                    ModelCmd::Activate {
+                        name,
+                        version,
+                        no_wait,
+                    } => train::ModelCommand::Activate {
+                        name,
+                        version,
+                        no_wait,
+                    },
+                    ModelCmd::Delete { name, version } => {
+                        train::ModelCommand::Delete { name, version }
+                    }
+                };
+                train::model(&gateway.gateway, cmd).await
+            }
             Command::Eval {
                 dir,
                 queries,

@@ -25,6 +25,12 @@ pub struct UpArgs {
     /// Gateway config file (TOML); GATEWAY_* variables override it.
     #[arg(long, env = "GATEWAY_CONFIG")]
     gateway_config: Option<PathBuf>,
+    /// Address of the training service.
+    #[arg(long, env = "CBIR_TRAINING_LISTEN", default_value = "127.0.0.1:50053")]
+    training_listen: String,
+    /// Training config file (TOML); TRAINING_* variables override it.
+    #[arg(long, env = "TRAINING_CONFIG")]
+    training_config: Option<PathBuf>,
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -60,6 +66,34 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     if std::env::var_os("GATEWAY_INDEX_URLS").is_none() {
         gateway_cfg.index_urls = vec![format!("http://{}", index_cfg.listen)];
     }
+    let mut training_cfg = cbir_training::Config::load(args.training_config.as_deref())?;
+    let training_defaults = cbir_training::Config::default();
+    if training_cfg.database_url == training_defaults.database_url {
+        training_cfg.database_url =
+            format!("sqlite://{}", args.data_dir.join("training.db").display());
+    }
+    if training_cfg.data_dir == training_defaults.data_dir {
+        training_cfg.data_dir = args.data_dir.join("training");
+    }
+    if training_cfg.base_weights == training_defaults.base_weights {
+        training_cfg.base_weights = cfg.model.weights.clone();
+    }
+    if std::env::var_os("TRAINING_LISTEN").is_none() {
+        training_cfg.listen = args.training_listen.clone();
+    }
+    if std::env::var_os("TRAINING_INFERENCE_URL").is_none() {
+        training_cfg.inference_url = format!("http://{}", cfg.listen);
+    }
+    if std::env::var_os("TRAINING_INDEX_URL").is_none() {
+        training_cfg.index_url = Some(format!("http://{}", index_cfg.listen));
+    }
+    if std::env::var_os("GATEWAY_TRAINING_URLS").is_none() {
+        gateway_cfg.training_urls = vec![format!("http://{}", training_cfg.listen)];
+    }
+    // Server folders the gateway may index may also be trained on.
+    if training_cfg.allowed_roots.is_empty() {
+        training_cfg.allowed_roots = gateway_cfg.allowed_roots.clone();
+    }
     let bind = |addr: String| async move {
         tokio::net::TcpListener::bind(&addr)
             .await
@@ -68,10 +102,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let inference_listener = bind(cfg.listen.clone()).await?;
     let index_listener = bind(index_cfg.listen.clone()).await?;
     let gateway_listener = bind(gateway_cfg.listen.clone()).await?;
+    let training_listener = bind(training_cfg.listen.clone()).await?;
     tracing::info!(
         ui = %format!("http://{}/", gateway_cfg.listen),
         inference = %cfg.listen,
         index = %index_cfg.listen,
+        training = %training_cfg.listen,
         database = %index_cfg.database_url,
         data = %args.data_dir.display(),
         "starting cbir; press Ctrl-C to stop"
@@ -91,6 +127,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         (
             "index",
             tokio::spawn(cbir_index::serve(index_cfg, index_listener, stopped())),
+        ),
+        (
+            "training",
+            tokio::spawn(cbir_training::serve(
+                training_cfg,
+                training_listener,
+                stopped(),
+            )),
         ),
         (
             "gateway",

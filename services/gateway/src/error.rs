@@ -8,6 +8,7 @@ use tonic::{Code, Status};
 pub enum Upstream {
     Inference,
     Index,
+    Training,
 }
 
 impl std::fmt::Display for Upstream {
@@ -15,6 +16,7 @@ impl std::fmt::Display for Upstream {
         f.write_str(match self {
             Upstream::Inference => "inference",
             Upstream::Index => "index",
+            Upstream::Training => "training",
         })
     }
 }
@@ -70,6 +72,9 @@ impl Error {
             Code::NotFound => Error::NotFound(msg),
             Code::AlreadyExists => Error::AlreadyExists(msg),
             Code::FailedPrecondition => Error::FailedPrecondition(msg),
+            // A backing service refusing what the caller may not touch (a
+            // server folder outside the allowed roots).
+            Code::PermissionDenied => Error::Forbidden(msg),
             Code::ResourceExhausted => Error::ResourceExhausted(format!(
                 "the {service} service is overloaded ({msg}); retry shortly"
             )),
@@ -84,7 +89,6 @@ impl Error {
                 detail: msg,
             },
             Code::Ok
-            | Code::PermissionDenied
             | Code::Unauthenticated
             | Code::Unimplemented
             | Code::Internal
@@ -143,6 +147,7 @@ fn unavailable_detail(service: Upstream, msg: &str) -> String {
             "start it (cbir up, or cbir-inference) or check GATEWAY_INFERENCE_URLS"
         }
         Upstream::Index => "start it (cbir up, or cbir-index) or check GATEWAY_INDEX_URLS",
+        Upstream::Training => "start it (cbir up, or cbir-training) or check GATEWAY_TRAINING_URLS",
     };
     if msg.is_empty() {
         hint.to_string()

@@ -30,6 +30,7 @@ pub struct Gateway {
     pub(crate) cfg: Arc<Config>,
     inference: Arc<Pool>,
     index: Arc<Pool>,
+    pub(crate) training: Arc<Pool>,
     collections: Mutex<HashMap<String, (Instant, pb::Collection)>>,
     class_names: Mutex<Option<(pb::ModelRef, Arc<Vec<String>>)>>,
     pub(crate) jobs: Jobs,
@@ -136,11 +137,13 @@ impl Gateway {
         };
         let inference = Pool::new(pool(Upstream::Inference, &cfg.inference_urls)).await?;
         let index = Pool::new(pool(Upstream::Index, &cfg.index_urls)).await?;
+        let training = Pool::new(pool(Upstream::Training, &cfg.training_urls)).await?;
         let auth = crate::auth::Auth::new(cfg.auth.clone())?;
         Ok(Arc::new(Self {
             cfg,
             inference,
             index,
+            training,
             collections: Mutex::new(HashMap::new()),
             class_names: Mutex::new(None),
             jobs: Jobs::default(),
@@ -148,11 +151,11 @@ impl Gateway {
         }))
     }
 
-    fn max_msg(&self) -> usize {
+    pub(crate) fn max_msg(&self) -> usize {
         self.cfg.max_message_bytes
     }
 
-    fn t(ms: u64) -> Duration {
+    pub(crate) fn t(ms: u64) -> Duration {
         Duration::from_millis(ms)
     }
 
@@ -167,7 +170,7 @@ impl Gateway {
 
     /// One call of a backing service, with its deadline and retries; the
     /// message is cloned for each attempt.
-    async fn rpc<C, Req, Resp, F, Fut>(
+    pub(crate) async fn rpc<C, Req, Resp, F, Fut>(
         &self,
         pool: &Pool,
         client: fn(Channel, usize) -> C,
@@ -189,7 +192,7 @@ impl Gateway {
         .await
     }
 
-    async fn index_rpc<Req: Clone, Resp, F, Fut>(
+    pub(crate) async fn index_rpc<Req: Clone, Resp, F, Fut>(
         &self,
         what: &str,
         timeout: Duration,

@@ -9,6 +9,7 @@ pub mod gateway;
 pub mod grpc;
 pub mod jobs;
 pub mod rest;
+pub mod training;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -40,6 +41,8 @@ pub struct Limits {
     pub max_request_bytes: usize,
     /// Most results one search may ask for.
     pub max_top_k: usize,
+    /// Largest training dataset archive (streamed to the training service).
+    pub max_dataset_bytes: u64,
 }
 
 impl Default for Limits {
@@ -50,6 +53,7 @@ impl Default for Limits {
             max_files_per_request: 64,
             max_request_bytes: 256 << 20,
             max_top_k: 10_000,
+            max_dataset_bytes: 4 << 30,
         }
     }
 }
@@ -90,6 +94,10 @@ pub struct Config {
     /// Index endpoints, as above.
     #[serde(deserialize_with = "url_list")]
     pub index_urls: Vec<String>,
+    /// Training endpoints, as above (one replica trains; the others serve
+    /// the registry from the same database).
+    #[serde(deserialize_with = "url_list")]
+    pub training_urls: Vec<String>,
     /// The collection used when a request names none.
     pub default_collection: String,
     /// Server folders that may be indexed (with everything under them);
@@ -114,6 +122,7 @@ impl Default for Config {
             listen: "127.0.0.1:8080".into(),
             inference_urls: vec!["http://127.0.0.1:50051".into()],
             index_urls: vec!["http://127.0.0.1:50052".into()],
+            training_urls: vec!["http://127.0.0.1:50053".into()],
             default_collection: "default".into(),
             allowed_roots: Vec::new(),
             limits: Limits::default(),

@@ -26,6 +26,7 @@ type AppState = Arc<Gateway>;
 
 pub fn router(gateway: Arc<Gateway>) -> Router {
     let body_limit = gateway.cfg.limits.max_request_bytes;
+    let dataset_limit = gateway.cfg.limits.max_dataset_bytes;
     Router::new()
         .route(
             "/",
@@ -64,13 +65,20 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/api/jobs", get(list_jobs))
         .route("/api/jobs/{id}", get(get_job))
         .route("/api/search", post(search))
+        .merge(crate::training::routes())
         .fallback(|| async {
             Error::NotFound("no such page or API route: see /api/openapi.json".into())
         })
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn(
             move |req: Request, next: axum::middleware::Next| {
-                refuse_oversized(req, next, body_limit)
+                // Dataset archives stream through under their own limit.
+                let limit = if req.uri().path() == "/api/training/datasets" {
+                    usize::try_from(dataset_limit).unwrap_or(usize::MAX)
+                } else {
+                    body_limit
+                };
+                refuse_oversized(req, next, limit)
             },
         ))
         .with_state(gateway)
@@ -78,7 +86,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
 
 /// The caller's key (header, or `api_key` in the query for `<img>` tags)
 /// must carry `role`.
-fn allow(
+pub(crate) fn allow(
     gw: &Gateway,
     headers: &axum::http::HeaderMap,
     query_key: Option<&str>,
@@ -129,7 +137,7 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
     serde_json::from_slice(body).map_err(|e| Error::InvalidArgument(format!("bad JSON body: {e}")))
 }
 

@@ -2,12 +2,13 @@
 //
 // Environment:
 //   CBIR_URL           gateway base URL (default http://127.0.0.1:8080)
-//   CBIR_PHASE         flow | error | recover (default flow)
-//   CBIR_COLLECTION    collection name (default e2e)
+//   CBIR_PHASE         flow | error | recover | maintenance (default flow)
+//   CBIR_COLLECTION    collection name (default e2e); maintenance: the collection the flow phase created
 //   CBIR_FOLDER        flow: local folder with one subfolder per class of images
 //   CBIR_QUERY         an image file to search with
 //   CBIR_TOP_K         number of results to ask for (default 10)
 //   CBIR_EXPECT_ERROR  error: substring expected in the error banner (case-insensitive)
+//   CBIR_MODEL         maintenance: the name of the active model (default efficientnet-lite0)
 //   CBIR_SCREENSHOT    optional png path; written at the end (also on failure)
 //   CHROMIUM           chromium binary (default /usr/bin/chromium)
 // Prints one JSON line on stdout; exit 0 on success, 1 on failure.
@@ -224,12 +225,73 @@ async function recoverPhase(page) {
   summary.results = results.length;
 }
 
+// Maintenance tab: the active model is listed with its badge, deleting it is refused (409) and
+// the banner says why; the collection of the flow phase is listed with its images.
+async function maintenancePhase(page) {
+  const model = env.CBIR_MODEL || 'efficientnet-lite0';
+  await page.goto(`${base}/#search`);
+  await byId(page, 'tab-maintenance').click();
+  await page.waitForFunction(() => !document.querySelector('[data-view="maintenance"]').hidden, null, { timeout: 10000 });
+
+  const row = page.locator(`[data-testid="model-row"][data-name="${model}"][data-active="true"]`);
+  try {
+    await row.first().waitFor({ state: 'visible', timeout: 30000 });
+  } catch (_) {
+    const listed = await page.$$eval('[data-testid="model-row"]', (els) => els.map((e) =>
+      `${e.dataset.name}:${e.dataset.version}${e.dataset.active === 'true' ? ' (active)' : ''}`));
+    throw new CheckError(`the models table never listed "${model}" as active; it lists ${JSON.stringify(listed)}; ` +
+      `banner: "${await bannerText(page)}"`);
+  }
+  check(await row.first().locator('[data-testid="active-badge"]').isVisible(), `"${model}" has no visible active badge`);
+  summary.model = `${model}:${await row.first().getAttribute('data-version')}`;
+
+  // Delete it: accept the confirm dialog; the server must refuse, and the banner must say why.
+  const dialogs = [];
+  page.on('dialog', (d) => {
+    dialogs.push(d.message());
+    d.accept().catch(() => {});
+  });
+  const refused = page.waitForResponse((r) => r.request().method() === 'DELETE'
+    && new URL(r.url()).pathname.startsWith(`/api/models/${encodeURIComponent(model)}/`), { timeout: 20000 });
+  await row.first().locator('[data-testid="model-delete"]').click();
+  const res = await refused;
+  check(dialogs.length === 1, `expected one confirm dialog before deleting, saw ${dialogs.length}`);
+  check(res.status() === 409, `deleting the active model answered HTTP ${res.status()}, expected 409`);
+  try {
+    await page.waitForFunction(() => {
+      const b = document.querySelector('[data-testid="error-banner"]');
+      return !!b && !b.hidden && b.innerText.toLowerCase().includes('active');
+    }, null, { timeout: 10000, polling: 100 });
+  } catch (_) {
+    const shown = await bannerText(page);
+    throw new CheckError(shown
+      ? `the error banner says "${shown}", expected it to mention "active"`
+      : 'no error banner after deleting the active model');
+  }
+  summary.banner = await bannerText(page);
+  // The refused delete must leave the model listed (the table reloads after the attempt).
+  await page.waitForTimeout(500);
+  check(await row.count() > 0, `"${model}" disappeared from the models table after a refused delete`);
+
+  // The collection the flow phase created, with its images.
+  const coll = page.locator(`[data-testid="maint-collection-row"][data-name="${collection}"]`);
+  try {
+    await coll.first().waitFor({ state: 'visible', timeout: 15000 });
+  } catch (_) {
+    const listed = await page.$$eval('[data-testid="maint-collection-row"]', (els) => els.map((e) => e.dataset.name));
+    throw new CheckError(`the collections list does not show "${collection}"; it lists ${JSON.stringify(listed)}`);
+  }
+  const shown = Number(await coll.first().getAttribute('data-count'));
+  summary.collection_count = shown;
+  check(shown > 0, `the collections list shows "${collection}" with ${shown} images`);
+}
+
 let browser;
 let page;
 let exitCode = 1;
 try {
-  const phases = { flow, error: errorPhase, recover: recoverPhase };
-  check(phases[phase], `CBIR_PHASE must be flow, error or recover, got "${phase}"`);
+  const phases = { flow, error: errorPhase, recover: recoverPhase, maintenance: maintenancePhase };
+  check(phases[phase], `CBIR_PHASE must be flow, error, recover or maintenance, got "${phase}"`);
   browser = await chromium.launch({
     executablePath: env.CHROMIUM || '/usr/bin/chromium',
     args: ['--no-sandbox'],

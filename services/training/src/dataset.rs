@@ -40,8 +40,24 @@ pub fn is_image_name(p: &Path) -> bool {
         .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
-/// Image files under `dir`, recursively, sorted; hidden entries skipped.
-fn images_under(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+/// Which symbolic links a scan follows.
+#[derive(Debug, Clone, Copy)]
+pub enum Links<'a> {
+    /// None: each is listed as skipped.
+    Refuse,
+    /// Those whose target lies under one of these folders.
+    Within(&'a [PathBuf]),
+}
+
+/// Image files under `dir`, recursively, sorted; hidden entries skipped,
+/// links followed only as `links` allows (refused ones go to `skipped`).
+fn images_under(
+    root: &Path,
+    dir: &Path,
+    links: Links<'_>,
+    out: &mut Vec<PathBuf>,
+    skipped: &mut Vec<String>,
+) -> std::io::Result<()> {
     let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<std::io::Result<_>>()?;
     entries.sort_by_key(std::fs::DirEntry::file_name);
     for e in entries {
@@ -49,10 +65,28 @@ fn images_under(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
         if name.to_string_lossy().starts_with('.') {
             continue;
         }
-        let ft = e.file_type()?;
         let p = e.path();
+        let mut ft = e.file_type()?;
+        if ft.is_symlink() {
+            let allowed = match links {
+                Links::Refuse => false,
+                Links::Within(roots) => p.canonicalize().is_ok_and(|real| {
+                    roots
+                        .iter()
+                        .any(|r| r.canonicalize().is_ok_and(|r| real.starts_with(r)))
+                }),
+            };
+            if !allowed {
+                skipped.push(format!(
+                    "{}: a link to outside the allowed folders",
+                    rel(root, &p)
+                ));
+                continue;
+            }
+            ft = std::fs::metadata(&p)?.file_type();
+        }
         if ft.is_dir() {
-            images_under(&p, out)?;
+            images_under(root, &p, links, out, skipped)?;
         } else if ft.is_file() && is_image_name(&p) {
             out.push(p);
         }
@@ -88,6 +122,7 @@ pub fn scan(
     min_per_class: usize,
     validation_fraction: f64,
     seed: u64,
+    links: Links<'_>,
 ) -> Result<Dataset> {
     if !root.is_dir() {
         return Err(Error::InvalidArgument(format!(
@@ -115,9 +150,9 @@ pub fn scan(
             continue;
         }
         let p = e.path();
-        if e.file_type().map_err(io)?.is_dir() {
+        if std::fs::metadata(&p).map_err(io)?.is_dir() {
             let mut files = Vec::new();
-            images_under(&p, &mut files).map_err(io)?;
+            images_under(root, &p, links, &mut files, &mut skipped).map_err(io)?;
             let mut ok = Vec::new();
             for f in files {
                 match readable(&f) {
@@ -432,7 +467,7 @@ mod tests {
             }
         }
         std::fs::write(dir.path().join("a/broken.jpg"), b"not a jpeg").expect("write");
-        let ds = scan(dir.path(), 5, 0.2, 7).expect("scan");
+        let ds = scan(dir.path(), 5, 0.2, 7, Links::Refuse).expect("scan");
         assert_eq!(ds.classes, ["a", "b"]);
         assert_eq!(ds.validation.len(), 4);
         assert_eq!(ds.train.len(), 16);
@@ -445,7 +480,7 @@ mod tests {
             "{:?}",
             ds.skipped
         );
-        let again = scan(dir.path(), 5, 0.2, 7).expect("scan");
+        let again = scan(dir.path(), 5, 0.2, 7, Links::Refuse).expect("scan");
         assert_eq!(again.validation, ds.validation);
     }
 
@@ -455,12 +490,14 @@ mod tests {
         for i in 0..3 {
             png(&dir.path().join("only").join(format!("{i}.png")));
         }
-        let e = scan(dir.path(), 1, 0.2, 1)
+        let e = scan(dir.path(), 1, 0.2, 1, Links::Refuse)
             .expect_err("one class")
             .to_string();
         assert!(e.contains("at least 2"), "{e}");
         png(&dir.path().join("other/0.png"));
-        let e = scan(dir.path(), 2, 0.2, 1).expect_err("few").to_string();
+        let e = scan(dir.path(), 2, 0.2, 1, Links::Refuse)
+            .expect_err("few")
+            .to_string();
         assert!(
             e.contains("at least 2 readable images") && e.contains("other (1)"),
             "{e}"

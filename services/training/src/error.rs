@@ -9,6 +9,8 @@ pub enum Error {
     #[error("{0}")]
     FailedPrecondition(String),
     #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
     Unavailable(String),
     #[error("the job was cancelled")]
     Cancelled,
@@ -46,6 +48,7 @@ impl From<Error> for Status {
             Error::FailedPrecondition(_) | Error::Config(_) => {
                 Status::new(Code::FailedPrecondition, err.to_string())
             }
+            Error::PermissionDenied(_) => Status::new(Code::PermissionDenied, err.to_string()),
             Error::Unavailable(_) => Status::new(Code::Unavailable, err.to_string()),
             Error::Cancelled => Status::new(Code::Cancelled, err.to_string()),
             Error::Training(_) | Error::Io(_) | Error::Database(_) | Error::Internal(_) => {

@@ -84,7 +84,7 @@ pub fn resolve_allowed(path: &str, roots: &[PathBuf]) -> Result<PathBuf> {
             .unwrap_or(false)
     });
     if !inside {
-        return Err(Error::FailedPrecondition(format!(
+        return Err(Error::PermissionDenied(format!(
             "{} is outside the allowed roots of the training service: pick a folder under one of them",
             p.display()
         )));
@@ -273,12 +273,14 @@ impl Training {
         let (dir, label) = self.dataset_dir(&req)?;
         let p2 = params.clone();
         let d2 = dir.clone();
+        let roots = self.cfg.allowed_roots.clone();
         let ds = tokio::task::spawn_blocking(move || {
             dataset::scan(
                 &d2,
                 p2.min_images_per_class as usize,
                 p2.validation_fraction,
                 p2.seed,
+                dataset::Links::Within(&roots),
             )
         })
         .await
@@ -366,7 +368,7 @@ impl Training {
         j.finished_at_ms = now_ms();
         self.store.update_job(&j).await?;
         if let Some(tx) = self.live.lock().remove(id) {
-            let _ = tx.send(j.clone());
+            tx.send_replace(j.clone());
         }
         Ok(j)
     }
@@ -421,7 +423,7 @@ impl Training {
                 .or_insert_with(|| watch::channel(job.clone()).0)
                 .clone()
         };
-        let _ = tx.send(job.clone());
+        tx.send_replace(job.clone());
         if let Err(e) = self.store.update_job(&job).await {
             tracing::warn!(error = %e, job = %job.id, "could not mark the job running");
         }
@@ -478,7 +480,7 @@ impl Training {
         if let Err(e) = self.store.update_job(&job).await {
             tracing::error!(error = %e, job = %job.id, "could not record the job's end");
         }
-        let _ = tx.send(job.clone());
+        tx.send_replace(job.clone());
         self.live.lock().remove(&job.id);
         // Unpacked uploads are only needed by their job.
         if job.dataset.starts_with("upload ") {
@@ -504,6 +506,7 @@ impl Training {
         let limits = self.cfg.image_limits;
         let nice = self.cfg.nice;
         let threads = self.cfg.threads;
+        let roots = self.cfg.allowed_roots.clone();
         let p2 = params.clone();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
@@ -519,6 +522,7 @@ impl Training {
                         p2.min_images_per_class as usize,
                         p2.validation_fraction,
                         p2.seed,
+                        dataset::Links::Within(&roots),
                     )?;
                     let setup = trainer::Setup {
                         base_weights: &base,
@@ -541,7 +545,7 @@ impl Training {
         while let Some((p, point)) = prx.recv().await {
             self.metrics.observe(&p);
             job.progress = Some(p);
-            let _ = tx.send(job.clone());
+            tx.send_replace(job.clone());
             curve.extend(point);
             if last_persist.elapsed() >= PERSIST_EVERY {
                 last_persist = Instant::now();

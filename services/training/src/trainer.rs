@@ -63,11 +63,14 @@ impl Default for Params {
             early_stopping_patience: 2,
             tune_blocks: 2,
             augment_views: 2,
-            head_epochs: 3,
+            head_epochs: 8,
         }
     }
 }
 
+/// The new classifier starts from scratch on fixed features: it takes a
+/// much larger step than the pretrained blocks.
+const HEAD_LR_FACTOR: f64 = 30.0;
 /// Blocks trained when `fine_tune_backbone` is set: stages 5 to 7.
 const BACKBONE_BLOCKS: u32 = 7;
 const MAX_EPOCHS: u32 = 200;
@@ -252,6 +255,29 @@ fn network(base: &Path, classes: i64, device: Device) -> Result<(nn::VarStore, E
     Ok((vs, net))
 }
 
+/// Speed of the current phase, for images/s and the time left.
+struct Pace {
+    started: Instant,
+    steps: u64,
+    images: u64,
+    /// Steps of this phase in all.
+    steps_left: u64,
+    /// Images of later phases, estimated at the extraction rate.
+    later_images: f64,
+}
+
+impl Pace {
+    fn new(steps: i64, later_images: f64) -> Self {
+        Self {
+            started: Instant::now(),
+            steps: 0,
+            images: 0,
+            steps_left: steps.max(0) as u64,
+            later_images,
+        }
+    }
+}
+
 struct Clock {
     started: Instant,
 }
@@ -355,6 +381,11 @@ pub fn train(
     let views = p.augment_views.max(1) as usize;
     let total_images = ds.train.len() * views + ds.validation.len();
     let mut done_images = 0usize;
+    let later_images = if (p.blocks_to_tune() as usize) == 0 {
+        0.0
+    } else {
+        f64::from(p.epochs) * ds.train.len() as f64
+    };
     let extract_started = Instant::now();
     let mut extract = |samples: &[crate::dataset::Sample],
                        views: usize,
@@ -415,7 +446,9 @@ pub fn train(
             let rate = done_images as f64 / secs;
             progress.phase = format!("extracting features ({done_images}/{total_images} images)");
             progress.images_per_second = rate;
-            progress.eta_seconds = (total_images - done_images.min(total_images)) as f64 / rate;
+            // Fine-tuning runs at about the extraction rate per image.
+            progress.eta_seconds =
+                ((total_images - done_images.min(total_images)) as f64 + later_images) / rate;
             progress.elapsed_seconds = clock.secs();
             report(&progress, None);
         }
@@ -471,22 +504,26 @@ pub fn train(
     };
     let mut order: Vec<i64> = (0..n_train).collect();
     let mut iteration = 0u64;
-    let train_started = Instant::now();
     let mut epoch_no = 0u32;
+    let extract_rate = done_images as f64 / extract_started.elapsed().as_secs_f64().max(1e-3);
     let step = |progress: &mut pb::JobProgress,
                 iteration: &mut u64,
+                pace: &mut Pace,
                 loss: f32,
                 acc: f32,
                 images: i64,
                 report: &mut Report<'_>| {
         *iteration += 1;
-        let secs = train_started.elapsed().as_secs_f64().max(1e-3);
+        pace.steps += 1;
+        pace.images += images as u64;
+        let secs = pace.started.elapsed().as_secs_f64().max(1e-3);
         progress.iteration = *iteration;
         progress.loss = loss;
         progress.train_accuracy = acc;
-        progress.images_per_second = (*iteration as f64 * images as f64) / secs;
-        progress.eta_seconds =
-            (total_steps as f64 - *iteration as f64).max(0.0) * secs / *iteration as f64;
+        progress.images_per_second = pace.images as f64 / secs;
+        progress.eta_seconds = pace.steps_left.saturating_sub(pace.steps) as f64 * secs
+            / pace.steps as f64
+            + pace.later_images / extract_rate.max(1e-3);
         progress.elapsed_seconds = clock.secs();
         let point = pb::CurvePoint {
             iteration: *iteration,
@@ -519,8 +556,9 @@ pub fn train(
     {
         let mut opt = nn::AdamW::default()
             .wd(1e-4)
-            .build(&vs, p.learning_rate * 10.0)?;
+            .build(&vs, p.learning_rate * HEAD_LR_FACTOR)?;
         let val_f = val_features(&net);
+        let mut pace = Pace::new(i64::from(head_epochs) * steps_per_epoch, later_images);
         for e in 0..head_epochs {
             epoch_no += 1;
             progress.epoch = epoch_no;
@@ -540,6 +578,7 @@ pub fn train(
                 step(
                     &mut progress,
                     &mut iteration,
+                    &mut pace,
                     loss,
                     (correct / seen as f64) as f32,
                     c.len() as i64,
@@ -562,6 +601,7 @@ pub fn train(
         progress.phase = format!("fine-tuning the last {} blocks", net.num_blocks() - from);
         let mut opt = nn::AdamW::default().wd(1e-4).build(&vs, p.learning_rate)?;
         let mut stale = 0;
+        let mut pace = Pace::new(i64::from(tune_epochs) * steps_per_epoch, 0.0);
         for e in 0..tune_epochs {
             // Cosine decay over the fine-tuning epochs.
             let lr = p.learning_rate
@@ -599,6 +639,7 @@ pub fn train(
                 step(
                     &mut progress,
                     &mut iteration,
+                    &mut pace,
                     loss,
                     (correct / seen as f64) as f32,
                     n,

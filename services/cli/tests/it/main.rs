@@ -9,3 +9,4 @@ mod gateway;
 mod rebuild;
 mod system;
 mod traces;
+mod training;

@@ -101,12 +101,15 @@ pub struct System {
     pub inference_addr: SocketAddr,
     pub index_addr: SocketAddr,
     pub gateway_addr: SocketAddr,
+    pub training_addr: SocketAddr,
     pub inference_metrics_addr: SocketAddr,
     pub index_metrics_addr: SocketAddr,
     inference: Option<Running>,
     index: Option<Running>,
     gateway: Option<Running>,
-    reserved: [Option<std::net::TcpListener>; 3],
+    training: Option<Running>,
+    reserved: [Option<std::net::TcpListener>; 4],
+    pub training_cfg: cbir_training::Config,
     pub gateway_cfg: cbir_gateway::Config,
 }
 
@@ -114,8 +117,8 @@ impl System {
     pub async fn start(tweak: impl FnOnce(&mut cbir_gateway::Config)) -> Self {
         cbir_common::telemetry::init_for_tests();
         let dir = tempfile::tempdir().expect("tempdir");
-        let reserved = [reserve(), reserve(), reserve()];
-        let [inference_addr, index_addr, gateway_addr] =
+        let reserved = [reserve(), reserve(), reserve(), reserve()];
+        let [inference_addr, index_addr, gateway_addr, training_addr] =
             reserved.each_ref().map(|l| l.local_addr().expect("addr"));
         // The metrics endpoints bind their own ports; a clash there is
         // logged by the service and only the metrics assertions would fail.
@@ -126,25 +129,40 @@ impl System {
         let mut gateway_cfg = cbir_gateway::Config {
             inference_urls: vec![format!("http://{inference_addr}")],
             index_urls: vec![format!("http://{index_addr}")],
+            training_urls: vec![format!("http://{training_addr}")],
             ..Default::default()
         };
         gateway_cfg.timeouts.connect_ms = 500;
         tweak(&mut gateway_cfg);
+        let training_cfg = cbir_training::Config {
+            database_url: format!("sqlite://{}", dir.path().join("training.db").display()),
+            data_dir: dir.path().join("training"),
+            base_weights: cbir_inference::test_weights_path(),
+            allowed_roots: vec![dir.path().to_path_buf()],
+            inference_url: format!("http://{inference_addr}"),
+            index_url: Some(format!("http://{index_addr}")),
+            reconcile_ms: 1_000,
+            ..Default::default()
+        };
         let mut sys = Self {
             dir,
             inference_addr,
             index_addr,
             gateway_addr,
+            training_addr,
             inference_metrics_addr,
             index_metrics_addr,
             inference: None,
             index: None,
             gateway: None,
+            training: None,
             reserved: reserved.map(Some),
             gateway_cfg,
+            training_cfg,
         };
         sys.start_inference().await;
         sys.start_index().await;
+        sys.start_training().await;
         sys.start_gateway().await;
         sys.wait_healthy().await;
         sys
@@ -189,6 +207,19 @@ impl System {
         }
     }
 
+    pub async fn start_training(&mut self) {
+        let l = bind(self.training_addr, &mut self.reserved[3]).await;
+        let (stop, fut) = stop_future();
+        let task = tokio::spawn(cbir_training::serve(self.training_cfg.clone(), l, fut));
+        self.training = Some(Running { stop, task });
+    }
+
+    pub async fn stop_training(&mut self) {
+        if let Some(r) = self.training.take() {
+            r.stop().await;
+        }
+    }
+
     pub async fn start_gateway(&mut self) {
         let l = bind(self.gateway_addr, &mut self.reserved[2]).await;
         let (stop, fut) = stop_future();
@@ -223,6 +254,7 @@ impl System {
         if let Some(r) = self.gateway.take() {
             r.stop().await;
         }
+        self.stop_training().await;
         self.stop_index().await;
         self.stop_inference().await;
     }

@@ -45,6 +45,8 @@ fn main() -> anyhow::Result<()> {
         params.min_images_per_class as usize,
         params.validation_fraction,
         params.seed,
+        // The operator's own folder: links may point anywhere.
+        cbir_training::dataset::Links::Within(&[PathBuf::from("/")]),
     )?;
     println!(
         "scan: {} classes, {} train, {} validation, {} skipped, {:.1} s",
