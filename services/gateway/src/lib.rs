@@ -296,6 +296,17 @@ mod tests {
             "/api/jobs",
             "/api/jobs/{id}",
             "/api/search",
+            "/api/training/datasets",
+            "/api/training/jobs",
+            "/api/training/jobs/{id}",
+            "/api/training/jobs/{id}/cancel",
+            "/api/training/jobs/{id}/events",
+            "/api/training/jobs/{id}/curve",
+            "/api/models",
+            "/api/models/{name}/{version}",
+            "/api/models/{name}/{version}/activate",
+            "/api/operations/{id}",
+            "/api/collections/{name}/rebuild",
         ] {
             assert!(paths.contains_key(p), "openapi.json lacks {p}");
         }

@@ -246,7 +246,7 @@ pub fn job_json(j: &pb::Job) -> Value {
         "name": j.name,
         "state": state_name(j.state),
         "message": j.message,
-        "params": params_json(&j.params.clone().unwrap_or_default()),
+        "params": params_json(&j.params.unwrap_or_default()),
         "submitted_by": j.submitted_by,
         "created_at_ms": j.created_at_ms,
         "started_at_ms": j.started_at_ms,

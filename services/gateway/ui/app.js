@@ -1754,11 +1754,12 @@
     live.source = null;
   }
 
-  // EventSource cannot send headers: the key goes in the query (withKey).
+  // EventSource cannot send headers: the key goes in the query (withKey). The gateway names its
+  // events "job" (one job JSON each) and "error" ({code, message} when the watch fails).
   function openStream(seq) {
     const es = new EventSource(withKey(`/api/training/jobs/${enc(live.job.id)}/events`));
     live.source = es;
-    es.addEventListener('message', (ev) => {
+    const onJob = (ev) => {
       if (seq !== live.seq) {
         es.close();
         return;
@@ -1768,13 +1769,19 @@
       live.retries = 0;
       banner.clear('live');
       onJobEvent(job, seq);
-    });
-    es.addEventListener('error', () => {
-      // The server ends the stream when the job ends and EventSource would reconnect by itself:
-      // close it and decide here (normally the last event has closed it already).
+    };
+    es.addEventListener('job', onJob);
+    es.addEventListener('message', onJob); // unnamed events, should the gateway send those
+    es.addEventListener('error', (ev) => {
+      // Either the server's "error" event (with data) or a dropped connection. The server also
+      // ends the stream when the job ends, and EventSource would reconnect by itself: close it
+      // and decide here (normally the last job event has closed it already).
       es.close();
       if (live.source === es) live.source = null;
-      if (seq === live.seq) resumeStream(seq);
+      if (seq !== live.seq) return;
+      const e = errorBody(parseJson(ev.data || ''));
+      if (e && e.message) banner.show(`Training progress: ${e.message}`, 'live');
+      resumeStream(seq);
     });
   }
 
@@ -2479,6 +2486,11 @@
       blob = maint.archive;
       fileName = blob.name;
       type = archiveType(blob.name);
+    }
+    const limit = num(state.config.max_dataset_bytes); // if the gateway ever publishes it
+    if (limit > 0 && blob.size > limit) {
+      throw new ApiError(`The archive is ${fmtBytes(blob.size)}; the gateway accepts datasets up to ${fmtBytes(limit)}.`,
+        { code: 'payload_too_large' });
     }
     // A cheap request first, so a missing API key is asked for before the archive is sent, not after.
     const d = await api('/api/training/jobs');

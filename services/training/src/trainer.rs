@@ -55,7 +55,7 @@ impl Default for Params {
         Self {
             epochs: 6,
             batch_size: 32,
-            learning_rate: 3e-4,
+            learning_rate: 1e-4,
             fine_tune_backbone: false,
             validation_fraction: 0.1,
             seed: 42,
@@ -588,8 +588,16 @@ pub fn train(
             let va = tch::no_grad(|| accuracy(&net.classify_t(&val_f, false), &val_cache.labels));
             progress.validation_accuracy = va;
             report(&progress, Some(val_point(&progress, iteration, va)));
+            if e == 0 {
+                tracing::info!(
+                    validation_map = tch::no_grad(|| retrieval_map(&val_f, &val_cache.labels)),
+                    "retrieval mAP of the pretrained features on the validation images"
+                );
+            }
             tracing::info!(epoch = e + 1, validation_accuracy = va, "classifier epoch");
-            if va > best.0 {
+            // With blocks to tune, the model is picked among their epochs:
+            // the classifier alone leaves the searched feature as it was.
+            if va > best.0 || tune_epochs > 0 {
                 best = (va, snapshot(&vs));
             }
         }
@@ -601,6 +609,7 @@ pub fn train(
         progress.phase = format!("fine-tuning the last {} blocks", net.num_blocks() - from);
         let mut opt = nn::AdamW::default().wd(1e-4).build(&vs, p.learning_rate)?;
         let mut stale = 0;
+        best.0 = f32::MIN;
         let mut pace = Pace::new(i64::from(tune_epochs) * steps_per_epoch, 0.0);
         for e in 0..tune_epochs {
             // Cosine decay over the fine-tuning epochs.
@@ -646,10 +655,11 @@ pub fn train(
                     report,
                 );
             }
-            let va = tch::no_grad(|| {
-                accuracy(
-                    &net.classify_t(&val_features(&net), false),
-                    &val_cache.labels,
+            let (va, vmap) = tch::no_grad(|| {
+                let f = val_features(&net);
+                (
+                    accuracy(&net.classify_t(&f, false), &val_cache.labels),
+                    retrieval_map(&f, &val_cache.labels),
                 )
             });
             progress.validation_accuracy = va;
@@ -657,6 +667,7 @@ pub fn train(
             tracing::info!(
                 epoch = e + 1,
                 validation_accuracy = va,
+                validation_map = vmap,
                 lr,
                 "fine-tuning epoch"
             );
@@ -725,6 +736,32 @@ pub fn train(
     })
 }
 
+/// Mean average precision of leave-one-out retrieval among `features`
+/// (L2-normalised, Euclidean, as the index searches): logged to see what a
+/// fine-tune does to search, which classification accuracy does not show.
+fn retrieval_map(features: &Tensor, labels: &Tensor) -> f64 {
+    let n = features.size()[0];
+    if n < 2 {
+        return 0.0;
+    }
+    let f = features / features.norm_scalaropt_dim(2.0, [1i64], true).clamp_min(1e-12);
+    let sim = f.mm(&f.tr());
+    // Self last: it is cut off below.
+    let sim = sim - Tensor::eye(n, (Kind::Float, f.device())) * 1e9;
+    let order = sim.argsort(1, true);
+    let ranked = labels.index_select(0, &order.flatten(0, -1)).view([n, n]);
+    let rel = ranked
+        .eq_tensor(&labels.unsqueeze(1))
+        .narrow(1, 0, n - 1)
+        .to_kind(Kind::Float);
+    let ranks = Tensor::arange_start(1, n, (Kind::Float, f.device()));
+    let precision = rel.cumsum(1, Kind::Float) / ranks;
+    let hits = rel.sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
+    let ap = (precision * &rel).sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
+        / hits.clamp_min(1.0);
+    ap.mean(Kind::Float).double_value(&[])
+}
+
 fn val_point(p: &pb::JobProgress, iteration: u64, va: f32) -> pb::CurvePoint {
     pb::CurvePoint {
         iteration,
@@ -766,6 +803,15 @@ fn tempfile_dir() -> Result<std::path::PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retrieval_map_matches_a_hand_count() {
+        // Classes 0,0,1: the two 0s are nearest each other, the 1 is far.
+        let f = Tensor::from_slice(&[1.0f32, 0.0, 0.9, 0.1, 0.0, 1.0]).view([3, 2]);
+        let y = Tensor::from_slice(&[0i64, 0, 1]);
+        // Queries 0 and 1: AP 1; query 2 has no relevant image: AP 0.
+        assert!((retrieval_map(&f, &y) - 2.0 / 3.0).abs() < 1e-6);
+    }
 
     #[test]
     fn trainable_names_follow_the_cut() {

@@ -78,6 +78,9 @@ async fn browser_indexes_a_folder_searches_and_shows_outages() {
     };
     let sys_ref = &sys;
     tokio::task::block_in_place(|| run_phase(sys_ref, "flow", &common("flow")));
+    // The Maintenance tab: the registry lists the pretrained model as
+    // active, deleting it is refused with the reason, the collection shows.
+    tokio::task::block_in_place(|| run_phase(sys_ref, "maintenance", &common("maintenance")));
 
     for service in ["inference", "index"] {
         if service == "inference" {
@@ -103,5 +106,6 @@ async fn browser_indexes_a_folder_searches_and_shows_outages() {
         tokio::task::block_in_place(|| run_phase(sys_ref, "recover", &envs));
     }
     assert!(shots.join("flow.png").is_file());
+    assert!(shots.join("maintenance.png").is_file());
     sys.shutdown().await;
 }

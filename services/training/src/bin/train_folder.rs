@@ -29,6 +29,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
+    cbir_common::telemetry::init_for_tests();
     if a.threads > 0 {
         tch::set_num_threads(a.threads);
     }
