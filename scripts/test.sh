@@ -54,8 +54,11 @@ rendered="$(mktemp -d)"
 "$CBIR_HELM" template cbir helm/cbir \
   --set gateway.ingress.enabled=true --set gateway.images.existingClaim=photos \
   --set inference.autoscaling.enabled=true --set index.database.existingSecret=cbir-db \
+  --set training.data.existingClaim=training-data \
   --set otel.endpoint=http://otel-collector:4317 >"$rendered/all.yaml"
-"$CBIR_HELM" template cbir helm/cbir --set inference.device=cpu >"$rendered/cpu.yaml"
+"$CBIR_HELM" template cbir helm/cbir --set inference.device=cpu --set training.device=cpu \
+  --set training.images.existingClaim=datasets --set training.data.sizeLimit= >"$rendered/cpu.yaml"
+"$CBIR_HELM" template cbir helm/cbir --set training.enabled=false >"$rendered/no-training.yaml"
 "$CBIR_VENV/bin/kubernetes-validate" --strict --quiet -k 1.30.0 "$rendered"/*.yaml
 rm -rf "$rendered"
 

@@ -68,3 +68,13 @@ securityContext:
   capabilities:
     drop: ["ALL"]
 {{- end -}}
+
+{{/* The folders the training service may read: its own PVC or the
+gateway's, at its own path or the gateway's. YAML {claim, mountPath};
+claim empty: none. */}}
+{{- define "cbir.trainingImages" -}}
+{{- $t := .Values.training.images -}}
+{{- $g := .Values.gateway.images -}}
+claim: {{ default $g.existingClaim $t.existingClaim | quote }}
+mountPath: {{ default $g.mountPath $t.mountPath | quote }}
+{{- end -}}

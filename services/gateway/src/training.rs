@@ -236,6 +236,7 @@ fn params_json(p: &pb::TrainingParams) -> Value {
         "tune_blocks": p.tune_blocks,
         "augment_views": p.augment_views,
         "head_epochs": p.head_epochs,
+        "embedding_dim": p.embedding_dim,
     })
 }
 
@@ -392,6 +393,7 @@ struct ParamsBody {
     tune_blocks: u32,
     augment_views: u32,
     head_epochs: u32,
+    embedding_dim: u32,
 }
 
 async fn submit_job(
@@ -431,6 +433,7 @@ async fn submit_job(
             tune_blocks: p.tune_blocks,
             augment_views: p.augment_views,
             head_epochs: p.head_epochs,
+            embedding_dim: p.embedding_dim,
         }),
         submitted_by: caller,
     };

@@ -8,7 +8,7 @@ use tch::{nn, Device, Kind, Tensor};
 
 use crate::batcher::{Backend, ModelMeta, RawOutput};
 use crate::error::{Error, Result};
-use crate::model::{input_from_nhwc_u8, EfficientNetLite0, FusedEfficientNet, Output, FEATURE_DIM};
+use crate::model::{input_from_nhwc_u8, EfficientNetLite0, FusedEfficientNet, Output};
 use cbir_imaging::INPUT_SIZE;
 
 /// Where the network runs and in which precision.
@@ -104,13 +104,15 @@ pub fn load_network(
     let named = Tensor::read_safetensors(weights)
         .map_err(|e| Error::ModelLoad(format!("reading {}: {e}", weights.display())))?;
     let named: std::collections::HashMap<String, Tensor> = named.into_iter().collect();
-    let fc = named.get("_fc.bias").ok_or_else(|| {
+    let fc = named.get("_fc.weight").ok_or_else(|| {
         Error::ModelLoad(format!(
-            "{} has no _fc.bias: not EfficientNet-Lite0 weights",
+            "{} has no _fc.weight: not EfficientNet-Lite0 weights",
             weights.display()
         ))
     })?;
     let num_classes = fc.size()[0];
+    // Fine-tuned models carry an embedding layer: it sets the feature width.
+    let embed_dim = named.get("_embed.weight").map_or(0, |w| w.size()[0]);
     let class_names: Vec<String> = if class_names.is_empty() {
         if num_classes != 1000 {
             return Err(Error::ModelLoad(format!(
@@ -131,7 +133,11 @@ pub fn load_network(
         )));
     }
     let mut vs = nn::VarStore::new(device);
-    let net = EfficientNetLite0::new(&vs.root(), num_classes);
+    let net = if embed_dim > 0 {
+        EfficientNetLite0::with_embedding(&vs.root(), num_classes, embed_dim)
+    } else {
+        EfficientNetLite0::new(&vs.root(), num_classes)
+    };
     let mut vars = vs.variables();
     for (name, var) in vars.iter_mut() {
         let src = named.get(name).ok_or_else(|| {
@@ -192,7 +198,7 @@ impl TchBackend {
             version: spec.version.clone(),
             architecture: "efficientnet-lite0".into(),
             class_names: Arc::new(class_names),
-            embedding_dim: FEATURE_DIM as usize,
+            embedding_dim: net.embedding_dim() as usize,
             device: format!("{device:?}").to_lowercase(),
             dtype: cfg.dtype.clone(),
             source: spec.weights.display().to_string(),

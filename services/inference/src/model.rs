@@ -146,7 +146,24 @@ impl MbConv {
     }
 }
 
-/// The network: convolutional trunk, global average pool, linear classifier.
+/// Scale of the cosine classifier of fine-tuned models (NormFace): the
+/// logits of unit vectors live in [-1, 1], too flat for a softmax.
+pub const COSINE_SCALE: f64 = 16.0;
+
+/// The classifier on the searched feature.
+#[derive(Debug)]
+enum Classifier {
+    /// The ImageNet head: dropout, then a linear layer.
+    Linear(nn::Linear),
+    /// Fine-tuned models: `COSINE_SCALE` times the cosine between the
+    /// feature and each class's weight vector (`_fc.weight`, no bias), so
+    /// training shapes exactly the angles the index searches by.
+    Cosine(Tensor),
+}
+
+/// The network: convolutional trunk, global average pool, an optional
+/// embedding layer (fine-tuned models; it is then the searched feature) and
+/// the classifier.
 #[derive(Debug)]
 pub struct EfficientNetLite0 {
     stem: SameConv,
@@ -154,7 +171,8 @@ pub struct EfficientNetLite0 {
     blocks: Vec<MbConv>,
     head: SameConv,
     bn1: nn::BatchNorm,
-    fc: nn::Linear,
+    embed: Option<nn::Linear>,
+    fc: Classifier,
     num_classes: i64,
 }
 
@@ -171,6 +189,17 @@ impl EfficientNetLite0 {
     /// Builds the variables under `p` (use the var store's root so that the
     /// names match the reference weights). The classifier lives under `_fc`.
     pub fn new(p: &nn::Path, num_classes: i64) -> Self {
+        Self::build(p, num_classes, 0)
+    }
+
+    /// A fine-tunable variant for retrieval: a `dim`-wide embedding layer
+    /// (`_embed`) after the pool, which becomes the searched feature, and a
+    /// cosine classifier on it.
+    pub fn with_embedding(p: &nn::Path, num_classes: i64, dim: i64) -> Self {
+        Self::build(p, num_classes, dim)
+    }
+
+    fn build(p: &nn::Path, num_classes: i64, embed_dim: i64) -> Self {
         let stem = SameConv::new(p / "_conv_stem", 3, 32, 3, 2, 1);
         let bn0 = bn(p / "_bn0", 32);
         let mut blocks = Vec::new();
@@ -183,15 +212,44 @@ impl EfficientNetLite0 {
         }
         let head = SameConv::new(p / "_conv_head", 320, FEATURE_DIM, 1, 1, 1);
         let bn1 = bn(p / "_bn1", FEATURE_DIM);
-        let fc = nn::linear(p / "_fc", FEATURE_DIM, num_classes, Default::default());
+        let (embed, fc) = if embed_dim > 0 {
+            let embed = nn::linear(p / "_embed", FEATURE_DIM, embed_dim, Default::default());
+            let w = (p / "_fc").var(
+                "weight",
+                &[num_classes, embed_dim],
+                nn::Init::Randn {
+                    mean: 0.0,
+                    stdev: 0.01,
+                },
+            );
+            (Some(embed), Classifier::Cosine(w))
+        } else {
+            let fc = nn::linear(p / "_fc", FEATURE_DIM, num_classes, Default::default());
+            (None, Classifier::Linear(fc))
+        };
         Self {
             stem,
             bn0,
             blocks,
             head,
             bn1,
+            embed,
             fc,
             num_classes,
+        }
+    }
+
+    /// Width of the searched feature.
+    pub fn embedding_dim(&self) -> i64 {
+        self.embed.as_ref().map_or(FEATURE_DIM, |e| e.ws.size()[0])
+    }
+
+    /// The searched feature from the pooled one: the embedding layer when
+    /// there is one (dropout before it while training), else the pool.
+    pub fn embed_t(&self, pooled: &Tensor, train: bool) -> Tensor {
+        match &self.embed {
+            Some(e) => pooled.dropout(DROPOUT, train).apply(e),
+            None => pooled.shallow_clone(),
         }
     }
 
@@ -209,9 +267,12 @@ impl EfficientNetLite0 {
         x.adaptive_avg_pool2d([1, 1]).flatten(1, -1)
     }
 
-    /// The classifier on pooled features (dropout only when training).
+    /// The classifier on the searched feature (dropout only when training).
     pub fn classify_t(&self, features: &Tensor, train: bool) -> Tensor {
-        features.dropout(DROPOUT, train).apply(&self.fc)
+        match &self.fc {
+            Classifier::Linear(fc) => features.dropout(DROPOUT, train).apply(fc),
+            Classifier::Cosine(w) => cosine_logits(features, w),
+        }
     }
 
     /// Number of MBConv blocks (16).
@@ -241,7 +302,7 @@ impl EfficientNetLite0 {
     }
 
     pub fn forward_all_t(&self, xs: &Tensor, train: bool) -> Output {
-        let features = self.features_t(xs, train);
+        let features = self.embed_t(&self.features_t(xs, train), train);
         let logits = self.classify_t(&features, train);
         Output { features, logits }
     }
@@ -251,6 +312,14 @@ impl ModuleT for EfficientNetLite0 {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         self.forward_all_t(xs, train).logits
     }
+}
+
+fn unit_rows(x: &Tensor) -> Tensor {
+    x / x.norm_scalaropt_dim(2.0, [1i64], true).clamp_min(1e-12)
+}
+
+fn cosine_logits(features: &Tensor, w: &Tensor) -> Tensor {
+    unit_rows(features).mm(&unit_rows(w).tr()) * COSINE_SCALE
 }
 
 /// Folds a BatchNorm into the preceding bias-free convolution:
@@ -370,8 +439,11 @@ pub struct FusedEfficientNet {
     stem: FusedConv,
     blocks: Vec<FusedBlock>,
     head: FusedConv,
+    /// `_embed` weight and bias, when the model has the layer.
+    embed: Option<(Tensor, Tensor)>,
     fc_w: Tensor,
-    fc_b: Tensor,
+    /// None: a cosine classifier (`fc_w` rows already unit length).
+    fc_b: Option<Tensor>,
 }
 
 impl FusedEfficientNet {
@@ -389,11 +461,26 @@ impl FusedEfficientNet {
                 })
                 .collect(),
             head: FusedConv::new(&net.head, &net.bn1),
-            fc_w: net.fc.ws.copy(),
-            fc_b: net.fc.bs.as_ref().map_or_else(
-                || Tensor::zeros([net.num_classes], (tch::Kind::Float, net.fc.ws.device())),
-                Tensor::copy,
-            ),
+            embed: net.embed.as_ref().map(|e| {
+                (
+                    e.ws.copy(),
+                    e.bs.as_ref().map_or_else(
+                        || Tensor::zeros([e.ws.size()[0]], (tch::Kind::Float, e.ws.device())),
+                        Tensor::copy,
+                    ),
+                )
+            }),
+            fc_w: match &net.fc {
+                Classifier::Linear(fc) => fc.ws.copy(),
+                Classifier::Cosine(w) => unit_rows(w),
+            },
+            fc_b: match &net.fc {
+                Classifier::Linear(fc) => Some(fc.bs.as_ref().map_or_else(
+                    || Tensor::zeros([net.num_classes], (tch::Kind::Float, fc.ws.device())),
+                    Tensor::copy,
+                )),
+                Classifier::Cosine(_) => None,
+            },
         })
     }
 
@@ -418,8 +505,14 @@ impl FusedEfficientNet {
             conv(&mut b.depthwise);
             conv(&mut b.project);
         }
+        if let Some((w, b)) = &mut self.embed {
+            *w = w.to_kind(kind);
+            *b = b.to_kind(kind);
+        }
         self.fc_w = self.fc_w.to_kind(kind);
-        self.fc_b = self.fc_b.to_kind(kind);
+        if let Some(b) = &mut self.fc_b {
+            *b = b.to_kind(kind);
+        }
     }
 
     /// NHWC activations after the stem and blocks `..upto` of an NHWC batch
@@ -451,8 +544,15 @@ impl FusedEfficientNet {
             x = if b.residual { y + x } else { y };
         }
         let x = self.head.forward(&x, true);
-        let features = x.mean_dim([1i64, 2].as_slice(), false, x.kind());
-        let logits = features.linear(&self.fc_w, Some(&self.fc_b));
+        let pooled = x.mean_dim([1i64, 2].as_slice(), false, x.kind());
+        let features = match &self.embed {
+            Some((w, b)) => pooled.linear(w, Some(b)),
+            None => pooled,
+        };
+        let logits = match &self.fc_b {
+            Some(b) => features.linear(&self.fc_w, Some(b)),
+            None => unit_rows(&features).mm(&self.fc_w.tr()) * COSINE_SCALE,
+        };
         Output { features, logits }
     }
 }

@@ -731,6 +731,7 @@ mod params_serde {
             tune_blocks: p.tune_blocks,
             augment_views: p.augment_views,
             head_epochs: p.head_epochs,
+            embedding_dim: p.embedding_dim,
         }
         .serialize(s)
     }

@@ -48,6 +48,10 @@ pub struct Params {
     pub tune_blocks: u32,
     pub augment_views: u32,
     pub head_epochs: u32,
+    /// Width of the embedding layer that becomes the searched feature
+    /// (trained with a cosine classifier); 0 keeps the pooled 1280-d feature
+    /// and a linear classifier.
+    pub embedding_dim: u32,
 }
 
 impl Default for Params {
@@ -64,6 +68,7 @@ impl Default for Params {
             tune_blocks: 2,
             augment_views: 2,
             head_epochs: 8,
+            embedding_dim: 256,
         }
     }
 }
@@ -106,6 +111,7 @@ impl Params {
             tune_blocks: or(p.tune_blocks, d.tune_blocks),
             augment_views: or(p.augment_views, d.augment_views),
             head_epochs: or(p.head_epochs, d.head_epochs),
+            embedding_dim: or(p.embedding_dim, d.embedding_dim),
         };
         out.check()?;
         Ok(out)
@@ -140,6 +146,9 @@ impl Params {
                 self.augment_views
             ));
         }
+        if self.embedding_dim > 4096 {
+            return bad(format!("embedding_dim {} is over 4096", self.embedding_dim));
+        }
         if self.head_epochs > MAX_EPOCHS {
             return bad(format!(
                 "head_epochs {} is over {MAX_EPOCHS}",
@@ -162,6 +171,7 @@ impl Params {
             tune_blocks: self.tune_blocks,
             augment_views: self.augment_views,
             head_epochs: self.head_epochs,
+            embedding_dim: self.embedding_dim,
         }
     }
 
@@ -216,7 +226,11 @@ fn is_trainable(name: &str, from: usize) -> bool {
     if name.ends_with("running_mean") || name.ends_with("running_var") {
         return false;
     }
-    if name.starts_with("_fc.") || name.starts_with("_conv_head.") || name.starts_with("_bn1.") {
+    if name.starts_with("_fc.")
+        || name.starts_with("_embed.")
+        || name.starts_with("_conv_head.")
+        || name.starts_with("_bn1.")
+    {
         return true;
     }
     name.strip_prefix("_blocks.")
@@ -227,14 +241,24 @@ fn is_trainable(name: &str, from: usize) -> bool {
 
 /// Builds the network for `classes` classes from the base weights: every
 /// tensor but the classifier is copied; the classifier starts fresh.
-fn network(base: &Path, classes: i64, device: Device) -> Result<(nn::VarStore, EfficientNetLite0)> {
+fn network(
+    base: &Path,
+    classes: i64,
+    embedding_dim: i64,
+    device: Device,
+) -> Result<(nn::VarStore, EfficientNetLite0)> {
     let named = Tensor::read_safetensors(base)
         .map_err(|e| Error::Training(format!("reading base weights {}: {e}", base.display())))?;
     let named: HashMap<String, Tensor> = named.into_iter().collect();
     let vs = nn::VarStore::new(device);
-    let net = EfficientNetLite0::new(&vs.root(), classes);
+    let net = if embedding_dim > 0 {
+        EfficientNetLite0::with_embedding(&vs.root(), classes, embedding_dim)
+    } else {
+        EfficientNetLite0::new(&vs.root(), classes)
+    };
     for (name, mut var) in vs.variables() {
-        if name.starts_with("_fc.") {
+        // The new layers start fresh.
+        if name.starts_with("_fc.") || name.starts_with("_embed.") {
             continue;
         }
         let src = named.get(&name).ok_or_else(|| {
@@ -364,7 +388,12 @@ pub fn train(
         started: Instant::now(),
     };
     let classes = ds.classes.len() as i64;
-    let (mut vs, net) = network(setup.base_weights, classes, setup.device)?;
+    let (mut vs, net) = network(
+        setup.base_weights,
+        classes,
+        i64::from(p.embedding_dim),
+        setup.device,
+    )?;
     let from = net.num_blocks() - (p.blocks_to_tune() as usize).min(net.num_blocks());
     for (name, var) in vs.variables() {
         let _ = var.set_requires_grad(is_trainable(&name, from));
@@ -400,58 +429,79 @@ pub fn train(
             .enumerate()
             .map(|(i, s)| (i, s.path.as_path()))
             .collect();
-        for chunk in indexed.chunks(EXTRACT_BATCH) {
-            check_cancel(setup.cancel)?;
-            let decoded = decode_views(chunk, views, p.seed, &setup.limits);
-            let mut buf = Vec::new();
-            let mut n = 0i64;
-            for ((i, path), d) in chunk.iter().zip(decoded) {
-                match d {
-                    Ok(vs) => {
-                        for v in vs {
-                            buf.extend_from_slice(&v);
-                            n += 1;
-                        }
-                        labels.push(samples[*i].class as i64);
+        // Decoding the next chunk overlaps the forward pass of this one.
+        std::thread::scope(|s| -> Result<()> {
+            let (tx, rx) = std::sync::mpsc::sync_channel(2);
+            let limits = setup.limits;
+            let seed = p.seed;
+            let cancel = setup.cancel;
+            let chunks: Vec<&[(usize, &Path)]> = indexed.chunks(EXTRACT_BATCH).collect();
+            s.spawn(move || {
+                for chunk in chunks {
+                    if cancel.load(Ordering::Relaxed) {
+                        break;
                     }
-                    Err(why) => skipped.push(format!(
-                        "{}: {why}",
-                        path.strip_prefix(&ds.root).unwrap_or(path).display()
-                    )),
+                    let decoded = decode_views(chunk, views, seed, &limits);
+                    if tx.send((chunk, decoded)).is_err() {
+                        break;
+                    }
                 }
+            });
+            for (chunk, decoded) in rx {
+                check_cancel(setup.cancel)?;
+                let mut buf = Vec::new();
+                let mut n = 0i64;
+                for ((i, path), d) in chunk.iter().zip(decoded) {
+                    match d {
+                        Ok(vs) => {
+                            for v in vs {
+                                buf.extend_from_slice(&v);
+                                n += 1;
+                            }
+                            labels.push(samples[*i].class as i64);
+                        }
+                        Err(why) => skipped.push(format!(
+                            "{}: {why}",
+                            path.strip_prefix(&ds.root).unwrap_or(path).display()
+                        )),
+                    }
+                }
+                if n > 0 {
+                    let side = i64::from(INPUT_SIZE);
+                    let x = Tensor::from_slice(&buf)
+                        .view([n, side, side, 3])
+                        .to_device(setup.device)
+                        .permute([0, 3, 1, 2])
+                        .to_kind(Kind::Float);
+                    let x = if views > 0 {
+                        Jitter::sample(n as usize, rng).apply(&x)
+                    } else {
+                        x
+                    };
+                    let x = ((x - 127.0) / 128.0).permute([0, 2, 3, 1]);
+                    // BatchNorm is frozen, so the folded network gives the same
+                    // activations as the trainable one, about twice as fast.
+                    let m = tch::no_grad(|| fused.trunk_nhwc(&x, from))
+                        .permute([0, 3, 1, 2])
+                        .to_kind(Kind::Half)
+                        .contiguous();
+                    maps.push(m);
+                }
+                done_images += chunk.len() * views.max(1);
+                let secs = extract_started.elapsed().as_secs_f64().max(1e-3);
+                let rate = done_images as f64 / secs;
+                progress.phase =
+                    format!("extracting features ({done_images}/{total_images} images)");
+                progress.images_per_second = rate;
+                // Fine-tuning runs at about the extraction rate per image.
+                progress.eta_seconds =
+                    ((total_images - done_images.min(total_images)) as f64 + later_images) / rate;
+                progress.elapsed_seconds = clock.secs();
+                report(&progress, None);
             }
-            if n > 0 {
-                let side = i64::from(INPUT_SIZE);
-                let x = Tensor::from_slice(&buf)
-                    .view([n, side, side, 3])
-                    .to_device(setup.device)
-                    .permute([0, 3, 1, 2])
-                    .to_kind(Kind::Float);
-                let x = if views > 0 {
-                    Jitter::sample(n as usize, rng).apply(&x)
-                } else {
-                    x
-                };
-                let x = ((x - 127.0) / 128.0).permute([0, 2, 3, 1]);
-                // BatchNorm is frozen, so the folded network gives the same
-                // activations as the trainable one, about twice as fast.
-                let m = tch::no_grad(|| fused.trunk_nhwc(&x, from))
-                    .permute([0, 3, 1, 2])
-                    .to_kind(Kind::Half)
-                    .contiguous();
-                maps.push(m);
-            }
-            done_images += chunk.len() * views.max(1);
-            let secs = extract_started.elapsed().as_secs_f64().max(1e-3);
-            let rate = done_images as f64 / secs;
-            progress.phase = format!("extracting features ({done_images}/{total_images} images)");
-            progress.images_per_second = rate;
-            // Fine-tuning runs at about the extraction rate per image.
-            progress.eta_seconds =
-                ((total_images - done_images.min(total_images)) as f64 + later_images) / rate;
-            progress.elapsed_seconds = clock.secs();
-            report(&progress, None);
-        }
+            Ok(())
+        })?;
+        check_cancel(setup.cancel)?;
         if maps.is_empty() {
             return Err(Error::InvalidArgument(
                 "no image of the data set could be read".into(),
@@ -480,7 +530,9 @@ pub fn train(
     } else {
         p.epochs
     };
-    let total_steps = (head_epochs + tune_epochs) as i64 * steps_per_epoch;
+    let head_steps_per_epoch = (n_train * train_cache.views + bs - 1) / bs;
+    let total_steps =
+        i64::from(head_epochs) * head_steps_per_epoch + i64::from(tune_epochs) * steps_per_epoch;
     progress.iterations = total_steps as u64;
     progress.epochs = head_epochs + tune_epochs;
 
@@ -536,15 +588,28 @@ pub fn train(
         report(progress, Some(point));
     };
 
-    // 2. The classifier on pooled features of view 0.
+    // 2. The embedding layer and the classifier on the pooled features of
+    // every cached view (the blocks do not change in this stage).
     progress.phase = "training the classifier".into();
+    let all_rows: Vec<i64> = (0..train_cache.maps.size()[0]).collect();
     let train_features = tch::no_grad(|| {
-        let parts: Vec<Tensor> = order
+        let dev = train_cache.maps.device();
+        let parts: Vec<Tensor> = all_rows
             .chunks(128)
-            .map(|c| net.tail_features_t(&train_cache.rows(c, 0), from, false))
+            .map(|c| {
+                let x = train_cache
+                    .maps
+                    .index_select(0, &Tensor::from_slice(c).to_device(dev))
+                    .to_kind(Kind::Float);
+                net.tail_features_t(&x, from, false)
+            })
             .collect();
         Tensor::cat(&parts, 0)
     });
+    let row_labels = train_cache
+        .labels
+        .repeat_interleave_self_int(train_cache.views, 0, None::<i64>);
+    let mut row_order = all_rows;
     let mut best = (f32::MIN, HashMap::new());
     let snapshot = |vs: &nn::VarStore| -> HashMap<String, Tensor> {
         vs.variables()
@@ -558,18 +623,18 @@ pub fn train(
             .wd(1e-4)
             .build(&vs, p.learning_rate * HEAD_LR_FACTOR)?;
         let val_f = val_features(&net);
-        let mut pace = Pace::new(i64::from(head_epochs) * steps_per_epoch, later_images);
+        let mut pace = Pace::new(i64::from(head_epochs) * head_steps_per_epoch, later_images);
         for e in 0..head_epochs {
             epoch_no += 1;
             progress.epoch = epoch_no;
-            order.shuffle(&mut rng);
+            row_order.shuffle(&mut rng);
             let (mut seen, mut correct) = (0i64, 0f64);
-            for c in order.chunks(bs as usize) {
+            for c in row_order.chunks(bs as usize) {
                 check_cancel(setup.cancel)?;
                 let idx = Tensor::from_slice(c).to_device(setup.device);
                 let f = train_features.index_select(0, &idx);
-                let y = train_cache.labels.index_select(0, &idx);
-                let logits = net.classify_t(&f, true);
+                let y = row_labels.index_select(0, &idx);
+                let logits = net.classify_t(&net.embed_t(&f, true), true);
                 let loss = logits.cross_entropy_for_logits(&y);
                 opt.backward_step(&loss);
                 seen += c.len() as i64;
@@ -585,7 +650,13 @@ pub fn train(
                     report,
                 );
             }
-            let va = tch::no_grad(|| accuracy(&net.classify_t(&val_f, false), &val_cache.labels));
+            let (va, vmap) = tch::no_grad(|| {
+                let emb = net.embed_t(&val_f, false);
+                (
+                    accuracy(&net.classify_t(&emb, false), &val_cache.labels),
+                    retrieval_map(&emb, &val_cache.labels),
+                )
+            });
             progress.validation_accuracy = va;
             report(&progress, Some(val_point(&progress, iteration, va)));
             if e == 0 {
@@ -594,7 +665,7 @@ pub fn train(
                     "retrieval mAP of the pretrained features on the validation images"
                 );
             }
-            tracing::info!(epoch = e + 1, validation_accuracy = va, "classifier epoch");
+            tracing::info!(epoch = e + 1, validation_accuracy = va, validation_map = vmap, "classifier epoch");
             // With blocks to tune, the model is picked among their epochs:
             // the classifier alone leaves the searched feature as it was.
             if va > best.0 || tune_epochs > 0 {
@@ -638,7 +709,7 @@ pub fn train(
                     .index_select(0, &Tensor::from_slice(c).to_device(setup.device));
                 // BatchNorm in eval mode: its statistics stay those of
                 // ImageNet, which small batches would only make noisier.
-                let f = net.tail_features_t(&x, from, false);
+                let f = net.embed_t(&net.tail_features_t(&x, from, false), true);
                 let logits = net.classify_t(&f, true);
                 let loss = logits.cross_entropy_for_logits(&y);
                 opt.backward_step_clip_norm(&loss, 5.0);
@@ -656,7 +727,7 @@ pub fn train(
                 );
             }
             let (va, vmap) = tch::no_grad(|| {
-                let f = val_features(&net);
+                let f = net.embed_t(&val_features(&net), false);
                 (
                     accuracy(&net.classify_t(&f, false), &val_cache.labels),
                     retrieval_map(&f, &val_cache.labels),
@@ -701,7 +772,7 @@ pub fn train(
         Ok(())
     })?;
     vs.freeze();
-    let logits = tch::no_grad(|| net.classify_t(&val_features(&net), false));
+    let logits = tch::no_grad(|| net.classify_t(&net.embed_t(&val_features(&net), false), false));
     let pred = logits.argmax(-1, false).to_device(Device::Cpu);
     let truth = val_cache.labels.to_device(Device::Cpu);
     let pred: Vec<i64> = Vec::try_from(&pred)?;
@@ -744,7 +815,10 @@ fn retrieval_map(features: &Tensor, labels: &Tensor) -> f64 {
     if n < 2 {
         return 0.0;
     }
-    let f = features / features.norm_scalaropt_dim(2.0, [1i64], true).clamp_min(1e-12);
+    let f = features
+        / features
+            .norm_scalaropt_dim(2.0, [1i64], true)
+            .clamp_min(1e-12);
     let sim = f.mm(&f.tr());
     // Self last: it is cut off below.
     let sim = sim - Tensor::eye(n, (Kind::Float, f.device())) * 1e9;

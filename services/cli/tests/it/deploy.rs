@@ -71,6 +71,10 @@ fn chart_config_loads_in_every_service() {
         "gateway.config.limits.max_top_k=500",
         "--set",
         "index.replicas=3",
+        "--set",
+        "training.config.defaults.epochs=10",
+        "--set",
+        "training.nice=15",
     ]);
     let dir = tempfile::tempdir().expect("tmp");
     let write = |name: &str| {
@@ -84,6 +88,7 @@ fn chart_config_loads_in_every_service() {
     assert_eq!(gw.index_urls, ["http://rel-cbir-index:50052"]);
     assert_eq!(gw.allowed_roots, [PathBuf::from("/images")]);
     assert_eq!(gw.limits.max_top_k, 500);
+    assert_eq!(gw.training_urls, ["http://rel-cbir-training:50053"]);
     let inf =
         cbir_inference::Config::load(Some(&write("inference.toml"))).expect("inference config");
     assert_eq!(inf.listen, "0.0.0.0:50051");
@@ -98,10 +103,42 @@ fn chart_config_loads_in_every_service() {
     );
     assert_eq!(idx.metrics_listen.as_deref(), Some("0.0.0.0:9092"));
     assert_eq!(idx.follow_ms, 1000, "replicas follow each other");
-    // The database URL comes from a Secret, not the ConfigMap.
-    assert!(rendered.contains("secretKeyRef"));
+    let tr = cbir_training::Config::load(Some(&write("training.toml"))).expect("training config");
+    assert_eq!(tr.listen, "0.0.0.0:50053");
+    assert_eq!(tr.inference_url, "http://rel-cbir-inference:50051");
+    assert_eq!(tr.index_url.as_deref(), Some("http://rel-cbir-index:50052"));
+    assert_eq!(tr.metrics_listen.as_deref(), Some("0.0.0.0:9093"));
+    assert_eq!(tr.device, "cuda");
+    assert_eq!(tr.nice, 15);
+    assert_eq!(tr.defaults.epochs, 10);
+    assert_eq!(tr.data_dir, PathBuf::from("/var/lib/cbir/training"));
+    // The gateway's folders, mounted at the same path.
+    assert_eq!(tr.allowed_roots, [PathBuf::from("/images")]);
+    // The database URL comes from a Secret, not the ConfigMap; training
+    // shares the index's.
+    assert_eq!(rendered.matches("secretKeyRef").count(), 2);
     assert!(rendered.contains("nvidia.com/gpu: 1"));
-    let cpu = render(&["--set", "inference.device=cpu"]);
+    assert!(rendered.contains("image: \"cbir/training:0.1.0-cuda\""));
+    let cpu = render(&[
+        "--set",
+        "inference.device=cpu",
+        "--set",
+        "training.device=cpu",
+    ]);
     assert!(!cpu.contains("nvidia.com/gpu: 1"));
     assert!(cpu.contains("image: \"cbir/inference:0.1.0\""), "CPU image");
+    assert!(cpu.contains("image: \"cbir/training:0.1.0\""), "CPU image");
+    let tr = cbir_training::Config::load(Some(&{
+        let p = dir.path().join("training-cpu.toml");
+        std::fs::write(&p, config_block(&cpu, "training.toml")).expect("write");
+        p
+    }))
+    .expect("training config");
+    assert_eq!(tr.device, "cpu");
+    assert!(tr.allowed_roots.is_empty(), "no folders mounted");
+    // Without training the gateway keeps its default and nothing of the
+    // service is rendered.
+    let off = render(&["--set", "training.enabled=false"]);
+    assert!(!off.contains("training.toml"));
+    assert!(!off.contains("rel-cbir-training"));
 }

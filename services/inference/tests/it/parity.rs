@@ -115,3 +115,70 @@ fn logits_match_pytorch_reference_channels_last() {
 fn fused_logits_match_pytorch_reference() {
     check(true, true);
 }
+
+/// A fine-tuned model's layout (embedding layer, cosine classifier) loads
+/// from its safetensors, reports its feature width, and the served (fused)
+/// path gives the same feature and logits as the trainable module.
+#[test]
+fn an_embedding_model_loads_and_fused_matches_the_module() {
+    use cbir_inference::model::EfficientNetLite0;
+    use cbir_inference::Backend;
+    let base: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(weights())
+        .expect("weights")
+        .into_iter()
+        .collect();
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let net = EfficientNetLite0::with_embedding(&vs.root(), 3, 64);
+    assert_eq!(net.embedding_dim(), 64);
+    tch::no_grad(|| {
+        for (name, mut v) in vs.variables() {
+            if let Some(src) = base.get(&name) {
+                v.copy_(src);
+            }
+        }
+    });
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("ft.safetensors");
+    let named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    Tensor::write_safetensors(&named, &path).expect("write");
+    let spec = cbir_inference::ModelSpec {
+        name: "ft".into(),
+        version: "1".into(),
+        class_names: vec!["a".into(), "b".into(), "c".into()],
+        weights: path,
+    };
+    let crop = image::open(crops_dir().join(
+        std::fs::read_dir(crops_dir())
+            .expect("reference crops: run scripts/setup.sh")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name())
+            .find(|n| n.to_string_lossy().ends_with(".png"))
+            .expect("a crop"),
+    ))
+    .expect("crop")
+    .into_rgb8();
+    let x = Tensor::from_slice(crop.as_raw())
+        .view([1, 224, 224, 3])
+        .to_kind(Kind::Float);
+    let x = ((x - 127.0) / 128.0).permute([0, 3, 1, 2]).contiguous();
+    let mut outs = Vec::new();
+    for fuse in [false, true] {
+        let device = cbir_inference::DeviceConfig {
+            channels_last: fuse,
+            fuse,
+            ..Default::default()
+        };
+        let backend = cbir_inference::TchBackend::load(&spec, &device).expect("load");
+        assert_eq!(backend.meta().embedding_dim, 64);
+        let (f, l) = backend.forward_nchw(&x);
+        assert_eq!(f.size(), [1, 64]);
+        assert_eq!(l.size(), [1, 3]);
+        // Cosine logits are bounded by the scale.
+        let max = l.abs().max().double_value(&[]);
+        assert!(max <= cbir_inference::model::COSINE_SCALE + 1e-3, "{max}");
+        outs.push((f, l));
+    }
+    let df = (&outs[0].0 - &outs[1].0).abs().max().double_value(&[]);
+    let dl = (&outs[0].1 - &outs[1].1).abs().max().double_value(&[]);
+    assert!(df < 1e-3 && dl < 1e-3, "fused differs: features {df}, logits {dl}");
+}

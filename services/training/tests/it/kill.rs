@@ -61,7 +61,10 @@ fn spawn(dir: &Path, port: u16) -> Service {
             )
             .env("TRAINING_DATA_DIR", dir.join("data"))
             .env("TRAINING_BASE_WEIGHTS", weights())
-            .env("TRAINING_ALLOWED_ROOTS", format!("[{:?}]", dir.display().to_string()))
+            .env(
+                "TRAINING_ALLOWED_ROOTS",
+                format!("[{:?}]", dir.display().to_string()),
+            )
             // No inference or index here: the reconcile loop stays off.
             .env("TRAINING_RECONCILE_MS", "0")
             .env("TRAINING_INDEX_URL", "http://127.0.0.1:9")
@@ -150,7 +153,10 @@ async fn a_job_killed_with_its_process_is_failed_after_restart() {
         if now.progress.as_ref().is_some_and(|p| p.iteration > 0) {
             break;
         }
-        assert!(Instant::now() < deadline, "the job never started training: {now:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the job never started training: {now:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     svc.0.kill().expect("SIGKILL");
@@ -160,7 +166,10 @@ async fn a_job_killed_with_its_process_is_failed_after_restart() {
     let mut c = client(p).await;
     let after = job(&mut c, &j.id).await;
     assert_eq!(after.state, pb::JobState::Failed as i32, "{after:?}");
-    assert!(after.message.contains("stopped while the job was running"), "{after:?}");
+    assert!(
+        after.message.contains("stopped while the job was running"),
+        "{after:?}"
+    );
     // Only complete models: the pretrained one, active, with its weights.
     let models = c
         .list_models(pb::ListModelsRequest {})
@@ -182,7 +191,10 @@ async fn a_job_killed_with_its_process_is_failed_after_restart() {
         bytes += chunk.data.len();
     }
     assert_eq!(bytes as u64, models[0].weights_bytes);
-    assert_eq!(bytes as u64, std::fs::metadata(weights()).expect("weights").len());
+    assert_eq!(
+        bytes as u64,
+        std::fs::metadata(weights()).expect("weights").len()
+    );
 
     // The service trains again after the crash.
     let j2 = submit(&mut c, &set, 1).await;
