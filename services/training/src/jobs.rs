@@ -362,11 +362,26 @@ impl Training {
                 return Ok(j);
             }
         }
+        let message = "cancelled before it started";
+        if !self
+            .store
+            .transition(id, pb::JobState::Queued, pb::JobState::Cancelled, message)
+            .await?
+        {
+            // The queue took it in the meantime: stop it there.
+            if let Some((running, flag)) = &*self.running.lock() {
+                if running == id {
+                    flag.store(true, Ordering::Relaxed);
+                }
+            }
+            let mut j = self.job(id).await?;
+            j.message = "cancelling".into();
+            return Ok(j);
+        }
         let mut j = job;
         j.state = pb::JobState::Cancelled as i32;
-        j.message = "cancelled before it started".into();
+        j.message = message.into();
         j.finished_at_ms = now_ms();
-        self.store.update_job(&j).await?;
         if let Some(tx) = self.live.lock().remove(id) {
             tx.send_replace(j.clone());
         }
@@ -414,6 +429,25 @@ impl Training {
 
     async fn run_job(self: Arc<Self>, row: JobRow, cancel: Arc<AtomicBool>) {
         let mut job = row.job;
+        match self
+            .store
+            .transition(
+                &job.id,
+                pb::JobState::Queued,
+                pb::JobState::Running,
+                "running",
+            )
+            .await
+        {
+            Ok(true) => {}
+            // Cancelled since it was read from the queue.
+            Ok(false) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, job = %job.id, "could not start the job; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                return;
+            }
+        }
         job.state = pb::JobState::Running as i32;
         job.started_at_ms = now_ms();
         job.message = "running".into();

@@ -399,6 +399,39 @@ impl Store {
         row.as_ref().map(Self::job_from_row).transpose()
     }
 
+    /// Moves a job from `from` to `to` only if it is still in `from`: a
+    /// cancel and the queue taking the job cannot both win.
+    pub async fn transition(
+        &self,
+        id: &str,
+        from: pb::JobState,
+        to: pb::JobState,
+        message: &str,
+    ) -> Result<bool> {
+        let now = now_ms();
+        let (started, finished) = if to == pb::JobState::Running {
+            (now, 0)
+        } else {
+            (0, now)
+        };
+        let r = self
+            .db
+            .execute(self.stmt(
+                "UPDATE training_jobs SET state = ?, message = ?, started_at_ms = CASE WHEN ? > 0 THEN ? ELSE started_at_ms END, finished_at_ms = ? WHERE id = ? AND state = ?",
+                vec![
+                    (to as i32).into(),
+                    message.into(),
+                    started.into(),
+                    started.into(),
+                    finished.into(),
+                    id.into(),
+                    (from as i32).into(),
+                ],
+            ))
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
     /// Marks jobs left running by a process that is gone as failed; returns
     /// how many.
     pub async fn fail_orphans(&self, reason: &str) -> Result<u64> {

@@ -606,9 +606,10 @@ pub fn train(
             .collect();
         Tensor::cat(&parts, 0)
     });
-    let row_labels = train_cache
-        .labels
-        .repeat_interleave_self_int(train_cache.views, 0, None::<i64>);
+    let row_labels =
+        train_cache
+            .labels
+            .repeat_interleave_self_int(train_cache.views, 0, None::<i64>);
     let mut row_order = all_rows;
     let mut best = (f32::MIN, HashMap::new());
     let snapshot = |vs: &nn::VarStore| -> HashMap<String, Tensor> {
@@ -665,7 +666,12 @@ pub fn train(
                     "retrieval mAP of the pretrained features on the validation images"
                 );
             }
-            tracing::info!(epoch = e + 1, validation_accuracy = va, validation_map = vmap, "classifier epoch");
+            tracing::info!(
+                epoch = e + 1,
+                validation_accuracy = va,
+                validation_map = vmap,
+                "classifier epoch"
+            );
             // With blocks to tune, the model is picked among their epochs:
             // the classifier alone leaves the searched feature as it was.
             if va > best.0 || tune_epochs > 0 {
