@@ -35,6 +35,32 @@ pub fn figment<T: Default + Serialize>(prefix: &str, file: Option<&Path>) -> Res
     Ok(fig.merge(Env::prefixed(prefix).split("__")))
 }
 
+/// A database URL as sea-orm wants it: for `sqlite://PATH` the file's folder
+/// is created and the file too (`mode=rwc`) unless the URL sets options;
+/// `mysql://` passes as is; anything else is refused with what to write.
+pub fn database_url(url: &str) -> std::result::Result<String, String> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        let path = path.split('?').next().unwrap_or(path);
+        if let Some(dir) = Path::new(path).parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            }
+        }
+        Ok(if url.contains('?') {
+            url.to_string()
+        } else {
+            format!("{url}?mode=rwc")
+        })
+    } else if url.starts_with("mysql://") {
+        Ok(url.to_string())
+    } else {
+        Err(format!(
+            "database url {url:?} must start with sqlite:// or mysql://"
+        ))
+    }
+}
+
 #[cfg(test)]
 // figment::Jail fixes the closure's error type.
 #[allow(clippy::result_large_err)]

@@ -3,7 +3,6 @@
 //! memory is rebuilt from it at start.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::time::Duration;
 
 use cbir_index_migration::{Migrator, MigratorTrait};
@@ -113,27 +112,7 @@ impl Store {
     /// Connects and migrates. `sqlite://PATH` (created, WAL) or
     /// `mysql://user:pass@host/db`.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
-        let url = if let Some(path) = url.strip_prefix("sqlite://") {
-            let path = path.split('?').next().unwrap_or(path);
-            if let Some(dir) = Path::new(path).parent() {
-                if !dir.as_os_str().is_empty() {
-                    std::fs::create_dir_all(dir).map_err(|e| {
-                        Error::Config(format!("cannot create {}: {e}", dir.display()))
-                    })?;
-                }
-            }
-            if url.contains('?') {
-                url.to_string()
-            } else {
-                format!("{url}?mode=rwc")
-            }
-        } else if url.starts_with("mysql://") {
-            url.to_string()
-        } else {
-            return Err(Error::Config(format!(
-                "database url {url:?} must start with sqlite:// or mysql://"
-            )));
-        };
+        let url = cbir_common::config::database_url(url).map_err(Error::Config)?;
         let mut opts = ConnectOptions::new(url.clone());
         opts.max_connections(max_connections.max(1))
             .min_connections(1)

@@ -2,7 +2,6 @@
 //! sea-orm. Weights are stored in chunks so that any pod with the database
 //! can serve them, and no row comes near MySQL's packet limit.
 
-use std::path::Path;
 use std::time::Duration;
 
 use cbir_api::v1 as pb;
@@ -227,27 +226,7 @@ fn from_json<T: serde::de::DeserializeOwned + Default>(s: &str) -> T {
 
 impl Store {
     pub async fn connect(url: &str) -> Result<Self> {
-        let url = if let Some(path) = url.strip_prefix("sqlite://") {
-            let path = path.split('?').next().unwrap_or(path);
-            if let Some(dir) = Path::new(path).parent() {
-                if !dir.as_os_str().is_empty() {
-                    std::fs::create_dir_all(dir).map_err(|e| {
-                        Error::Config(format!("cannot create {}: {e}", dir.display()))
-                    })?;
-                }
-            }
-            if url.contains('?') {
-                url.to_string()
-            } else {
-                format!("{url}?mode=rwc")
-            }
-        } else if url.starts_with("mysql://") {
-            url.to_string()
-        } else {
-            return Err(Error::Config(format!(
-                "database url {url:?} must start with sqlite:// or mysql://"
-            )));
-        };
+        let url = cbir_common::config::database_url(url).map_err(Error::Config)?;
         let mut opts = ConnectOptions::new(url);
         opts.max_connections(4)
             .min_connections(1)
