@@ -90,16 +90,24 @@ fn duration(secs: f64) -> String {
 fn progress_line(job: &Value) -> String {
     let p = &job["progress"];
     let f = |k: &str| p[k].as_f64().unwrap_or(0.0);
+    let phase = p["phase"].as_str().unwrap_or_default();
     let frac = if f("iterations") > 0.0 {
         f("iteration") / f("iterations")
     } else {
-        0.0
+        // Before the first step the phase names its own count:
+        // "extracting features (640/10985 images)".
+        phase
+            .split_once('(')
+            .and_then(|(_, r)| r.split_once(' '))
+            .and_then(|(n, _)| n.split_once('/'))
+            .and_then(|(a, b)| Some(a.parse::<f64>().ok()? / b.parse::<f64>().ok()?))
+            .unwrap_or(0.0)
     };
     format!(
         "{} {:>3.0}% {} | epoch {}/{} it {}/{} | loss {:.3} train {:.3} val {:.3} | {:.0} img/s | ETA {}",
         bar(frac),
         frac * 100.0,
-        p["phase"].as_str().unwrap_or_default(),
+        phase,
         f("epoch"),
         f("epochs"),
         f("iteration"),
@@ -365,8 +373,9 @@ pub async fn model(gateway: &str, cmd: ModelCommand) -> anyhow::Result<ExitCode>
                     println!("{m}");
                     continue;
                 }
+                let trained = m["job_id"].as_str().is_some_and(|j| !j.is_empty());
                 println!(
-                    "{}{}:{}  classes {}  validation {:.4}  epochs {}  iterations {}  {}  by {}",
+                    "{}{}:{}  classes {}  validation {}  epochs {}  iterations {}  {}  by {}",
                     if m["active"].as_bool().unwrap_or(false) {
                         "* "
                     } else {
@@ -375,7 +384,11 @@ pub async fn model(gateway: &str, cmd: ModelCommand) -> anyhow::Result<ExitCode>
                     m["name"].as_str().unwrap_or_default(),
                     m["version"].as_str().unwrap_or_default(),
                     m["class_names"].as_array().map_or(0, Vec::len),
-                    m["validation_accuracy"].as_f64().unwrap_or(0.0),
+                    if trained {
+                        format!("{:.4}", m["validation_accuracy"].as_f64().unwrap_or(0.0))
+                    } else {
+                        "-".into()
+                    },
                     m["epochs"],
                     m["iterations"],
                     duration(m["duration_seconds"].as_f64().unwrap_or(0.0)),
