@@ -98,6 +98,53 @@ async fn keys_with_roles_guard_every_protocol() {
         "{e}"
     );
 
+    // Training, the registry's changes and rebuilds need admin; reading the
+    // registry needs no more than search.
+    for (method, path, body) in [
+        (
+            "POST",
+            "/api/training/jobs",
+            Some(json!({"name": "m", "server_path": "/tmp"})),
+        ),
+        ("POST", "/api/training/datasets?file_name=a.tar", None),
+        (
+            "POST",
+            "/api/models/efficientnet-lite0/imagenet/activate",
+            None,
+        ),
+        ("DELETE", "/api/models/efficientnet-lite0/imagenet", None),
+        ("POST", "/api/collections/c/rebuild", None),
+    ] {
+        let req = |k: &str| {
+            let r = match method {
+                "DELETE" => http.delete(format!("{base}{path}")),
+                _ => http.post(format!("{base}{path}")),
+            };
+            let r = r.header("x-api-key", k.to_string());
+            match &body {
+                Some(b) => r.json(b),
+                None => r.body(Vec::new()),
+            }
+        };
+        let r = req("secret-indexer").send().await.expect("request");
+        assert_eq!(r.status(), 403, "{method} {path} with an index key");
+    }
+    let r = http
+        .get(format!("{base}/api/models"))
+        .header("x-api-key", "secret-reader")
+        .send()
+        .await
+        .expect("models");
+    assert_eq!(r.status(), 200);
+    // Admin may: the rebuild of `c` starts.
+    let r = http
+        .post(format!("{base}/api/collections/c/rebuild"))
+        .header("x-api-key", "secret-root")
+        .send()
+        .await
+        .expect("rebuild");
+    assert_eq!(r.status(), 200);
+
     // gRPC: the same rules through metadata.
     let ch = Channel::from_shared(base.clone())
         .expect("uri")
