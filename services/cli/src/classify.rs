@@ -59,13 +59,16 @@ pub async fn run(url: &str, images: &[PathBuf], as_json: bool) -> anyhow::Result
         let mut results = if inputs.is_empty() {
             Vec::new()
         } else {
+            let mut req = tonic::Request::new(pb::EmbedRequest {
+                images: inputs,
+                priority: pb::Priority::Interactive as i32,
+                include_probabilities: false,
+                ..Default::default()
+            });
+            // CBIR_INTERNAL_TOKEN, when the inference service asks for one.
+            cbir_common::grpc::attach_internal_token(req.metadata_mut());
             client
-                .embed(pb::EmbedRequest {
-                    images: inputs,
-                    priority: pb::Priority::Interactive as i32,
-                    include_probabilities: false,
-                    ..Default::default()
-                })
+                .embed(req)
                 .await
                 .map_err(|s| anyhow::anyhow!("inference failed: {}", s.message()))?
                 .into_inner()

@@ -207,6 +207,11 @@ enum IndexCommand {
 
 fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
+    // Direct calls to the internal services (cbir classify) carry the
+    // internal token when the environment gives one.
+    if let Ok(t) = std::env::var("CBIR_INTERNAL_TOKEN") {
+        cbir_common::grpc::set_outgoing_internal_token(Some(&t)).map_err(anyhow::Error::msg)?;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -70,3 +70,69 @@ pub async fn probe(addr: &str, service: &str) -> Result<(), String> {
         ))
     }
 }
+
+/// The shared secret internal calls carry (`x-internal-token`), set once per
+/// process from the service's `internal_token` setting; the gateway, the
+/// training service and the index (rebuilds) send it to the services behind
+/// them.
+static OUTGOING_TOKEN: std::sync::OnceLock<tonic::metadata::AsciiMetadataValue> =
+    std::sync::OnceLock::new();
+
+pub const INTERNAL_TOKEN_HEADER: &str = "x-internal-token";
+
+/// Makes every call this process sends carry `token` (the first one set
+/// wins: the services of one process share the secret).
+pub fn set_outgoing_internal_token(token: Option<&str>) -> Result<(), String> {
+    if let Some(t) = token.map(str::trim).filter(|t| !t.is_empty()) {
+        let v = t
+            .parse()
+            .map_err(|_| "internal_token must be printable ASCII".to_string())?;
+        let _ = OUTGOING_TOKEN.set(v);
+    }
+    Ok(())
+}
+
+/// Adds the internal token, when one is set, to outgoing metadata.
+pub fn attach_internal_token(metadata: &mut tonic::metadata::MetadataMap) {
+    if let Some(v) = OUTGOING_TOKEN.get() {
+        metadata.insert(INTERNAL_TOKEN_HEADER, v.clone());
+    }
+}
+
+/// A tonic interceptor for an internal service: with `token` set, calls
+/// without it (or with another) are refused as UNAUTHENTICATED, so only the
+/// gateway and the other cbir services reach it. Health checks are separate
+/// services and stay open.
+pub fn internal_auth(
+    token: Option<String>,
+) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
+    let token: Option<std::sync::Arc<[u8]>> = token
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .map(|t| t.into_bytes().into());
+    move |req: tonic::Request<()>| {
+        let Some(expected) = &token else {
+            return Ok(req);
+        };
+        let got = req
+            .metadata()
+            .get(INTERNAL_TOKEN_HEADER)
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        // Constant time in the token's content.
+        let same = got.len() == expected.len()
+            && got
+                .iter()
+                .zip(expected.iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if same {
+            Ok(req)
+        } else {
+            Err(tonic::Status::unauthenticated(
+                "this internal service accepts only calls from the gateway and the other cbir services: \
+                 x-internal-token is missing or wrong (set the same internal_token in every service)",
+            ))
+        }
+    }
+}

@@ -175,8 +175,10 @@ impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
 }
 
 /// Puts the current span's trace context into outgoing gRPC metadata
-/// (`traceparent`), so the callee's spans join the caller's trace.
+/// (`traceparent`), so the callee's spans join the caller's trace, and the
+/// internal token when one is set (see `grpc::set_outgoing_internal_token`).
 pub fn inject_context(metadata: &mut tonic::metadata::MetadataMap) {
+    crate::grpc::attach_internal_token(metadata);
     use tracing_opentelemetry::OpenTelemetrySpanExt;
     let cx = tracing::Span::current().context();
     opentelemetry::global::get_text_map_propagator(|p| {

@@ -113,6 +113,9 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// API keys and rate limits; no keys means no access control.
     pub auth: auth::AuthConfig,
+    /// The internal services' shared secret, sent on every call to them
+    /// (`x-internal-token`); set the same in inference, index and training.
+    pub internal_token: Option<String>,
     pub telemetry: TelemetryConfig,
 }
 
@@ -131,6 +134,7 @@ impl Default for Config {
             dns_refresh_s: 10,
             max_message_bytes: 512 << 20,
             auth: auth::AuthConfig::default(),
+            internal_token: None,
             telemetry: TelemetryConfig::default(),
         }
     }
@@ -211,6 +215,8 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    cbir_common::grpc::set_outgoing_internal_token(cfg.internal_token.as_deref())
+        .map_err(anyhow::Error::msg)?;
     let (app, gateway) = app(cfg).await?;
     tracing::info!(
         addr = %listener.local_addr()?,

@@ -59,6 +59,10 @@ pub struct Config {
     /// Replicas on one database: how often (ms) to pick up what the others
     /// wrote; 0 when this is the only index service of its database.
     pub follow_ms: u64,
+    /// Shared secret of the internal services: when set, calls without it
+    /// (as `x-internal-token`) are refused, and this service sends it on
+    /// its own calls. The same value in every service; none by default.
+    pub internal_token: Option<String>,
     pub telemetry: TelemetryConfig,
 }
 
@@ -74,6 +78,7 @@ impl Default for Config {
             max_message_bytes: cbir_common::grpc::DEFAULT_MAX_MESSAGE_BYTES,
             metrics_listen: None,
             follow_ms: 0,
+            internal_token: None,
             telemetry: TelemetryConfig::default(),
         }
     }
@@ -167,9 +172,15 @@ pub async fn serve(
         index,
         rebuilder: Arc::new(rebuild::Rebuilder::new(cfg.inference_url.clone())),
     };
+    cbir_common::grpc::set_outgoing_internal_token(cfg.internal_token.as_deref())
+        .map_err(anyhow::Error::msg)?;
     let svc = IndexServiceServer::new(grpc)
         .max_decoding_message_size(cfg.max_message_bytes)
         .max_encoding_message_size(cfg.max_message_bytes);
+    let svc = tonic::service::interceptor::InterceptedService::new(
+        svc,
+        cbir_common::grpc::internal_auth(cfg.internal_token.clone()),
+    );
     reporter
         .set_serving::<IndexServiceServer<service::IndexGrpc>>()
         .await;

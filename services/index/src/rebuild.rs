@@ -20,6 +20,14 @@ use crate::store::now_ms;
 /// Images per Embed call during a rebuild.
 const BATCH: usize = 16;
 
+/// A request to the inference service: the trace context and, when set,
+/// the internal token.
+fn outgoing<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    cbir_common::telemetry::inject_context(r.metadata_mut());
+    r
+}
+
 pub struct Rebuilder {
     inference_url: Option<String>,
     ops: Mutex<HashMap<String, watch::Sender<pb::OperationProgress>>>,
@@ -97,7 +105,7 @@ impl Rebuilder {
     ) -> Result<String> {
         let mut client = self.client().await?;
         let info = client
-            .get_model_info(pb::GetModelInfoRequest::default())
+            .get_model_info(outgoing(pb::GetModelInfoRequest::default()))
             .await
             .map_err(|s| Error::Unavailable(format!("inference service: {}", s.message())))?
             .into_inner()
@@ -201,14 +209,14 @@ async fn reembed(
         version: new.row.model_version.clone(),
     };
     let resp = client
-        .embed(pb::EmbedRequest {
+        .embed(outgoing(pb::EmbedRequest {
             images,
             priority: pb::Priority::Bulk as i32,
             include_probabilities: false,
             // Named, so that a swap to yet another model during the rebuild
             // cannot slip features of that one into the new collection.
             model: Some(model.clone()),
-        })
+        }))
         .await
         .map_err(|s| Error::Unavailable(format!("inference service: {}", s.message())))?
         .into_inner();

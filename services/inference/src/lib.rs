@@ -63,6 +63,10 @@ pub struct Config {
     /// Images decoded at once; 0 = twice the cores.
     pub decode_concurrency: usize,
     pub max_message_bytes: usize,
+    /// Shared secret of the internal services: when set, calls without it
+    /// (as `x-internal-token`) are refused, and this service sends it on
+    /// its own calls. The same value in every service; none by default.
+    pub internal_token: Option<String>,
     pub telemetry: TelemetryConfig,
 }
 
@@ -78,6 +82,7 @@ impl Default for Config {
             metrics_listen: None,
             decode_concurrency: 0,
             max_message_bytes: cbir_common::grpc::DEFAULT_MAX_MESSAGE_BYTES,
+            internal_token: None,
             telemetry: TelemetryConfig::default(),
         }
     }
@@ -246,6 +251,10 @@ pub async fn serve(
     let svc = InferenceServiceServer::new(service::InferenceGrpc(inference.clone()))
         .max_decoding_message_size(cfg.max_message_bytes)
         .max_encoding_message_size(cfg.max_message_bytes);
+    let svc = tonic::service::interceptor::InterceptedService::new(
+        svc,
+        cbir_common::grpc::internal_auth(cfg.internal_token.clone()),
+    );
     health_reporter
         .set_serving::<InferenceServiceServer<service::InferenceGrpc>>()
         .await;

@@ -62,6 +62,10 @@ pub struct Config {
     pub reconcile_ms: u64,
     pub max_message_bytes: usize,
     pub metrics_listen: Option<String>,
+    /// Shared secret of the internal services: when set, calls without it
+    /// (as `x-internal-token`) are refused, and this service sends it on
+    /// its own calls. The same value in every service; none by default.
+    pub internal_token: Option<String>,
     pub telemetry: TelemetryConfig,
 }
 
@@ -85,6 +89,7 @@ impl Default for Config {
             reconcile_ms: 10_000,
             max_message_bytes: cbir_common::grpc::DEFAULT_MAX_MESSAGE_BYTES,
             metrics_listen: None,
+            internal_token: None,
             telemetry: TelemetryConfig::default(),
         }
     }
@@ -130,6 +135,9 @@ pub async fn serve(
     let reconcile_every = cfg.reconcile_ms;
     let max_message = cfg.max_message_bytes;
     let metrics_listen = cfg.metrics_listen.clone();
+    let internal_token = cfg.internal_token.clone();
+    cbir_common::grpc::set_outgoing_internal_token(internal_token.as_deref())
+        .map_err(anyhow::Error::msg)?;
     let training = Training::open(cfg).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let queue = tokio::spawn(training.clone().run_queue(stop_rx.clone()));
@@ -154,6 +162,10 @@ pub async fn serve(
     let svc = TrainingServiceServer::new(service::TrainingGrpc(training.clone()))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
+    let svc = tonic::service::interceptor::InterceptedService::new(
+        svc,
+        cbir_common::grpc::internal_auth(internal_token),
+    );
     reporter
         .set_serving::<TrainingServiceServer<service::TrainingGrpc>>()
         .await;

@@ -6,6 +6,7 @@ mod browser;
 mod cli;
 mod deploy;
 mod gateway;
+mod internal;
 mod rebuild;
 mod system;
 mod traces;

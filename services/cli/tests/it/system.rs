@@ -115,6 +115,14 @@ pub struct System {
 
 impl System {
     pub async fn start(tweak: impl FnOnce(&mut cbir_gateway::Config)) -> Self {
+        Self::start_with_token(None, tweak).await
+    }
+
+    /// The system with `internal_token` set in every service.
+    pub async fn start_with_token(
+        internal_token: Option<&str>,
+        tweak: impl FnOnce(&mut cbir_gateway::Config),
+    ) -> Self {
         cbir_common::telemetry::init_for_tests();
         let dir = tempfile::tempdir().expect("tempdir");
         let reserved = [reserve(), reserve(), reserve(), reserve()];
@@ -133,6 +141,7 @@ impl System {
             ..Default::default()
         };
         gateway_cfg.timeouts.connect_ms = 500;
+        gateway_cfg.internal_token = internal_token.map(String::from);
         tweak(&mut gateway_cfg);
         let training_cfg = cbir_training::Config {
             database_url: format!("sqlite://{}", dir.path().join("training.db").display()),
@@ -142,6 +151,7 @@ impl System {
             inference_url: format!("http://{inference_addr}"),
             index_url: Some(format!("http://{index_addr}")),
             reconcile_ms: 1_000,
+            internal_token: internal_token.map(String::from),
             ..Default::default()
         };
         let mut sys = Self {
@@ -175,6 +185,7 @@ impl System {
     pub async fn start_inference(&mut self) {
         let mut cfg = cbir_inference::Config::for_test();
         cfg.batcher.max_queue_delay_us = 2_000;
+        cfg.internal_token = self.gateway_cfg.internal_token.clone();
         cfg.metrics_listen = Some(self.inference_metrics_addr.to_string());
         let l = bind(self.inference_addr, &mut self.reserved[0]).await;
         let (stop, fut) = stop_future();
@@ -193,6 +204,7 @@ impl System {
             database_url: format!("sqlite://{}", self.dir.path().join("index.db").display()),
             inference_url: Some(format!("http://{}", self.inference_addr)),
             metrics_listen: Some(self.index_metrics_addr.to_string()),
+            internal_token: self.gateway_cfg.internal_token.clone(),
             ..Default::default()
         };
         let l = bind(self.index_addr, &mut self.reserved[1]).await;
