@@ -91,10 +91,9 @@ pub(crate) fn allow(
     headers: &axum::http::HeaderMap,
     query_key: Option<&str>,
     role: Role,
-) -> Result<()> {
+) -> Result<crate::auth::Caller> {
     gw.auth
         .check(crate::auth::key_from_headers(headers).or(query_key), role)
-        .map(|_| ())
 }
 
 /// Bodies up to this size are read and dropped before an over-limit request

@@ -401,10 +401,7 @@ async fn submit_job(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>> {
-    allow(&gw, &headers, None, Role::Admin)?;
-    let caller = gw
-        .auth
-        .check(crate::auth::key_from_headers(&headers), Role::Admin)?
+    let caller = allow(&gw, &headers, None, Role::Admin)?
         .0
         .unwrap_or_else(|| "anonymous".into());
     let b: SubmitBody = parse_json(&body)?;

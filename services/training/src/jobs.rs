@@ -39,7 +39,7 @@ pub struct Training {
     pub metrics: crate::metrics::TrainingMetrics,
 }
 
-fn terminal(state: i32) -> bool {
+pub fn is_terminal(state: i32) -> bool {
     state == pb::JobState::Succeeded as i32
         || state == pb::JobState::Failed as i32
         || state == pb::JobState::Cancelled as i32
@@ -348,7 +348,7 @@ impl Training {
 
     pub async fn cancel(&self, id: &str) -> Result<pb::Job> {
         let job = self.job(id).await?;
-        if terminal(job.state) {
+        if is_terminal(job.state) {
             return Err(Error::FailedPrecondition(format!(
                 "job {id} has ended already ({})",
                 state_name(job.state)
@@ -724,8 +724,13 @@ impl Training {
                 self.cfg.inference_url
             )));
         }
+        let weights = self
+            .store
+            .weights(m.model.as_ref().unwrap_or(&pb::ModelRef::default()))
+            .await?;
         for url in urls {
-            self.push_to_inference_one(&url, m, retain_previous).await?;
+            self.push_to_inference_one(&url, m, &weights, retain_previous)
+                .await?;
         }
         Ok(())
     }
@@ -738,6 +743,8 @@ impl Training {
         };
         let r = active.model.clone().unwrap_or_default();
         let _one = self.activating.lock().await;
+        // Read from the database only when some replica needs them.
+        let mut weights = None;
         for url in endpoints(&self.cfg.inference_url).await? {
             let Ok(ch) = channel(&url).await else {
                 continue;
@@ -760,7 +767,11 @@ impl Training {
             tracing::info!(%url, serves = %format!("{}:{}", served.name, served.version), active = %format!("{}:{}", r.name, r.version), "an inference replica serves another model: loading the active one");
             drop(c);
             // Retained so that collections still on the old model answer.
-            self.push_to_inference_one(&url, &active, true).await?;
+            if weights.is_none() {
+                weights = Some(self.store.weights(&r).await?);
+            }
+            let w = weights.as_deref().unwrap_or_default();
+            self.push_to_inference_one(&url, &active, w, true).await?;
         }
         Ok(())
     }
@@ -769,10 +780,10 @@ impl Training {
         &self,
         url: &str,
         m: &pb::RegisteredModel,
+        weights: &[u8],
         retain_previous: bool,
     ) -> Result<()> {
         let r = m.model.clone().unwrap_or_default();
-        let weights = self.store.weights(&r).await?;
         let mut c = InferenceServiceClient::new(channel(url).await?)
             .max_decoding_message_size(self.cfg.max_message_bytes)
             .max_encoding_message_size(self.cfg.max_message_bytes);
@@ -785,7 +796,7 @@ impl Training {
             pb::LoadModelRequest {
                 model: Some(r.clone()),
                 class_names,
-                weights: Some(pb::load_model_request::Weights::Data(weights)),
+                weights: Some(pb::load_model_request::Weights::Data(weights.to_vec())),
                 retain_previous,
             },
             Duration::from_secs(120),
@@ -817,8 +828,4 @@ pub fn state_name(state: i32) -> &'static str {
         pb::JobState::Failed => "failed",
         pb::JobState::Cancelled => "cancelled",
     }
-}
-
-pub fn is_terminal(state: i32) -> bool {
-    terminal(state)
 }
