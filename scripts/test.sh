@@ -55,6 +55,8 @@ rendered="$(mktemp -d)"
   --set gateway.ingress.enabled=true --set gateway.images.existingClaim=photos \
   --set inference.autoscaling.enabled=true --set index.database.existingSecret=cbir-db \
   --set training.data.existingClaim=training-data \
+  --set security.tls.enabled=true --set security.tls.secretName=cbir-tls \
+  --set security.internalToken.existingSecret=cbir-token \
   --set otel.endpoint=http://otel-collector:4317 >"$rendered/all.yaml"
 "$CBIR_HELM" template cbir helm/cbir --set inference.device=cpu --set training.device=cpu \
   --set training.images.existingClaim=datasets --set training.data.sizeLimit= >"$rendered/cpu.yaml"

@@ -78,3 +78,59 @@ claim empty: none. */}}
 claim: {{ default $g.existingClaim $t.existingClaim | quote }}
 mountPath: {{ default $g.mountPath $t.mountPath | quote }}
 {{- end -}}
+
+{{/* Container probe: the gRPC health check, or with TLS on (Kubernetes'
+gRPC probes speak no TLS) the binary's own --probe, which does. (dict
+"root" $ "port" 50052 "service" "cbir.v1.IndexService" "bin" "cbir-index") */}}
+{{- define "cbir.probe" -}}
+{{- if .root.Values.security.tls.enabled -}}
+exec:
+  command: [{{ .bin | quote }}, "--probe"]
+{{- else -}}
+grpc: {port: {{ .port }}, service: {{ .service }}}
+{{- end -}}
+{{- end -}}
+
+{{/* The internal token from its Secret: (dict "root" $ "prefix" "INDEX") */}}
+{{- define "cbir.securityEnv" -}}
+{{- $s := .root.Values.security -}}
+{{- if $s.internalToken.existingSecret }}
+- name: {{ .prefix }}_INTERNAL_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ $s.internalToken.existingSecret }}
+      key: {{ $s.internalToken.secretKey }}
+{{- end }}
+{{- end -}}
+
+{{/* The [tls] section of a service's config (YAML), empty with TLS off:
+(dict "root" $ "internal" true) */}}
+{{- define "cbir.tls" -}}
+{{- $t := .root.Values.security.tls -}}
+{{- if $t.enabled -}}
+cert: /etc/cbir/tls/tls.crt
+key: /etc/cbir/tls/tls.key
+ca: /etc/cbir/tls/ca.crt
+client_cert: /etc/cbir/tls/tls.crt
+client_key: /etc/cbir/tls/tls.key
+{{- if and .internal $t.mutual }}
+client_ca: /etc/cbir/tls/ca.crt
+{{- end }}
+{{- end -}}
+{{- end -}}
+
+{{- define "cbir.tlsMount" -}}
+{{- if .Values.security.tls.enabled }}
+- name: tls
+  mountPath: /etc/cbir/tls
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "cbir.tlsVolume" -}}
+{{- if .Values.security.tls.enabled }}
+- name: tls
+  secret:
+    secretName: {{ required "security.tls.secretName names the Secret with tls.crt, tls.key and ca.crt" .Values.security.tls.secretName }}
+{{- end }}
+{{- end -}}

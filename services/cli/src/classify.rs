@@ -32,7 +32,8 @@ fn chunks(images: &[PathBuf]) -> Vec<&[PathBuf]> {
 }
 
 pub async fn run(url: &str, images: &[PathBuf], as_json: bool) -> anyhow::Result<ExitCode> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+    let channel = cbir_common::tls::endpoint(url)
+        .map_err(anyhow::Error::msg)
         .with_context(|| format!("bad inference URL {url}"))?
         .connect()
         .await

@@ -36,7 +36,8 @@ impl tonic::service::Interceptor for ApiKey {
 pub type Client = SearchServiceClient<tonic::codegen::InterceptedService<Channel, ApiKey>>;
 
 pub async fn connect(url: &str) -> anyhow::Result<Client> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+    let channel = cbir_common::tls::endpoint(url)
+        .map_err(anyhow::Error::msg)
         .with_context(|| format!("bad gateway URL {url}"))?
         .tcp_nodelay(true)
         .connect()

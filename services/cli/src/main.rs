@@ -212,6 +212,15 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
     if let Ok(t) = std::env::var("CBIR_INTERNAL_TOKEN") {
         cbir_common::grpc::set_outgoing_internal_token(Some(&t)).map_err(anyhow::Error::msg)?;
     }
+    // https:// server URLs signed by a private CA.
+    if let Some(ca) = std::env::var_os("CBIR_TLS_CA") {
+        cbir_common::tls::TlsConfig {
+            ca: Some(ca.into()),
+            ..Default::default()
+        }
+        .install_client()
+        .map_err(anyhow::Error::msg)?;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -33,9 +33,15 @@ fn http() -> anyhow::Result<reqwest::Client> {
             );
         }
     }
-    Ok(reqwest::Client::builder()
-        .default_headers(headers)
-        .build()?)
+    let mut builder = reqwest::Client::builder().default_headers(headers);
+    if let Some(ca) = std::env::var_os("CBIR_TLS_CA") {
+        let pem = std::fs::read(&ca)
+            .with_context(|| format!("cannot read CBIR_TLS_CA {}", ca.to_string_lossy()))?;
+        builder = builder.add_root_certificate(
+            reqwest::Certificate::from_pem(&pem).context("CBIR_TLS_CA is not a PEM certificate")?,
+        );
+    }
+    Ok(builder.build()?)
 }
 
 /// The JSON body, or the gateway's error message as the error.

@@ -37,13 +37,20 @@ pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::
 
 /// Asks the gRPC health service at `addr` (host:port) whether `service` is
 /// SERVING: the container health check of every service binary
-/// (`--probe`). A listen address of 0.0.0.0 is probed on loopback.
-pub async fn probe(addr: &str, service: &str) -> Result<(), String> {
+/// (`--probe`). A listen address of 0.0.0.0 is probed on loopback. With TLS
+/// on, the probe speaks TLS, presents the client certificate and checks
+/// the server's certificate for the name `localhost`.
+pub async fn probe(addr: &str, service: &str, tls: &crate::tls::TlsConfig) -> Result<(), String> {
     let addr = addr
         .replace("0.0.0.0", "127.0.0.1")
         .replace("[::]", "[::1]");
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| format!("bad address {addr}: {e}"))?
+    let endpoint = if tls.serves_tls() {
+        tls.install_client()?;
+        crate::tls::endpoint_named(&format!("https://{addr}"), Some("localhost"))?
+    } else {
+        crate::tls::endpoint(&format!("http://{addr}"))?
+    };
+    let channel = endpoint
         .connect_timeout(std::time::Duration::from_secs(2))
         .timeout(std::time::Duration::from_secs(3))
         .connect()

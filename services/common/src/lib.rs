@@ -7,5 +7,6 @@ pub mod grpc;
 pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 
 pub use error::{Error, Result};

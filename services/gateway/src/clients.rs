@@ -11,7 +11,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::error::{Error, Result, Upstream};
@@ -173,7 +173,7 @@ impl Pool {
                 continue;
             }
             let uri = format!("{}://{}", t.scheme, addr);
-            match Endpoint::from_shared(uri.clone()) {
+            match cbir_common::tls::endpoint_named(&uri, Some(&t.host)) {
                 Ok(ep) => {
                     let channel = ep
                         .connect_timeout(self.connect_timeout)

@@ -116,6 +116,9 @@ pub struct Config {
     /// The internal services' shared secret, sent on every call to them
     /// (`x-internal-token`); set the same in inference, index and training.
     pub internal_token: Option<String>,
+    /// TLS of this service's port and of its calls to `https://` URLs;
+    /// off unless `tls.cert` is set.
+    pub tls: cbir_common::tls::TlsConfig,
     pub telemetry: TelemetryConfig,
 }
 
@@ -135,6 +138,7 @@ impl Default for Config {
             max_message_bytes: 512 << 20,
             auth: auth::AuthConfig::default(),
             internal_token: None,
+            tls: Default::default(),
             telemetry: TelemetryConfig::default(),
         }
     }
@@ -215,6 +219,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    cbir_common::tls::prepare(&cfg.tls).map_err(anyhow::Error::msg)?;
     cbir_common::grpc::set_outgoing_internal_token(cfg.internal_token.as_deref())
         .map_err(anyhow::Error::msg)?;
     let (app, gateway) = app(cfg).await?;
@@ -224,6 +229,22 @@ pub async fn serve(
         index = ?gateway.cfg.index_urls,
         "gateway listening (web UI, REST and gRPC)"
     );
+    if let Some(tls) = gateway
+        .cfg
+        .tls
+        .rustls_server()
+        .map_err(anyhow::Error::msg)?
+    {
+        tracing::info!(
+            mutual = gateway.cfg.tls.client_ca.is_some(),
+            "TLS on: https:// for the UI and REST, TLS for gRPC"
+        );
+        let listener = cbir_common::tls::TlsListener::new(listener, tls)?;
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        return Ok(());
+    }
     // Nagle off: small replies otherwise wait for the peer's delayed ACK.
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);

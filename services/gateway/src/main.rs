@@ -24,7 +24,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let cfg = cbir_gateway::Config::load(args.config.as_deref())?;
     if args.probe {
-        return cbir_common::grpc::probe(&cfg.listen, "cbir.v1.SearchService")
+        return cbir_common::grpc::probe(&cfg.listen, "cbir.v1.SearchService", &cfg.tls)
             .await
             .map_err(anyhow::Error::msg);
     }

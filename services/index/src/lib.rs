@@ -63,6 +63,9 @@ pub struct Config {
     /// (as `x-internal-token`) are refused, and this service sends it on
     /// its own calls. The same value in every service; none by default.
     pub internal_token: Option<String>,
+    /// TLS of this service's port and of its calls to `https://` URLs;
+    /// off unless `tls.cert` is set.
+    pub tls: cbir_common::tls::TlsConfig,
     pub telemetry: TelemetryConfig,
 }
 
@@ -79,6 +82,7 @@ impl Default for Config {
             metrics_listen: None,
             follow_ms: 0,
             internal_token: None,
+            tls: Default::default(),
             telemetry: TelemetryConfig::default(),
         }
     }
@@ -136,6 +140,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    cbir_common::tls::prepare(&cfg.tls).map_err(anyhow::Error::msg)?;
     let (reporter, health) = cbir_common::grpc::health();
     reporter
         .set_not_serving::<IndexServiceServer<service::IndexGrpc>>()
@@ -186,7 +191,8 @@ pub async fn serve(
         .await;
     tracing::info!(addr = %listener.local_addr()?, kernels = kernels::kernel_name(), "index service listening");
     let r2 = reporter.clone();
-    tonic::transport::Server::builder()
+    cbir_common::tls::server_builder(&cfg.tls)
+        .map_err(anyhow::Error::msg)?
         .layer(cbir_common::telemetry::RequestLayer(metrics))
         .add_service(health)
         .add_service(cbir_common::grpc::reflection()?)

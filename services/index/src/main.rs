@@ -20,7 +20,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let cfg = cbir_index::Config::load(args.config.as_deref())?;
     if args.probe {
-        return cbir_common::grpc::probe(&cfg.listen, "cbir.v1.IndexService")
+        return cbir_common::grpc::probe(&cfg.listen, "cbir.v1.IndexService", &cfg.tls)
             .await
             .map_err(anyhow::Error::msg);
     }

@@ -59,8 +59,8 @@ impl Rebuilder {
                     .into(),
             )
         })?;
-        let channel = tonic::transport::Endpoint::from_shared(url.to_string())
-            .map_err(|e| Error::Config(format!("bad inference_url {url}: {e}")))?
+        let channel = cbir_common::tls::endpoint(url)
+            .map_err(|e| Error::Config(format!("inference_url: {e}")))?
             .connect()
             .await
             .map_err(|e| {

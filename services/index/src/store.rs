@@ -105,7 +105,36 @@ pub struct Store {
 }
 
 fn db_err(context: &str) -> impl Fn(DbErr) -> Error + '_ {
-    move |e| Error::Database(format!("{context}: {e}"))
+    move |e| {
+        if unreachable(&e) {
+            Error::Unavailable(format!(
+                "the database is unreachable ({context}: {e}); nothing was changed: retry when it is back"
+            ))
+        } else {
+            Error::Database(format!("{context}: {e}"))
+        }
+    }
+}
+
+/// Whether `e` says the database could not be reached (down, restarting,
+/// connection lost) rather than that a statement failed: callers may retry
+/// those, and the pool reconnects by itself.
+fn unreachable(e: &DbErr) -> bool {
+    use sea_orm::{RuntimeErr, SqlxError};
+    match e {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(s)) | DbErr::Query(RuntimeErr::SqlxError(s)) => {
+            matches!(
+                s,
+                SqlxError::Io(_)
+                    | SqlxError::PoolTimedOut
+                    | SqlxError::PoolClosed
+                    | SqlxError::Protocol(_)
+                    | SqlxError::WorkerCrashed
+            )
+        }
+        _ => false,
+    }
 }
 
 impl Store {
@@ -743,6 +772,6 @@ fn conflict_or(e: DbErr, msg: String) -> Error {
     if s.contains("unique") || s.contains("duplicate") {
         Error::AlreadyExists(msg)
     } else {
-        Error::Database(e.to_string())
+        db_err("writing")(e)
     }
 }

@@ -67,6 +67,9 @@ pub struct Config {
     /// (as `x-internal-token`) are refused, and this service sends it on
     /// its own calls. The same value in every service; none by default.
     pub internal_token: Option<String>,
+    /// TLS of this service's port and of its calls to `https://` URLs;
+    /// off unless `tls.cert` is set.
+    pub tls: cbir_common::tls::TlsConfig,
     pub telemetry: TelemetryConfig,
 }
 
@@ -83,6 +86,7 @@ impl Default for Config {
             decode_concurrency: 0,
             max_message_bytes: cbir_common::grpc::DEFAULT_MAX_MESSAGE_BYTES,
             internal_token: None,
+            tls: Default::default(),
             telemetry: TelemetryConfig::default(),
         }
     }
@@ -234,6 +238,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    cbir_common::tls::prepare(&cfg.tls).map_err(anyhow::Error::msg)?;
     let (health_reporter, health) = cbir_common::grpc::health();
     health_reporter
         .set_not_serving::<InferenceServiceServer<service::InferenceGrpc>>()
@@ -274,7 +279,8 @@ pub async fn serve(
             .set_not_serving::<InferenceServiceServer<service::InferenceGrpc>>()
             .await;
     };
-    tonic::transport::Server::builder()
+    cbir_common::tls::server_builder(&cfg.tls)
+        .map_err(anyhow::Error::msg)?
         .layer(cbir_common::telemetry::RequestLayer(metrics))
         .add_service(health)
         .add_service(cbir_common::grpc::reflection()?)

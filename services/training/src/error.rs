@@ -28,6 +28,15 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl From<cbir_dataset::Error> for Error {
+    fn from(e: cbir_dataset::Error) -> Self {
+        match e {
+            cbir_dataset::Error::InvalidArgument(m) => Error::InvalidArgument(m),
+            cbir_dataset::Error::Io(m) => Error::Io(m),
+        }
+    }
+}
+
 impl From<sea_orm::DbErr> for Error {
     fn from(e: sea_orm::DbErr) -> Self {
         Error::Database(e.to_string())

@@ -128,8 +128,8 @@ async fn endpoints(url: &str) -> Result<Vec<String>> {
 }
 
 async fn channel(url: &str) -> Result<Channel> {
-    tonic::transport::Endpoint::from_shared(url.to_string())
-        .map_err(|e| Error::Config(format!("bad url {url:?}: {e}")))?
+    cbir_common::tls::endpoint(url)
+        .map_err(Error::Config)?
         .connect_timeout(Duration::from_secs(5))
         .connect()
         .await

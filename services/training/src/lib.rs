@@ -3,7 +3,7 @@
 //! (inference hot swap, then a rebuild of the collections).
 
 pub mod augment;
-pub mod dataset;
+pub use cbir_dataset as dataset;
 pub mod error;
 pub mod jobs;
 pub mod metrics;
@@ -66,6 +66,9 @@ pub struct Config {
     /// (as `x-internal-token`) are refused, and this service sends it on
     /// its own calls. The same value in every service; none by default.
     pub internal_token: Option<String>,
+    /// TLS of this service's port and of its calls to `https://` URLs;
+    /// off unless `tls.cert` is set.
+    pub tls: cbir_common::tls::TlsConfig,
     pub telemetry: TelemetryConfig,
 }
 
@@ -90,6 +93,7 @@ impl Default for Config {
             max_message_bytes: cbir_common::grpc::DEFAULT_MAX_MESSAGE_BYTES,
             metrics_listen: None,
             internal_token: None,
+            tls: Default::default(),
             telemetry: TelemetryConfig::default(),
         }
     }
@@ -127,6 +131,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    cbir_common::tls::prepare(&cfg.tls).map_err(anyhow::Error::msg)?;
     let (reporter, health) = cbir_common::grpc::health();
     reporter
         .set_not_serving::<TrainingServiceServer<service::TrainingGrpc>>()
@@ -138,6 +143,7 @@ pub async fn serve(
     let internal_token = cfg.internal_token.clone();
     cbir_common::grpc::set_outgoing_internal_token(internal_token.as_deref())
         .map_err(anyhow::Error::msg)?;
+    let server = cbir_common::tls::server_builder(&cfg.tls).map_err(anyhow::Error::msg)?;
     let training = Training::open(cfg).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let queue = tokio::spawn(training.clone().run_queue(stop_rx.clone()));
@@ -171,7 +177,7 @@ pub async fn serve(
         .await;
     tracing::info!(addr = %listener.local_addr()?, "training service listening");
     let r2 = reporter.clone();
-    tonic::transport::Server::builder()
+    server
         .layer(cbir_common::telemetry::RequestLayer(metrics))
         .add_service(health)
         .add_service(cbir_common::grpc::reflection()?)

@@ -142,3 +142,59 @@ fn chart_config_loads_in_every_service() {
     assert!(!off.contains("training.toml"));
     assert!(!off.contains("rel-cbir-training"));
 }
+
+#[test]
+fn chart_with_tls_and_an_internal_token() {
+    let rendered = render(&[
+        "--set",
+        "security.tls.enabled=true",
+        "--set",
+        "security.tls.secretName=cbir-tls",
+        "--set",
+        "security.internalToken.existingSecret=cbir-token",
+    ]);
+    let dir = tempfile::tempdir().expect("tmp");
+    let write = |name: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, config_block(&rendered, name)).expect("write");
+        p
+    };
+    let cert = Some(PathBuf::from("/etc/cbir/tls/tls.crt"));
+    let ca = Some(PathBuf::from("/etc/cbir/tls/ca.crt"));
+    let gw = cbir_gateway::Config::load(Some(&write("gateway.toml"))).expect("gateway config");
+    assert_eq!(gw.inference_urls, ["https://rel-cbir-inference:50051"]);
+    assert_eq!(gw.tls.cert, cert);
+    assert_eq!(
+        gw.tls.client_cert, cert,
+        "a client certificate for mutual TLS"
+    );
+    assert_eq!(gw.tls.client_ca, None, "browsers need no certificate");
+    let idx = cbir_index::Config::load(Some(&write("index.toml"))).expect("index config");
+    assert_eq!(
+        idx.tls.client_ca, ca,
+        "internal services demand client certificates"
+    );
+    assert_eq!(
+        idx.inference_url.as_deref(),
+        Some("https://rel-cbir-inference:50051")
+    );
+    let inf =
+        cbir_inference::Config::load(Some(&write("inference.toml"))).expect("inference config");
+    assert_eq!(inf.tls.client_ca, ca);
+    let tr = cbir_training::Config::load(Some(&write("training.toml"))).expect("training config");
+    assert_eq!(tr.tls.key, Some(PathBuf::from("/etc/cbir/tls/tls.key")));
+    assert_eq!(
+        tr.index_url.as_deref(),
+        Some("https://rel-cbir-index:50052")
+    );
+    // Every pod mounts the Secret, reads the token from its Secret, and
+    // probes with the binary's own TLS health check.
+    assert_eq!(rendered.matches("secretName: cbir-tls").count(), 4);
+    assert_eq!(rendered.matches("_INTERNAL_TOKEN").count(), 4);
+    assert!(
+        !rendered.contains("grpc: {port"),
+        "gRPC probes speak no TLS"
+    );
+    assert!(rendered.contains("command: [\"cbir-index\", \"--probe\"]"));
+    assert!(rendered.contains("scheme: HTTPS"));
+}

@@ -168,13 +168,17 @@ async fn rest_and_grpc_agree_and_server_folders_index() {
     }
 
     // The container health check (`cbir-gateway --probe`).
-    cbir_common::grpc::probe(&sys.gateway_addr.to_string(), "cbir.v1.SearchService")
-        .await
-        .expect("probe");
+    cbir_common::grpc::probe(
+        &sys.gateway_addr.to_string(),
+        "cbir.v1.SearchService",
+        &Default::default(),
+    )
+    .await
+    .expect("probe");
     let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let nothing = free.local_addr().expect("addr").to_string();
     drop(free);
-    let err = cbir_common::grpc::probe(&nothing, "cbir.v1.SearchService")
+    let err = cbir_common::grpc::probe(&nothing, "cbir.v1.SearchService", &Default::default())
         .await
         .expect_err("nothing listens");
     assert!(err.contains("nothing answers"), "{err}");

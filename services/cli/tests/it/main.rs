@@ -9,5 +9,6 @@ mod gateway;
 mod internal;
 mod rebuild;
 mod system;
+mod tls;
 mod traces;
 mod training;

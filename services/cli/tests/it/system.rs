@@ -111,6 +111,79 @@ pub struct System {
     reserved: [Option<std::net::TcpListener>; 4],
     pub training_cfg: cbir_training::Config,
     pub gateway_cfg: cbir_gateway::Config,
+    pub tls: Option<TestTls>,
+}
+
+/// A private CA, a server certificate for localhost / 127.0.0.1 and a
+/// client certificate, as PEM files.
+pub struct TestTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl TestTls {
+    pub fn generate(dir: &Path) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let ca_key = KeyPair::generate().expect("key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).expect("ca");
+        let issue = |names: Vec<String>| {
+            let key = KeyPair::generate().expect("key");
+            let cert = CertificateParams::new(names)
+                .expect("params")
+                .signed_by(&key, &ca, &ca_key)
+                .expect("sign");
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_pem, server_key) = issue(vec!["localhost".into(), "127.0.0.1".into()]);
+        let (client_pem, client_key) = issue(vec!["cbir-gateway".into()]);
+        let write = |name: &str, pem: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, pem).expect("write pem");
+            p
+        };
+        Self {
+            ca: write("ca.pem", &ca.pem()),
+            cert: write("server.pem", &server_pem),
+            key: write("server.key", &server_key),
+            client_cert: write("client.pem", &client_pem),
+            client_key: write("client.key", &client_key),
+        }
+    }
+
+    /// An internal service: TLS with client certificates required, and a
+    /// client certificate on its own calls.
+    pub fn internal(&self) -> cbir_common::tls::TlsConfig {
+        cbir_common::tls::TlsConfig {
+            client_ca: Some(self.ca.clone()),
+            ..self.gateway()
+        }
+    }
+
+    /// The gateway: TLS for browsers and clients (no client certificate
+    /// asked), a client certificate towards the internal services.
+    pub fn gateway(&self) -> cbir_common::tls::TlsConfig {
+        cbir_common::tls::TlsConfig {
+            cert: Some(self.cert.clone()),
+            key: Some(self.key.clone()),
+            client_ca: None,
+            ca: Some(self.ca.clone()),
+            client_cert: Some(self.client_cert.clone()),
+            client_key: Some(self.client_key.clone()),
+        }
+    }
+
+    pub fn http(&self) -> reqwest::Client {
+        let pem = std::fs::read(&self.ca).expect("ca");
+        reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("pem"))
+            .build()
+            .expect("client")
+    }
 }
 
 impl System {
@@ -123,8 +196,24 @@ impl System {
         internal_token: Option<&str>,
         tweak: impl FnOnce(&mut cbir_gateway::Config),
     ) -> Self {
+        Self::start_with(internal_token, false, tweak).await
+    }
+
+    /// The system with TLS on every port: mutual TLS between the
+    /// services, https:// and TLS gRPC at the gateway.
+    pub async fn start_with_tls(tweak: impl FnOnce(&mut cbir_gateway::Config)) -> Self {
+        Self::start_with(None, true, tweak).await
+    }
+
+    async fn start_with(
+        internal_token: Option<&str>,
+        tls: bool,
+        tweak: impl FnOnce(&mut cbir_gateway::Config),
+    ) -> Self {
         cbir_common::telemetry::init_for_tests();
         let dir = tempfile::tempdir().expect("tempdir");
+        let tls = tls.then(|| TestTls::generate(dir.path()));
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let reserved = [reserve(), reserve(), reserve(), reserve()];
         let [inference_addr, index_addr, gateway_addr, training_addr] =
             reserved.each_ref().map(|l| l.local_addr().expect("addr"));
@@ -135,9 +224,10 @@ impl System {
             (a.local_addr().expect("addr"), b.local_addr().expect("addr"))
         };
         let mut gateway_cfg = cbir_gateway::Config {
-            inference_urls: vec![format!("http://{inference_addr}")],
-            index_urls: vec![format!("http://{index_addr}")],
-            training_urls: vec![format!("http://{training_addr}")],
+            inference_urls: vec![format!("{scheme}://{inference_addr}")],
+            index_urls: vec![format!("{scheme}://{index_addr}")],
+            training_urls: vec![format!("{scheme}://{training_addr}")],
+            tls: tls.as_ref().map(TestTls::gateway).unwrap_or_default(),
             ..Default::default()
         };
         gateway_cfg.timeouts.connect_ms = 500;
@@ -148,10 +238,11 @@ impl System {
             data_dir: dir.path().join("training"),
             base_weights: cbir_inference::test_weights_path(),
             allowed_roots: vec![dir.path().to_path_buf()],
-            inference_url: format!("http://{inference_addr}"),
-            index_url: Some(format!("http://{index_addr}")),
+            inference_url: format!("{scheme}://{inference_addr}"),
+            index_url: Some(format!("{scheme}://{index_addr}")),
             reconcile_ms: 1_000,
             internal_token: internal_token.map(String::from),
+            tls: tls.as_ref().map(TestTls::internal).unwrap_or_default(),
             ..Default::default()
         };
         let mut sys = Self {
@@ -169,6 +260,7 @@ impl System {
             reserved: reserved.map(Some),
             gateway_cfg,
             training_cfg,
+            tls,
         };
         sys.start_inference().await;
         sys.start_index().await;
@@ -179,7 +271,27 @@ impl System {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.gateway_addr)
+        format!("{}://{}", self.scheme(), self.gateway_addr)
+    }
+
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// An HTTP client that trusts the system's certificates.
+    pub fn http(&self) -> reqwest::Client {
+        match &self.tls {
+            Some(t) => t.http(),
+            None => reqwest::Client::new(),
+        }
+    }
+
+    fn internal_tls(&self) -> cbir_common::tls::TlsConfig {
+        self.tls.as_ref().map(TestTls::internal).unwrap_or_default()
     }
 
     pub async fn start_inference(&mut self) {
@@ -187,6 +299,7 @@ impl System {
         cfg.batcher.max_queue_delay_us = 2_000;
         cfg.internal_token = self.gateway_cfg.internal_token.clone();
         cfg.metrics_listen = Some(self.inference_metrics_addr.to_string());
+        cfg.tls = self.internal_tls();
         let l = bind(self.inference_addr, &mut self.reserved[0]).await;
         let (stop, fut) = stop_future();
         let task = tokio::spawn(cbir_inference::serve(cfg, l, fut));
@@ -202,9 +315,10 @@ impl System {
     pub async fn start_index(&mut self) {
         let cfg = cbir_index::Config {
             database_url: format!("sqlite://{}", self.dir.path().join("index.db").display()),
-            inference_url: Some(format!("http://{}", self.inference_addr)),
+            inference_url: Some(format!("{}://{}", self.scheme(), self.inference_addr)),
             metrics_listen: Some(self.index_metrics_addr.to_string()),
             internal_token: self.gateway_cfg.internal_token.clone(),
+            tls: self.internal_tls(),
             ..Default::default()
         };
         let l = bind(self.index_addr, &mut self.reserved[1]).await;
@@ -248,7 +362,7 @@ impl System {
 
     /// Waits until the gateway reports every service up.
     pub async fn wait_healthy(&self) {
-        let http = reqwest::Client::new();
+        let http = self.http();
         for _ in 0..600 {
             if let Ok(r) = http.get(format!("{}/api/health", self.url())).send().await {
                 if let Ok(v) = r.json::<serde_json::Value>().await {

@@ -6,5 +6,6 @@
 
 mod db;
 mod durability;
+mod mysql_restart;
 mod service;
 mod storage;

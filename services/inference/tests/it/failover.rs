@@ -91,9 +91,13 @@ async fn a_replica_killed_under_load_fails_no_search() {
     for port in [p1, p2] {
         let mut ok = false;
         for _ in 0..600 {
-            if cbir_common::grpc::probe(&format!("127.0.0.1:{port}"), "cbir.v1.InferenceService")
-                .await
-                .is_ok()
+            if cbir_common::grpc::probe(
+                &format!("127.0.0.1:{port}"),
+                "cbir.v1.InferenceService",
+                &Default::default(),
+            )
+            .await
+            .is_ok()
             {
                 ok = true;
                 break;

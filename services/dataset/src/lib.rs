@@ -10,7 +10,17 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+/// What went wrong with a dataset: the user's input (`InvalidArgument`,
+/// with what to fix) or the server's disk (`Io`).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("I/O error: {0}")]
+    Io(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 const IMAGE_EXTENSIONS: [&str; 9] = [
     "jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "jfif",

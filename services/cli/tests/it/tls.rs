@@ -1,0 +1,212 @@
+//! TLS on every port: the gateway serves https:// and TLS gRPC; the
+//! internal services speak mutual TLS, so that a caller without a client
+//! certificate signed by the system's CA cannot even open a connection.
+
+use cbir_api::v1 as pb;
+use cbir_api::v1::index_service_client::IndexServiceClient;
+use cbir_api::v1::search_service_client::SearchServiceClient;
+use serde_json::Value;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+use crate::system::{flowers_subset, System};
+
+fn tls_client(sys: &System, with_client_cert: bool) -> ClientTlsConfig {
+    let t = sys.tls.as_ref().expect("tls");
+    let mut c = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(&t.ca).expect("ca")))
+        .domain_name("localhost");
+    if with_client_cert {
+        c = c.identity(Identity::from_pem(
+            std::fs::read(&t.client_cert).expect("cert"),
+            std::fs::read(&t.client_key).expect("key"),
+        ));
+    }
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_everywhere_and_mutual_tls_between_services() {
+    let sys = System::start_with_tls(|_| {}).await;
+    let http = sys.http();
+    let base = sys.url();
+    assert!(base.starts_with("https://"), "{base}");
+
+    // Indexing and search over https (the gateway reaches inference and
+    // index over mutual TLS behind it).
+    let r = http
+        .post(format!("{base}/api/collections"))
+        .json(&serde_json::json!({"name": "secure"}))
+        .send()
+        .await
+        .expect("create over https");
+    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    let dir = tempfile::tempdir().expect("tmp");
+    let files = flowers_subset(dir.path(), &["daisy", "rose"], 3);
+    let mut form = reqwest::multipart::Form::new();
+    for f in &files {
+        let class = f.parent().and_then(|p| p.file_name()).expect("class");
+        let name = format!(
+            "set/{}/{}",
+            class.to_string_lossy(),
+            f.file_name().expect("name").to_string_lossy()
+        );
+        form = form.part(
+            "files",
+            reqwest::multipart::Part::bytes(std::fs::read(f).expect("read"))
+                .file_name(name)
+                .mime_str("image/jpeg")
+                .expect("mime"),
+        );
+    }
+    let r = http
+        .post(format!("{base}/api/collections/secure/images"))
+        .multipart(form)
+        .send()
+        .await
+        .expect("upload over https");
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "image",
+            reqwest::multipart::Part::bytes(std::fs::read(&files[0]).expect("read"))
+                .file_name("q.jpg")
+                .mime_str("image/jpeg")
+                .expect("mime"),
+        )
+        .text("collection", "secure")
+        .text("top_k", "3");
+    let r = http
+        .post(format!("{base}/api/search"))
+        .multipart(form)
+        .send()
+        .await
+        .expect("search over https");
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.expect("json");
+    let top = &v["results"][0];
+    assert_eq!(
+        top["file_name"].as_str(),
+        files[0].file_name().and_then(|n| n.to_str()),
+        "the image itself first: {v}"
+    );
+    assert!(
+        top["similarity"].as_f64().expect("similarity") > 0.999,
+        "{v}"
+    );
+
+    // Plain HTTP to the TLS port gets no answer.
+    let plain = format!("http://{}/api/health", sys.gateway_addr);
+    assert!(
+        reqwest::Client::new().get(&plain).send().await.is_err(),
+        "plain HTTP must not be served on a TLS port"
+    );
+    // Nor does a client that does not trust the certificate.
+    assert!(reqwest::Client::new()
+        .get(format!("{base}/api/health"))
+        .send()
+        .await
+        .is_err());
+
+    // The public gRPC API over TLS (no client certificate needed there).
+    let ch = Endpoint::from_shared(format!("https://{}", sys.gateway_addr))
+        .expect("uri")
+        .tls_config(tls_client(&sys, false))
+        .expect("tls")
+        .connect()
+        .await
+        .expect("TLS gRPC to the gateway");
+    let g = SearchServiceClient::new(ch)
+        .search(pb::SearchRequest {
+            query: Some(pb::search_request::Query::Image(
+                std::fs::read(&files[0]).expect("read"),
+            )),
+            collection: "secure".into(),
+            top_k: 3,
+            ..Default::default()
+        })
+        .await
+        .expect("grpc search over TLS")
+        .into_inner();
+    assert_eq!(g.results.len(), 3);
+
+    // The index demands a client certificate from the system's CA.
+    let no_cert = Endpoint::from_shared(format!("https://{}", sys.index_addr))
+        .expect("uri")
+        .tls_config(tls_client(&sys, false))
+        .expect("tls")
+        .connect()
+        .await;
+    if let Ok(ch) = no_cert {
+        // TLS 1.3 reports the refused certificate after the handshake: the
+        // first call fails instead.
+        let e = IndexServiceClient::new(ch)
+            .list_collections(pb::ListCollectionsRequest {})
+            .await
+            .expect_err("no client certificate");
+        assert!(format!("{e:?}").contains("CertificateRequired"), "{e:?}");
+    }
+    let plain = Endpoint::from_shared(format!("http://{}", sys.index_addr))
+        .expect("uri")
+        .connect()
+        .await;
+    if let Ok(ch) = plain {
+        IndexServiceClient::new(ch)
+            .list_collections(pb::ListCollectionsRequest {})
+            .await
+            .expect_err("plain text to a TLS port");
+    }
+    let ch = Endpoint::from_shared(format!("https://{}", sys.index_addr))
+        .expect("uri")
+        .tls_config(tls_client(&sys, true))
+        .expect("tls")
+        .connect()
+        .await
+        .expect("mutual TLS to the index");
+    let cols = IndexServiceClient::new(ch)
+        .list_collections(pb::ListCollectionsRequest {})
+        .await
+        .expect("with the client certificate")
+        .into_inner();
+    assert!(
+        cols.collections.iter().any(|c| c.name == "secure"),
+        "{cols:?}"
+    );
+    // The binaries' container health check (--probe) speaks TLS too, with
+    // the client certificate where one is demanded.
+    let t = sys.tls.as_ref().expect("tls");
+    cbir_common::grpc::probe(
+        &sys.gateway_addr.to_string(),
+        "cbir.v1.SearchService",
+        &t.gateway(),
+    )
+    .await
+    .expect("gateway probe over TLS");
+    cbir_common::grpc::probe(
+        &sys.index_addr.to_string(),
+        "cbir.v1.IndexService",
+        &t.internal(),
+    )
+    .await
+    .expect("index probe over mutual TLS");
+    sys.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_bad_certificate_setting_fails_at_start_naming_the_file() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let cfg = cbir_gateway::Config {
+        tls: cbir_common::tls::TlsConfig {
+            cert: Some(dir.path().join("missing.pem")),
+            key: Some(dir.path().join("missing.key")),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let e = cbir_gateway::serve(cfg, listener, std::future::pending())
+        .await
+        .expect_err("missing certificate");
+    assert!(e.to_string().contains("missing.pem"), "{e}");
+}
