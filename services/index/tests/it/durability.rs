@@ -16,14 +16,15 @@ use crate::service::{create, record};
 const DIMS: usize = 64;
 const BATCH: u64 = 50;
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("free port")
 }
 
-fn spawn(url: &str, port: u16) -> Child {
+/// A real `cbir-index` process on `url`.
+pub fn spawn(url: &str, port: u16) -> Child {
     Command::new(env!("CARGO_BIN_EXE_cbir-index"))
         .env("INDEX_DATABASE_URL", url)
         .env("INDEX_LISTEN", format!("127.0.0.1:{port}"))
@@ -34,7 +35,7 @@ fn spawn(url: &str, port: u16) -> Child {
         .expect("start cbir-index")
 }
 
-async fn connect(port: u16) -> IndexServiceClient<Channel> {
+pub async fn connect(port: u16) -> IndexServiceClient<Channel> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(ch) = Channel::from_shared(format!("http://127.0.0.1:{port}"))

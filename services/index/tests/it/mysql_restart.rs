@@ -20,17 +20,11 @@ use cbir_api::v1::index_service_client::IndexServiceClient;
 use sea_orm::{ConnectionTrait, Database};
 use tonic::transport::Channel;
 
+use crate::durability::{connect, free_port, spawn};
 use crate::service::{create, record};
 
 const DIMS: usize = 32;
 const BATCH: u64 = 20;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 fn find(names: &[&str]) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -148,38 +142,6 @@ impl Drop for Mariadb {
     }
 }
 
-fn spawn_index(url: &str, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_cbir-index"))
-        .env("INDEX_DATABASE_URL", url)
-        .env("INDEX_LISTEN", format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start cbir-index")
-}
-
-async fn connect(port: u16) -> IndexServiceClient<Channel> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(ch) = Channel::from_shared(format!("http://127.0.0.1:{port}"))
-            .expect("uri")
-            .connect()
-            .await
-        {
-            let mut c = IndexServiceClient::new(ch);
-            if c.list_collections(pb::ListCollectionsRequest {})
-                .await
-                .is_ok()
-            {
-                return c;
-            }
-        }
-        assert!(Instant::now() < deadline, "cbir-index did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// The content hashes the index holds in `coll` (from memory).
 async fn held(c: &mut IndexServiceClient<Channel>) -> HashSet<String> {
     let r = c
@@ -223,7 +185,7 @@ async fn mysql_killed_and_restarted_under_load() {
         .expect("create database");
     let url = db.url("cbir");
     let port = free_port();
-    let mut index = spawn_index(&url, port);
+    let mut index = spawn(&url, port);
     let mut c = connect(port).await;
     create(&mut c, "bulk", DIMS as u32).await;
 
@@ -363,7 +325,7 @@ async fn mysql_killed_and_restarted_under_load() {
     // The database after a restart of the index.
     index.kill().expect("kill index");
     index.wait().expect("reap index");
-    let mut index = spawn_index(&url, port);
+    let mut index = spawn(&url, port);
     let mut c = connect(port).await;
     let stored = held(&mut c).await;
     let stats = c
