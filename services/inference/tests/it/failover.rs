@@ -1,7 +1,9 @@
 //! Two real `cbir-inference` processes behind the gateway; one is killed
 //! with SIGKILL in the middle of a search load: no search fails (the gateway
 //! retries a call cut by the dead replica on the live one and skips the
-//! dead one afterwards).
+//! dead one afterwards). Then the last replica is killed too: searches fail
+//! at once with UNAVAILABLE naming the inference service, and work again
+//! as soon as a replica is back.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -56,11 +58,28 @@ async fn images_served(port: u16) -> u64 {
         .unwrap_or(0)
 }
 
+async fn wait_serving(port: u16) {
+    for _ in 0..600 {
+        if cbir_common::grpc::probe(
+            &format!("127.0.0.1:{port}"),
+            "cbir.v1.InferenceService",
+            &Default::default(),
+        )
+        .await
+        .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("replica on {port} did not start");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_under_load_fails_no_search() {
     cbir_common::telemetry::init_for_tests();
     let (p1, p2) = (free_port(), free_port());
-    let _r1 = spawn(p1);
+    let mut r1 = spawn(p1);
     let mut r2 = spawn(p2);
     let dir = tempfile::tempdir().expect("tmp");
     let index_cfg = cbir_index::Config {
@@ -89,22 +108,7 @@ async fn a_replica_killed_under_load_fails_no_search() {
     tokio::spawn(cbir_gateway::serve(gcfg, gl, std::future::pending()));
     // Both replicas load the model.
     for port in [p1, p2] {
-        let mut ok = false;
-        for _ in 0..600 {
-            if cbir_common::grpc::probe(
-                &format!("127.0.0.1:{port}"),
-                "cbir.v1.InferenceService",
-                &Default::default(),
-            )
-            .await
-            .is_ok()
-            {
-                ok = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(ok, "replica on {port} did not start");
+        wait_serving(port).await;
     }
     let ch = Channel::from_shared(format!("http://{gaddr}"))
         .expect("uri")
@@ -177,5 +181,59 @@ async fn a_replica_killed_under_load_fails_no_search() {
     assert!(
         during.0 > before.0 && during.1 > before.1,
         "both replicas served searches before the kill: {before:?} then {during:?}"
+    );
+
+    // The last replica killed during searches: each fails with UNAVAILABLE
+    // naming the inference service (no hang, no other code).
+    let search = |i: usize| {
+        let (mut g, data) = (gateway.clone(), images[i % images.len()].clone());
+        async move {
+            g.search(pb::SearchRequest {
+                query: Some(pb::search_request::Query::Image(data)),
+                collection: "f".into(),
+                top_k: 3,
+                ..Default::default()
+            })
+            .await
+        }
+    };
+    let load: Vec<_> = (0..8).map(|i| tokio::spawn(search(i))).collect();
+    r1.0.kill().expect("SIGKILL the last replica");
+    r1.0.wait().expect("reap");
+    for t in load {
+        if let Err(e) = t.await.expect("task") {
+            assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+        }
+    }
+    for i in 0..3 {
+        let started = std::time::Instant::now();
+        let e = search(i).await.expect_err("no inference replica is up");
+        assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+        assert!(e.message().contains("inference"), "{}", e.message());
+        assert!(started.elapsed() < Duration::from_secs(5), "fails fast");
+    }
+    // Back: searches work again without restarting anything else.
+    let _r1 = spawn(p1);
+    wait_serving(p1).await;
+    let back = std::time::Instant::now();
+    loop {
+        match search(0).await {
+            Ok(r) => {
+                assert_eq!(r.into_inner().results.len(), 3);
+                break;
+            }
+            Err(e) => {
+                assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+                assert!(
+                    back.elapsed() < Duration::from_secs(30),
+                    "searches did not recover: {e:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    println!(
+        "searches recovered {:.2} s after the replica was serving again",
+        back.elapsed().as_secs_f64()
     );
 }
