@@ -831,3 +831,57 @@ async fn health_and_reflection_are_served() {
     );
     server.stop().await;
 }
+
+/// A stop (SIGTERM in the binary) while embeddings are queued and running:
+/// every request already accepted is answered in full, then the service
+/// exits; new connections are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_finishes_the_embeddings_in_flight() {
+    let server = Server::start(fast_config()).await;
+    let labels = imagenet_labels();
+    let mut calls = Vec::new();
+    for (n, chunk) in labels.chunks(8).take(8).enumerate() {
+        let mut c = server.client.clone();
+        let images: Vec<pb::ImageInput> = chunk.iter().map(|(p, _)| image(p, read(p))).collect();
+        calls.push(tokio::spawn(async move {
+            let want = images.len();
+            let r = c
+                .embed(pb::EmbedRequest {
+                    images,
+                    priority: if n % 2 == 0 {
+                        pb::Priority::Bulk
+                    } else {
+                        pb::Priority::Interactive
+                    } as i32,
+                    ..Default::default()
+                })
+                .await;
+            (want, r)
+        }));
+    }
+    // Let the requests reach the queue, then stop.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let channel = server.channel.clone();
+    let stopped = tokio::spawn(server.stop());
+    let mut answered = 0;
+    for call in calls {
+        let (want, r) = call.await.expect("task");
+        let r = r.expect("an accepted request is answered").into_inner();
+        assert_eq!(r.results.len(), want);
+        for e in &r.results {
+            assert_eq!(embedding(e).feature.len(), 1280);
+        }
+        answered += want;
+    }
+    stopped.await.expect("the service stopped cleanly");
+    assert_eq!(answered, 64);
+    // Gone: a new call fails in transport.
+    let e = cbir_api::v1::inference_service_client::InferenceServiceClient::new(channel)
+        .get_model_info(pb::GetModelInfoRequest::default())
+        .await
+        .expect_err("stopped");
+    assert!(
+        matches!(e.code(), Code::Unavailable | Code::Cancelled),
+        "a transport failure: {e:?}"
+    );
+}
