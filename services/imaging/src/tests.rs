@@ -176,6 +176,59 @@ fn preprocess_follows_resize_then_center_crop() {
     assert!(px(223, 100)[2] > 200, "{:?}", px(223, 100));
 }
 
+/// Resize to shorter side 256, then the central 224: the reference the
+/// cropped path must match.
+fn resize_then_crop(img: &RgbImage) -> Vec<u8> {
+    let (w, h) = img.dimensions();
+    let (nw, nh) = if w <= h {
+        (256, (256 * h as u64 / w as u64) as u32)
+    } else {
+        ((256 * w as u64 / h as u64) as u32, 256)
+    };
+    let r = resize(img, nw, nh).expect("resize");
+    let left = ((nw - 224) as f64 / 2.0).round_ties_even() as u32;
+    let top = ((nh - 224) as f64 / 2.0).round_ties_even() as u32;
+    image::imageops::crop_imm(&r, left, top, 224, 224)
+        .to_image()
+        .into_raw()
+}
+
+#[test]
+fn extreme_aspect_ratios_preprocess_fast_and_like_resize_then_crop() {
+    // Found by fuzzing: a GIF of 8x48390 pixels (within the pixel limit)
+    // took more than 30 s to enlarge to 256x1.5M before the crop.
+    let tall = RgbImage::from_fn(8, 48_390, |x, y| Rgb([(x * 30) as u8, (y % 251) as u8, 7]));
+    let started = std::time::Instant::now();
+    let x = preprocess(&tall).expect("tall");
+    assert_eq!(x.len(), 224 * 224 * 3);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // Where both paths are affordable they agree (17:1 and 1:40 take the
+    // cropped path): the same sampling grid, up to rounding.
+    for (w, h) in [(34, 600), (800, 20), (13, 4000)] {
+        let img = RgbImage::from_fn(w, h, |x, y| {
+            Rgb([
+                ((x * 7 + y * 3) % 256) as u8,
+                ((x * y) % 253) as u8,
+                ((y * 5) % 256) as u8,
+            ])
+        });
+        let fast = preprocess(&img).expect("preprocess");
+        let reference = resize_then_crop(&img);
+        let diffs: Vec<i32> = fast
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| (i32::from(*a) - i32::from(*b)).abs())
+            .collect();
+        let mean = diffs.iter().sum::<i32>() as f64 / diffs.len() as f64;
+        let max = diffs.iter().max().copied().unwrap_or(0);
+        assert!(mean < 0.5 && max <= 2, "{w}x{h}: mean {mean}, max {max}");
+    }
+}
+
 #[test]
 fn thumbnail_is_small_jpeg() {
     let big = two_colour(1000, 500);
