@@ -503,7 +503,9 @@ async fn main() -> anyhow::Result<()> {
         "gw_MiB"
     );
     let mut open = true;
-    while open || Instant::now() < next_report {
+    // Until every request has finished and every window up to the end is
+    // reported.
+    while open || next_report <= end {
         tokio::select! {
             d = rx.recv(), if open => match d {
                 Some(d) => {
