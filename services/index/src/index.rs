@@ -124,6 +124,9 @@ const LOAD_PAGE: u64 = 5_000;
 /// Parallel readers when loading a collection.
 const LOAD_READERS: usize = 2;
 
+/// Longest description, model name or model version of a collection.
+const MAX_TEXT_LEN: usize = 4096;
+
 fn valid_name(name: &str) -> Result<()> {
     if name.is_empty() || name.len() > 128 {
         return Err(Error::InvalidArgument(
@@ -349,6 +352,17 @@ impl Index {
             return Err(Error::InvalidArgument(
                 "a collection needs its model's name and version".into(),
             ));
+        }
+        for (what, len) in [
+            ("description", description.len()),
+            ("model name", model_name.len()),
+            ("model version", model_version.len()),
+        ] {
+            if len > MAX_TEXT_LEN {
+                return Err(Error::InvalidArgument(format!(
+                    "the collection's {what} is {len} bytes, the limit is {MAX_TEXT_LEN}"
+                )));
+            }
         }
         if dims == 0 || dims > self.limits.max_dims {
             return Err(Error::InvalidArgument(format!(

@@ -108,7 +108,7 @@ fn db_err(context: &str) -> impl Fn(DbErr) -> Error + '_ {
     move |e| {
         if unreachable(&e) {
             Error::Unavailable(format!(
-                "the database is unreachable ({context}: {e}); nothing was changed: retry when it is back"
+                "the database is unreachable ({context}: {e}); retry when it is back"
             ))
         } else {
             Error::Database(format!("{context}: {e}"))

@@ -313,7 +313,13 @@ async fn bad_requests(url: &str) {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
-    for (name, dims) in [("bad name!", 16), ("", 16), ("ok", 0)] {
+    let long_name = "n".repeat(129);
+    for (name, dims) in [
+        ("bad name!", 16),
+        ("", 16),
+        ("ok", 0),
+        (long_name.as_str(), 16),
+    ] {
         let err = c
             .create_collection(pb::CreateCollectionRequest {
                 name: name.into(),
@@ -328,7 +334,47 @@ async fn bad_requests(url: &str) {
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{name:?} {dims}");
     }
+    let err = c
+        .create_collection(pb::CreateCollectionRequest {
+            name: "described".into(),
+            model: Some(pb::ModelRef {
+                name: "m".into(),
+                version: "v".into(),
+            }),
+            dims: 16,
+            description: "d".repeat(5000),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("description"), "{}", err.message());
     let good = record(1, 0, 16);
+    // Over-long strings: each refused, naming the field and its limit.
+    for (field, build) in [
+        (
+            "file_name",
+            (|r: &mut pb::ImageRecord| r.file_name = "f".repeat(1025)) as fn(&mut _),
+        ),
+        ("path", |r| r.path = "p".repeat(4097)),
+        ("label", |r| r.label = "l".repeat(513)),
+    ] {
+        let mut bad = record(9, 0, 16);
+        build(&mut bad);
+        let err = c
+            .upsert(pb::UpsertRequest {
+                collection: "photos".into(),
+                records: vec![good.clone(), bad],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+        assert!(
+            err.message().contains(field) && err.message().contains("the limit is"),
+            "{}",
+            err.message()
+        );
+    }
     let mut wrong_dims = record(2, 0, 16);
     wrong_dims.feature.pop();
     let mut zero = record(3, 0, 16);
