@@ -2,6 +2,8 @@
 //! health and reflection, graceful shutdown and the error-to-status map.
 
 pub mod config;
+#[cfg(feature = "db")]
+pub mod db;
 pub mod error;
 pub mod grpc;
 pub mod metrics;

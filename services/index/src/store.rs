@@ -106,34 +106,13 @@ pub struct Store {
 
 fn db_err(context: &str) -> impl Fn(DbErr) -> Error + '_ {
     move |e| {
-        if unreachable(&e) {
+        if cbir_common::db::unreachable(&e) {
             Error::Unavailable(format!(
                 "the database is unreachable ({context}: {e}); retry when it is back"
             ))
         } else {
             Error::Database(format!("{context}: {e}"))
         }
-    }
-}
-
-/// Whether `e` says the database could not be reached (down, restarting,
-/// connection lost) rather than that a statement failed: callers may retry
-/// those, and the pool reconnects by itself.
-fn unreachable(e: &DbErr) -> bool {
-    use sea_orm::{RuntimeErr, SqlxError};
-    match e {
-        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
-        DbErr::Exec(RuntimeErr::SqlxError(s)) | DbErr::Query(RuntimeErr::SqlxError(s)) => {
-            matches!(
-                s,
-                SqlxError::Io(_)
-                    | SqlxError::PoolTimedOut
-                    | SqlxError::PoolClosed
-                    | SqlxError::Protocol(_)
-                    | SqlxError::WorkerCrashed
-            )
-        }
-        _ => false,
     }
 }
 

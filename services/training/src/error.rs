@@ -39,7 +39,13 @@ impl From<cbir_dataset::Error> for Error {
 
 impl From<sea_orm::DbErr> for Error {
     fn from(e: sea_orm::DbErr) -> Self {
-        Error::Database(e.to_string())
+        if cbir_common::db::unreachable(&e) {
+            Error::Unavailable(format!(
+                "the database is unreachable ({e}); retry when it is back"
+            ))
+        } else {
+            Error::Database(e.to_string())
+        }
     }
 }
 

@@ -518,7 +518,7 @@ impl Store {
             if s.contains("UNIQUE") || s.contains("Duplicate") {
                 Error::FailedPrecondition(format!("model {}:{} exists already", r.name, r.version))
             } else {
-                Error::Database(s)
+                Error::from(e)
             }
         })?;
         let id: i64 = get(
