@@ -80,9 +80,8 @@ impl TlsConfig {
             }
             return Ok(None);
         };
-        // Parsed here too, so that a bad file is named (tonic only says
-        // "invalid certificate" at the first handshake).
-        self.rustls_server()?;
+        // `prepare` parsed these files already and named any bad one (tonic
+        // only says "invalid certificate" at the first handshake).
         let mut tls = ServerTlsConfig::new()
             .identity(Identity::from_pem(
                 read("certificate", cert)?,
@@ -142,8 +141,9 @@ impl TlsConfig {
         let mut tls = ClientTlsConfig::new().timeout(HANDSHAKE_TIMEOUT);
         tls = match &self.ca {
             Some(ca) => {
-                certs("CA", ca)?;
-                tls.ca_certificate(Certificate::from_pem(read("CA", ca)?))
+                let pem = read("CA", ca)?;
+                parse_certs("CA", ca, &pem)?;
+                tls.ca_certificate(Certificate::from_pem(pem))
             }
             None => tls.with_webpki_roots(),
         };
@@ -167,8 +167,15 @@ impl TlsConfig {
 }
 
 fn certs(what: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let pem = read(what, path)?;
-    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
+    parse_certs(what, path, &read(what, path)?)
+}
+
+fn parse_certs(
+    what: &str,
+    path: &Path,
+    pem: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("TLS {what} {}: bad PEM ({e})", path.display()))?;
     if certs.is_empty() {
@@ -180,12 +187,14 @@ fn certs(what: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, String
     Ok(certs)
 }
 
-/// Checks the settings (every file read once, so that a typo fails at
-/// start) and installs the client side for this process's calls to other
-/// services: the first thing each service's `serve` does.
-pub fn prepare(tls: &TlsConfig) -> Result<(), String> {
-    tls.validate()?;
-    tls.install_client()
+/// Checks the settings (so that a typo fails at start, naming the file),
+/// installs the client side for this process's calls to other services,
+/// and gives the server config for listeners tonic does not drive: the
+/// first thing each service's `serve` does.
+pub fn prepare(tls: &TlsConfig) -> Result<Option<Arc<rustls::ServerConfig>>, String> {
+    let server = tls.rustls_server()?;
+    tls.install_client()?;
+    Ok(server)
 }
 
 /// A tonic server builder with TLS when `tls` configures it.

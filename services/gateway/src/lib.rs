@@ -219,7 +219,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    cbir_common::tls::prepare(&cfg.tls).map_err(anyhow::Error::msg)?;
+    let tls = cbir_common::tls::prepare(&cfg.tls).map_err(anyhow::Error::msg)?;
     cbir_common::grpc::set_outgoing_internal_token(cfg.internal_token.as_deref())
         .map_err(anyhow::Error::msg)?;
     let (app, gateway) = app(cfg).await?;
@@ -229,12 +229,7 @@ pub async fn serve(
         index = ?gateway.cfg.index_urls,
         "gateway listening (web UI, REST and gRPC)"
     );
-    if let Some(tls) = gateway
-        .cfg
-        .tls
-        .rustls_server()
-        .map_err(anyhow::Error::msg)?
-    {
+    if let Some(tls) = tls {
         tracing::info!(
             mutual = gateway.cfg.tls.client_ca.is_some(),
             "TLS on: https:// for the UI and REST, TLS for gRPC"

@@ -253,17 +253,13 @@ async fn upload(
         let data = tokio::fs::read(f).await.map_err(|e| e.to_string())?;
         form = form.part("files", image_part(f, data).map_err(|e| e.to_string())?);
     }
-    let r = http
-        .post(format!("{base}/api/collections/{coll}/images"))
-        .multipart(form)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = r.status();
-    let v: Value = r.json().await.map_err(|e| e.to_string())?;
-    if !status.is_success() {
-        return Err(format!("HTTP {status}: {v}"));
-    }
+    let v = answer(
+        http.post(format!("{base}/api/collections/{coll}/images"))
+            .multipart(form)
+            .send()
+            .await,
+    )
+    .await?;
     let results = v["results"].as_array().cloned().unwrap_or_default();
     let failed: Vec<&Value> = results
         .iter()
@@ -275,20 +271,20 @@ async fn upload(
     Ok(results.len() as u64)
 }
 
-async fn post_json(http: &reqwest::Client, url: String, body: Value) -> Result<Value, String> {
-    let r = http
-        .post(url)
-        .json(&body)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
+/// The JSON body of a successful answer; otherwise the status and body.
+async fn answer(r: reqwest::Result<reqwest::Response>) -> Result<Value, String> {
+    let r = r.map_err(|e| e.to_string())?;
     let status = r.status();
-    let v: Value = r.json().await.unwrap_or(Value::Null);
     if status.is_success() {
-        Ok(v)
+        r.json().await.map_err(|e| e.to_string())
     } else {
+        let v: Value = r.json().await.unwrap_or(Value::Null);
         Err(format!("HTTP {status}: {v}"))
     }
+}
+
+async fn post_json(http: &reqwest::Client, url: String, body: Value) -> Result<Value, String> {
+    answer(http.post(url).json(&body).send().await).await
 }
 
 /// One finished search or indexing request.
@@ -394,17 +390,13 @@ async fn main() -> anyhow::Result<()> {
                             .part("image", image_part(&q, data).map_err(|e| e.to_string())?)
                             .text("collection", "soak")
                             .text("top_k", "20");
-                        let r = http
-                            .post(format!("{base}/api/search"))
-                            .multipart(form)
-                            .send()
-                            .await
-                            .map_err(|e| e.to_string())?;
-                        let status = r.status();
-                        let v: Value = r.json().await.map_err(|e| e.to_string())?;
-                        if !status.is_success() {
-                            return Err(format!("HTTP {status}: {v}"));
-                        }
+                        let v = answer(
+                            http.post(format!("{base}/api/search"))
+                                .multipart(form)
+                                .send()
+                                .await,
+                        )
+                        .await?;
                         if v["results"].as_array().map_or(0, Vec::len) == 0 {
                             return Err("a search found nothing".into());
                         }

@@ -56,6 +56,28 @@ pub async fn connect(port: u16) -> IndexServiceClient<Channel> {
     }
 }
 
+/// The content hashes the index holds in `collection` (from memory; at
+/// most 10,000).
+pub async fn held(
+    c: &mut IndexServiceClient<Channel>,
+    collection: &str,
+    dims: usize,
+) -> HashSet<String> {
+    let r = c
+        .search(pb::IndexSearchRequest {
+            collection: collection.into(),
+            vector: record(0, 0, dims).feature,
+            predicted_class: -1,
+            top_k: 10_000,
+            mode: pb::SearchMode::Exact as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("search")
+        .into_inner();
+    r.hits.into_iter().map(|h| h.content_hash).collect()
+}
+
 async fn killed_mid_bulk_upsert(url: &str) {
     let port = free_port();
     let mut child = spawn(url, port);
@@ -115,19 +137,7 @@ async fn killed_mid_bulk_upsert(url: &str) {
         .into_inner();
     // Every acknowledged batch is there, whole.
     let mut found_batches: HashSet<u64> = HashSet::new();
-    let r = c
-        .search(pb::IndexSearchRequest {
-            collection: "bulk".into(),
-            vector: record(0, 0, DIMS).feature,
-            predicted_class: -1,
-            top_k: 10_000,
-            mode: pb::SearchMode::Exact as i32,
-            ..Default::default()
-        })
-        .await
-        .expect("search")
-        .into_inner();
-    let hashes: HashSet<String> = r.hits.iter().map(|h| h.content_hash.clone()).collect();
+    let hashes = held(&mut c, "bulk", DIMS).await;
     assert_eq!(
         hashes.len() as u64,
         stats.count,

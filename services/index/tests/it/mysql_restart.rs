@@ -16,11 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cbir_api::v1 as pb;
-use cbir_api::v1::index_service_client::IndexServiceClient;
 use sea_orm::{ConnectionTrait, Database};
-use tonic::transport::Channel;
 
-use crate::durability::{connect, free_port, spawn};
+use crate::durability::{connect, free_port, held, spawn};
 use crate::service::{create, record};
 
 const DIMS: usize = 32;
@@ -140,23 +138,6 @@ impl Drop for Mariadb {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-/// The content hashes the index holds in `coll` (from memory).
-async fn held(c: &mut IndexServiceClient<Channel>) -> HashSet<String> {
-    let r = c
-        .search(pb::IndexSearchRequest {
-            collection: "bulk".into(),
-            vector: record(0, 0, DIMS).feature,
-            predicted_class: -1,
-            top_k: 10_000,
-            mode: pb::SearchMode::Exact as i32,
-            ..Default::default()
-        })
-        .await
-        .expect("search")
-        .into_inner();
-    r.hits.into_iter().map(|h| h.content_hash).collect()
 }
 
 fn seeds_of(first: u64) -> impl Iterator<Item = String> {
@@ -316,7 +297,7 @@ async fn mysql_killed_and_restarted_under_load() {
     );
 
     // Memory of the running index: every acknowledged batch, whole.
-    let live = held(&mut c).await;
+    let live = held(&mut c, "bulk", DIMS).await;
     for first in &o.acked {
         for h in seeds_of(*first) {
             assert!(live.contains(&h), "acknowledged {h} missing from memory");
@@ -327,7 +308,7 @@ async fn mysql_killed_and_restarted_under_load() {
     index.wait().expect("reap index");
     let mut index = spawn(&url, port);
     let mut c = connect(port).await;
-    let stored = held(&mut c).await;
+    let stored = held(&mut c, "bulk", DIMS).await;
     let stats = c
         .stats(pb::StatsRequest {
             collection: "bulk".into(),
