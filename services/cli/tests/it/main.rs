@@ -2,6 +2,7 @@
 //! images from ../shared/data.
 
 mod access;
+mod adversarial;
 mod browser;
 mod cli;
 mod deploy;
