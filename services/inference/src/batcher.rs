@@ -129,12 +129,23 @@ impl Queues {
         }
         out
     }
+
+    /// Drops the items whose caller has gone (cancelled, or its deadline
+    /// passed and tonic dropped the request); returns how many. A forward
+    /// pass for them would only delay the callers still waiting.
+    fn drop_abandoned(&mut self) -> usize {
+        let before = self.len();
+        self.interactive.retain(|i| !i.reply.is_closed());
+        self.bulk.retain(|i| !i.reply.is_closed());
+        before - self.len()
+    }
 }
 
 #[derive(Default)]
 struct Counters {
     batches: AtomicU64,
     images: AtomicU64,
+    abandoned: AtomicU64,
 }
 
 struct Slot {
@@ -158,6 +169,8 @@ pub struct Stats {
     pub queued_bulk: usize,
     pub batches: u64,
     pub images: u64,
+    /// Images skipped because their caller had gone before the forward pass.
+    pub abandoned: u64,
 }
 
 pub struct Batcher {
@@ -239,6 +252,7 @@ impl Batcher {
             queued_bulk: q.bulk.len(),
             batches: self.shared.counters.batches.load(Ordering::Relaxed),
             images: self.shared.counters.images.load(Ordering::Relaxed),
+            abandoned: self.shared.counters.abandoned.load(Ordering::Relaxed),
         }
     }
 
@@ -254,10 +268,20 @@ impl Batcher {
         if q.closed {
             return Err(Error::ShuttingDown);
         }
-        let (len, cap) = match priority {
+        let room = |q: &Queues| match priority {
             Priority::Interactive => (q.interactive.len(), self.shared.cfg.max_queue_interactive),
             Priority::Bulk => (q.bulk.len(), self.shared.cfg.max_queue_bulk),
         };
+        let (mut len, cap) = room(&q);
+        if len + inputs.len() > cap {
+            // Abandoned items must not keep live callers out.
+            let gone = q.drop_abandoned();
+            self.shared
+                .counters
+                .abandoned
+                .fetch_add(gone as u64, Ordering::Relaxed);
+            len = room(&q).0;
+        }
         if len + inputs.len() > cap {
             return Err(Error::QueueFull {
                 priority,
@@ -324,12 +348,24 @@ impl Drop for Batcher {
     }
 }
 
-/// Waits for and forms the next batch; `None` once closed and drained.
+/// Waits for and forms the next batch of items whose callers still wait;
+/// `None` once closed and drained.
 fn next_batch(shared: &Shared) -> Option<Vec<Item>> {
     let cfg = &shared.cfg;
     let delay = Duration::from_micros(cfg.max_queue_delay_us);
     let mut q = shared.queues.lock();
     loop {
+        let gone = q.drop_abandoned();
+        if gone > 0 {
+            shared
+                .counters
+                .abandoned
+                .fetch_add(gone as u64, Ordering::Relaxed);
+            tracing::debug!(
+                images = gone,
+                "skipped queued images whose callers have gone"
+            );
+        }
         let n = q.len();
         if n == 0 {
             if q.closed {

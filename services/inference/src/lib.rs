@@ -202,8 +202,13 @@ fn batcher_metrics(
         "inference_images_total",
         "Images embedded (batch size = rate of this / rate of batches)",
     )?;
+    let abandoned = IntCounter::new(
+        "inference_abandoned_total",
+        "Queued images skipped because their caller had gone (cancelled or past its deadline)",
+    )?;
     for c in [
         Box::new(depth.clone()) as Box<dyn prometheus::core::Collector>,
+        Box::new(abandoned.clone()),
         Box::new(by_priority.clone()),
         Box::new(cap.clone()),
         Box::new(max_batch.clone()),
@@ -227,6 +232,7 @@ fn batcher_metrics(
             .set(s.queued_bulk as i64);
         batches.inc_by(s.batches.saturating_sub(batches.get()));
         images.inc_by(s.images.saturating_sub(images.get()));
+        abandoned.inc_by(s.abandoned.saturating_sub(abandoned.get()));
     });
     Ok(m)
 }

@@ -281,3 +281,34 @@ fn shutdown_drains_the_queue() {
         Err(Error::ShuttingDown)
     ));
 }
+
+#[test]
+fn requests_whose_callers_have_gone_are_not_computed() {
+    let mut c = cfg(4, 0);
+    c.max_queue_bulk = 40;
+    let (b, log, release, entered) = gated(c);
+    let first = b.submit(inputs([0]), Priority::Bulk).expect("submit");
+    entered
+        .recv_timeout(Duration::from_secs(5))
+        .expect("worker busy");
+    // Forty bulk images queue behind the busy worker; their callers give up
+    // (a cancelled call or a passed deadline drops the receivers).
+    let gone = b.submit(inputs(1..41), Priority::Bulk).expect("fits");
+    drop(gone);
+    // The queue is full of abandoned items, yet a live request gets in.
+    let live = b
+        .submit(inputs([42, 43]), Priority::Bulk)
+        .expect("abandoned items make room");
+    for _ in 0..20 {
+        let _ = release.send(());
+    }
+    wait_all(first);
+    let t = Instant::now();
+    let out = wait_all(live);
+    assert!(out.iter().all(Result::is_ok));
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    let computed: Vec<u8> = log.lock().iter().flatten().copied().collect();
+    assert_eq!(computed, vec![0, 42, 43], "only live callers are computed");
+    assert_eq!(b.stats().abandoned, 40);
+    assert_eq!(b.stats().images, 3);
+}
