@@ -1,9 +1,11 @@
 //! Soak test of the whole system (a command, not a test): starts the four
 //! service binaries as separate processes on loopback (SQLite, an internal
 //! token), fills a collection with real images, then for `--seconds` runs
-//! steady open-loop searches by uploaded JPEG plus concurrent indexing into
-//! a second collection that is cleared whenever it reaches `--churn-size`
-//! (so that the data, and with it the expected memory, stays bounded).
+//! steady open-loop searches by uploaded JPEG plus `--uploaders` concurrent
+//! indexing clients writing into `--churn-collections` other collections
+//! (several writers at once into one database is what breaks an embedded
+//! store), each collection cleared whenever it reaches `--churn-size` (so
+//! that the data, and with it the expected memory, stays bounded).
 //!
 //! Every `--window-s` it prints the searches, errors, p50/p99 latency (from
 //! the scheduled send time) and the resident memory of each service; at
@@ -51,12 +53,19 @@ struct Args {
     /// Images in the searched collection.
     #[arg(long, default_value_t = 500)]
     collection_size: usize,
-    /// Images per indexing request, and seconds between requests.
+    /// Images per indexing request, and seconds between one uploader's
+    /// requests.
     #[arg(long, default_value_t = 8)]
     index_batch: usize,
     #[arg(long, default_value_t = 2.0)]
     index_every_s: f64,
-    /// The indexing collection is cleared when it holds this many.
+    /// Concurrent indexing clients; uploader k writes into collection
+    /// `churn-{k mod churn_collections}`.
+    #[arg(long, default_value_t = 4)]
+    uploaders: usize,
+    #[arg(long, default_value_t = 3)]
+    churn_collections: usize,
+    /// An indexing collection is cleared when it holds this many.
     #[arg(long, default_value_t = 400)]
     churn_size: u64,
     #[arg(long, default_value_t = 30)]
@@ -339,7 +348,11 @@ async fn main() -> anyhow::Result<()> {
         fleet.dir.path().display()
     );
     wait_healthy(&http, &base, &mut fleet).await?;
-    for coll in ["soak", "churn"] {
+    let uploaders = args.uploaders.max(1);
+    let churn_names: Vec<String> = (0..args.churn_collections.max(1))
+        .map(|k| format!("churn-{k}"))
+        .collect();
+    for coll in std::iter::once("soak").chain(churn_names.iter().map(String::as_str)) {
         post_json(
             &http,
             format!("{base}/api/collections"),
@@ -356,12 +369,14 @@ async fn main() -> anyhow::Result<()> {
     }
     eprintln!(
         "soak: {} images indexed in {:.1} s; {} s warm-up, then {} s measured at {} searches/s \
-         + {} images every {} s",
+         + {} uploaders into {} collections, each {} images every {} s",
         searched.len(),
         t0.elapsed().as_secs_f64(),
         args.warmup_seconds,
         args.seconds,
         args.search_rate,
+        uploaders,
+        churn_names.len(),
         args.index_batch,
         args.index_every_s
     );
@@ -414,49 +429,59 @@ async fn main() -> anyhow::Result<()> {
             }
         })
     };
-    // Indexing: one batch every index_every_s (closed loop: the next batch
-    // waits for the previous), clearing the collection when it is full.
+    // Indexing: each uploader sends one batch every index_every_s (closed
+    // loop: its next batch waits for the previous) into its collection,
+    // which is cleared when it is full. Uploaders sharing a collection share
+    // its count, so one of them clears it while the others keep writing.
     let indexed_total = Arc::new(AtomicU64::new(0));
-    let indexing = {
+    let held: Arc<Vec<AtomicU64>> =
+        Arc::new(churn_names.iter().map(|_| AtomicU64::new(0)).collect());
+    let churn = Arc::new(churn);
+    let mut indexing = Vec::new();
+    for k in 0..uploaders {
         let (http, base, tx) = (http.clone(), base.clone(), tx.clone());
         let (batch, every, churn_size) = (
             args.index_batch,
             Duration::from_secs_f64(args.index_every_s),
             args.churn_size,
         );
-        let indexed_total = indexed_total.clone();
-        tokio::spawn(async move {
-            let mut next = 0usize;
-            let mut held = 0u64;
-            let mut tick = tokio::time::interval_at(start.into(), every);
+        let (indexed_total, held, churn) = (indexed_total.clone(), held.clone(), churn.clone());
+        let c = k % churn_names.len();
+        let coll = churn_names[c].clone();
+        // Uploaders start spread over one period, each at its own place in
+        // the image list.
+        let first = start + every.mul_f64(k as f64 / uploaders as f64);
+        indexing.push(tokio::spawn(async move {
+            let mut next = (k * churn.len() / uploaders) % churn.len();
+            let mut tick = tokio::time::interval_at(first.into(), every);
             while Instant::now() < end {
                 tick.tick().await;
-                if held + batch as u64 > churn_size {
+                if held[c].load(Ordering::Relaxed) + batch as u64 > churn_size {
+                    held[c].store(0, Ordering::Relaxed);
                     let t = Instant::now();
                     let r = post_json(
                         &http,
-                        format!("{base}/api/collections/churn/clear"),
+                        format!("{base}/api/collections/{coll}/clear"),
                         json!({}),
                     )
                     .await;
-                    held = 0;
                     let _ = tx.send(Done {
                         at: Instant::now(),
                         search: false,
                         latency: t.elapsed(),
                         images: 0,
-                        error: r.err().map(|e| format!("clear: {e}")),
+                        error: r.err().map(|e| format!("clear {coll}: {e}")),
                     });
                     continue;
                 }
                 let chunk: Vec<PathBuf> = (0..batch)
-                    .map(|k| churn[(next + k) % churn.len()].clone())
+                    .map(|i| churn[(next + i) % churn.len()].clone())
                     .collect();
                 next = (next + batch) % churn.len();
                 let t = Instant::now();
-                let r = upload(&http, &base, "churn", &chunk).await;
+                let r = upload(&http, &base, &coll, &chunk).await;
                 if let Ok(n) = &r {
-                    held += n;
+                    held[c].fetch_add(*n, Ordering::Relaxed);
                     indexed_total.fetch_add(*n, Ordering::Relaxed);
                 }
                 let _ = tx.send(Done {
@@ -464,11 +489,11 @@ async fn main() -> anyhow::Result<()> {
                     search: false,
                     latency: t.elapsed(),
                     images: *r.as_ref().unwrap_or(&0),
-                    error: r.err().map(|e| format!("indexing: {e}")),
+                    error: r.err().map(|e| format!("indexing into {coll}: {e}")),
                 });
             }
-        })
-    };
+        }));
+    }
     drop(tx);
 
     let window = Duration::from_secs(args.window_s);
@@ -566,7 +591,9 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     searches.await?;
-    indexing.await?;
+    for h in indexing {
+        h.await?;
+    }
     let last: [u64; 4] = SERVICES.map(|s| rss_kib(fleet.pid(s)));
     let baseline = baseline.unwrap_or(last);
     let total_errors: u64 = rows
@@ -618,6 +645,7 @@ async fn main() -> anyhow::Result<()> {
                 "seconds": args.seconds, "warmup_seconds": args.warmup_seconds,
                 "search_rate": args.search_rate, "collection_size": args.collection_size,
                 "index_batch": args.index_batch, "index_every_s": args.index_every_s,
+                "uploaders": uploaders, "churn_collections": churn_names.len(),
                 "searches": all.len(), "errors": total_errors,
                 "p50_ms": ms(&all, 0.5), "p99_ms": ms(&all, 0.99),
                 "max_ms": all.max() as f64 / 1000.0,
