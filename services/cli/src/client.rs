@@ -188,6 +188,7 @@ pub async fn add_files(
             } else {
                 client
                     .add_images(pb::AddImagesRequest {
+                        replace: false,
                         collection,
                         images,
                         create_collection: true,

@@ -696,6 +696,7 @@ impl Gateway {
     #[tracing::instrument(name = "gateway.add_images", skip_all, fields(images = req.images.len()))]
     pub async fn add_images(&self, req: pb::AddImagesRequest) -> Result<pb::AddImagesResponse> {
         let collection = self.collection_name(&req.collection);
+        let req_replace = req.replace;
         let limits = &self.cfg.limits;
         if req.images.len() > limits.max_files_per_request {
             return Err(Error::TooLarge(format!(
@@ -886,6 +887,7 @@ impl Gateway {
         }
         if !records.is_empty() {
             let msg = pb::UpsertRequest {
+                replace: req_replace,
                 collection: collection.clone(),
                 records,
             };

@@ -241,6 +241,7 @@ impl Gateway {
                         collection,
                         images,
                         create_collection: false,
+                        replace: false,
                     })
                     .await;
                 (r, unreadable)

@@ -395,6 +395,10 @@ async fn clear_collection(
 struct AddQuery {
     #[serde(default)]
     create: bool,
+    /// Overwrite the stored path, file name and label of images the
+    /// collection holds already.
+    #[serde(default)]
+    replace: bool,
 }
 
 async fn add_images(
@@ -448,6 +452,7 @@ async fn add_images(
             collection: name,
             images,
             create_collection: q.create,
+            replace: q.replace,
         })
         .await?;
     Ok(Json(json!({

@@ -12,6 +12,9 @@ pub enum Error {
     FailedPrecondition(String),
     #[error("{0}")]
     Unavailable(String),
+    /// A transient lock conflict in the database that outlasted the retries.
+    #[error("{0}")]
+    Busy(String),
     #[error("database error: {0}")]
     Database(String),
     #[error("stored data is corrupt: {0}")]
@@ -33,7 +36,9 @@ impl From<Error> for Status {
             Error::FailedPrecondition(_) | Error::Config(_) => {
                 Status::new(Code::FailedPrecondition, err.to_string())
             }
-            Error::Unavailable(_) => Status::new(Code::Unavailable, err.to_string()),
+            Error::Unavailable(_) | Error::Busy(_) => {
+                Status::new(Code::Unavailable, err.to_string())
+            }
             Error::Database(_) | Error::Corrupt(_) | Error::Internal(_) => {
                 cbir_common::error::internal(&err)
             }

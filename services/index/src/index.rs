@@ -50,6 +50,32 @@ pub struct Collection {
     /// The collection's write counter in the database that memory reflects
     /// (replicas reload a collection whose counter moved).
     seen_seq: std::sync::atomic::AtomicI64,
+    /// Set (under `write`) once no name may write here any more: the
+    /// collection was deleted, or a rebuild replaced it. A writer that
+    /// waited for `write` looks the name up again instead of writing into
+    /// a collection about to be dropped.
+    retired: std::sync::atomic::AtomicBool,
+}
+
+impl Collection {
+    fn new(row: CollectionRow, mem: MemIndex) -> Self {
+        Self {
+            row,
+            mem: RwLock::new(mem),
+            write: tokio::sync::Mutex::new(()),
+            seen_seq: std::sync::atomic::AtomicI64::new(0),
+            retired: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn retired(&self) -> bool {
+        self.retired.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn retire(&self) {
+        self.retired
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 #[derive(Default)]
@@ -230,12 +256,7 @@ impl Index {
         let dims = row.dims as usize;
         let mut mem = MemIndex::new(dims);
         let Some((lo, hi)) = self.store.id_range(row.id).await? else {
-            return Ok(Arc::new(Collection {
-                row,
-                mem: RwLock::new(mem),
-                write: tokio::sync::Mutex::new(()),
-                seen_seq: std::sync::atomic::AtomicI64::new(0),
-            }));
+            return Ok(Arc::new(Collection::new(row, mem)));
         };
         // Readers over disjoint id ranges run in parallel (one connection
         // each), each decoding into its own index; the parts are merged.
@@ -316,12 +337,7 @@ impl Index {
         })
         .await
         .map_err(|e| Error::Internal(format!("load task: {e}")))?;
-        Ok(Arc::new(Collection {
-            row,
-            mem: RwLock::new(mem),
-            write: tokio::sync::Mutex::new(()),
-            seen_seq: std::sync::atomic::AtomicI64::new(0),
-        }))
+        Ok(Arc::new(Collection::new(row, mem)))
     }
 
     /// The physical collection a name points at.
@@ -388,12 +404,7 @@ impl Index {
             .store
             .create_collection(name, name, model_name, model_version, dims, description)
             .await?;
-        let coll = Arc::new(Collection {
-            mem: RwLock::new(MemIndex::new(dims as usize)),
-            row,
-            write: tokio::sync::Mutex::new(()),
-            seen_seq: std::sync::atomic::AtomicI64::new(0),
-        });
+        let coll = Arc::new(Collection::new(row, MemIndex::new(dims as usize)));
         let mut cat = self.catalog.write();
         cat.collections.insert(coll.row.id, coll.clone());
         cat.aliases.insert(name.to_string(), coll.row.id);
@@ -416,6 +427,7 @@ impl Index {
         let coll = self.resolve(name)?;
         let _w = coll.write.lock().await;
         self.store.delete_collection(coll.row.id).await?;
+        coll.retire();
         let mut cat = self.catalog.write();
         cat.aliases.retain(|_, id| *id != coll.row.id);
         cat.collections.remove(&coll.row.id);
@@ -473,10 +485,36 @@ impl Index {
 
     /// Validates all records (nothing is written if one is bad), commits them
     /// in one transaction, then applies them to memory. Returns once both
-    /// are done: an acknowledged upsert is durable and searchable.
-    pub async fn upsert(&self, name: &str, records: Vec<Record>) -> Result<Vec<Upserted>> {
-        let coll = self.resolve(name)?;
-        self.upsert_into(&coll, records).await
+    /// are done: an acknowledged upsert is durable and searchable. An image
+    /// the collection holds already keeps its stored entry unless `replace`.
+    pub async fn upsert(
+        &self,
+        name: &str,
+        records: Vec<Record>,
+        replace: bool,
+    ) -> Result<Vec<Upserted>> {
+        let mut model: Option<(String, String)> = None;
+        loop {
+            let coll = self.resolve(name)?;
+            let now = (coll.row.model_name.clone(), coll.row.model_version.clone());
+            if let Some(before) = model.as_ref().filter(|m| **m != now) {
+                return Err(Error::FailedPrecondition(format!(
+                    "collection {name:?} was rebuilt for model {}:{} while these images of \
+                     model {}:{} were being added: embed them with {}:{} and send them again",
+                    now.0, now.1, before.0, before.1, now.0, now.1
+                )));
+            }
+            model = Some(now);
+            let mut records = records.clone();
+            self.check_batch(&coll, &mut records)?;
+            let _w = coll.write.lock().await;
+            if coll.retired() {
+                // A rebuild switched the name (or the collection went) while
+                // we waited: write where the name points now.
+                continue;
+            }
+            return self.upsert_locked(&coll, records, replace).await;
+        }
     }
 
     /// `upsert` on a physical collection (rebuilds write to one that no
@@ -486,6 +524,18 @@ impl Index {
         coll: &Arc<Collection>,
         mut records: Vec<Record>,
     ) -> Result<Vec<Upserted>> {
+        self.check_batch(coll, &mut records)?;
+        let _w = coll.write.lock().await;
+        if coll.retired() {
+            return Err(Error::NotFound(format!(
+                "collection {} was dropped while writing to it",
+                coll.row.name
+            )));
+        }
+        self.upsert_locked(coll, records, false).await
+    }
+
+    fn check_batch(&self, coll: &Collection, records: &mut [Record]) -> Result<()> {
         if records.is_empty() {
             return Err(Error::InvalidArgument("no records to upsert".into()));
         }
@@ -496,17 +546,17 @@ impl Index {
                 self.limits.max_records_per_upsert
             )));
         }
-        for r in &mut records {
+        for r in records.iter_mut() {
             self.validate(coll, r)?;
         }
-        let _w = coll.write.lock().await;
-        self.upsert_locked(coll, records).await
+        Ok(())
     }
 
     async fn upsert_locked(
         &self,
         coll: &Arc<Collection>,
         records: Vec<Record>,
+        replace: bool,
     ) -> Result<Vec<Upserted>> {
         let new: Vec<NewImage> = records
             .iter()
@@ -521,12 +571,14 @@ impl Index {
                 source: r.source.clone(),
             })
             .collect();
-        let outcome = self.store.upsert(coll.row.id, &new).await?;
+        let outcome = self.store.upsert(coll.row.id, &new, replace).await?;
         coll.seen_seq
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        // Entries that existed and were kept stay as memory has them.
         let entries: Vec<Entry> = records
             .into_iter()
             .zip(&outcome)
+            .filter(|(_, o)| o.created || replace)
             .map(|(r, o)| Entry {
                 id: o.id,
                 class: r.predicted_class,
@@ -569,6 +621,14 @@ impl Index {
             return Ok(0);
         }
         let _w = coll.write.lock().await;
+        if coll.retired() {
+            // Ids belong to one physical collection: after a rebuild the
+            // same images have other ids.
+            self.resolve(name)?;
+            return Err(Error::FailedPrecondition(format!(
+                "collection {name:?} was rebuilt while deleting, and its image ids changed: look the images up again"
+            )));
+        }
         self.delete_locked(&coll, ids).await
     }
 
@@ -585,13 +645,18 @@ impl Index {
     }
 
     pub async fn clear(&self, name: &str) -> Result<u64> {
-        let coll = self.resolve(name)?;
-        let _w = coll.write.lock().await;
-        let n = self.store.clear(coll.row.id).await?;
-        coll.seen_seq
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        coll.mem.write().clear();
-        Ok(n)
+        loop {
+            let coll = self.resolve(name)?;
+            let _w = coll.write.lock().await;
+            if coll.retired() {
+                continue;
+            }
+            let n = self.store.clear(coll.row.id).await?;
+            coll.seen_seq
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            coll.mem.write().clear();
+            return Ok(n);
+        }
     }
 
     pub async fn search(&self, req: SearchRequest) -> Result<SearchResult> {
@@ -706,12 +771,7 @@ impl Index {
             .store
             .create_collection("", physical, model_name, model_version, dims, description)
             .await?;
-        let coll = Arc::new(Collection {
-            mem: RwLock::new(MemIndex::new(dims as usize)),
-            row,
-            write: tokio::sync::Mutex::new(()),
-            seen_seq: std::sync::atomic::AtomicI64::new(0),
-        });
+        let coll = Arc::new(Collection::new(row, MemIndex::new(dims as usize)));
         self.catalog
             .write()
             .collections
@@ -724,6 +784,7 @@ impl Index {
         let _catalog = self.creating.lock().await;
         let _w = coll.write.lock().await;
         self.store.delete_collection(coll.row.id).await?;
+        coll.retire();
         let mut cat = self.catalog.write();
         cat.aliases.retain(|_, id| *id != coll.row.id);
         cat.collections.remove(&coll.row.id);
@@ -792,7 +853,7 @@ impl Index {
                     self.validate(new, r)?;
                 }
                 let _nw = new.write.lock().await;
-                let out = self.upsert_locked(new, recs).await?;
+                let out = self.upsert_locked(new, recs, false).await?;
                 for (old_id, o) in ids.into_iter().zip(out) {
                     copied.insert(old_id, o.id);
                 }
@@ -803,6 +864,7 @@ impl Index {
             self.delete_locked(new, &gone).await?;
         }
         self.store.switch_alias(alias, new.row.id).await?;
+        old.retire();
         self.catalog
             .write()
             .aliases

@@ -135,7 +135,7 @@ impl IndexService for IndexGrpc {
             .iter()
             .map(|r| r.content_hash.to_lowercase())
             .collect();
-        let out = self.index.upsert(&r.collection, records).await?;
+        let out = self.index.upsert(&r.collection, records, r.replace).await?;
         Ok(Response::new(pb::UpsertResponse {
             results: out
                 .into_iter()

@@ -3,13 +3,10 @@
 //! memory is rebuilt from it at start.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
+use cbir_common::db::{WriteTx, Writer};
 use cbir_index_migration::{Migrator, MigratorTrait};
-use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement,
-    TransactionTrait, Value,
-};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement, Value};
 
 use crate::error::{Error, Result};
 
@@ -102,13 +99,18 @@ const BLOB_BYTES_PER_STATEMENT: usize = 4 << 20;
 pub struct Store {
     db: DatabaseConnection,
     backend: DbBackend,
+    writer: Writer,
 }
 
-fn db_err(context: &str) -> impl Fn(DbErr) -> Error + '_ {
+pub(crate) fn db_err(context: &str) -> impl Fn(DbErr) -> Error + '_ {
     move |e| {
         if cbir_common::db::unreachable(&e) {
             Error::Unavailable(format!(
                 "the database is unreachable ({context}: {e}); retry when it is back"
+            ))
+        } else if cbir_common::db::busy(&e) {
+            Error::Busy(format!(
+                "the database is busy with other writes ({context}: {e}); retry in a moment"
             ))
         } else {
             Error::Database(format!("{context}: {e}"))
@@ -116,44 +118,60 @@ fn db_err(context: &str) -> impl Fn(DbErr) -> Error + '_ {
     }
 }
 
+/// On SQLite, the first statement of every write transaction: it changes
+/// nothing but takes the write lock before any read (see cbir_common::db).
+const CLAIM: &str = "UPDATE collections SET write_seq = write_seq WHERE 0";
+
+/// Runs a whole write transaction again while the database answers busy.
+pub(crate) async fn retried<T, F, Fut>(what: &str, attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    cbir_common::db::retry(what, |e: &Error| matches!(e, Error::Busy(_)), attempt).await
+}
+
 impl Store {
     /// Connects and migrates. `sqlite://PATH` (created, WAL) or
     /// `mysql://user:pass@host/db`.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
         let url = cbir_common::config::database_url(url).map_err(Error::Config)?;
-        let mut opts = ConnectOptions::new(url.clone());
-        opts.max_connections(max_connections.max(1))
-            .min_connections(1)
-            .connect_timeout(Duration::from_secs(10))
-            .acquire_timeout(Duration::from_secs(30))
-            .sqlx_logging(false);
-        let db = Database::connect(opts)
-            .await
-            .map_err(|e| Error::Unavailable(format!("cannot connect to the database: {e}")))?;
+        // 16 KiB pages (taking effect on a new file only) keep a 1280-d
+        // feature (5 KiB) inside its row instead of overflow pages, which
+        // makes loading at start several times faster.
+        let opts =
+            cbir_common::db::connect_options(url, max_connections, &[("page_size", "16384")]);
+        // Another replica creating the same new file may hold it while it
+        // switches the file to WAL.
+        let opts = &opts;
+        let db = retried("connecting", || async move {
+            Database::connect(opts.clone()).await.map_err(|e| {
+                if cbir_common::db::busy(&e) {
+                    Error::Busy(format!("the database file is busy: {e}"))
+                } else {
+                    Error::Unavailable(format!("cannot connect to the database: {e}"))
+                }
+            })
+        })
+        .await?;
         let backend = db.get_database_backend();
-        if backend == DbBackend::Sqlite {
-            // Takes effect only on a new file: 16 KiB pages keep a 1280-d
-            // feature (5 KiB) inside its row instead of overflow pages, which
-            // makes loading at start several times faster.
-            db.execute_unprepared("PRAGMA page_size=16384")
+        let conn = &db;
+        retried("migrating the schema", || async move {
+            Migrator::up(conn, None)
                 .await
-                .map_err(db_err("PRAGMA page_size"))?;
-            // WAL: readers do not block the writer; NORMAL sync is durable
-            // across process crashes (a power cut may lose the last commits).
-            for pragma in [
-                "PRAGMA journal_mode=WAL",
-                "PRAGMA synchronous=NORMAL",
-                "PRAGMA busy_timeout=10000",
-            ] {
-                db.execute_unprepared(pragma)
-                    .await
-                    .map_err(db_err(pragma))?;
-            }
-        }
-        Migrator::up(&db, None)
-            .await
-            .map_err(db_err("migrating the schema"))?;
-        Ok(Self { db, backend })
+                .map_err(db_err("migrating the schema"))
+        })
+        .await?;
+        Ok(Self {
+            db,
+            backend,
+            writer: Writer::new(backend, CLAIM),
+        })
+    }
+
+    /// A write transaction: on SQLite, this process's turn and the write lock.
+    pub(crate) async fn begin(&self) -> Result<WriteTx> {
+        self.writer.begin(&self.db).await.map_err(db_err("begin"))
     }
 
     pub fn backend(&self) -> DbBackend {
@@ -164,7 +182,7 @@ impl Store {
         &self.db
     }
 
-    fn stmt(&self, sql: &str, values: Vec<Value>) -> Statement {
+    pub(crate) fn stmt(&self, sql: &str, values: Vec<Value>) -> Statement {
         Statement::from_sql_and_values(self.backend, sql, values)
     }
 
@@ -178,7 +196,29 @@ impl Store {
         dims: u32,
         description: &str,
     ) -> Result<CollectionRow> {
-        let tx = self.db.begin().await.map_err(db_err("begin"))?;
+        retried("creating a collection", || {
+            self.create_collection_once(
+                alias,
+                physical,
+                model_name,
+                model_version,
+                dims,
+                description,
+            )
+        })
+        .await
+    }
+
+    async fn create_collection_once(
+        &self,
+        alias: &str,
+        physical: &str,
+        model_name: &str,
+        model_version: &str,
+        dims: u32,
+        description: &str,
+    ) -> Result<CollectionRow> {
+        let tx = self.begin().await?;
         let now = now_ms();
         tx.execute(self.stmt(
             "INSERT INTO collections (name, model_name, model_version, dims, description, created_at_ms) VALUES (?, ?, ?, ?, ?, ?)",
@@ -254,14 +294,23 @@ impl Store {
     }
 
     /// Counts a committed write of the collection (inside its transaction),
-    /// so that replicas on the same database see that it changed.
+    /// so that replicas on the same database see that it changed. Refuses
+    /// the write when the collection is gone (deleted by another replica):
+    /// its rows would be orphans that no name reaches.
     async fn bump_seq(&self, tx: &sea_orm::DatabaseTransaction, collection_id: i64) -> Result<()> {
-        tx.execute(self.stmt(
-            "UPDATE collections SET write_seq = write_seq + 1 WHERE id = ?",
-            vec![collection_id.into()],
-        ))
-        .await
-        .map_err(db_err("counting the write"))?;
+        let n = tx
+            .execute(self.stmt(
+                "UPDATE collections SET write_seq = write_seq + 1 WHERE id = ?",
+                vec![collection_id.into()],
+            ))
+            .await
+            .map_err(db_err("counting the write"))?
+            .rows_affected();
+        if n == 0 {
+            return Err(Error::NotFound(
+                "the collection was deleted while writing to it".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -305,7 +354,14 @@ impl Store {
     /// collection it pointed at before.
     #[tracing::instrument(name = "db.switch_alias", skip_all)]
     pub async fn switch_alias(&self, alias: &str, collection_id: i64) -> Result<Option<i64>> {
-        let tx = self.db.begin().await.map_err(db_err("begin"))?;
+        retried("switching an alias", || {
+            self.switch_alias_once(alias, collection_id)
+        })
+        .await
+    }
+
+    async fn switch_alias_once(&self, alias: &str, collection_id: i64) -> Result<Option<i64>> {
+        let tx = self.begin().await?;
         let old = tx
             .query_one(self.stmt(
                 "SELECT collection_id FROM aliases WHERE alias = ?",
@@ -338,12 +394,21 @@ impl Store {
     /// Drops a physical collection with its images and any alias to it.
     #[tracing::instrument(name = "db.delete_collection", skip_all)]
     pub async fn delete_collection(&self, collection_id: i64) -> Result<()> {
-        let tx = self.db.begin().await.map_err(db_err("begin"))?;
+        retried("deleting a collection", || {
+            self.delete_collection_once(collection_id)
+        })
+        .await
+    }
+
+    async fn delete_collection_once(&self, collection_id: i64) -> Result<()> {
+        let tx = self.begin().await?;
+        // The collection's row first, as every write to the collection
+        // locks it first (fewer deadlocks on MariaDB).
         for sql in [
-            "DELETE FROM image_blobs WHERE collection_id = ?",
-            "DELETE FROM images WHERE collection_id = ?",
-            "DELETE FROM aliases WHERE collection_id = ?",
             "DELETE FROM collections WHERE id = ?",
+            "DELETE FROM aliases WHERE collection_id = ?",
+            "DELETE FROM images WHERE collection_id = ?",
+            "DELETE FROM image_blobs WHERE collection_id = ?",
         ] {
             tx.execute(self.stmt(sql, vec![collection_id.into()]))
                 .await
@@ -352,27 +417,57 @@ impl Store {
         tx.commit().await.map_err(db_err("commit"))
     }
 
-    /// Inserts or replaces `images` (identified by content hash) in one
-    /// transaction. Returns one outcome per input, in order; the same hash
-    /// twice in one call is one entry (the last wins).
+    /// Inserts `images` (identified by content hash) in one transaction.
+    /// An image the collection holds already keeps its entry as it is,
+    /// unless `replace` asks to overwrite it (metadata, feature and blobs).
+    /// Returns one outcome per input, in order; the same hash twice in one
+    /// call is one entry (the last wins).
     #[tracing::instrument(name = "db.upsert", skip_all)]
-    pub async fn upsert(&self, collection_id: i64, images: &[NewImage]) -> Result<Vec<Upserted>> {
+    pub async fn upsert(
+        &self,
+        collection_id: i64,
+        images: &[NewImage],
+        replace: bool,
+    ) -> Result<Vec<Upserted>> {
         if images.is_empty() {
             return Ok(Vec::new());
         }
+        retried("upserting images", || {
+            self.upsert_once(collection_id, images, replace)
+        })
+        .await
+    }
+
+    async fn upsert_once(
+        &self,
+        collection_id: i64,
+        images: &[NewImage],
+        replace: bool,
+    ) -> Result<Vec<Upserted>> {
         let mut last: HashMap<&str, usize> = HashMap::new();
         for (i, img) in images.iter().enumerate() {
             last.insert(img.content_hash.as_str(), i);
         }
-        let tx = self.db.begin().await.map_err(db_err("begin"))?;
+        let tx = self.begin().await?;
+        self.bump_seq(&tx, collection_id).await?;
         let hashes: Vec<&str> = last.keys().copied().collect();
-        let existing = self.ids_by_hash(&tx, collection_id, &hashes).await?;
+        let existing = self.ids_by_hash(&*tx, collection_id, &hashes).await?;
         let now = now_ms();
         let mut outcome: HashMap<&str, Upserted> = HashMap::new();
         let mut fresh: Vec<&NewImage> = Vec::new();
         for (&hash, &i) in &last {
             let img = &images[i];
             match existing.get(hash) {
+                Some(&(id, class)) if !replace => {
+                    outcome.insert(
+                        hash,
+                        Upserted {
+                            id,
+                            created: false,
+                            previous_class: Some(class),
+                        },
+                    );
+                }
                 Some(&(id, class)) => {
                     tx.execute(self.stmt(
                         "UPDATE images SET predicted_class = ?, file_name = ?, path = ?, label = ?, feature = ? WHERE id = ? AND predicted_class = ?",
@@ -433,13 +528,21 @@ impl Store {
                     now.into(),
                 ]);
             }
-            tx.execute(self.stmt(&sql, values))
-                .await
-                .map_err(db_err("inserting images"))?;
+            tx.execute(self.stmt(&sql, values)).await.map_err(|e| {
+                // Another replica inserted one of these images since we
+                // looked (MariaDB): the next attempt finds it.
+                if cbir_common::db::unique_violation(&e) {
+                    Error::Busy(format!(
+                        "another writer stored the same image at the same moment ({e}); retry"
+                    ))
+                } else {
+                    db_err("inserting images")(e)
+                }
+            })?;
         }
         if !fresh.is_empty() {
             let new_hashes: Vec<&str> = fresh.iter().map(|i| i.content_hash.as_str()).collect();
-            let ids = self.ids_by_hash(&tx, collection_id, &new_hashes).await?;
+            let ids = self.ids_by_hash(&*tx, collection_id, &new_hashes).await?;
             let mut blob_rows: Vec<(i64, &NewImage)> = Vec::new();
             for img in &fresh {
                 let &(id, _) = ids.get(img.content_hash.as_str()).ok_or_else(|| {
@@ -488,7 +591,6 @@ impl Store {
                 start = end;
             }
         }
-        self.bump_seq(&tx, collection_id).await?;
         tx.commit().await.map_err(db_err("commit"))?;
         images
             .iter()
@@ -534,7 +636,12 @@ impl Store {
     /// Deletes `ids`; returns the (id, class) of those that existed.
     #[tracing::instrument(name = "db.delete", skip_all)]
     pub async fn delete(&self, collection_id: i64, ids: &[u64]) -> Result<Vec<(u64, i32)>> {
-        let tx = self.db.begin().await.map_err(db_err("begin"))?;
+        retried("deleting images", || self.delete_once(collection_id, ids)).await
+    }
+
+    async fn delete_once(&self, collection_id: i64, ids: &[u64]) -> Result<Vec<(u64, i32)>> {
+        let tx = self.begin().await?;
+        self.bump_seq(&tx, collection_id).await?;
         let mut gone = Vec::new();
         for chunk in ids.chunks(ROWS_PER_STATEMENT * 2) {
             let marks = vec!["?"; chunk.len()].join(",");
@@ -567,7 +674,6 @@ impl Store {
             .await
             .map_err(db_err("deleting image blobs"))?;
         }
-        self.bump_seq(&tx, collection_id).await?;
         tx.commit().await.map_err(db_err("commit"))?;
         Ok(gone)
     }
@@ -575,7 +681,12 @@ impl Store {
     /// Removes every image of a collection; returns how many.
     #[tracing::instrument(name = "db.clear", skip_all)]
     pub async fn clear(&self, collection_id: i64) -> Result<u64> {
-        let tx = self.db.begin().await.map_err(db_err("begin"))?;
+        retried("clearing a collection", || self.clear_once(collection_id)).await
+    }
+
+    async fn clear_once(&self, collection_id: i64) -> Result<u64> {
+        let tx = self.begin().await?;
+        self.bump_seq(&tx, collection_id).await?;
         tx.execute(self.stmt(
             "DELETE FROM image_blobs WHERE collection_id = ?",
             vec![collection_id.into()],
@@ -590,7 +701,6 @@ impl Store {
             .await
             .map_err(db_err("clearing images"))?
             .rows_affected();
-        self.bump_seq(&tx, collection_id).await?;
         tx.commit().await.map_err(db_err("commit"))?;
         Ok(n)
     }

@@ -12,6 +12,9 @@ pub enum Error {
     PermissionDenied(String),
     #[error("{0}")]
     Unavailable(String),
+    /// A transient lock conflict in the database that outlasted the retries.
+    #[error("{0}")]
+    Busy(String),
     #[error("the job was cancelled")]
     Cancelled,
     #[error("training failed: {0}")]
@@ -43,6 +46,10 @@ impl From<sea_orm::DbErr> for Error {
             Error::Unavailable(format!(
                 "the database is unreachable ({e}); retry when it is back"
             ))
+        } else if cbir_common::db::busy(&e) {
+            Error::Busy(format!(
+                "the database is busy with other writes ({e}); retry in a moment"
+            ))
         } else {
             Error::Database(e.to_string())
         }
@@ -64,7 +71,9 @@ impl From<Error> for Status {
                 Status::new(Code::FailedPrecondition, err.to_string())
             }
             Error::PermissionDenied(_) => Status::new(Code::PermissionDenied, err.to_string()),
-            Error::Unavailable(_) => Status::new(Code::Unavailable, err.to_string()),
+            Error::Unavailable(_) | Error::Busy(_) => {
+                Status::new(Code::Unavailable, err.to_string())
+            }
             Error::Cancelled => Status::new(Code::Cancelled, err.to_string()),
             Error::Training(_) | Error::Io(_) | Error::Database(_) | Error::Internal(_) => {
                 cbir_common::error::internal(&err)

@@ -2,12 +2,10 @@
 //! sea-orm. Weights are stored in chunks so that any pod with the database
 //! can serve them, and no row comes near MySQL's packet limit.
 
-use std::time::Duration;
-
 use cbir_api::v1 as pb;
+use cbir_common::db::{WriteTx, Writer};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, QueryResult,
-    Statement, TransactionTrait, Value,
+    ConnectionTrait, Database, DatabaseConnection, DbBackend, QueryResult, Statement, Value,
 };
 use sea_orm_migration::prelude::*;
 use sha2::Digest;
@@ -209,6 +207,20 @@ pub struct NewModel {
 pub struct Store {
     db: DatabaseConnection,
     backend: DbBackend,
+    writer: Writer,
+}
+
+/// On SQLite, the first statement of every write transaction: it changes
+/// nothing but takes the write lock before any read (see cbir_common::db).
+const CLAIM: &str = "UPDATE training_jobs SET state = state WHERE 0";
+
+/// Runs a whole write transaction again while the database answers busy.
+async fn retried<T, F, Fut>(what: &str, attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    cbir_common::db::retry(what, |e: &Error| matches!(e, Error::Busy(_)), attempt).await
 }
 
 fn json<T: serde::Serialize>(v: &T) -> String {
@@ -227,27 +239,50 @@ fn from_json<T: serde::de::DeserializeOwned + Default>(s: &str) -> T {
 impl Store {
     pub async fn connect(url: &str) -> Result<Self> {
         let url = cbir_common::config::database_url(url).map_err(Error::Config)?;
-        let mut opts = ConnectOptions::new(url);
-        opts.max_connections(4)
-            .min_connections(1)
-            .connect_timeout(Duration::from_secs(10))
-            .acquire_timeout(Duration::from_secs(30))
-            .sqlx_logging(false);
-        let db = Database::connect(opts)
-            .await
-            .map_err(|e| Error::Unavailable(format!("cannot connect to the database: {e}")))?;
+        let opts = &cbir_common::db::connect_options(url, 4, &[]);
+        // Another service creating the same new file may hold it while it
+        // switches the file to WAL.
+        let db = retried("connecting", || async move {
+            Database::connect(opts.clone()).await.map_err(|e| {
+                if cbir_common::db::busy(&e) {
+                    Error::Busy(format!("the database file is busy: {e}"))
+                } else {
+                    Error::Unavailable(format!("cannot connect to the database: {e}"))
+                }
+            })
+        })
+        .await?;
         let backend = db.get_database_backend();
-        if backend == DbBackend::Sqlite {
-            for pragma in [
-                "PRAGMA journal_mode=WAL",
-                "PRAGMA synchronous=NORMAL",
-                "PRAGMA busy_timeout=10000",
-            ] {
-                db.execute_unprepared(pragma).await?;
-            }
-        }
-        Migrator::up(&db, None).await?;
-        Ok(Self { db, backend })
+        let conn = &db;
+        retried("migrating the schema", || async move {
+            Migrator::up(conn, None).await.map_err(Error::from)
+        })
+        .await?;
+        Ok(Self {
+            db,
+            backend,
+            writer: Writer::new(backend, CLAIM),
+        })
+    }
+
+    /// A write transaction: on SQLite, this process's turn and the write lock.
+    async fn begin(&self) -> Result<WriteTx> {
+        Ok(self.writer.begin(&self.db).await?)
+    }
+
+    /// Runs one write statement in its own write transaction, retried while
+    /// the database is busy; returns the rows it changed.
+    async fn write(&self, what: &str, sql: &str, values: Vec<Value>) -> Result<u64> {
+        retried(what, || async {
+            let tx = self.begin().await?;
+            let n = tx
+                .execute(self.stmt(sql, values.clone()))
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            Ok(n)
+        })
+        .await
     }
 
     fn stmt(&self, sql: &str, values: Vec<Value>) -> Statement {
@@ -260,8 +295,8 @@ impl Store {
     pub async fn insert_job(&self, r: &JobRow) -> Result<()> {
         let j = &r.job;
         let model = j.model.clone().unwrap_or_default();
-        self.db
-            .execute(self.stmt(
+        self.write(
+            "inserting a job",
                 "INSERT INTO training_jobs (id, name, state, message, params, submitted_by, dataset, dataset_dir, created_at_ms, started_at_ms, finished_at_ms, class_names, train_images, validation_images, skipped, model_name, model_version, progress) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 vec![
                     j.id.clone().into(),
@@ -283,8 +318,8 @@ impl Store {
                     model.version.into(),
                     json(&progress_json(j.progress.as_ref())).into(),
                 ],
-            ))
-            .await?;
+        )
+        .await?;
         Ok(())
     }
 
@@ -292,8 +327,8 @@ impl Store {
     #[tracing::instrument(name = "db.update_job", skip_all)]
     pub async fn update_job(&self, j: &pb::Job) -> Result<()> {
         let model = j.model.clone().unwrap_or_default();
-        self.db
-            .execute(self.stmt(
+        self.write(
+            "updating a job",
                 "UPDATE training_jobs SET state = ?, message = ?, started_at_ms = ?, finished_at_ms = ?, class_names = ?, train_images = ?, validation_images = ?, skipped = ?, model_name = ?, model_version = ?, progress = ? WHERE id = ?",
                 vec![
                     j.state.into(),
@@ -309,8 +344,8 @@ impl Store {
                     json(&progress_json(j.progress.as_ref())).into(),
                     j.id.clone().into(),
                 ],
-            ))
-            .await?;
+        )
+        .await?;
         Ok(())
     }
 
@@ -393,9 +428,8 @@ impl Store {
         } else {
             (0, now)
         };
-        let r = self
-            .db
-            .execute(self.stmt(
+        let n = self.write(
+            "moving a job to its next state",
                 "UPDATE training_jobs SET state = ?, message = ?, started_at_ms = CASE WHEN ? > 0 THEN ? ELSE started_at_ms END, finished_at_ms = ? WHERE id = ? AND state = ?",
                 vec![
                     (to as i32).into(),
@@ -406,17 +440,16 @@ impl Store {
                     id.into(),
                     (from as i32).into(),
                 ],
-            ))
-            .await?;
-        Ok(r.rows_affected() == 1)
+        )
+        .await?;
+        Ok(n == 1)
     }
 
     /// Marks jobs left running by a process that is gone as failed; returns
     /// how many.
     pub async fn fail_orphans(&self, reason: &str) -> Result<u64> {
-        let r = self
-            .db
-            .execute(self.stmt(
+        let n = self.write(
+            "failing orphaned jobs",
                 "UPDATE training_jobs SET state = ?, message = ?, finished_at_ms = ? WHERE state = ?",
                 vec![
                     (pb::JobState::Failed as i32).into(),
@@ -424,9 +457,9 @@ impl Store {
                     now_ms().into(),
                     (pb::JobState::Running as i32).into(),
                 ],
-            ))
-            .await?;
-        Ok(r.rows_affected())
+        )
+        .await?;
+        Ok(n)
     }
 
     pub async fn add_curve(&self, job_id: &str, points: &[pb::CurvePoint]) -> Result<()> {
@@ -454,7 +487,7 @@ impl Store {
                     .into(),
             );
         }
-        self.db.execute(self.stmt(&sql, values)).await?;
+        self.write("adding curve points", &sql, values).await?;
         Ok(())
     }
 
@@ -486,11 +519,16 @@ impl Store {
     /// Registers a model and its weights in one transaction.
     #[tracing::instrument(name = "db.register_model", skip_all)]
     pub async fn register_model(&self, m: &NewModel) -> Result<pb::RegisteredModel> {
+        retried("registering a model", || self.register_model_once(m)).await?;
+        self.model(&m.meta.model.clone().unwrap_or_default()).await
+    }
+
+    async fn register_model_once(&self, m: &NewModel) -> Result<()> {
         let meta = &m.meta;
         let r = meta.model.clone().unwrap_or_default();
         let base = meta.base_model.clone().unwrap_or_default();
         let sha = hex::encode(sha2::Sha256::digest(&m.weights));
-        let tx = self.db.begin().await?;
+        let tx = self.begin().await?;
         tx.execute(self.stmt(
             "INSERT INTO models (name, version, trained_by, created_at_ms, duration_seconds, iterations, epochs, validation_accuracy, per_class, class_names, base_name, base_version, job_id, weights_bytes, weights_sha256, active) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             vec![
@@ -514,8 +552,7 @@ impl Store {
         ))
         .await
         .map_err(|e| {
-            let s = e.to_string();
-            if s.contains("UNIQUE") || s.contains("Duplicate") {
+            if cbir_common::db::unique_violation(&e) {
                 Error::FailedPrecondition(format!("model {}:{} exists already", r.name, r.version))
             } else {
                 Error::from(e)
@@ -538,7 +575,7 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
-        self.model(&r).await
+        Ok(())
     }
 
     fn model_from_row(row: &QueryResult) -> Result<pb::RegisteredModel> {
@@ -658,7 +695,11 @@ impl Store {
 
     /// Makes `r` the only active model.
     pub async fn set_active(&self, r: &pb::ModelRef) -> Result<()> {
-        let tx = self.db.begin().await?;
+        retried("activating a model", || self.set_active_once(r)).await
+    }
+
+    async fn set_active_once(&self, r: &pb::ModelRef) -> Result<()> {
+        let tx = self.begin().await?;
         tx.execute(self.stmt("UPDATE models SET active = 0 WHERE active <> 0", vec![]))
             .await?;
         let n = tx
@@ -680,7 +721,11 @@ impl Store {
 
     /// Deletes a model that is not active (checked in the same transaction).
     pub async fn delete_model(&self, r: &pb::ModelRef) -> Result<()> {
-        let tx = self.db.begin().await?;
+        retried("deleting a model", || self.delete_model_once(r)).await
+    }
+
+    async fn delete_model_once(&self, r: &pb::ModelRef) -> Result<()> {
+        let tx = self.begin().await?;
         let row = tx
             .query_one(self.stmt(
                 "SELECT id, active FROM models WHERE name = ? AND version = ?",

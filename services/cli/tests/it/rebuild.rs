@@ -125,6 +125,7 @@ async fn rebuild_switches_model_while_searches_keep_working() {
         })
         .collect();
     idx.upsert(pb::UpsertRequest {
+        replace: false,
         collection: "flowers".into(),
         records: records.clone(),
     })

@@ -112,6 +112,8 @@ pub struct System {
     pub training_cfg: cbir_training::Config,
     pub gateway_cfg: cbir_gateway::Config,
     pub tls: Option<TestTls>,
+    /// The index's database: a SQLite file in `dir` unless a test gave one.
+    pub index_database_url: String,
 }
 
 /// A private CA, a server certificate for localhost / 127.0.0.1 and a
@@ -199,6 +201,15 @@ impl System {
         Self::start_with(internal_token, false, tweak).await
     }
 
+    /// The system with the index on `index_database_url` (a fresh MariaDB
+    /// database, say) instead of its own SQLite file.
+    pub async fn start_on_index_database(
+        index_database_url: String,
+        tweak: impl FnOnce(&mut cbir_gateway::Config),
+    ) -> Self {
+        Self::start_full(None, false, Some(index_database_url), tweak).await
+    }
+
     /// The system with TLS on every port: mutual TLS between the
     /// services, https:// and TLS gRPC at the gateway.
     pub async fn start_with_tls(tweak: impl FnOnce(&mut cbir_gateway::Config)) -> Self {
@@ -210,8 +221,19 @@ impl System {
         tls: bool,
         tweak: impl FnOnce(&mut cbir_gateway::Config),
     ) -> Self {
+        Self::start_full(internal_token, tls, None, tweak).await
+    }
+
+    async fn start_full(
+        internal_token: Option<&str>,
+        tls: bool,
+        index_database_url: Option<String>,
+        tweak: impl FnOnce(&mut cbir_gateway::Config),
+    ) -> Self {
         cbir_common::telemetry::init_for_tests();
         let dir = tempfile::tempdir().expect("tempdir");
+        let index_database_url = index_database_url
+            .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("index.db").display()));
         let tls = tls.then(|| TestTls::generate(dir.path()));
         let scheme = if tls.is_some() { "https" } else { "http" };
         let reserved = [reserve(), reserve(), reserve(), reserve()];
@@ -261,6 +283,7 @@ impl System {
             gateway_cfg,
             training_cfg,
             tls,
+            index_database_url,
         };
         sys.start_inference().await;
         sys.start_index().await;
@@ -314,7 +337,7 @@ impl System {
 
     pub async fn start_index(&mut self) {
         let cfg = cbir_index::Config {
-            database_url: format!("sqlite://{}", self.dir.path().join("index.db").display()),
+            database_url: self.index_database_url.clone(),
             inference_url: Some(format!("{}://{}", self.scheme(), self.inference_addr)),
             metrics_listen: Some(self.index_metrics_addr.to_string()),
             internal_token: self.gateway_cfg.internal_token.clone(),

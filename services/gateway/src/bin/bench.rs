@@ -172,6 +172,7 @@ async fn add_through_gateway(
             let labels: Vec<String> = images.iter().map(|i| i.label.clone()).collect();
             let r = c
                 .add_images(pb::AddImagesRequest {
+                    replace: false,
                     collection,
                     images,
                     create_collection: false,
@@ -305,6 +306,7 @@ async fn seed(
         }
         index
             .upsert(pb::UpsertRequest {
+                replace: false,
                 collection: args.collection.clone(),
                 records,
             })

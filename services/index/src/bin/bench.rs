@@ -271,7 +271,7 @@ async fn db_load(args: &Args) -> anyhow::Result<()> {
             })
             .collect();
         written += batch.len();
-        store.upsert(c.id, &batch).await?;
+        store.upsert(c.id, &batch, false).await?;
     }
     let write_s = t.elapsed().as_secs_f64();
     drop(store);

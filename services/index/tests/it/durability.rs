@@ -98,6 +98,7 @@ async fn killed_mid_bulk_upsert(url: &str) {
                     .collect();
                 match c
                     .upsert(pb::UpsertRequest {
+                        replace: false,
                         collection: "bulk".into(),
                         records: recs,
                     })

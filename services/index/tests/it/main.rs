@@ -4,8 +4,10 @@
 // Helpers shared by macro-generated tests are not #[test] functions.
 #![allow(clippy::unwrap_used, clippy::field_reassign_with_default)]
 
+mod concurrency;
 mod db;
 mod durability;
 mod mysql_restart;
+mod reupload;
 mod service;
 mod storage;

@@ -186,6 +186,7 @@ async fn mysql_killed_and_restarted_under_load() {
                     .map(|s| record(s, (s % 7) as i32, DIMS))
                     .collect();
                 let mut req = tonic::Request::new(pb::UpsertRequest {
+                    replace: false,
                     collection: "bulk".into(),
                     records: recs,
                 });

@@ -139,6 +139,7 @@ async fn upsert_search_delete(url: &str) {
     let records: Vec<pb::ImageRecord> = (0..300).map(|i| record(i, (i % 7) as i32, 32)).collect();
     let out = c
         .upsert(pb::UpsertRequest {
+            replace: false,
             collection: "photos".into(),
             records: records.clone(),
         })
@@ -149,6 +150,7 @@ async fn upsert_search_delete(url: &str) {
     // The same image twice is one entry.
     let again = c
         .upsert(pb::UpsertRequest {
+            replace: false,
             collection: "photos".into(),
             records: vec![records[5].clone()],
         })
@@ -363,6 +365,7 @@ async fn bad_requests(url: &str) {
         build(&mut bad);
         let err = c
             .upsert(pb::UpsertRequest {
+                replace: false,
                 collection: "photos".into(),
                 records: vec![good.clone(), bad],
             })
@@ -387,6 +390,7 @@ async fn bad_requests(url: &str) {
         // A bad record refuses the whole batch: nothing half-written.
         let err = c
             .upsert(pb::UpsertRequest {
+                replace: false,
                 collection: "photos".into(),
                 records: vec![good.clone(), bad],
             })
@@ -404,6 +408,7 @@ async fn bad_requests(url: &str) {
     assert_eq!(stats.count, 0);
     let err = c
         .upsert(pb::UpsertRequest {
+            replace: false,
             collection: "nope".into(),
             records: vec![good.clone()],
         })
@@ -431,6 +436,7 @@ async fn bad_requests(url: &str) {
     assert!(err.message().contains("3 dimensions"), "{}", err.message());
     // Still serving.
     c.upsert(pb::UpsertRequest {
+        replace: false,
         collection: "photos".into(),
         records: vec![good],
     })
@@ -449,6 +455,7 @@ async fn search_for_another_model(url: &str) {
     create(&mut c, "photos", 16).await;
     let records: Vec<pb::ImageRecord> = (0..10).map(|i| record(i, 0, 16)).collect();
     c.upsert(pb::UpsertRequest {
+        replace: false,
         collection: "photos".into(),
         records: records.clone(),
     })
@@ -504,6 +511,7 @@ async fn concurrent_searches_and_upserts() {
                     .map(|i| record(w * 10_000 + b * 100 + i, (i % 4) as i32, 64))
                     .collect();
                 c.upsert(pb::UpsertRequest {
+                    replace: false,
                     collection: "photos".into(),
                     records: recs,
                 })
@@ -579,6 +587,7 @@ async fn replicas_follow(url: &str) {
     let records: Vec<pb::ImageRecord> = (0..20).map(|i| record(i, (i % 3) as i32, 16)).collect();
     let ids: Vec<u64> = ca
         .upsert(pb::UpsertRequest {
+            replace: false,
             collection: "shared".into(),
             records: records.clone(),
         })
@@ -631,6 +640,7 @@ async fn replicas_follow(url: &str) {
     assert_eq!(stats.count, 19);
     // Each replica's own writes stay visible at once, without a reload.
     ca.upsert(pb::UpsertRequest {
+        replace: false,
         collection: "shared".into(),
         records: vec![record(99, 1, 16)],
     })
@@ -698,6 +708,7 @@ async fn graceful_stop_finishes_upserts(url: &str) {
         let mut c = server.client.clone();
         calls.push(tokio::spawn(async move {
             c.upsert(pb::UpsertRequest {
+                replace: false,
                 collection: "drain".into(),
                 records: (b * 25..b * 25 + 25)
                     .map(|s| record(s, (s % 5) as i32, 32))

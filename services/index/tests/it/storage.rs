@@ -58,7 +58,7 @@ async fn roundtrip(url: &str) {
     );
 
     let batch: Vec<NewImage> = (0..450).map(|i| image(i, (i % 5) as i32, 8)).collect();
-    let out = store.upsert(c.id, &batch).await.expect("upsert");
+    let out = store.upsert(c.id, &batch, false).await.expect("upsert");
     assert_eq!(out.len(), 450);
     assert!(out.iter().all(|o| o.created));
     let mut ids: Vec<u64> = out.iter().map(|o| o.id).collect();
@@ -67,10 +67,11 @@ async fn roundtrip(url: &str) {
     assert_eq!(ids.len(), 450, "ids are distinct");
     assert_eq!(store.count(c.id).await.expect("count"), 450);
 
-    // Same images again (one twice in the batch): one entry each, same ids.
+    // Same images again (one twice in the batch), asking to replace: one
+    // entry each, same ids, the last metadata.
     let mut again = vec![image(3, 0, 8), image(3, 0, 8), image(10, 0, 8)];
     again[1].label = "relabelled".into();
-    let out2 = store.upsert(c.id, &again).await.expect("re-upsert");
+    let out2 = store.upsert(c.id, &again, true).await.expect("re-upsert");
     assert!(out2.iter().all(|o| !o.created));
     assert_eq!(out2[0].id, out[3].id);
     assert_eq!(out2[1].id, out[3].id);
@@ -146,7 +147,7 @@ async fn mysql_reads_one_partition_for_one_class() {
         .await
         .expect("create");
     let batch: Vec<NewImage> = (0..200).map(|i| image(i, (i % 20) as i32, 8)).collect();
-    store.upsert(c.id, &batch).await.expect("upsert");
+    store.upsert(c.id, &batch, false).await.expect("upsert");
     let conn = store.connection();
     // The table really is partitioned by the class column.
     let parts = conn

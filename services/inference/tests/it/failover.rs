@@ -140,6 +140,7 @@ async fn a_replica_killed_under_load_fails_no_search() {
                 })
                 .collect(),
             create_collection: true,
+            replace: false,
         })
         .await
         .expect("add images")

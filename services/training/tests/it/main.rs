@@ -1,4 +1,5 @@
 //! Integration tests of the training service: a real `cbir-training`
-//! process, killed during a job.
+//! process, killed during a job; the store under concurrent writers.
 
 mod kill;
+mod store;
