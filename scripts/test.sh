@@ -40,8 +40,13 @@ if ! command -v docker-compose >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null
 fi
 echo "test: docker-compose config"
-docker-compose -f docker-compose.yml config -q
-docker-compose -f docker-compose.yml -f docker-compose.gpu.yml config -q
+# The internal token is required: without it the config is refused.
+if env -u CBIR_INTERNAL_TOKEN docker-compose -f docker-compose.yml config -q 2>/dev/null; then
+  echo "test: docker-compose.yml accepts a missing CBIR_INTERNAL_TOKEN" >&2; exit 1
+fi
+CBIR_INTERNAL_TOKEN=compose-config-check docker-compose -f docker-compose.yml config -q
+CBIR_INTERNAL_TOKEN=compose-config-check \
+  docker-compose -f docker-compose.yml -f docker-compose.gpu.yml config -q
 
 # The Helm chart: lint, render with the defaults and with every option on,
 # and check each manifest against the Kubernetes schemas, offline.

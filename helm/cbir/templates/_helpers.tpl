@@ -91,16 +91,20 @@ grpc: {port: {{ .port }}, service: {{ .service }}}
 {{- end -}}
 {{- end -}}
 
-{{/* The internal token from its Secret: (dict "root" $ "prefix" "INDEX") */}}
+{{/* The Secret holding the internal token: the one named, or the chart's. */}}
+{{- define "cbir.internalTokenSecret" -}}
+{{- default (printf "%s-internal-token" (include "cbir.fullname" .)) .Values.security.internalToken.existingSecret -}}
+{{- end -}}
+
+{{/* The internal token from its Secret, always: services listening on
+0.0.0.0 refuse to start without it (or mutual TLS). (dict "root" $
+"prefix" "INDEX") */}}
 {{- define "cbir.securityEnv" -}}
-{{- $s := .root.Values.security -}}
-{{- if $s.internalToken.existingSecret }}
 - name: {{ .prefix }}_INTERNAL_TOKEN
   valueFrom:
     secretKeyRef:
-      name: {{ $s.internalToken.existingSecret }}
-      key: {{ $s.internalToken.secretKey }}
-{{- end }}
+      name: {{ include "cbir.internalTokenSecret" .root }}
+      key: {{ .root.Values.security.internalToken.secretKey }}
 {{- end -}}
 
 {{/* The [tls] section of a service's config (YAML), empty with TLS off:

@@ -53,6 +53,10 @@ enum Command {
             default_value = "http://127.0.0.1:50051"
         )]
         inference: String,
+        /// The data folder of `cbir up`, whose internal token the call
+        /// carries (unless CBIR_INTERNAL_TOKEN gives one).
+        #[arg(long, env = "CBIR_DATA_DIR", default_value = "data")]
+        data_dir: PathBuf,
     },
     /// Add images to a collection, list its stats, or clear it.
     Index {
@@ -208,9 +212,15 @@ enum IndexCommand {
 fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
     // Direct calls to the internal services (cbir classify) carry the
-    // internal token when the environment gives one.
-    if let Ok(t) = std::env::var("CBIR_INTERNAL_TOKEN") {
-        cbir_common::grpc::set_outgoing_internal_token(Some(&t)).map_err(anyhow::Error::msg)?;
+    // internal token: CBIR_INTERNAL_TOKEN, else the one `cbir up` keeps in
+    // its data folder. `cbir up` picks its own.
+    if let Command::Classify { data_dir, .. } = &cli.command {
+        let token = match std::env::var("CBIR_INTERNAL_TOKEN") {
+            Ok(t) => Some(t),
+            Err(_) => cbir_common::token::read(data_dir).map_err(anyhow::Error::msg)?,
+        };
+        cbir_common::grpc::set_outgoing_internal_token(token.as_deref())
+            .map_err(anyhow::Error::msg)?;
     }
     // https:// server URLs signed by a private CA.
     if let Some(ca) = std::env::var_os("CBIR_TLS_CA") {
@@ -233,6 +243,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                 images,
                 json,
                 inference,
+                data_dir: _,
             } => classify::run(&inference, &images, json).await,
             Command::Index { command, gateway } => match command {
                 IndexCommand::Add {

@@ -94,6 +94,18 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     if training_cfg.allowed_roots.is_empty() {
         training_cfg.allowed_roots = gateway_cfg.allowed_roots.clone();
     }
+    let token = internal_token(
+        &args.data_dir,
+        [
+            &mut cfg.internal_token,
+            &mut index_cfg.internal_token,
+            &mut gateway_cfg.internal_token,
+            &mut training_cfg.internal_token,
+        ],
+    )?;
+    // The services of this process share one outgoing token: set it before
+    // any of them starts (the first one set wins).
+    cbir_common::grpc::set_outgoing_internal_token(Some(&token)).map_err(anyhow::Error::msg)?;
     let bind = |addr: String| async move {
         tokio::net::TcpListener::bind(&addr)
             .await
@@ -110,6 +122,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         training = %training_cfg.listen,
         database = %index_cfg.database_url,
         data = %args.data_dir.display(),
+        internal_token = %cbir_common::token::path(&args.data_dir).display(),
         "starting cbir; press Ctrl-C to stop"
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -179,4 +192,45 @@ async fn first_to_stop(
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+}
+
+/// The internal token every service of this system checks and sends: the
+/// one configured (it must be the same wherever it is set), else
+/// CBIR_INTERNAL_TOKEN, else the data folder's (made on first start). It
+/// is filled into each service that has none, so that nothing listens
+/// without one, even on loopback: other users of the machine reach
+/// loopback too.
+fn internal_token(
+    data_dir: &std::path::Path,
+    configured: [&mut Option<String>; 4],
+) -> anyhow::Result<String> {
+    let given: Vec<String> = configured
+        .iter()
+        .filter_map(|t| t.as_deref().map(str::trim).filter(|t| !t.is_empty()))
+        .map(String::from)
+        .collect();
+    let token = match given.first() {
+        Some(t) => {
+            anyhow::ensure!(
+                given.iter().all(|g| g == t),
+                "the services' internal_token settings differ: set one value in all four (or none, \
+                 and cbir up uses {})",
+                cbir_common::token::path(data_dir).display()
+            );
+            t.clone()
+        }
+        None => match std::env::var("CBIR_INTERNAL_TOKEN")
+            .ok()
+            .filter(|t| !t.trim().is_empty())
+        {
+            Some(t) => t.trim().to_string(),
+            None => cbir_common::token::load_or_create(data_dir).map_err(anyhow::Error::msg)?,
+        },
+    };
+    for slot in configured {
+        if slot.as_deref().is_none_or(|t| t.trim().is_empty()) {
+            *slot = Some(token.clone());
+        }
+    }
+    Ok(token)
 }

@@ -106,6 +106,33 @@ pub fn attach_internal_token(metadata: &mut tonic::metadata::MetadataMap) {
     }
 }
 
+/// Refuses to serve an internal service (inference, index, training) where
+/// anyone could call it: bound beyond loopback (0.0.0.0, ::, a LAN address,
+/// a host name that resolves to one) with neither an internal token nor
+/// mutual TLS. `addr` is the bound address, so a host name is judged by
+/// what it resolved to. Loopback without either stays allowed: tests and
+/// a laptop's `cbir up` reach nothing from outside.
+pub fn require_closed(
+    service: &str,
+    env_prefix: &str,
+    addr: std::net::SocketAddr,
+    internal_token: Option<&str>,
+    tls: &crate::tls::TlsConfig,
+) -> Result<(), String> {
+    let token = internal_token.is_some_and(|t| !t.trim().is_empty());
+    let mutual_tls = tls.client_ca.is_some() && tls.cert.is_some();
+    if addr.ip().to_canonical().is_loopback() || token || mutual_tls {
+        return Ok(());
+    }
+    Err(format!(
+        "the {service} service would listen on {addr} open to anyone who reaches it (clear \
+         collections, read originals, load weights): set {env_prefix}_INTERNAL_TOKEN \
+         (internal_token in its config; the same random value in every service, e.g. \
+         `openssl rand -hex 32`), or mutual TLS (tls.client_ca with tls.cert and tls.key), \
+         or listen on 127.0.0.1"
+    ))
+}
+
 /// A tonic interceptor for an internal service: with `token` set, calls
 /// without it (or with another) are refused as UNAUTHENTICATED, so only the
 /// gateway and the other cbir services reach it. Health checks are separate
@@ -141,5 +168,73 @@ pub fn internal_auth(
                  x-internal-token is missing or wrong (set the same internal_token in every service)",
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::require_closed;
+    use crate::tls::TlsConfig;
+
+    #[test]
+    fn open_listeners_beyond_loopback_are_refused_naming_the_setting() {
+        let none = TlsConfig::default();
+        for addr in [
+            "127.0.0.1:1",
+            "127.8.9.1:1",
+            "[::1]:1",
+            "[::ffff:127.0.0.1]:1",
+        ] {
+            require_closed("index", "INDEX", addr.parse().unwrap(), None, &none)
+                .unwrap_or_else(|e| panic!("{addr}: {e}"));
+        }
+        for addr in [
+            "0.0.0.0:50052",
+            "[::]:50052",
+            "192.168.1.20:50052",
+            "10.0.0.1:1",
+        ] {
+            let e = require_closed("index", "INDEX", addr.parse().unwrap(), None, &none)
+                .expect_err(addr);
+            assert!(e.contains("INDEX_INTERNAL_TOKEN"), "{e}");
+            assert!(e.contains("tls.client_ca"), "{e}");
+            let e = require_closed("index", "INDEX", addr.parse().unwrap(), Some("  "), &none)
+                .expect_err("a blank token is none");
+            assert!(e.contains("internal_token"), "{e}");
+            require_closed(
+                "index",
+                "INDEX",
+                addr.parse().unwrap(),
+                Some("t0ken"),
+                &none,
+            )
+            .expect("with a token");
+        }
+        let mutual = TlsConfig {
+            cert: Some("c.pem".into()),
+            key: Some("k.pem".into()),
+            client_ca: Some("ca.pem".into()),
+            ..Default::default()
+        };
+        require_closed(
+            "index",
+            "INDEX",
+            "0.0.0.0:1".parse().unwrap(),
+            None,
+            &mutual,
+        )
+        .expect("mutual TLS");
+        let server_only = TlsConfig {
+            client_ca: None,
+            ..mutual
+        };
+        require_closed(
+            "index",
+            "INDEX",
+            "0.0.0.0:1".parse().unwrap(),
+            None,
+            &server_only,
+        )
+        .expect_err("TLS without client certificates authenticates nobody");
     }
 }

@@ -5,10 +5,12 @@ pub mod config;
 #[cfg(feature = "db")]
 pub mod db;
 pub mod error;
+pub mod fs;
 pub mod grpc;
 pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
+pub mod token;
 
 pub use error::{Error, Result};

@@ -61,7 +61,9 @@ pub struct Config {
     pub follow_ms: u64,
     /// Shared secret of the internal services: when set, calls without it
     /// (as `x-internal-token`) are refused, and this service sends it on
-    /// its own calls. The same value in every service; none by default.
+    /// its own calls. The same value in every service; none by default,
+    /// but a service listening beyond loopback refuses to start without it
+    /// (or mutual TLS: `tls.client_ca`). `cbir up` makes one.
     pub internal_token: Option<String>,
     /// TLS of this service's port and of its calls to `https://` URLs;
     /// off unless `tls.cert` is set.
@@ -140,6 +142,14 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    cbir_common::grpc::require_closed(
+        "index",
+        ENV_PREFIX.trim_end_matches('_'),
+        listener.local_addr()?,
+        cfg.internal_token.as_deref(),
+        &cfg.tls,
+    )
+    .map_err(anyhow::Error::msg)?;
     cbir_common::tls::prepare(&cfg.tls).map_err(anyhow::Error::msg)?;
     let (reporter, health) = cbir_common::grpc::health();
     reporter

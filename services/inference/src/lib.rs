@@ -53,6 +53,10 @@ pub struct Config {
     /// Address `main` binds; tests pass their own listener.
     pub listen: String,
     pub model: ModelConfig,
+    /// The only folder LoadModel may read weights from by path (links out
+    /// of it refused); the folder of `model.weights` when unset. Weights
+    /// sent as data need no folder.
+    pub model_dir: Option<PathBuf>,
     pub device: DeviceConfig,
     pub batcher: BatcherConfig,
     pub limits: Limits,
@@ -65,7 +69,9 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Shared secret of the internal services: when set, calls without it
     /// (as `x-internal-token`) are refused, and this service sends it on
-    /// its own calls. The same value in every service; none by default.
+    /// its own calls. The same value in every service; none by default,
+    /// but a service listening beyond loopback refuses to start without it
+    /// (or mutual TLS: `tls.client_ca`). `cbir up` makes one.
     pub internal_token: Option<String>,
     /// TLS of this service's port and of its calls to `https://` URLs;
     /// off unless `tls.cert` is set.
@@ -78,6 +84,7 @@ impl Default for Config {
         Self {
             listen: "127.0.0.1:50051".into(),
             model: ModelConfig::default(),
+            model_dir: None,
             device: DeviceConfig::default(),
             batcher: BatcherConfig::default(),
             limits: Limits::default(),
@@ -149,8 +156,13 @@ pub fn start_batcher(cfg: &Config) -> Result<(Arc<Batcher>, ModelSpec)> {
         weights: cfg.model.weights.clone(),
     };
     let workers = cfg.batcher.workers.max(1);
+    // Read once: every worker is built from the same (hashed) bytes.
+    let weights = backend::read_weights(&spec.weights)?;
     let backends = (0..workers)
-        .map(|_| TchBackend::load(&spec, &cfg.device).map(|b| Box::new(b) as Box<dyn Backend>))
+        .map(|_| {
+            TchBackend::from_bytes(&spec, &weights, &cfg.device)
+                .map(|b| Box::new(b) as Box<dyn Backend>)
+        })
         .collect::<Result<Vec<_>>>()?;
     Ok((
         Arc::new(Batcher::start(cfg.batcher.clone(), backends)?),
@@ -165,14 +177,23 @@ pub fn build_inference(cfg: &Config, batcher: Arc<Batcher>, spec: ModelSpec) -> 
     } else {
         cfg.decode_concurrency
     };
-    Arc::new(Inference::new(
-        batcher,
-        spec,
-        cfg.limits,
-        cfg.max_images_per_request,
-        cfg.device.clone(),
-        decode,
-    ))
+    let model_dir = cfg.model_dir.clone().unwrap_or_else(|| {
+        spec.weights
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default()
+    });
+    Arc::new(
+        Inference::new(
+            batcher,
+            spec,
+            cfg.limits,
+            cfg.max_images_per_request,
+            cfg.device.clone(),
+            decode,
+        )
+        .with_model_dir(&model_dir),
+    )
 }
 
 /// The service's metrics: requests (by the server layer) and the batcher's
@@ -244,6 +265,14 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    cbir_common::grpc::require_closed(
+        "inference",
+        ENV_PREFIX.trim_end_matches('_'),
+        listener.local_addr()?,
+        cfg.internal_token.as_deref(),
+        &cfg.tls,
+    )
+    .map_err(anyhow::Error::msg)?;
     cbir_common::tls::prepare(&cfg.tls).map_err(anyhow::Error::msg)?;
     let (health_reporter, health) = cbir_common::grpc::health();
     health_reporter

@@ -115,8 +115,8 @@ fn chart_config_loads_in_every_service() {
     // The gateway's folders, mounted at the same path.
     assert_eq!(tr.allowed_roots, [PathBuf::from("/images")]);
     // The database URL comes from a Secret, not the ConfigMap; training
-    // shares the index's.
-    assert_eq!(rendered.matches("secretKeyRef").count(), 2);
+    // shares the index's. The internal token too, in all four.
+    assert_eq!(rendered.matches("secretKeyRef").count(), 6);
     assert!(rendered.contains("nvidia.com/gpu: 1"));
     assert!(rendered.contains("image: \"cbir/training:0.1.0-cuda\""));
     let cpu = render(&[
@@ -197,4 +197,118 @@ fn chart_with_tls_and_an_internal_token() {
     );
     assert!(rendered.contains("command: [\"cbir-index\", \"--probe\"]"));
     assert!(rendered.contains("scheme: HTTPS"));
+}
+
+/// Standard base64 (Secret data), without a crate for it.
+fn base64_decode(s: &str) -> Vec<u8> {
+    const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut bits = 0u32;
+    let mut n = 0;
+    let mut out = Vec::new();
+    for c in s.bytes().filter(|&c| c != b'=') {
+        let v = ABC.iter().position(|&a| a == c).expect("base64 digit") as u32;
+        bits = (bits << 6) | v;
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+            bits &= (1 << n) - 1;
+        }
+    }
+    out
+}
+
+/// The Secret of `name` in the rendered chart, if any: its `data` entries.
+fn secret_data(rendered: &str, name: &str) -> Option<Vec<(String, String)>> {
+    let doc = rendered
+        .split("\n---")
+        .find(|d| d.contains("kind: Secret") && d.contains(&format!("name: {name}\n")))?;
+    let mut out = Vec::new();
+    let mut inside = false;
+    for line in doc.lines() {
+        if line.starts_with("data:") {
+            inside = true;
+        } else if inside && line.starts_with("  ") {
+            let (k, v) = line.trim().split_once(": ").expect("key: value");
+            out.push((k.to_string(), v.trim_matches('"').to_string()));
+        } else if inside {
+            break;
+        }
+    }
+    Some(out)
+}
+
+#[test]
+fn chart_generates_the_internal_token_secret_or_uses_an_existing_one() {
+    // Default: a Secret with a random token, given to every service.
+    let a = render(&[]);
+    let data = secret_data(&a, "rel-cbir-internal-token").expect("a generated Secret");
+    assert_eq!(data.len(), 1, "{data:?}");
+    assert_eq!(data[0].0, "internal-token");
+    let token = base64_decode(&data[0].1);
+    assert_eq!(token.len(), 64, "a long random token");
+    assert!(token.iter().all(u8::is_ascii_alphanumeric));
+    assert!(a.contains("helm.sh/resource-policy: keep"));
+    for prefix in ["GATEWAY", "INDEX", "INFERENCE", "TRAINING"] {
+        let env = format!(
+            "- name: {prefix}_INTERNAL_TOKEN\n  valueFrom:\n    secretKeyRef:\n      name: rel-cbir-internal-token\n      key: internal-token"
+        );
+        let compact: String = a
+            .lines()
+            .map(str::trim_start)
+            .collect::<Vec<_>>()
+            .join("\n");
+        let want: String = env
+            .lines()
+            .map(str::trim_start)
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(compact.contains(&want), "{prefix} gets the generated token");
+    }
+    // Another render makes another token (helm template has no cluster to
+    // look the installed one up in; an upgrade keeps it through lookup).
+    let b = render(&[]);
+    assert_ne!(
+        secret_data(&b, "rel-cbir-internal-token"),
+        Some(data),
+        "tokens are random"
+    );
+    // An existing Secret: none generated, every service reads that one.
+    let e = render(&[
+        "--set",
+        "security.internalToken.existingSecret=cbir-token",
+        "--set",
+        "security.internalToken.secretKey=token",
+    ]);
+    assert!(secret_data(&e, "rel-cbir-internal-token").is_none());
+    assert_eq!(
+        e.matches("name: cbir-token").count(),
+        4,
+        "all four services"
+    );
+    assert_eq!(e.matches("key: token").count(), 4);
+    // Without training: the other three still get it.
+    let off = render(&["--set", "training.enabled=false"]);
+    assert_eq!(off.matches("_INTERNAL_TOKEN").count(), 3);
+}
+
+#[test]
+fn compose_requires_the_internal_token_for_every_service() {
+    let compose = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docker-compose.yml"),
+    )
+    .expect("docker-compose.yml");
+    // Interpolation with :? fails `docker compose up` when it is unset
+    // (scripts/test.sh checks that with docker-compose config).
+    let anchor = compose
+        .lines()
+        .find(|l| l.starts_with("x-internal-token: &internal-token"))
+        .expect("the token anchor");
+    assert!(anchor.contains("${CBIR_INTERNAL_TOKEN:?"), "{anchor}");
+    for prefix in ["INFERENCE", "INDEX", "TRAINING", "GATEWAY"] {
+        assert!(
+            compose.contains(&format!("{prefix}_INTERNAL_TOKEN: *internal-token")),
+            "{prefix} gets the token"
+        );
+    }
 }
