@@ -94,21 +94,42 @@ pub struct ModelSpec {
     pub weights: PathBuf,
 }
 
-/// Reads a safetensors file into a var store holding the network, checking
-/// that every variable is present with the right shape.
+/// Hex SHA-256 of a weights file's bytes.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Reads a weights file whole, for [`TchBackend::from_bytes`].
+pub fn read_weights(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| {
+        tracing::warn!(path = %path.display(), error = %e, "cannot read model weights");
+        Error::ModelLoad(format!("the weights file cannot be read ({})", e.kind()))
+    })
+}
+
+/// Builds the network from safetensors bytes into a var store, checking
+/// that every variable is present with the right shape. The bytes are the
+/// ones hashed: what is served is what was checked. Messages name no file
+/// (they reach clients).
 pub fn load_network(
-    weights: &Path,
+    weights: &[u8],
     class_names: &[String],
     device: Device,
 ) -> Result<(nn::VarStore, EfficientNetLite0, Vec<String>)> {
-    let named = Tensor::read_safetensors(weights)
-        .map_err(|e| Error::ModelLoad(format!("reading {}: {e}", weights.display())))?;
-    let named: std::collections::HashMap<String, Tensor> = named.into_iter().collect();
+    let st = safetensors::SafeTensors::deserialize(weights)
+        .map_err(|e| Error::ModelLoad(format!("the weights are not a safetensors file: {e}")))?;
+    let named: std::collections::HashMap<String, Tensor> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            Tensor::try_from(view)
+                .map(|t| (name.clone(), t))
+                .map_err(|e| Error::ModelLoad(format!("tensor {name} of the weights: {e}")))
+        })
+        .collect::<Result<_>>()?;
     let fc = named.get("_fc.weight").ok_or_else(|| {
-        Error::ModelLoad(format!(
-            "{} has no _fc.weight: not EfficientNet-Lite0 weights",
-            weights.display()
-        ))
+        Error::ModelLoad("the weights have no _fc.weight: not EfficientNet-Lite0 weights".into())
     })?;
     let num_classes = fc.size()[0];
     // Fine-tuned models carry an embedding layer: it sets the feature width.
@@ -140,14 +161,13 @@ pub fn load_network(
     };
     let mut vars = vs.variables();
     for (name, var) in vars.iter_mut() {
-        let src = named.get(name).ok_or_else(|| {
-            Error::ModelLoad(format!("{} lacks tensor {name}", weights.display()))
-        })?;
+        let src = named
+            .get(name)
+            .ok_or_else(|| Error::ModelLoad(format!("the weights lack tensor {name}")))?;
         if src.size() != var.size() {
             return Err(Error::ModelLoad(format!(
-                "tensor {name} has shape {:?} in {}, the network needs {:?}",
+                "tensor {name} has shape {:?} in the weights, the network needs {:?}",
                 src.size(),
-                weights.display(),
                 var.size()
             )));
         }
@@ -169,9 +189,16 @@ pub struct TchBackend {
 }
 
 impl TchBackend {
+    /// Reads `spec.weights` and builds the model from it.
     pub fn load(spec: &ModelSpec, cfg: &DeviceConfig) -> Result<Self> {
+        Self::from_bytes(spec, &read_weights(&spec.weights)?, cfg)
+    }
+
+    /// Builds the model from the bytes of its weights file (`spec.weights`
+    /// is only reported as the source).
+    pub fn from_bytes(spec: &ModelSpec, weights: &[u8], cfg: &DeviceConfig) -> Result<Self> {
         let (device, kind) = cfg.resolve()?;
-        let (mut vs, net, class_names) = load_network(&spec.weights, &spec.class_names, device)?;
+        let (mut vs, net, class_names) = load_network(weights, &spec.class_names, device)?;
         let fused = cfg.fuse.then(|| {
             let mut f = FusedEfficientNet::from_trained(&net);
             if kind != Kind::Float {
@@ -202,6 +229,7 @@ impl TchBackend {
             device: format!("{device:?}").to_lowercase(),
             dtype: cfg.dtype.clone(),
             source: spec.weights.display().to_string(),
+            weights_sha256: sha256_hex(weights),
             loaded_at_ms: now_ms(),
         });
         Ok(Self {

@@ -30,6 +30,8 @@ pub struct ModelMeta {
     pub device: String,
     pub dtype: String,
     pub source: String,
+    /// Hex SHA-256 of the weights bytes the network was built from.
+    pub weights_sha256: String,
     pub loaded_at_ms: i64,
 }
 

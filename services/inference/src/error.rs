@@ -22,6 +22,8 @@ pub enum Error {
     ModelLoad(String),
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error("{0}")]
+    Forbidden(String),
     /// A swap in the middle of a request sent this image through another
     /// model than the rest: the caller retries it.
     #[error("{0}")]
@@ -43,6 +45,7 @@ impl From<Error> for Status {
             Error::QueueFull { .. } => Status::new(Code::ResourceExhausted, err.to_string()),
             Error::ShuttingDown => Status::new(Code::Unavailable, err.to_string()),
             Error::Config(_) => Status::new(Code::FailedPrecondition, err.to_string()),
+            Error::Forbidden(_) => Status::new(Code::PermissionDenied, err.to_string()),
             Error::ModelChanged(_) => Status::new(Code::Aborted, err.to_string()),
             Error::Inference(_) | Error::Internal(_) => cbir_common::error::internal(&err),
         }
@@ -59,6 +62,7 @@ impl Error {
             Error::QueueFull { .. } => Code::ResourceExhausted,
             Error::ShuttingDown => Code::Unavailable,
             Error::Config(_) => Code::FailedPrecondition,
+            Error::Forbidden(_) => Code::PermissionDenied,
             Error::ModelChanged(_) => Code::Aborted,
             Error::Inference(_) | Error::Internal(_) => Code::Internal,
         }

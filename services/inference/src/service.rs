@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::backend::{DeviceConfig, ModelSpec, TchBackend};
+use crate::backend::{read_weights, sha256_hex, DeviceConfig, ModelSpec, TchBackend};
 use crate::batcher::{Backend, Batcher, ModelMeta, Priority, RawOutput};
 use crate::error::{Error, Result};
 
@@ -79,7 +79,14 @@ pub struct Inference {
     /// retained (the retained copy is built from the file when it is swapped
     /// out). One folder per instance: tests run several in one process.
     staging: PathBuf,
+    /// The folder LoadModel reads weights from by path, links resolved;
+    /// none: loads by path are refused.
+    model_dir: Option<PathBuf>,
 }
+
+/// Weights files larger than this are refused (EfficientNet-Lite0 needs
+/// about 20 MB).
+const MAX_WEIGHTS_BYTES: u64 = 2 << 30;
 
 /// One image's answer, with what the model calls its classes.
 pub struct Embedded {
@@ -138,7 +145,69 @@ impl Inference {
             retained: RwLock::new(None),
             loading: tokio::sync::Mutex::new(()),
             staging: staging_dir(),
+            model_dir: None,
         }
+    }
+
+    /// Lets LoadModel read weights by path inside `dir` (and nowhere else).
+    pub fn with_model_dir(mut self, dir: &std::path::Path) -> Self {
+        let dir = if dir.as_os_str().is_empty() {
+            std::path::Path::new(".")
+        } else {
+            dir
+        };
+        self.model_dir = match dir.canonicalize() {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::warn!(model_dir = %dir.display(), error = %e, "the model folder cannot be opened: LoadModel by path is off");
+                None
+            }
+        };
+        self
+    }
+
+    /// Reads the weights at `path` (relative to the model folder, or
+    /// absolute) if they lie inside the model folder once links are
+    /// resolved; opened without following links and checked again after
+    /// the open, so that a link swapped in meanwhile is refused too.
+    /// Messages name no path: the caller knows the one it sent, and where
+    /// links lead is the server's business.
+    fn read_in_model_dir(&self, path: &str) -> Result<(PathBuf, Vec<u8>)> {
+        let Some(dir) = &self.model_dir else {
+            return Err(Error::Forbidden(
+                "loading weights by path is off: the inference service has no model folder \
+                 (model_dir); send the weights as data"
+                    .into(),
+            ));
+        };
+        let asked = dir.join(path.trim());
+        let real = asked.canonicalize().map_err(|e| {
+            tracing::info!(path = %asked.display(), error = %e, "LoadModel: no such weights file");
+            Error::ModelLoad(
+                "no weights file at that path in the inference service's model folder (model_dir)"
+                    .into(),
+            )
+        })?;
+        let outside = || {
+            tracing::warn!(path = %asked.display(), resolved = %real.display(), "LoadModel: weights path outside the model folder refused");
+            Error::Forbidden(
+                "the weights path lies outside the inference service's model folder (model_dir), \
+                 or leads out of it through a link: put the file there, or send the weights as data"
+                    .into(),
+            )
+        };
+        if !real.starts_with(dir) {
+            return Err(outside());
+        }
+        let bytes = cbir_common::fs::read_under(&real, std::slice::from_ref(dir), MAX_WEIGHTS_BYTES)
+            .map_err(|e| match e {
+                cbir_common::fs::OpenError::Link | cbir_common::fs::OpenError::Outside => outside(),
+                other => {
+                    tracing::info!(path = %real.display(), error = %other, "LoadModel: weights unreadable");
+                    Error::ModelLoad(format!("the weights file cannot be read: {other}"))
+                }
+            })?;
+        Ok((real, bytes))
     }
 
     /// The model kept from the last swap, if any.
@@ -294,17 +363,34 @@ impl Inference {
             .unwrap_or_else(|| Err(Error::Internal("no result for the image".into())))
     }
 
-    /// Loads `spec` once per worker and swaps it in. With `retain_previous`
-    /// the model it replaces keeps serving (one worker) the requests that
-    /// name it, until the next load; without, a retained model is dropped.
+    /// Loads the weights at `path` (inside the model folder, see
+    /// [`Self::read_in_model_dir`]) once per worker and swaps them in, if
+    /// their SHA-256 is `expected_sha256`. With `retain_previous` the model
+    /// it replaces keeps serving (one worker) the requests that name it,
+    /// until the next load; without, a retained model is dropped.
     /// Reloading the active model keeps the retained one when asked to.
     pub async fn load_model(
         &self,
-        spec: ModelSpec,
+        model: ModelId,
+        class_names: Vec<String>,
+        path: &str,
+        expected_sha256: &str,
         retain_previous: bool,
     ) -> Result<Arc<ModelMeta>> {
         let _loading = self.loading.lock().await;
-        let loaded = self.load_locked(spec, retain_previous).await;
+        let loaded = match self.read_in_model_dir(path) {
+            Ok((weights, data)) => {
+                let spec = ModelSpec {
+                    name: model.name,
+                    version: model.version,
+                    class_names,
+                    weights,
+                };
+                self.load_locked(spec, data, expected_sha256, retain_previous)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         self.prune_staging();
         loaded
     }
@@ -316,19 +402,25 @@ impl Inference {
         model: ModelId,
         class_names: Vec<String>,
         data: Vec<u8>,
+        expected_sha256: &str,
         retain_previous: bool,
     ) -> Result<Arc<ModelMeta>> {
         let _loading = self.loading.lock().await;
-        let loaded = match self.stage(&model, &data).await {
-            Ok(weights) => {
-                let spec = ModelSpec {
-                    name: model.name,
-                    version: model.version,
-                    class_names,
-                    weights,
-                };
-                self.load_locked(spec, retain_previous).await
-            }
+        // Checked before anything is written.
+        let loaded = match check_sha256(&data, expected_sha256) {
+            Ok(()) => match self.stage(&model, &data).await {
+                Ok(weights) => {
+                    let spec = ModelSpec {
+                        name: model.name,
+                        version: model.version,
+                        class_names,
+                        weights,
+                    };
+                    self.load_locked(spec, data, expected_sha256, retain_previous)
+                        .await
+                }
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
         self.prune_staging();
@@ -375,14 +467,16 @@ impl Inference {
         }
     }
 
-    async fn load_locked(&self, spec: ModelSpec, retain_previous: bool) -> Result<Arc<ModelMeta>> {
-        if !spec.weights.is_file() {
-            return Err(Error::ModelLoad(format!(
-                "{} is not a file",
-                spec.weights.display()
-            )));
-        }
+    async fn load_locked(
+        &self,
+        spec: ModelSpec,
+        weights: Vec<u8>,
+        expected_sha256: &str,
+        retain_previous: bool,
+    ) -> Result<Arc<ModelMeta>> {
+        check_sha256(&weights, expected_sha256)?;
         let previous = self.current.lock().clone();
+        let previous_sha = self.batcher.meta().weights_sha256.clone();
         let new_id = ModelId::new(spec.name.clone(), spec.version.clone());
         let previous_id = ModelId::new(previous.name.clone(), previous.version.clone());
         // Reloading the active model has nothing new to retain: the model
@@ -394,21 +488,37 @@ impl Inference {
         let load = spec.clone();
         let (instances, kept) = tokio::task::spawn_blocking(move || {
             let instances = (0..workers)
-                .map(|_| TchBackend::load(&load, &device).map(|b| Box::new(b) as Box<dyn Backend>))
+                .map(|_| {
+                    TchBackend::from_bytes(&load, &weights, &device)
+                        .map(|b| Box::new(b) as Box<dyn Backend>)
+                })
                 .collect::<Result<Vec<_>>>()?;
             let kept = retain
                 .map(|p| {
-                    TchBackend::load(&p, &device).map_err(|e| {
-                        let cause = match e {
-                            Error::ModelLoad(m) => m,
-                            other => other.to_string(),
-                        };
-                        Error::ModelLoad(format!(
+                    // Rebuilt from its file, which must still hold the
+                    // weights it was loaded from.
+                    read_weights(&p.weights)
+                        .and_then(|w| {
+                            if sha256_hex(&w) == previous_sha {
+                                Ok(w)
+                            } else {
+                                Err(Error::ModelLoad(
+                                    "its weights file changed since it was loaded".into(),
+                                ))
+                            }
+                        })
+                        .and_then(|w| TchBackend::from_bytes(&p, &w, &device))
+                        .map_err(|e| {
+                            let cause = match e {
+                                Error::ModelLoad(m) => m,
+                                other => other.to_string(),
+                            };
+                            Error::ModelLoad(format!(
                             "the previous model {}:{} cannot be retained ({cause}); load without \
                              retain_previous",
                             p.name, p.version
                         ))
-                    })
+                        })
                 })
                 .transpose()?;
             Ok::<_, Error>((instances, kept))
@@ -462,6 +572,38 @@ impl Inference {
 impl Drop for Inference {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.staging);
+    }
+}
+
+/// The hex SHA-256 a LoadModel request gives, lowercased: required, so
+/// that only the weights the caller (the registry) vouches for are served.
+pub fn expected_sha256(given: &str) -> Result<String> {
+    let s = given.trim().to_ascii_lowercase();
+    if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::InvalidRequest(
+            "weights_sha256 must be the weights' SHA-256 as 64 hex digits (the registry's \
+             weights_sha256)"
+                .into(),
+        ));
+    }
+    Ok(s)
+}
+
+/// Refuses weights whose SHA-256 is not `expected` (lowercase hex).
+fn check_sha256(weights: &[u8], expected: &str) -> Result<()> {
+    let got = sha256_hex(weights);
+    if got == expected {
+        Ok(())
+    } else {
+        tracing::warn!(
+            expected,
+            got,
+            "LoadModel: weights with another SHA-256 refused"
+        );
+        Err(Error::InvalidRequest(format!(
+            "the weights' SHA-256 is {got}, not the expected {expected}: refused (tampered or \
+             wrong weights); the served model is unchanged"
+        )))
     }
 }
 
@@ -578,6 +720,7 @@ fn model_info(meta: &ModelMeta, include_class_names: bool) -> pb::ModelInfo {
         dtype: meta.dtype.clone(),
         loaded_at_ms: meta.loaded_at_ms,
         source: meta.source.clone(),
+        weights_sha256: meta.weights_sha256.clone(),
     }
 }
 
@@ -742,20 +885,17 @@ impl InferenceService for InferenceGrpc {
                 "model name and version must not be empty",
             ));
         }
+        let sha = expected_sha256(&req.weights_sha256)?;
+        let id = ModelId::new(model.name, model.version);
         let meta = match req.weights {
             Some(pb::load_model_request::Weights::Path(p)) => {
-                let spec = ModelSpec {
-                    name: model.name,
-                    version: model.version,
-                    class_names: req.class_names,
-                    weights: PathBuf::from(p),
-                };
-                self.0.load_model(spec, req.retain_previous).await?
+                self.0
+                    .load_model(id, req.class_names, &p, &sha, req.retain_previous)
+                    .await?
             }
             Some(pb::load_model_request::Weights::Data(bytes)) => {
-                let id = ModelId::new(model.name, model.version);
                 self.0
-                    .load_model_data(id, req.class_names, bytes, req.retain_previous)
+                    .load_model_data(id, req.class_names, bytes, &sha, req.retain_previous)
                     .await?
             }
             None => {

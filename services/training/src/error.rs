@@ -62,6 +62,19 @@ impl From<tch::TchError> for Error {
     }
 }
 
+impl Error {
+    /// What a client may read, as a failed job's message: file, database
+    /// and internal causes (which may name server paths) stay in the log.
+    pub fn public_message(&self) -> String {
+        match self {
+            Error::Io(_) | Error::Database(_) | Error::Internal(_) => {
+                "the training service failed on its side (a file or database error); its log has the cause".into()
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
         match &err {

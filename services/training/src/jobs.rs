@@ -500,7 +500,7 @@ impl Training {
             }
             Err(e) => {
                 job.state = pb::JobState::Failed as i32;
-                job.message = e.to_string();
+                job.message = e.public_message();
                 tracing::warn!(job = %job.id, error = %e, "training job failed");
                 self.metrics.finished.with_label_values(&["failed"]).inc();
             }
@@ -617,6 +617,8 @@ impl Training {
                     active: false,
                     job_id: job.id.clone(),
                     weights_bytes: trained.weights.len() as u64,
+                    // register_model hashes the weights itself.
+                    weights_sha256: String::new(),
                 },
                 weights: trained.weights,
             })
@@ -735,8 +737,10 @@ impl Training {
         Ok(())
     }
 
-    /// Makes every inference replica serve the active model: replicas that
-    /// restarted come back with their configured model.
+    /// Makes every inference replica serve the active model's weights:
+    /// replicas that restarted come back with their configured model, and
+    /// one whose weights differ from the registry's (by SHA-256) is
+    /// reloaded whatever its model is called.
     pub async fn reconcile(&self) -> Result<()> {
         let Some(active) = self.store.active_model().await? else {
             return Ok(());
@@ -759,12 +763,24 @@ impl Training {
             else {
                 continue;
             };
-            let resp = info.into_inner();
-            let served = resp.info.and_then(|i| i.model).unwrap_or_default();
-            if served.name == r.name && served.version == r.version {
+            let info = info.into_inner().info.unwrap_or_default();
+            let served = info.model.clone().unwrap_or_default();
+            // The weights, not the name: a replica given other weights
+            // under the active model's name is brought back too.
+            if served.name == r.name
+                && served.version == r.version
+                && info.weights_sha256 == active.weights_sha256
+            {
                 continue;
             }
-            tracing::info!(%url, serves = %format!("{}:{}", served.name, served.version), active = %format!("{}:{}", r.name, r.version), "an inference replica serves another model: loading the active one");
+            tracing::warn!(
+                %url,
+                serves = %format!("{}:{}", served.name, served.version),
+                serves_sha256 = %info.weights_sha256,
+                active = %format!("{}:{}", r.name, r.version),
+                active_sha256 = %active.weights_sha256,
+                "an inference replica serves another model or other weights: loading the active one"
+            );
             drop(c);
             // Retained so that collections still on the old model answer.
             if weights.is_none() {
@@ -798,6 +814,8 @@ impl Training {
                 class_names,
                 weights: Some(pb::load_model_request::Weights::Data(weights.to_vec())),
                 retain_previous,
+                // The registry's hash: inference refuses anything else.
+                weights_sha256: m.weights_sha256.clone(),
             },
             Duration::from_secs(120),
         ))

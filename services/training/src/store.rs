@@ -607,6 +607,7 @@ impl Store {
             active: get::<i32>(row, "active")? != 0,
             job_id: get(row, "job_id")?,
             weights_bytes: get::<i64>(row, "weights_bytes")? as u64,
+            weights_sha256: get(row, "weights_sha256")?,
         })
     }
 

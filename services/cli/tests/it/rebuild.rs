@@ -160,6 +160,9 @@ async fn rebuild_switches_model_while_searches_keep_working() {
         weights: Some(pb::load_model_request::Weights::Path(
             cbir_inference::test_weights_path().display().to_string(),
         )),
+        weights_sha256: cbir_inference::backend::sha256_hex(
+            &std::fs::read(cbir_inference::test_weights_path()).expect("weights"),
+        ),
         ..Default::default()
     })
     .await

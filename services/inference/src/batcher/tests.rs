@@ -23,6 +23,7 @@ fn meta(name: &str) -> Arc<ModelMeta> {
         device: "cpu".into(),
         dtype: "f32".into(),
         source: "test".into(),
+        weights_sha256: String::new(),
         loaded_at_ms: 0,
     })
 }

@@ -32,6 +32,16 @@ pub fn weights() -> PathBuf {
     w
 }
 
+/// Hex SHA-256 of `bytes`: what LoadModel requests must name.
+pub fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+pub fn sha256_file(path: &std::path::Path) -> String {
+    sha256(&std::fs::read(path).expect("read weights"))
+}
+
 pub fn read(rel: &str) -> Vec<u8> {
     let p = shared_data().join(rel);
     std::fs::read(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))

@@ -6,3 +6,4 @@ mod failover;
 mod harness;
 mod parity;
 mod service;
+mod weights;

@@ -9,7 +9,7 @@ use tonic::Code;
 
 use cbir_imaging::testing::png_claiming;
 
-use crate::harness::{imagenet_labels, read, Server};
+use crate::harness::{imagenet_labels, read, sha256, sha256_file, Server};
 
 fn image(id: &str, data: Vec<u8>) -> pb::ImageInput {
     pb::ImageInput {
@@ -467,6 +467,7 @@ async fn model_swap_keeps_requests_working() {
                 version: "reloaded".into(),
             }),
             class_names: vec![],
+            weights_sha256: sha256(&weights),
             weights: Some(pb::load_model_request::Weights::Data(weights)),
             ..Default::default()
         })
@@ -495,6 +496,10 @@ async fn model_swap_keeps_requests_working() {
         pb::load_model_request::Weights::Path("/nonexistent/x.safetensors".into()),
         pb::load_model_request::Weights::Data(b"not safetensors".to_vec()),
     ] {
+        let weights_sha256 = match &weights {
+            pb::load_model_request::Weights::Data(d) => sha256(d),
+            pb::load_model_request::Weights::Path(_) => sha256_file(&crate::harness::weights()),
+        };
         let err = client
             .load_model(pb::LoadModelRequest {
                 model: Some(pb::ModelRef {
@@ -502,6 +507,7 @@ async fn model_swap_keeps_requests_working() {
                     version: "1".into(),
                 }),
                 class_names: vec![],
+                weights_sha256,
                 weights: Some(weights),
                 ..Default::default()
             })
@@ -519,6 +525,7 @@ async fn model_swap_keeps_requests_working() {
             weights: Some(pb::load_model_request::Weights::Path(
                 crate::harness::weights().display().to_string(),
             )),
+            weights_sha256: sha256_file(&crate::harness::weights()),
             ..Default::default()
         })
         .await
@@ -633,9 +640,16 @@ async fn retained(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn previous_model_is_retained_for_requests_naming_it() {
-    let server = Server::start(fast_config()).await;
-    let mut client = server.client.clone();
+    // Loads by path read the model folder only: this test's folder, with a
+    // copy of the ImageNet weights.
     let dir = tempfile::tempdir().expect("tempdir");
+    let imagenet_file = dir.path().join("imagenet.safetensors");
+    std::fs::copy(crate::harness::weights(), &imagenet_file).expect("copy weights");
+    let imagenet_sha = sha256_file(&imagenet_file);
+    let mut cfg = fast_config();
+    cfg.model_dir = Some(dir.path().to_path_buf());
+    let server = Server::start(cfg).await;
+    let mut client = server.client.clone();
     let five = five_class_weights(dir.path());
     let imagenet = model("efficientnet-lite0", "imagenet");
     let flowers = model("flowers", "1");
@@ -650,6 +664,7 @@ async fn previous_model_is_retained_for_requests_naming_it() {
                 std::fs::read(&five).expect("read"),
             )),
             retain_previous: true,
+            weights_sha256: sha256_file(&five),
         })
         .await
         .expect("load flowers")
@@ -688,9 +703,10 @@ async fn previous_model_is_retained_for_requests_naming_it() {
         .load_model(pb::LoadModelRequest {
             model: imagenet.clone(),
             weights: Some(pb::load_model_request::Weights::Path(
-                crate::harness::weights().display().to_string(),
+                "imagenet.safetensors".into(),
             )),
             retain_previous: true,
+            weights_sha256: imagenet_sha.clone(),
             ..Default::default()
         })
         .await
@@ -717,9 +733,10 @@ async fn previous_model_is_retained_for_requests_naming_it() {
         .load_model(pb::LoadModelRequest {
             model: imagenet.clone(),
             weights: Some(pb::load_model_request::Weights::Path(
-                crate::harness::weights().display().to_string(),
+                "imagenet.safetensors".into(),
             )),
             retain_previous: true,
+            weights_sha256: imagenet_sha.clone(),
             ..Default::default()
         })
         .await
@@ -737,6 +754,7 @@ async fn previous_model_is_retained_for_requests_naming_it() {
             weights: Some(pb::load_model_request::Weights::Data(
                 std::fs::read(crate::harness::weights()).expect("read"),
             )),
+            weights_sha256: sha256_file(&crate::harness::weights()),
             ..Default::default()
         })
         .await
@@ -765,6 +783,7 @@ async fn previous_model_is_retained_for_requests_naming_it() {
             weights: Some(pb::load_model_request::Weights::Path(
                 gone.display().to_string(),
             )),
+            weights_sha256: sha256_file(&five),
             ..Default::default()
         })
         .await
@@ -774,9 +793,10 @@ async fn previous_model_is_retained_for_requests_naming_it() {
         .load_model(pb::LoadModelRequest {
             model: imagenet.clone(),
             weights: Some(pb::load_model_request::Weights::Path(
-                crate::harness::weights().display().to_string(),
+                "imagenet.safetensors".into(),
             )),
             retain_previous: true,
+            weights_sha256: imagenet_sha.clone(),
             ..Default::default()
         })
         .await
@@ -800,6 +820,7 @@ async fn previous_model_is_retained_for_requests_naming_it() {
             weights: Some(pb::load_model_request::Weights::Data(
                 std::fs::read(crate::harness::weights()).expect("read"),
             )),
+            weights_sha256: sha256_file(&crate::harness::weights()),
             ..Default::default()
         })
         .await
