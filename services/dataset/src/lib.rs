@@ -42,6 +42,24 @@ pub struct Dataset {
     pub validation: Vec<Sample>,
     /// Files left out, each with the reason.
     pub skipped: Vec<String>,
+    /// The folders (links resolved) the images may be read from: the data
+    /// set's and the allowed roots. Reads check it after opening (see
+    /// [`read_sample`]), so that a file swapped for a link after the scan
+    /// is not read.
+    #[serde(default)]
+    pub allowed: Vec<PathBuf>,
+}
+
+/// Largest image file read for training (the decoder has its own limits).
+const MAX_IMAGE_FILE_BYTES: u64 = 256 << 20;
+
+/// The bytes of one listed image, opened without following links and
+/// checked to lie under the data set's allowed folders; or why not.
+pub fn read_sample(ds: &Dataset, path: &Path) -> std::result::Result<Vec<u8>, String> {
+    cbir_common::fs::read_under(path, &ds.allowed, MAX_IMAGE_FILE_BYTES).map_err(|e| match e {
+        cbir_common::fs::OpenError::Io(io) => io.to_string(),
+        refused => format!("not read: {refused}"),
+    })
 }
 
 pub fn is_image_name(p: &Path) -> bool {
@@ -78,22 +96,30 @@ fn images_under(
         let p = e.path();
         let mut ft = e.file_type()?;
         if ft.is_symlink() {
-            let allowed = match links {
-                Links::Refuse => false,
-                Links::Within(roots) => p.canonicalize().is_ok_and(|real| {
+            let target = match links {
+                Links::Refuse => None,
+                Links::Within(roots) => p.canonicalize().ok().filter(|real| {
                     roots
                         .iter()
                         .any(|r| r.canonicalize().is_ok_and(|r| real.starts_with(r)))
                 }),
             };
-            if !allowed {
+            let Some(target) = target else {
                 skipped.push(format!(
                     "{}: a link to outside the allowed folders",
                     rel(root, &p)
                 ));
                 continue;
+            };
+            ft = std::fs::metadata(&target)?.file_type();
+            // A linked file is listed by its target: reads never follow a
+            // link (see `read_sample`).
+            if ft.is_file() {
+                if is_image_name(&p) {
+                    out.push(target);
+                }
+                continue;
             }
-            ft = std::fs::metadata(&p)?.file_type();
         }
         if ft.is_dir() {
             images_under(root, &p, links, out, skipped)?;
@@ -107,9 +133,12 @@ fn images_under(
 /// Whether the file's header names a format we decode and gives a size:
 /// cheap enough for every file at submission; a full decode failure later is
 /// listed the same way.
-fn readable(path: &Path) -> std::result::Result<(), String> {
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| e.to_string())?
+fn readable(path: &Path, allowed: &[PathBuf]) -> std::result::Result<(), String> {
+    let file = cbir_common::fs::open_under(path, allowed).map_err(|e| match e {
+        cbir_common::fs::OpenError::Io(io) => io.to_string(),
+        refused => format!("not read: {refused}"),
+    })?;
+    let reader = image::ImageReader::new(std::io::BufReader::new(file))
         .with_guessed_format()
         .map_err(|e| e.to_string())?;
     if reader.format().is_none() {
@@ -134,18 +163,24 @@ pub fn scan(
     seed: u64,
     links: Links<'_>,
 ) -> Result<Dataset> {
+    // Messages name no server path: the root is resolved (links), or an
+    // upload's folder on the server.
     if !root.is_dir() {
-        return Err(Error::InvalidArgument(format!(
-            "{} is not a folder: give a folder with one sub-folder of images per class",
-            root.display()
-        )));
+        return Err(Error::InvalidArgument(
+            "the data set is not a folder: give a folder with one sub-folder of images per class"
+                .into(),
+        ));
     }
     if !(0.0..0.9).contains(&validation_fraction) {
         return Err(Error::InvalidArgument(format!(
             "validation fraction {validation_fraction} is outside 0..0.9"
         )));
     }
-    let io = |e: std::io::Error| Error::InvalidArgument(format!("reading {}: {e}", root.display()));
+    let io = |e: std::io::Error| Error::InvalidArgument(format!("reading the data set: {e}"));
+    let mut allowed = cbir_common::fs::canonical_roots(&[root.to_path_buf()]);
+    if let Links::Within(roots) = links {
+        allowed.extend(cbir_common::fs::canonical_roots(roots));
+    }
     let mut by_class: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
     let mut skipped = Vec::new();
     let mut loose = 0usize;
@@ -165,7 +200,7 @@ pub fn scan(
             images_under(root, &p, links, &mut files, &mut skipped).map_err(io)?;
             let mut ok = Vec::new();
             for f in files {
-                match readable(&f) {
+                match readable(&f, &allowed) {
                     Ok(()) => ok.push(f),
                     Err(why) => skipped.push(format!("{}: {why}", rel(root, &f))),
                 }
@@ -184,8 +219,7 @@ pub fn scan(
     }
     if by_class.len() < 2 {
         return Err(Error::InvalidArgument(format!(
-            "{} has {} class folder(s) with images; training needs at least 2 (one sub-folder of images per class)",
-            root.display(),
+            "the data set has {} class folder(s) with images; training needs at least 2 (one sub-folder of images per class)",
             by_class.len()
         )));
     }
@@ -225,6 +259,7 @@ pub fn scan(
         train,
         validation,
         skipped,
+        allowed,
     })
 }
 
@@ -466,6 +501,53 @@ mod tests {
     fn png(path: &Path) {
         std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
         image::RgbImage::new(8, 8).save(path).expect("png");
+    }
+
+    #[test]
+    fn a_file_swapped_for_a_link_after_the_scan_is_not_read() {
+        let base = tempfile::tempdir().expect("tmp");
+        let root = base.path().join("set");
+        for c in ["a", "b"] {
+            for i in 0..3 {
+                png(&root.join(c).join(format!("{i}.png")));
+            }
+        }
+        let outside = base.path().join("outside.png");
+        png(&outside);
+        // A link inside the roots is listed by its target, and read.
+        std::os::unix::fs::symlink(root.join("a/0.png"), root.join("b/linked.png")).expect("link");
+        let roots = [root.clone()];
+        let ds = scan(&root, 1, 0.0, 1, Links::Within(&roots)).expect("scan");
+        let all: Vec<&Sample> = ds.train.iter().collect();
+        assert_eq!(all.len(), 7);
+        assert!(
+            all.iter().all(|s| !s.path.ends_with("linked.png")),
+            "by target"
+        );
+        for s in &all {
+            read_sample(&ds, &s.path).expect("listed files read");
+        }
+        // After the scan, a listed file becomes a link out of the roots.
+        let victim = &all
+            .iter()
+            .find(|s| s.path.ends_with("b/2.png"))
+            .expect("b/2")
+            .path;
+        std::fs::remove_file(victim).expect("rm");
+        std::os::unix::fs::symlink(&outside, victim).expect("link");
+        let e = read_sample(&ds, victim).expect_err("a link now");
+        assert!(e.contains("symbolic link"), "{e}");
+        // And a class folder swapped for a link to outside: caught after the open.
+        std::fs::rename(root.join("a"), base.path().join("a-moved")).expect("mv");
+        std::fs::create_dir_all(base.path().join("elsewhere")).expect("mkdir");
+        png(&base.path().join("elsewhere/1.png"));
+        std::os::unix::fs::symlink(base.path().join("elsewhere"), root.join("a")).expect("link");
+        let e = read_sample(&ds, &root.join("a/1.png")).expect_err("outside");
+        assert!(e.contains("outside the allowed folders"), "{e}");
+        assert!(
+            !e.contains(&base.path().display().to_string()),
+            "no path: {e}"
+        );
     }
 
     #[test]

@@ -88,6 +88,32 @@ pub async fn read_image(path: &Path) -> std::io::Result<pb::NewImage> {
     })
 }
 
+/// [`read_image`] of a file a server-folder job listed under `root`: opened
+/// without following links and checked after the open to lie under `root`,
+/// so that a file swapped for a link since the listing is not read.
+pub async fn read_image_under(path: &Path, root: &Path) -> std::io::Result<pb::NewImage> {
+    let (p, r) = (path.to_path_buf(), root.to_path_buf());
+    let data = tokio::task::spawn_blocking(move || {
+        let roots = cbir_common::fs::canonical_roots(&[r]);
+        cbir_common::fs::read_under(&p, &roots, u64::MAX).map_err(|e| match e {
+            cbir_common::fs::OpenError::Io(io) => io,
+            refused => std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("not read: {refused}"),
+            ),
+        })
+    })
+    .await
+    .map_err(std::io::Error::other)??;
+    let name = |p: Option<&std::ffi::OsStr>| p.map(|n| n.to_string_lossy().to_string());
+    Ok(pb::NewImage {
+        file_name: name(path.file_name()).unwrap_or_default(),
+        label: name(path.parent().and_then(Path::file_name)).unwrap_or_default(),
+        path: path.display().to_string(),
+        data,
+    })
+}
+
 /// `path` resolved (symlinks included) and checked to lie under one of the
 /// allowed roots.
 pub fn resolve_allowed(path: &str, roots: &[PathBuf]) -> Result<PathBuf> {
@@ -231,7 +257,7 @@ impl Gateway {
                         }
                         Ok(_) => {}
                     }
-                    match read_image(&p).await {
+                    match read_image_under(&p, &root).await {
                         Ok(img) => images.push(img),
                         Err(e) => unreadable.push((rel, format!("cannot read: {e}"))),
                     }

@@ -252,8 +252,13 @@ fn network(
     embedding_dim: i64,
     device: Device,
 ) -> Result<(nn::VarStore, EfficientNetLite0)> {
-    let named = Tensor::read_safetensors(base)
-        .map_err(|e| Error::Training(format!("reading base weights {}: {e}", base.display())))?;
+    let named = Tensor::read_safetensors(base).map_err(|e| {
+        tracing::error!(path = %base.display(), error = %e, "cannot read the base weights");
+        Error::Training(
+            "the base weights cannot be read (base_weights; the training service's log names the file)"
+                .into(),
+        )
+    })?;
     let named: HashMap<String, Tensor> = named.into_iter().collect();
     let vs = nn::VarStore::new(device);
     let net = if embedding_dim > 0 {
@@ -268,8 +273,7 @@ fn network(
         }
         let src = named.get(&name).ok_or_else(|| {
             Error::Training(format!(
-                "base weights {} lack tensor {name}: not EfficientNet-Lite0",
-                base.display()
+                "the base weights lack tensor {name}: not EfficientNet-Lite0"
             ))
         })?;
         if src.size() != var.size() {
@@ -325,9 +329,10 @@ fn check_cancel(cancel: &AtomicBool) -> Result<()> {
     }
 }
 
-/// Decodes `paths` on all cores; each gives `views` random views (or the
+/// Decodes `paths` (of `ds`) on all cores; each gives `views` random views (or the
 /// centre view when `views` is 0), or the reason it could not be read.
 fn decode_views(
+    ds: &crate::dataset::Dataset,
     paths: &[(usize, &Path)],
     views: usize,
     seed: u64,
@@ -345,7 +350,8 @@ fn decode_views(
                     chunk
                         .iter()
                         .map(|(i, p)| {
-                            let bytes = std::fs::read(p).map_err(|e| e.to_string())?;
+                            // Not through a link swapped in since the scan.
+                            let bytes = crate::dataset::read_sample(ds, p)?;
                             let d =
                                 cbir_imaging::decode(&bytes, limits).map_err(|e| e.to_string())?;
                             let img = working_copy(d.image)?;
@@ -446,7 +452,7 @@ pub fn train(
                     if cancel.load(Ordering::Relaxed) {
                         break;
                     }
-                    let decoded = decode_views(chunk, views, seed, &limits);
+                    let decoded = decode_views(ds, chunk, views, seed, &limits);
                     if tx.send((chunk, decoded)).is_err() {
                         break;
                     }
