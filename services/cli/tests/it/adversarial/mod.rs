@@ -14,3 +14,5 @@
 pub fn report(attack: &str, outcome: &str) {
     println!("ADVERSARIAL | {attack} | refused: {outcome}");
 }
+
+mod internal;
