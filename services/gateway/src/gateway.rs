@@ -15,7 +15,6 @@ use tonic::Status;
 
 use crate::clients::{request, Pool, PoolConfig};
 use crate::error::{Error, Result, Upstream};
-use crate::jobs::Jobs;
 use crate::Config;
 
 /// Collection metadata is cached this long: a search needs the model the
@@ -33,7 +32,6 @@ pub struct Gateway {
     pub(crate) training: Arc<Pool>,
     collections: Mutex<HashMap<String, (Instant, pb::Collection)>>,
     class_names: Mutex<Option<(pb::ModelRef, Arc<Vec<String>>)>>,
-    pub(crate) jobs: Jobs,
     pub auth: crate::auth::Auth,
 }
 
@@ -146,7 +144,6 @@ impl Gateway {
             training,
             collections: Mutex::new(HashMap::new()),
             class_names: Mutex::new(None),
-            jobs: Jobs::default(),
             auth,
         }))
     }

@@ -114,7 +114,7 @@ impl SearchService for SearchGrpc {
     ) -> Result<Response<pb::IndexJob>, Status> {
         self.allow(&request, Role::Search)?;
         Ok(Response::new(
-            self.gateway.jobs.get(&request.into_inner().id)?,
+            self.gateway.index_job(&request.into_inner().id).await?,
         ))
     }
 }

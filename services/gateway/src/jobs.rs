@@ -1,10 +1,13 @@
 //! Indexing a folder on the gateway's machine in the background, with
-//! progress that the UI and the API poll.
+//! progress that the UI and the API poll. Jobs live in the index service's
+//! database, so that every gateway replica answers for every job: the
+//! replica that accepted a job runs it and saves its progress every second
+//! (which renews the job's lease) and at the end; a job whose gateway
+//! stopped is answered as failed once its lease runs out.
 
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cbir_api::v1 as pb;
 use futures::StreamExt;
@@ -17,9 +20,12 @@ use crate::gateway::Gateway;
 /// keep the inference batcher full without holding many images in memory.
 const BATCH: usize = 16;
 const IN_FLIGHT: usize = 2;
-/// Finished jobs kept for listing.
-const KEEP_JOBS: usize = 100;
 const MAX_FAILURES_LISTED: usize = 100;
+/// How often a running job's progress is saved; its lease is at least
+/// three times this.
+const SAVE_EVERY: Duration = Duration::from_secs(1);
+/// Attempts of a job's last save (its final state) before giving up.
+const FINAL_SAVE_ATTEMPTS: u32 = 5;
 
 pub const IMAGE_EXTENSIONS: &[&str] = &[
     "jpg", "jpeg", "png", "gif", "bmp", "webp", "tif", "tiff", "jfif",
@@ -29,51 +35,6 @@ pub fn is_image_path(p: &Path) -> bool {
     p.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-}
-
-#[derive(Default)]
-pub struct Jobs {
-    jobs: Mutex<VecDeque<Arc<Mutex<pb::IndexJob>>>>,
-}
-
-impl Jobs {
-    pub fn get(&self, id: &str) -> Result<pb::IndexJob> {
-        self.jobs
-            .lock()
-            .iter()
-            .find(|j| j.lock().id == id)
-            .map(|j| j.lock().clone())
-            .ok_or_else(|| Error::NotFound(format!("no indexing job {id:?}")))
-    }
-
-    pub fn list(&self) -> Vec<pb::IndexJob> {
-        self.jobs
-            .lock()
-            .iter()
-            .rev()
-            .map(|j| j.lock().clone())
-            .collect()
-    }
-
-    fn add(&self, job: pb::IndexJob) -> Arc<Mutex<pb::IndexJob>> {
-        let j = Arc::new(Mutex::new(job));
-        let mut jobs = self.jobs.lock();
-        jobs.push_back(j.clone());
-        while jobs.len() > KEEP_JOBS {
-            let finished = jobs.iter().position(|j| {
-                let s = j.lock().state;
-                s != pb::operation_progress::State::Running as i32
-                    && s != pb::operation_progress::State::Pending as i32
-            });
-            match finished {
-                Some(i) => {
-                    jobs.remove(i);
-                }
-                None => break,
-            }
-        }
-        j
-    }
 }
 
 /// An image file as an item of AddImages; its label is the name of the
@@ -201,7 +162,7 @@ impl Gateway {
             .map_err(|e| {
                 Error::InvalidArgument(format!("cannot read folder {}: {e}", dir.display()))
             })?;
-        let job = self.jobs.add(pb::IndexJob {
+        let snapshot = pb::IndexJob {
             id: uuid::Uuid::new_v4().to_string(),
             collection: collection.clone(),
             path: dir.display().to_string(),
@@ -210,11 +171,83 @@ impl Gateway {
             started_at_ms: now_ms(),
             updated_at_ms: now_ms(),
             ..Default::default()
-        });
-        let snapshot = job.lock().clone();
+        };
+        // Recorded before it starts: any replica asked next finds it.
+        self.save_job(&snapshot).await?;
+        let job = Arc::new(Mutex::new(snapshot.clone()));
         let gw = self.clone();
         tokio::spawn(async move { gw.run_job(job, collection, dir, files).await });
         Ok(snapshot)
+    }
+
+    /// A job as the index service keeps it (whichever replica runs it).
+    pub async fn index_job(&self, id: &str) -> Result<pb::IndexJob> {
+        let r = self
+            .index_rpc(
+                "LoadIndexJob",
+                Self::t(self.cfg.timeouts.admin_ms),
+                pb::LoadIndexJobRequest { id: id.to_string() },
+                |mut c, r| async move { c.load_index_job(r).await },
+            )
+            .await?;
+        r.job
+            .ok_or_else(|| Error::NotFound(format!("no indexing job {id:?}")))
+    }
+
+    /// Every job, newest first.
+    pub async fn index_jobs(&self) -> Result<Vec<pb::IndexJob>> {
+        Ok(self
+            .index_rpc(
+                "ListIndexJobs",
+                Self::t(self.cfg.timeouts.admin_ms),
+                pb::ListIndexJobsRequest {},
+                |mut c, r| async move { c.list_index_jobs(r).await },
+            )
+            .await?
+            .jobs)
+    }
+
+    fn job_lease_ms(&self) -> u64 {
+        self.cfg
+            .timeouts
+            .job_lease_ms
+            .max(3 * SAVE_EVERY.as_millis() as u64)
+    }
+
+    async fn save_job(&self, job: &pb::IndexJob) -> Result<()> {
+        self.index_rpc(
+            "SaveIndexJob",
+            Self::t(self.cfg.timeouts.admin_ms),
+            pb::SaveIndexJobRequest {
+                job: Some(job.clone()),
+                lease_ms: self.job_lease_ms(),
+            },
+            |mut c, r| async move { c.save_index_job(r).await },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Saves the job every `SAVE_EVERY` until `stop` fires; a save in
+    /// flight finishes first, so that none lands after the final one.
+    async fn keep_saving(
+        self: Arc<Self>,
+        job: Arc<Mutex<pb::IndexJob>>,
+        mut stop: tokio::sync::oneshot::Receiver<()>,
+    ) {
+        let mut tick = tokio::time::interval(SAVE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = &mut stop => return,
+            }
+            let snapshot = job.lock().clone();
+            if let Err(e) = self.save_job(&snapshot).await {
+                tracing::warn!(job = %snapshot.id, error = %e, "saving the indexing job's progress failed; trying again in a second");
+            }
+        }
     }
 
     async fn run_job(
@@ -225,6 +258,8 @@ impl Gateway {
         files: Vec<PathBuf>,
     ) {
         let started = Instant::now();
+        let (stop_saving, stop) = tokio::sync::oneshot::channel();
+        let saver = tokio::spawn(self.clone().keep_saving(job.clone(), stop));
         let batches: Vec<Vec<PathBuf>> = files.chunks(BATCH).map(<[PathBuf]>::to_vec).collect();
         let max_bytes = self.cfg.limits.max_image_bytes;
         let mut stream = futures::stream::iter(batches.into_iter().map(|batch| {
@@ -264,10 +299,10 @@ impl Gateway {
                 }
                 let r = gw
                     .add_images(pb::AddImagesRequest {
+                        replace: false,
                         collection,
                         images,
                         create_collection: false,
-                        replace: false,
                     })
                     .await;
                 (r, unreadable)
@@ -312,24 +347,42 @@ impl Gateway {
                 break;
             }
         }
-        let mut j = job.lock();
-        j.updated_at_ms = now_ms();
-        match fatal {
-            Some(e) => {
-                j.state = pb::operation_progress::State::Failed as i32;
-                j.message = format!("indexing stopped after {} images: {e}", j.done);
+        let _ = stop_saving.send(());
+        let _ = saver.await;
+        let last = {
+            let mut j = job.lock();
+            j.updated_at_ms = now_ms();
+            match fatal {
+                Some(e) => {
+                    j.state = pb::operation_progress::State::Failed as i32;
+                    j.message = format!("indexing stopped after {} images: {e}", j.done);
+                }
+                None => {
+                    j.state = pb::operation_progress::State::Succeeded as i32;
+                    j.message = format!(
+                        "indexed {} images, {} failed, in {:.1} s",
+                        j.done,
+                        j.failed,
+                        started.elapsed().as_secs_f64()
+                    );
+                }
             }
-            None => {
-                j.state = pb::operation_progress::State::Succeeded as i32;
-                j.message = format!(
-                    "indexed {} images, {} failed, in {:.1} s",
-                    j.done,
-                    j.failed,
-                    started.elapsed().as_secs_f64()
-                );
+            j.clone()
+        };
+        tracing::info!(job = %last.id, collection = %last.collection, done = last.done, failed = last.failed, "indexing job finished");
+        for attempt in 1..=FINAL_SAVE_ATTEMPTS {
+            match self.save_job(&last).await {
+                Ok(()) => return,
+                Err(e) if attempt < FINAL_SAVE_ATTEMPTS => {
+                    tracing::warn!(job = %last.id, error = %e, "saving the finished indexing job failed; trying again");
+                    tokio::time::sleep(SAVE_EVERY).await;
+                }
+                Err(e) => {
+                    // Its lease runs out: replicas will answer it failed.
+                    tracing::error!(job = %last.id, error = %e, "the finished indexing job could not be saved");
+                }
             }
         }
-        tracing::info!(job = %j.id, collection = %j.collection, done = j.done, failed = j.failed, "indexing job finished");
     }
 }
 

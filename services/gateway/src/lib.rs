@@ -68,6 +68,10 @@ pub struct Timeouts {
     /// Deadline of collection management calls.
     pub admin_ms: u64,
     pub connect_ms: u64,
+    /// A server-folder indexing job whose gateway has not saved its
+    /// progress (every second) for this long is answered as failed by
+    /// every replica: its gateway stopped. At least 3000.
+    pub job_lease_ms: u64,
 }
 
 impl Default for Timeouts {
@@ -77,6 +81,7 @@ impl Default for Timeouts {
             bulk_ms: 120_000,
             admin_ms: 30_000,
             connect_ms: 2_000,
+            job_lease_ms: 30_000,
         }
     }
 }

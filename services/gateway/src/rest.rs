@@ -502,7 +502,7 @@ async fn list_jobs(
 ) -> Result<Json<Value>> {
     allow(&gw, &headers, None, Role::Search)?;
     Ok(Json(
-        json!({ "jobs": gw.jobs.list().into_iter().map(job_json).collect::<Vec<_>>() }),
+        json!({ "jobs": gw.index_jobs().await?.into_iter().map(job_json).collect::<Vec<_>>() }),
     ))
 }
 
@@ -512,7 +512,7 @@ async fn get_job(
     Path(id): Path<String>,
 ) -> Result<Json<Value>> {
     allow(&gw, &headers, None, Role::Search)?;
-    Ok(Json(job_json(gw.jobs.get(&id)?)))
+    Ok(Json(job_json(gw.index_job(&id).await?)))
 }
 
 #[derive(Deserialize, Default)]

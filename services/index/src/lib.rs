@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod index;
+pub mod jobs;
 pub mod kernels;
 pub mod mem;
 pub mod rebuild;

@@ -313,4 +313,40 @@ impl IndexService for IndexGrpc {
         };
         Ok(Response::new(Box::pin(stream)))
     }
+
+    async fn save_index_job(
+        &self,
+        request: Request<pb::SaveIndexJobRequest>,
+    ) -> Result<Response<pb::SaveIndexJobResponse>, Status> {
+        let r = request.into_inner();
+        let job = r
+            .job
+            .ok_or_else(|| Status::invalid_argument("missing field `job`"))?;
+        crate::jobs::validate(&job, r.lease_ms)?;
+        self.index.store().save_job(&job, r.lease_ms).await?;
+        Ok(Response::new(pb::SaveIndexJobResponse {}))
+    }
+
+    async fn load_index_job(
+        &self,
+        request: Request<pb::LoadIndexJobRequest>,
+    ) -> Result<Response<pb::LoadIndexJobResponse>, Status> {
+        let id = request.into_inner().id;
+        let job = self
+            .index
+            .store()
+            .load_job(&id)
+            .await?
+            .ok_or_else(|| Status::not_found(format!("no indexing job {id:?}")))?;
+        Ok(Response::new(pb::LoadIndexJobResponse { job: Some(job) }))
+    }
+
+    async fn list_index_jobs(
+        &self,
+        _request: Request<pb::ListIndexJobsRequest>,
+    ) -> Result<Response<pb::ListIndexJobsResponse>, Status> {
+        Ok(Response::new(pb::ListIndexJobsResponse {
+            jobs: self.index.store().list_jobs().await?,
+        }))
+    }
 }

@@ -8,6 +8,7 @@ mod cli;
 mod concurrency;
 mod deploy;
 mod gateway;
+mod index_jobs;
 mod internal;
 mod rebuild;
 mod reupload;

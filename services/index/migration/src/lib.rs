@@ -19,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000001_initial::Migration),
             Box::new(m20261128_000002_load_order::Migration),
             Box::new(m20261128_000003_write_seq::Migration),
+            Box::new(m20261202_000004_index_jobs::Migration),
         ]
     }
 }
@@ -210,6 +211,67 @@ mod m20261128_000003_write_seq {
             manager
                 .get_connection()
                 .execute_unprepared("ALTER TABLE collections DROP COLUMN write_seq")
+                .await
+                .map(|_| ())
+        }
+    }
+}
+
+/// The gateways' server-folder indexing jobs, shared by every gateway
+/// replica: the job itself as an encoded `cbir.v1.IndexJob`, with the
+/// columns the lease and the pruning need. `saved_at_ms` is the index's
+/// clock at the last save, so that gateways with skewed clocks agree.
+mod m20261202_000004_index_jobs {
+    use super::*;
+
+    pub struct Migration;
+
+    impl MigrationName for Migration {
+        fn name(&self) -> &str {
+            "m20261202_000004_index_jobs"
+        }
+    }
+
+    const MYSQL: &[&str] = &["CREATE TABLE index_jobs (
+            id VARCHAR(64) NOT NULL PRIMARY KEY,
+            state INT NOT NULL,
+            started_at_ms BIGINT NOT NULL,
+            saved_at_ms BIGINT NOT NULL,
+            lease_ms BIGINT NOT NULL,
+            job LONGBLOB NOT NULL,
+            KEY idx_index_jobs_started (started_at_ms)
+        ) ENGINE=InnoDB"];
+
+    const SQLITE: &[&str] = &[
+        "CREATE TABLE index_jobs (
+            id TEXT NOT NULL PRIMARY KEY,
+            state INTEGER NOT NULL,
+            started_at_ms INTEGER NOT NULL,
+            saved_at_ms INTEGER NOT NULL,
+            lease_ms INTEGER NOT NULL,
+            job BLOB NOT NULL
+        )",
+        "CREATE INDEX idx_index_jobs_started ON index_jobs (started_at_ms)",
+    ];
+
+    #[async_trait::async_trait]
+    impl MigrationTrait for Migration {
+        async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            let stmts = match manager.get_database_backend() {
+                DatabaseBackend::MySql => MYSQL,
+                _ => SQLITE,
+            };
+            let db = manager.get_connection();
+            for s in stmts {
+                db.execute_unprepared(s).await?;
+            }
+            Ok(())
+        }
+
+        async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            manager
+                .get_connection()
+                .execute_unprepared("DROP TABLE IF EXISTS index_jobs")
                 .await
                 .map(|_| ())
         }

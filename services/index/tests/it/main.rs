@@ -7,6 +7,7 @@
 mod concurrency;
 mod db;
 mod durability;
+mod jobs;
 mod mysql_restart;
 mod reupload;
 mod service;
