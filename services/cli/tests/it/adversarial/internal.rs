@@ -149,6 +149,7 @@ async fn raw_index_upsert_of_a_forged_record_without_the_token() {
             feature: vec![1.0 / (1280f32).sqrt(); 1280],
             ..Default::default()
         }],
+        replace: false,
     };
     for req in tries(&forged) {
         unauthenticated(idx.upsert(req).await, "upsert");
