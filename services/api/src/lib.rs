@@ -14,6 +14,8 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("cbir
 
 pub use v1::*;
 
+pub mod names;
+
 /// ImageNet-1k class names in index order (sorted-wnid order).
 pub fn imagenet_class_names() -> &'static [&'static str] {
     static NAMES: std::sync::LazyLock<Vec<&'static str>> =

@@ -156,13 +156,16 @@ impl Gateway {
         Duration::from_millis(ms)
     }
 
-    pub fn collection_name(&self, name: &str) -> String {
+    /// The collection a request names (the default one when it names
+    /// none); refused when no collection can have that name, so that an
+    /// unbounded name never travels to the index.
+    pub fn collection_name(&self, name: &str) -> Result<String> {
         let n = name.trim();
         if n.is_empty() {
-            self.cfg.default_collection.clone()
-        } else {
-            n.to_string()
+            return Ok(self.cfg.default_collection.clone());
         }
+        cbir_api::names::check_lookup(n).map_err(Error::InvalidArgument)?;
+        Ok(n.to_string())
     }
 
     /// One call of a backing service, with its deadline and retries; the
@@ -365,9 +368,7 @@ impl Gateway {
         req: pb::CreateGatewayCollectionRequest,
     ) -> Result<pb::Collection> {
         let name = req.name.trim().to_string();
-        if name.is_empty() {
-            return Err(Error::InvalidArgument("a collection needs a name".into()));
-        }
+        cbir_api::names::check_new(&name).map_err(Error::InvalidArgument)?;
         let info = self
             .model_info(Self::t(self.cfg.timeouts.admin_ms))
             .await?
@@ -398,7 +399,7 @@ impl Gateway {
     }
 
     pub async fn delete_collection(&self, name: &str) -> Result<()> {
-        let name = self.collection_name(name);
+        let name = self.collection_name(name)?;
         self.collections.lock().remove(&name);
         self.index_rpc(
             "DeleteCollection",
@@ -412,7 +413,7 @@ impl Gateway {
     }
 
     pub async fn clear(&self, name: &str) -> Result<u64> {
-        let name = self.collection_name(name);
+        let name = self.collection_name(name)?;
         let r = self
             .index_rpc(
                 "Clear",
@@ -428,7 +429,7 @@ impl Gateway {
     }
 
     pub async fn stats(&self, name: &str) -> Result<pb::StatsResponse> {
-        let name = self.collection_name(name);
+        let name = self.collection_name(name)?;
         let mut r = self
             .index_rpc(
                 "Stats",
@@ -454,7 +455,7 @@ impl Gateway {
     }
 
     pub async fn thumbnail(&self, collection: &str, id: u64) -> Result<Vec<u8>> {
-        let name = self.collection_name(collection);
+        let name = self.collection_name(collection)?;
         let msg = pb::GetImageRequest {
             collection: name,
             id,
@@ -490,7 +491,7 @@ impl Gateway {
     #[tracing::instrument(name = "gateway.search", skip_all)]
     pub async fn search(&self, req: pb::SearchRequest) -> Result<pb::SearchResponse> {
         let started = Instant::now();
-        let collection = self.collection_name(&req.collection);
+        let collection = self.collection_name(&req.collection)?;
         let top_k = match req.top_k {
             0 => 20,
             k if k as usize > self.cfg.limits.max_top_k => {
@@ -692,7 +693,7 @@ impl Gateway {
     /// Embeds and stores a batch; each image succeeds or fails on its own.
     #[tracing::instrument(name = "gateway.add_images", skip_all, fields(images = req.images.len()))]
     pub async fn add_images(&self, req: pb::AddImagesRequest) -> Result<pb::AddImagesResponse> {
-        let collection = self.collection_name(&req.collection);
+        let collection = self.collection_name(&req.collection)?;
         let req_replace = req.replace;
         let limits = &self.cfg.limits;
         if req.images.len() > limits.max_files_per_request {

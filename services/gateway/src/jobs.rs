@@ -143,7 +143,7 @@ impl Gateway {
         self: &Arc<Self>,
         req: pb::StartIndexJobRequest,
     ) -> Result<pb::IndexJob> {
-        let collection = self.collection_name(&req.collection);
+        let collection = self.collection_name(&req.collection)?;
         let dir = resolve_allowed(&req.path, &self.cfg.allowed_roots)?;
         if req.create_collection {
             self.create_collection(pb::CreateGatewayCollectionRequest {

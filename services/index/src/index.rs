@@ -154,20 +154,7 @@ const LOAD_READERS: usize = 2;
 const MAX_TEXT_LEN: usize = 4096;
 
 fn valid_name(name: &str) -> Result<()> {
-    if name.is_empty() || name.len() > 128 {
-        return Err(Error::InvalidArgument(
-            "a collection name needs 1 to 128 characters".into(),
-        ));
-    }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    {
-        return Err(Error::InvalidArgument(format!(
-            "collection name {name:?} may hold only letters, digits, '-', '_' and '.'"
-        )));
-    }
-    Ok(())
+    cbir_api::names::check_new(name).map_err(Error::InvalidArgument)
 }
 
 impl Index {
@@ -342,6 +329,8 @@ impl Index {
 
     /// The physical collection a name points at.
     pub fn resolve(&self, name: &str) -> Result<Arc<Collection>> {
+        // A name of any length may arrive; none longer than the limit exists.
+        cbir_api::names::check_lookup(name).map_err(Error::InvalidArgument)?;
         let cat = self.catalog.read();
         cat.aliases
             .get(name)
@@ -349,7 +338,8 @@ impl Index {
             .cloned()
             .ok_or_else(|| {
                 Error::NotFound(format!(
-                    "collection {name:?} does not exist: create it first"
+                    "collection {} does not exist: create it first",
+                    cbir_api::names::quoted(name)
                 ))
             })
     }
@@ -754,7 +744,12 @@ impl Index {
         self.store
             .get_image(coll.row.id, id, with_blobs)
             .await?
-            .ok_or_else(|| Error::NotFound(format!("image {id} is not in collection {name:?}")))
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "image {id} is not in collection {}",
+                    cbir_api::names::quoted(name)
+                ))
+            })
     }
 
     /// A collection no name points at yet (the target of a rebuild).

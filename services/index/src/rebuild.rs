@@ -49,7 +49,7 @@ impl Rebuilder {
             .lock()
             .get(id)
             .map(watch::Sender::subscribe)
-            .ok_or_else(|| Error::NotFound(format!("no operation {id:?}")))
+            .ok_or_else(|| Error::NotFound(format!("no operation {}", cbir_api::names::quoted(id))))
     }
 
     async fn client(&self) -> Result<InferenceServiceClient<Channel>> {

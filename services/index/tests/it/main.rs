@@ -9,6 +9,7 @@ mod db;
 mod durability;
 mod jobs;
 mod mysql_restart;
+mod names;
 mod reupload;
 mod service;
 mod storage;
