@@ -28,11 +28,15 @@ pub fn reflection() -> Result<
 /// Default limit on one gRPC message; images arrive inside messages.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
-/// The accepted-connection stream of a gRPC server on `listener`, with
+/// The accepted-connection stream of a gRPC server on `listener`, within
+/// the connection cap and deadlines of `cfg` (see [`crate::conn`]), with
 /// Nagle off: small replies otherwise wait for the peer's delayed ACK
 /// (tens of milliseconds per call).
-pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+pub fn incoming(
+    listener: tokio::net::TcpListener,
+    cfg: &crate::conn::ConnectionConfig,
+) -> impl futures::Stream<Item = std::io::Result<crate::conn::GuardedIo>> + Send + 'static {
+    crate::conn::Listener::new(listener, cfg).into_stream()
 }
 
 /// Asks the gRPC health service at `addr` (host:port) whether `service` is

@@ -2,6 +2,7 @@
 //! health and reflection, graceful shutdown and the error-to-status map.
 
 pub mod config;
+pub mod conn;
 #[cfg(feature = "db")]
 pub mod db;
 pub mod error;

@@ -81,29 +81,120 @@ impl Metrics {
     }
 }
 
-/// A path as a low-cardinality method label: gRPC methods as they are, REST
-/// routes with their variable segments folded, everything else `other`.
-pub fn method_label(path: &str) -> String {
-    let mut parts = path.trim_start_matches('/').split('/');
-    let first = parts.next().unwrap_or("");
-    if first.contains('.') {
+/// The route template an HTTP request matched (`/api/collections/*`),
+/// put in the response's extensions by [`LabelledRoutes`]: the metrics label
+/// of an HTTP request. Requests that matched no route have none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteLabel(pub String);
+
+/// A route template with its `{variables}` folded to `*`.
+fn fold_template(template: &str) -> String {
+    template
+        .split('/')
+        .map(|seg| {
+            if seg.starts_with('{') && seg.ends_with('}') {
+                "*"
+            } else {
+                seg
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Routes whose answers carry their [`RouteLabel`].
+pub trait LabelledRoutes<S> {
+    /// `Router::route`, with every answer of the route labelled by its
+    /// template (the metrics label; unmatched requests have none).
+    fn route_labelled(self, path: &str, method_router: axum::routing::MethodRouter<S>) -> Self;
+}
+
+impl<S: Clone + Send + Sync + 'static> LabelledRoutes<S> for axum::Router<S> {
+    fn route_labelled(self, path: &str, method_router: axum::routing::MethodRouter<S>) -> Self {
+        let label = RouteLabel(fold_template(path));
+        self.route(
+            path,
+            method_router.layer(axum::middleware::from_fn(
+                move |req: axum::extract::Request, next: axum::middleware::Next| {
+                    use tracing::Instrument;
+                    let label = label.clone();
+                    // The request's own span (telemetry::RequestLayer) is
+                    // started before routing and cannot be renamed: the
+                    // route gets a span of its own, named after it.
+                    let span = tracing::info_span!(
+                        "route",
+                        otel.name = %format!("{} {}", req.method(), label.0),
+                        otel.kind = "internal",
+                        http.route = %label.0,
+                    );
+                    async move {
+                        let mut resp = next.run(req).await;
+                        resp.extensions_mut().insert(label);
+                        resp
+                    }
+                    .instrument(span)
+                },
+            )),
+        )
+    }
+}
+
+/// Every gRPC method the system's servers offer (`/package.Service/Method`):
+/// the cbir.v1 services, health and reflection.
+fn grpc_methods() -> &'static std::collections::HashSet<String> {
+    static METHODS: std::sync::OnceLock<std::collections::HashSet<String>> =
+        std::sync::OnceLock::new();
+    METHODS.get_or_init(|| {
+        use cbir_api::prost::Message;
+        let mut out = std::collections::HashSet::new();
+        for fds in [
+            cbir_api::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ] {
+            let Ok(set) = cbir_api::prost_types::FileDescriptorSet::decode(fds) else {
+                continue;
+            };
+            for file in set.file {
+                let package = file.package.unwrap_or_default();
+                for service in file.service {
+                    let service_name = service.name.unwrap_or_default();
+                    for method in service.method {
+                        out.insert(format!(
+                            "/{package}.{service_name}/{}",
+                            method.name.unwrap_or_default()
+                        ));
+                    }
+                }
+            }
+        }
+        out
+    })
+}
+
+/// The label of a request: the gRPC method it called when that method
+/// exists, else the route it matched, else `other`. A label never comes
+/// from what a client typed, so that unknown paths and methods cannot
+/// grow the metrics without bound.
+pub fn method_label(path: &str, route: Option<&RouteLabel>) -> String {
+    if let Some(r) = route {
+        return r.0.clone();
+    }
+    if grpc_methods().contains(path) {
         return path.to_string();
     }
-    if first != "api" {
-        return "ui".into();
-    }
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some("collections"), Some(_), Some(rest)) => format!("/api/collections/*/{rest}"),
-        (Some("collections"), Some(_), None) => "/api/collections/*".into(),
-        (Some("jobs"), Some(_), _) => "/api/jobs/*".into(),
-        (Some(route), _, _) => format!("/api/{route}"),
-        (None, _, _) => "/api".into(),
-    }
+    "other".into()
+}
+
+/// The label of a gRPC request, known before it is answered.
+pub fn grpc_label(path: &str) -> Option<&'static str> {
+    grpc_methods().get(path).map(String::as_str)
 }
 
 /// The `/metrics` route, to serve alone or merged into an HTTP app.
 pub fn router(metrics: Arc<Metrics>) -> axum::Router {
-    axum::Router::new().route(
+    axum::Router::new().route_labelled(
         "/metrics",
         axum::routing::get(move || {
             let m = metrics.clone();
@@ -183,17 +274,75 @@ mod tests {
     #[test]
     fn labels_stay_few() {
         assert_eq!(
-            method_label("/cbir.v1.IndexService/Search"),
+            method_label("/cbir.v1.IndexService/Search", None),
             "/cbir.v1.IndexService/Search"
         );
-        assert_eq!(method_label("/api/search"), "/api/search");
         assert_eq!(
-            method_label("/api/collections/holiday/images/42/thumbnail"),
-            "/api/collections/*/images"
+            method_label("/grpc.health.v1.Health/Check", None),
+            "/grpc.health.v1.Health/Check"
         );
-        assert_eq!(method_label("/api/collections/x"), "/api/collections/*");
-        assert_eq!(method_label("/api/jobs/abc"), "/api/jobs/*");
-        assert_eq!(method_label("/assets/app.js"), "ui");
+        assert_eq!(method_label("/cbir.v1.IndexService/Nope", None), "other");
+        assert_eq!(method_label("/x.y/z", None), "other");
+        assert_eq!(method_label("/api/search", None), "other");
+        let route = RouteLabel(fold_template(
+            "/api/collections/{name}/images/{id}/thumbnail",
+        ));
+        assert_eq!(route.0, "/api/collections/*/images/*/thumbnail");
+        assert_eq!(
+            method_label("/api/collections/holiday/images/42/thumbnail", Some(&route)),
+            "/api/collections/*/images/*/thumbnail"
+        );
+    }
+
+    /// Thousands of random paths and methods, over HTTP and as gRPC, leave
+    /// the metrics output the size a handful of routes gives it.
+    #[tokio::test]
+    async fn random_paths_do_not_grow_the_metrics() {
+        use tower::ServiceExt;
+        let m = Metrics::new("test");
+        let app = axum::Router::new()
+            .route_labelled("/api/items/{id}", axum::routing::get(|| async { "item" }))
+            .fallback(|| async { (http::StatusCode::NOT_FOUND, "no") })
+            .layer(crate::telemetry::RequestLayer(m.clone()));
+        let send = |path: String, grpc: bool| {
+            let app = app.clone();
+            async move {
+                let mut req = http::Request::builder().uri(path);
+                if grpc {
+                    req = req
+                        .method(http::Method::POST)
+                        .header(http::header::CONTENT_TYPE, "application/grpc");
+                }
+                app.oneshot(req.body(axum::body::Body::empty()).expect("request"))
+                    .await
+                    .expect("answer")
+            }
+        };
+        for i in 0..10 {
+            send(format!("/api/items/{i}"), false).await;
+        }
+        let baseline = m.render().len();
+        let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
+        for i in 0..3000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let path = match i % 3 {
+                0 => format!("/api/items/{seed:x}"),
+                1 => format!("/random/{seed:x}/{i}"),
+                _ => format!("/cbir.v1.IndexService/M{seed:x}"),
+            };
+            send(path, i % 3 == 2).await;
+        }
+        let text = m.render();
+        assert!(
+            text.len() < baseline * 3,
+            "3000 random requests grew the metrics from {baseline} to {} bytes",
+            text.len()
+        );
+        assert!(text.contains(r#"method="/api/items/*""#), "{text}");
+        assert!(text.contains(r#"method="other""#), "{text}");
+        assert!(!text.contains("random"), "{text}");
     }
 
     #[test]

@@ -233,12 +233,16 @@ where
         let parent = opentelemetry::global::get_text_map_propagator(|p| {
             p.extract(&HeaderExtractor(req.headers()))
         });
-        let method = crate::metrics::method_label(req.uri().path());
+        // A gRPC method is known now; an HTTP route once the router matched
+        // it (`LabelledRoutes` gives it a span of its own, under this one).
+        let path = req.uri().path().to_string();
+        let http_method = req.method().clone();
+        let early = crate::metrics::grpc_label(&path).unwrap_or("http");
         let span = tracing::info_span!(
             "request",
-            otel.name = %format!("{} {method}", req.method()),
+            otel.name = %format!("{http_method} {early}"),
             otel.kind = "server",
-            http.route = %method,
+            http.route = %early,
         );
         let _ = span.set_parent(parent);
         let started = std::time::Instant::now();
@@ -263,6 +267,11 @@ where
                     },
                     Err(_) => "transport".to_string(),
                 };
+                let route = r
+                    .as_ref()
+                    .ok()
+                    .and_then(|resp| resp.extensions().get::<crate::metrics::RouteLabel>());
+                let method = crate::metrics::method_label(&path, route);
                 metrics.observe(&method, &code, started.elapsed().as_secs_f64());
                 r
             }

@@ -10,7 +10,6 @@ use std::time::Duration;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
-use tokio::net::{TcpListener, TcpStream};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
 
 /// A handshake that takes longer is dropped, so that idle or slow peers
@@ -197,9 +196,28 @@ pub fn prepare(tls: &TlsConfig) -> Result<Option<Arc<rustls::ServerConfig>>, Str
     Ok(server)
 }
 
-/// A tonic server builder with TLS when `tls` configures it.
-pub fn server_builder(tls: &TlsConfig) -> Result<tonic::transport::Server, String> {
-    let builder = tonic::transport::Server::builder();
+/// The server side of an HTTP/2 keep-alive: a ping after this much
+/// silence, and the connection closed when its answer does not come in
+/// `KEEPALIVE_TIMEOUT` (a peer that went away without closing).
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A tonic server builder with TLS when `tls` configures it, HTTP/2
+/// keep-alive, and each request counted on its connection for the
+/// connection deadlines of [`crate::conn`] (serve it with
+/// [`crate::grpc::incoming`]).
+pub fn server_builder(
+    tls: &TlsConfig,
+) -> Result<
+    tonic::transport::Server<
+        tower::layer::util::Stack<crate::conn::TrackLayer, tower::layer::util::Identity>,
+    >,
+    String,
+> {
+    let builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .layer(crate::conn::TrackLayer);
     match tls.tonic_server()? {
         Some(t) => builder
             .tls_config(t)
@@ -236,38 +254,34 @@ pub fn endpoint_named(url: &str, server_name: Option<&str>) -> Result<Endpoint, 
         .map_err(|e| format!("TLS settings for {url}: {e}"))
 }
 
-/// A listener whose connections arrive TLS-decrypted, for `axum::serve`.
-/// Handshakes run in their own tasks (with a deadline), so one slow client
-/// does not stall the accept loop; failed handshakes are logged and
-/// dropped.
+/// A listener whose connections arrive TLS-decrypted, for `axum::serve`,
+/// within the connection cap and deadlines of its [`crate::conn::Listener`]
+/// (a handshake counts against the header-read deadline). Handshakes run in
+/// their own tasks (with a deadline), so one slow client does not stall the
+/// accept loop; failed handshakes are logged and dropped.
 pub struct TlsListener {
-    rx: tokio::sync::mpsc::Receiver<(tokio_rustls::server::TlsStream<TcpStream>, SocketAddr)>,
+    rx: tokio::sync::mpsc::Receiver<(TlsStream, SocketAddr)>,
     local: SocketAddr,
 }
 
+type TlsStream = tokio_rustls::server::TlsStream<crate::conn::GuardedIo>;
+
 impl TlsListener {
-    pub fn new(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
+    pub fn new(
+        listener: crate::conn::Listener,
+        config: Arc<rustls::ServerConfig>,
+    ) -> std::io::Result<Self> {
         let local = listener.local_addr()?;
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
             loop {
-                let accepted = tokio::select! {
+                let tcp = tokio::select! {
                     // The server is gone: stop accepting.
                     _ = tx.closed() => return,
-                    a = listener.accept() => a,
+                    io = listener.next() => io,
                 };
-                let (tcp, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off
-                        // instead of spinning.
-                        tracing::warn!(error = %e, "accepting a connection failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = tcp.set_nodelay(true);
+                let peer = tcp.info().remote;
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {
@@ -288,7 +302,7 @@ impl TlsListener {
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<TcpStream>;
+    type Io = TlsStream;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {

@@ -55,6 +55,19 @@ pub struct AuthConfig {
     pub rate_per_second: f64,
     /// Requests a key may send at once above the rate.
     pub burst: u32,
+    /// Requests per second per client address without a valid key (token
+    /// bucket; IPv6 clients per /64); 0 for no limit. A key holder that
+    /// leaves its key out is held to this, not to its key's rate. Clients
+    /// on the gateway's machine (loopback) are not limited.
+    pub anonymous_rate_per_second: f64,
+    /// Requests an address without a key may send at once above its rate.
+    pub anonymous_burst: u32,
+    /// Proxies (addresses or blocks such as 10.0.0.0/8) whose
+    /// `X-Forwarded-For` names the client; from any other peer the header
+    /// is ignored. A reverse proxy on the gateway's machine belongs here.
+    /// Comma-separated in the environment.
+    #[serde(deserialize_with = "crate::url_list")]
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for AuthConfig {
@@ -64,6 +77,9 @@ impl Default for AuthConfig {
             search_requires_key: false,
             rate_per_second: 50.0,
             burst: 100,
+            anonymous_rate_per_second: 20.0,
+            anonymous_burst: 100,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -112,6 +128,13 @@ impl Auth {
         !self.cfg.keys.is_empty()
     }
 
+    /// Whether `key` is one of the configured keys (its own rate limit
+    /// then applies instead of the anonymous one).
+    pub fn knows(&self, key: &str) -> bool {
+        let key = key.trim();
+        !key.is_empty() && self.by_hash.contains_key(&hash_key(key))
+    }
+
     /// Checks `key` (as sent, if any) for a call that needs `role`.
     pub fn check(&self, key: Option<&str>, role: Role) -> Result<Caller> {
         if !self.enabled() {
@@ -158,9 +181,13 @@ impl Auth {
         b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(burst);
         b.at = now;
         if b.tokens < 1.0 {
-            return Err(Error::ResourceExhausted(format!(
-                "the key {name:?} is over its rate of {rate} requests/s: slow down and retry"
-            )));
+            let wait = ((1.0 - b.tokens) / rate).ceil().max(1.0) as u64;
+            return Err(Error::RateLimited {
+                message: format!(
+                    "the key {name:?} is over its rate of {rate} requests/s: slow down and retry in {wait} s"
+                ),
+                retry_after_s: wait,
+            });
         }
         b.tokens -= 1.0;
         Ok(())
@@ -204,6 +231,7 @@ mod tests {
             search_requires_key,
             rate_per_second: rate,
             burst,
+            ..AuthConfig::default()
         })
         .expect("auth")
     }

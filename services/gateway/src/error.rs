@@ -43,6 +43,15 @@ pub enum Error {
     PermissionDenied(String),
     #[error("{0}")]
     ResourceExhausted(String),
+    /// Over a rate limit: the answer says when to come back.
+    #[error("{message}")]
+    RateLimited { message: String, retry_after_s: u64 },
+    /// The request names a host that is not this gateway (DNS rebinding).
+    #[error("{0}")]
+    WrongHost(String),
+    /// The client stopped sending its request.
+    #[error("{0}")]
+    ClientTimeout(String),
     #[error("the {service} service is unavailable: {detail}")]
     Unavailable { service: Upstream, detail: String },
     #[error("the {service} service did not answer in time: {detail}")]
@@ -108,7 +117,9 @@ impl Error {
             Error::Forbidden(_) => "forbidden",
             Error::Unauthenticated(_) => "unauthenticated",
             Error::PermissionDenied(_) => "permission_denied",
-            Error::ResourceExhausted(_) => "resource_exhausted",
+            Error::ResourceExhausted(_) | Error::RateLimited { .. } => "resource_exhausted",
+            Error::WrongHost(_) => "misdirected_request",
+            Error::ClientTimeout(_) => "request_timeout",
             Error::Unavailable { .. } => "unavailable",
             Error::DeadlineExceeded { .. } => "deadline_exceeded",
             Error::Config(_) | Error::Internal(_) => "internal",
@@ -124,6 +135,16 @@ impl Error {
         }
     }
 
+    /// Seconds a client should wait before trying again, for the answers
+    /// that mean "not now" (429 and 503): the `Retry-After` header.
+    pub fn retry_after_s(&self) -> Option<u64> {
+        match self {
+            Error::RateLimited { retry_after_s, .. } => Some((*retry_after_s).max(1)),
+            Error::ResourceExhausted(_) | Error::Unavailable { .. } => Some(1),
+            _ => None,
+        }
+    }
+
     pub fn http_status(&self) -> StatusCode {
         match self {
             Error::InvalidArgument(_) => StatusCode::BAD_REQUEST,
@@ -133,7 +154,11 @@ impl Error {
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::Forbidden(_) | Error::PermissionDenied(_) => StatusCode::FORBIDDEN,
             Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            Error::ResourceExhausted(_) => StatusCode::TOO_MANY_REQUESTS,
+            Error::ResourceExhausted(_) | Error::RateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            Error::WrongHost(_) => StatusCode::MISDIRECTED_REQUEST,
+            Error::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
             Error::Config(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -170,7 +195,11 @@ impl From<Error> for Status {
                 Status::new(Code::PermissionDenied, err.to_string())
             }
             Error::Unauthenticated(_) => Status::new(Code::Unauthenticated, err.to_string()),
-            Error::ResourceExhausted(_) => Status::new(Code::ResourceExhausted, err.to_string()),
+            Error::ResourceExhausted(_) | Error::RateLimited { .. } => {
+                Status::new(Code::ResourceExhausted, err.to_string())
+            }
+            Error::WrongHost(_) => Status::new(Code::PermissionDenied, err.to_string()),
+            Error::ClientTimeout(_) => Status::new(Code::DeadlineExceeded, err.to_string()),
             Error::Unavailable { .. } => Status::new(Code::Unavailable, err.to_string()),
             Error::DeadlineExceeded { .. } => Status::new(Code::DeadlineExceeded, err.to_string()),
             Error::Config(_) | Error::Internal(_) => cbir_common::error::internal(&err),
@@ -191,7 +220,12 @@ impl axum::response::IntoResponse for Error {
         let body = serde_json::json!({
             "error": { "code": self.code(), "message": message, "service": self.service() }
         });
-        (status, axum::Json(body)).into_response()
+        let mut resp = (status, axum::Json(body)).into_response();
+        if let Some(s) = self.retry_after_s() {
+            resp.headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(s));
+        }
+        resp
     }
 }
 
@@ -225,6 +259,18 @@ mod tests {
         );
         assert_eq!(e.http_status(), StatusCode::BAD_REQUEST);
         assert_eq!(Status::from(e).code(), Code::InvalidArgument);
+        let r = axum::response::IntoResponse::into_response(Error::upstream(
+            Upstream::Index,
+            Status::unavailable("database is locked"),
+        ));
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[http::header::RETRY_AFTER], "1");
+        let r = axum::response::IntoResponse::into_response(Error::RateLimited {
+            message: "slow down".into(),
+            retry_after_s: 7,
+        });
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[http::header::RETRY_AFTER], "7");
         let e = Error::upstream(Upstream::Index, Status::internal("disk on fire"));
         assert_eq!(
             Status::from(e).message(),

@@ -7,15 +7,17 @@ pub mod clients;
 pub mod error;
 pub mod gateway;
 pub mod grpc;
+pub mod guard;
 pub mod jobs;
+pub mod rate;
 pub mod rest;
 pub mod training;
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use cbir_api::v1::search_service_server::SearchServiceServer;
 use cbir_common::telemetry::TelemetryConfig;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -72,6 +74,9 @@ pub struct Timeouts {
     /// progress (every second) for this long is answered as failed by
     /// every replica: its gateway stopped. At least 3000.
     pub job_lease_ms: u64,
+    /// Longest pause while a client sends a request body (a stalled
+    /// upload is answered 408 and its buffers freed); 0 for none.
+    pub request_body_ms: u64,
 }
 
 impl Default for Timeouts {
@@ -82,6 +87,7 @@ impl Default for Timeouts {
             admin_ms: 30_000,
             connect_ms: 2_000,
             job_lease_ms: 30_000,
+            request_body_ms: 60_000,
         }
     }
 }
@@ -109,6 +115,17 @@ pub struct Config {
     /// empty disables indexing server paths.
     #[serde(deserialize_with = "path_list")]
     pub allowed_roots: Vec<PathBuf>,
+    /// The names this gateway answers to in the `Host` header (`name` for
+    /// any port, `name:port`); others get 421, so that a page whose DNS
+    /// name was rebound to this address cannot use it. Empty: the listen
+    /// address, `localhost`, `127.0.0.1` and `[::1]`, with the listen port.
+    /// `*` accepts any host. Comma-separated in the environment.
+    #[serde(deserialize_with = "url_list")]
+    pub allowed_hosts: Vec<String>,
+    /// Pages on other origins (`https://app.example.com`) allowed to send
+    /// state-changing requests; the gateway's own origin always is.
+    #[serde(deserialize_with = "url_list")]
+    pub allowed_origins: Vec<String>,
     pub limits: Limits,
     pub timeouts: Timeouts,
     /// Extra attempts of an idempotent call that failed in transport.
@@ -124,6 +141,8 @@ pub struct Config {
     /// TLS of this service's port and of its calls to `https://` URLs;
     /// off unless `tls.cert` is set.
     pub tls: cbir_common::tls::TlsConfig,
+    /// Connection cap and timeouts of this service's port.
+    pub connections: cbir_common::conn::ConnectionConfig,
     pub telemetry: TelemetryConfig,
 }
 
@@ -136,6 +155,8 @@ impl Default for Config {
             training_urls: vec!["http://127.0.0.1:50053".into()],
             default_collection: "default".into(),
             allowed_roots: Vec::new(),
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
             limits: Limits::default(),
             timeouts: Timeouts::default(),
             retries: 2,
@@ -144,6 +165,7 @@ impl Default for Config {
             auth: auth::AuthConfig::default(),
             internal_token: None,
             tls: Default::default(),
+            connections: Default::default(),
             telemetry: TelemetryConfig::default(),
         }
     }
@@ -168,7 +190,9 @@ fn split_list<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<String
     })
 }
 
-fn url_list<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<String>, D::Error> {
+pub(crate) fn url_list<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<String>, D::Error> {
     split_list(d)
 }
 
@@ -185,6 +209,17 @@ impl Config {
 /// The whole HTTP + gRPC application: requests with a gRPC content type go
 /// to the gRPC services, everything else to the REST API and the UI.
 pub async fn app(cfg: Config) -> anyhow::Result<(axum::Router, Arc<Gateway>)> {
+    let local = cfg.listen.parse().ok();
+    app_on(cfg, local).await
+}
+
+/// [`app`] for a gateway listening on `local` (the default allowed hosts
+/// name its port).
+async fn app_on(
+    cfg: Config,
+    local: Option<std::net::SocketAddr>,
+) -> anyhow::Result<(axum::Router, Arc<Gateway>)> {
+    let guard = Arc::new(guard::Guard::new(&cfg, local)?);
     let max = cfg.max_message_bytes;
     let gateway = Gateway::new(Arc::new(cfg)).await?;
     let (reporter, health) = cbir_common::grpc::health();
@@ -201,6 +236,10 @@ pub async fn app(cfg: Config) -> anyhow::Result<(axum::Router, Arc<Gateway>)> {
         .add_service(cbir_common::grpc::reflection()?)
         .into_axum_router();
     let rest_router = rest::router(gateway.clone());
+    let rate = Arc::new(rate::RateState {
+        anonymous: rate::AnonymousLimiter::new(&gateway.cfg.auth)?,
+        gateway: gateway.clone(),
+    });
     let metrics = cbir_common::metrics::Metrics::new("gateway");
     let app = cbir_common::metrics::router(metrics.clone())
         .fallback_service(tower::service_fn(move |req: axum::extract::Request| {
@@ -215,6 +254,14 @@ pub async fn app(cfg: Config) -> anyhow::Result<(axum::Router, Arc<Gateway>)> {
             };
             target.oneshot(req)
         }))
+        .layer(axum::middleware::from_fn_with_state(
+            Duration::from_millis(gateway.cfg.timeouts.request_body_ms),
+            guard::body_timeout,
+        ))
+        .layer(axum::middleware::from_fn_with_state(rate, rate::limit))
+        .layer(axum::middleware::from_fn_with_state(guard, guard::check))
+        .layer(axum::middleware::from_fn(guard::json_errors))
+        .layer(axum::middleware::from_fn(guard::security_headers))
         .layer(cbir_common::telemetry::RequestLayer(metrics));
     Ok((app, gateway))
 }
@@ -227,29 +274,27 @@ pub async fn serve(
     let tls = cbir_common::tls::prepare(&cfg.tls).map_err(anyhow::Error::msg)?;
     cbir_common::grpc::set_outgoing_internal_token(cfg.internal_token.as_deref())
         .map_err(anyhow::Error::msg)?;
-    let (app, gateway) = app(cfg).await?;
+    let local = listener.local_addr()?;
+    let (app, gateway) = app_on(cfg, Some(local)).await?;
     tracing::info!(
         addr = %listener.local_addr()?,
         inference = ?gateway.cfg.inference_urls,
         index = ?gateway.cfg.index_urls,
         "gateway listening (web UI, REST and gRPC)"
     );
+    let conns = cbir_common::conn::Listener::new(listener, &gateway.cfg.connections);
     if let Some(tls) = tls {
         tracing::info!(
             mutual = gateway.cfg.tls.client_ca.is_some(),
             "TLS on: https:// for the UI and REST, TLS for gRPC"
         );
-        let listener = cbir_common::tls::TlsListener::new(listener, tls)?;
-        axum::serve(listener, app)
+        let listener = cbir_common::tls::TlsListener::new(conns, tls)?;
+        axum::serve(listener, cbir_common::conn::make_tracked(app))
             .with_graceful_shutdown(shutdown)
             .await?;
         return Ok(());
     }
-    // Nagle off: small replies otherwise wait for the peer's delayed ACK.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app)
+    axum::serve(conns, cbir_common::conn::make_tracked(app))
         .with_graceful_shutdown(shutdown)
         .await?;
     Ok(())

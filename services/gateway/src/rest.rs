@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use cbir_api::v1 as pb;
+use cbir_common::metrics::LabelledRoutes;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -28,43 +29,43 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
     let body_limit = gateway.cfg.limits.max_request_bytes;
     let dataset_limit = gateway.cfg.limits.max_dataset_bytes;
     Router::new()
-        .route(
+        .route_labelled(
             "/",
             get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }),
         )
-        .route(
+        .route_labelled(
             "/assets/app.js",
             get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
         )
-        .route(
+        .route_labelled(
             "/assets/style.css",
             get(|| async { asset("text/css; charset=utf-8", STYLE_CSS) }),
         )
-        .route(
+        .route_labelled(
             "/api/openapi.json",
             get(|| async { asset("application/json", OPENAPI_JSON) }),
         )
-        .route("/api/health", get(health))
-        .route("/api/config", get(config))
-        .route("/api/model", get(model))
-        .route(
+        .route_labelled("/api/health", get(health))
+        .route_labelled("/api/config", get(config))
+        .route_labelled("/api/model", get(model))
+        .route_labelled(
             "/api/collections",
             get(list_collections).post(create_collection),
         )
-        .route(
+        .route_labelled(
             "/api/collections/{name}",
             get(collection_stats).delete(delete_collection),
         )
-        .route("/api/collections/{name}/clear", post(clear_collection))
-        .route("/api/collections/{name}/images", post(add_images))
-        .route("/api/collections/{name}/index-jobs", post(start_job))
-        .route(
+        .route_labelled("/api/collections/{name}/clear", post(clear_collection))
+        .route_labelled("/api/collections/{name}/images", post(add_images))
+        .route_labelled("/api/collections/{name}/index-jobs", post(start_job))
+        .route_labelled(
             "/api/collections/{name}/images/{id}/thumbnail",
             get(thumbnail),
         )
-        .route("/api/jobs", get(list_jobs))
-        .route("/api/jobs/{id}", get(get_job))
-        .route("/api/search", post(search))
+        .route_labelled("/api/jobs", get(list_jobs))
+        .route_labelled("/api/jobs/{id}", get(get_job))
+        .route_labelled("/api/search", post(search))
         .merge(crate::training::routes())
         .fallback(|| async {
             Error::NotFound("no such page or API route: see /api/openapi.json".into())
@@ -136,11 +137,39 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
+/// A JSON request body, taken only with a JSON Content-Type (415
+/// otherwise): a page on another site can send `text/plain` without the
+/// browser asking the gateway first, but not `application/json`.
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
+    headers: &axum::http::HeaderMap,
+    body: &[u8],
+) -> Result<T> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap_or("?"))
+        .unwrap_or("");
+    if !crate::guard::is_json_type(content_type) {
+        return Err(Error::UnsupportedMediaType(format!(
+            "send the body as JSON with Content-Type: application/json (got {})",
+            if content_type.is_empty() {
+                "no Content-Type".to_string()
+            } else {
+                format!("{:?}", content_type.chars().take(100).collect::<String>())
+            }
+        )));
+    }
+    parse_json_content(body)
+}
+
+/// The JSON of a body whose Content-Type was checked already.
+fn parse_json_content<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
     serde_json::from_slice(body).map_err(|e| Error::InvalidArgument(format!("bad JSON body: {e}")))
 }
 
 fn multipart_error(e: &axum::extract::multipart::MultipartError, limit: usize) -> Error {
+    if crate::guard::timed_out(e) {
+        return Error::ClientTimeout(format!("the upload stopped: {}", e.body_text()));
+    }
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         Error::TooLarge(format!(
             "the upload is over the limit of {limit} bytes per request: send fewer or smaller files"
@@ -148,6 +177,33 @@ fn multipart_error(e: &axum::extract::multipart::MultipartError, limit: usize) -
     } else {
         Error::InvalidArgument(format!("bad multipart upload: {}", e.body_text()))
     }
+}
+
+/// Reads one upload part, stopping as soon as it grows past `max` bytes
+/// (`limits.max_image_bytes`) instead of buffering all of it first: `None`
+/// for a part over the limit (the rest of it is skipped, not stored).
+async fn read_part(
+    field: &mut axum::extract::multipart::Field<'_>,
+    max: usize,
+    request_limit: usize,
+) -> Result<Option<Vec<u8>>> {
+    let mut data = Vec::new();
+    while let Some(chunk) = field
+        .chunk()
+        .await
+        .map_err(|e| multipart_error(&e, request_limit))?
+    {
+        if data.len() + chunk.len() > max {
+            return Ok(None);
+        }
+        data.extend_from_slice(&chunk);
+    }
+    Ok(Some(data))
+}
+
+/// The per-image error of an upload part over `limits.max_image_bytes`.
+fn too_large_image(max: usize) -> String {
+    format!("image too large: over the limit of {max} bytes (limits.max_image_bytes)")
 }
 
 // ----- JSON shapes -----------------------------------------------------------
@@ -340,7 +396,7 @@ async fn create_collection(
     body: Bytes,
 ) -> Result<Response> {
     allow(&gw, &headers, None, Role::Index)?;
-    let b: CreateBody = parse_json(&body)?;
+    let b: CreateBody = parse_json(&headers, &body)?;
     let c = gw
         .create_collection(pb::CreateGatewayCollectionRequest {
             name: b.name,
@@ -415,8 +471,12 @@ async fn add_images(
             e.body_text()
         ))
     })?;
+    let max_image = gw.cfg.limits.max_image_bytes;
     let mut images = Vec::new();
-    while let Some(field) = mp
+    // Parts over the per-image limit, with their place among the files:
+    // answered as failed without being read whole or sent on.
+    let mut oversized: Vec<(usize, String)> = Vec::new();
+    while let Some(mut field) = mp
         .next_field()
         .await
         .map_err(|e| multipart_error(&e, limit))?
@@ -425,36 +485,53 @@ async fn add_images(
             continue;
         }
         let path = field.file_name().unwrap_or_default().to_string();
-        let data = field
-            .bytes()
-            .await
-            .map_err(|e| multipart_error(&e, limit))?;
-        images.push(pb::NewImage {
-            file_name: file_name_of(&path),
-            label: label_from_path(&path),
-            path,
-            data: data.to_vec(),
-        });
-        if images.len() > gw.cfg.limits.max_files_per_request {
+        match read_part(&mut field, max_image, limit).await? {
+            Some(data) => images.push(pb::NewImage {
+                file_name: file_name_of(&path),
+                label: label_from_path(&path),
+                path,
+                data,
+            }),
+            None => oversized.push((images.len() + oversized.len(), path)),
+        }
+        if images.len() + oversized.len() > gw.cfg.limits.max_files_per_request {
             return Err(Error::TooLarge(format!(
                 "more than {} files in one request: send them in smaller batches",
                 gw.cfg.limits.max_files_per_request
             )));
         }
     }
-    if images.is_empty() {
+    if images.is_empty() && oversized.is_empty() {
         return Err(Error::InvalidArgument(
             "no files in the upload: send multipart parts named \"files\"".into(),
         ));
     }
-    let r = gw
-        .add_images(pb::AddImagesRequest {
+    let mut r = if images.is_empty() {
+        // Every file was over the limit: nothing to send on, but the
+        // collection must still exist (or be created) as for any upload.
+        gw.collection_name(&name)?;
+        pb::AddImagesResponse::default()
+    } else {
+        gw.add_images(pb::AddImagesRequest {
             collection: name,
             images,
             create_collection: q.create,
             replace: q.replace,
         })
-        .await?;
+        .await?
+    };
+    for (at, path) in oversized {
+        r.results.insert(
+            at.min(r.results.len()),
+            pb::AddImageResult {
+                file_name: file_name_of(&path),
+                path,
+                error: too_large_image(max_image),
+                ..Default::default()
+            },
+        );
+        r.failed += 1;
+    }
     Ok(Json(json!({
         "results": r.results.into_iter().map(|i| json!({
             "file_name": i.file_name,
@@ -485,7 +562,7 @@ async fn start_job(
     body: Bytes,
 ) -> Result<Response> {
     allow(&gw, &headers, None, Role::Index)?;
-    let b: JobBody = parse_json(&body)?;
+    let b: JobBody = parse_json(&headers, &body)?;
     let job = gw
         .start_index_job(pb::StartIndexJobRequest {
             collection: name,
@@ -597,18 +674,18 @@ async fn search(
         let mut mp = Multipart::from_request(request, &()).await.map_err(|e| {
             Error::InvalidArgument(format!("bad multipart upload: {}", e.body_text()))
         })?;
-        while let Some(field) = mp
+        while let Some(mut field) = mp
             .next_field()
             .await
             .map_err(|e| multipart_error(&e, limit))?
         {
             let name = field.name().unwrap_or_default().to_string();
             if name == "image" {
-                let data = field
-                    .bytes()
-                    .await
-                    .map_err(|e| multipart_error(&e, limit))?;
-                req.query = Some(pb::search_request::Query::Image(data.to_vec()));
+                let max = gw.cfg.limits.max_image_bytes;
+                let data = read_part(&mut field, max, limit)
+                    .await?
+                    .ok_or_else(|| query_too_large(max))?;
+                req.query = Some(pb::search_request::Query::Image(data));
             } else {
                 let text = field.text().await.map_err(|e| multipart_error(&e, limit))?;
                 apply(&name, &text, &mut req)?;
@@ -622,8 +699,8 @@ async fn search(
     } else if content_type.starts_with("application/json") {
         let body = Bytes::from_request(request, &())
             .await
-            .map_err(|e| multipart_error_plain(e.status(), limit))?;
-        let b: SearchBody = parse_json(&body)?;
+            .map_err(|e| multipart_error_plain(&e, limit))?;
+        let b: SearchBody = parse_json_content(&body)?;
         let id = b.image_id.ok_or_else(|| {
             Error::InvalidArgument(
                 "a JSON search names a stored image: {\"image_id\": N}; upload an image as multipart/form-data instead".into(),
@@ -647,9 +724,18 @@ async fn search(
             exclude_self: b.exclude_self,
         }));
     } else if content_type.starts_with("image/") || content_type == "application/octet-stream" {
-        let body = Bytes::from_request(request, &())
+        let max = gw.cfg.limits.max_image_bytes;
+        let body = axum::body::to_bytes(request.into_body(), max)
             .await
-            .map_err(|e| multipart_error_plain(e.status(), limit))?;
+            .map_err(|e| {
+                if crate::guard::timed_out(&e) {
+                    Error::ClientTimeout(format!("the upload stopped: {e}"))
+                } else if crate::guard::caused_by::<http_body_util::LengthLimitError>(&e) {
+                    query_too_large(max)
+                } else {
+                    Error::InvalidArgument(format!("cannot read the request body: {e}"))
+                }
+            })?;
         req.query = Some(pb::search_request::Query::Image(body.to_vec()));
     } else {
         return Err(Error::UnsupportedMediaType(format!(
@@ -660,7 +746,18 @@ async fn search(
     Ok(Json(search_json(gw.search(req).await?)))
 }
 
-fn multipart_error_plain(status: StatusCode, limit: usize) -> Error {
+/// A query image over `limits.max_image_bytes`, found while reading it.
+fn query_too_large(max: usize) -> Error {
+    Error::TooLarge(format!(
+        "the query image has more than {max} bytes; the limit is {max} bytes (limits.max_image_bytes)"
+    ))
+}
+
+fn multipart_error_plain(e: &axum::extract::rejection::BytesRejection, limit: usize) -> Error {
+    let status = e.status();
+    if crate::guard::timed_out(e) {
+        return Error::ClientTimeout(format!("the upload stopped: {}", e.body_text()));
+    }
     if status == StatusCode::PAYLOAD_TOO_LARGE {
         Error::TooLarge(format!("the request is over the limit of {limit} bytes"))
     } else {

@@ -14,6 +14,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use cbir_api::v1 as pb;
 use cbir_api::v1::training_service_client::TrainingServiceClient;
+use cbir_common::metrics::LabelledRoutes;
 use futures::{Stream, StreamExt};
 use parking_lot::Mutex;
 use serde::Deserialize;
@@ -41,23 +42,23 @@ fn training_client(ch: Channel, max: usize) -> TrainingServiceClient<Channel> {
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/api/training/datasets", post(upload_dataset))
-        .route("/api/training/jobs", get(list_jobs).post(submit_job))
-        .route("/api/training/jobs/{id}", get(get_job))
-        .route("/api/training/jobs/{id}/cancel", post(cancel_job))
-        .route("/api/training/jobs/{id}/events", get(job_events))
-        .route("/api/training/jobs/{id}/curve", get(job_curve))
-        .route("/api/models", get(list_models))
-        .route(
+        .route_labelled("/api/training/datasets", post(upload_dataset))
+        .route_labelled("/api/training/jobs", get(list_jobs).post(submit_job))
+        .route_labelled("/api/training/jobs/{id}", get(get_job))
+        .route_labelled("/api/training/jobs/{id}/cancel", post(cancel_job))
+        .route_labelled("/api/training/jobs/{id}/events", get(job_events))
+        .route_labelled("/api/training/jobs/{id}/curve", get(job_curve))
+        .route_labelled("/api/models", get(list_models))
+        .route_labelled(
             "/api/models/{name}/{version}",
             get(get_model).delete(delete_model),
         )
-        .route(
+        .route_labelled(
             "/api/models/{name}/{version}/activate",
             post(activate_model),
         )
-        .route("/api/operations/{id}", get(operation))
-        .route("/api/collections/{name}/rebuild", post(rebuild_collection))
+        .route_labelled("/api/operations/{id}", get(operation))
+        .route_labelled("/api/collections/{name}/rebuild", post(rebuild_collection))
 }
 
 impl Gateway {
@@ -404,7 +405,7 @@ async fn submit_job(
     let caller = allow(&gw, &headers, None, Role::Admin)?
         .0
         .unwrap_or_else(|| "anonymous".into());
-    let b: SubmitBody = parse_json(&body)?;
+    let b: SubmitBody = parse_json(&headers, &body)?;
     let dataset = match (b.dataset_id, b.server_path) {
         (Some(id), None) => pb::submit_job_request::Dataset::DatasetId(id),
         (None, Some(p)) => pb::submit_job_request::Dataset::ServerPath(p),

@@ -301,8 +301,21 @@ try {
   page = await context.newPage();
   page.setDefaultTimeout(30000);
   page.on('pageerror', (e) => pageErrors.push(e.message));
+  // The UI must work under the gateway's Content-Security-Policy: a refused
+  // script, style or image is reported by the browser on the console.
+  page.on('console', (m) => {
+    if (m.type() === 'error' && /Content Security Policy/i.test(m.text())) pageErrors.push(m.text());
+  });
+  let documentCsp = null;
+  page.on('response', (r) => {
+    if (r.request().resourceType() === 'document' && documentCsp === null) {
+      documentCsp = r.headers()['content-security-policy'] || '';
+    }
+  });
   await phases[phase](page);
   check(pageErrors.length === 0, `JavaScript errors in the page: ${pageErrors.join(' | ')}`);
+  check(documentCsp !== null && documentCsp.includes("frame-ancestors 'none'"),
+    `the page came without its Content-Security-Policy (got ${JSON.stringify(documentCsp)})`);
   summary.ok = true;
   exitCode = 0;
 } catch (err) {

@@ -11,6 +11,8 @@
       if (v === undefined || v === null || v === false) continue;
       if (k === 'class') node.className = v;
       else if (k === 'text') node.textContent = v;
+      // Through the CSSOM: the CSP refuses style attributes (no 'unsafe-inline').
+      else if (k === 'style') node.style.cssText = v;
       else if (k.startsWith('on')) node.addEventListener(k.slice(2), v);
       else node.setAttribute(k, v === true ? '' : String(v));
     }

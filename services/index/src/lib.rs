@@ -69,6 +69,8 @@ pub struct Config {
     /// TLS of this service's port and of its calls to `https://` URLs;
     /// off unless `tls.cert` is set.
     pub tls: cbir_common::tls::TlsConfig,
+    /// Connection cap and timeouts of this service's port.
+    pub connections: cbir_common::conn::ConnectionConfig,
     pub telemetry: TelemetryConfig,
 }
 
@@ -86,6 +88,7 @@ impl Default for Config {
             follow_ms: 0,
             internal_token: None,
             tls: Default::default(),
+            connections: Default::default(),
             telemetry: TelemetryConfig::default(),
         }
     }
@@ -208,11 +211,14 @@ pub async fn serve(
         .add_service(health)
         .add_service(cbir_common::grpc::reflection()?)
         .add_service(svc)
-        .serve_with_incoming_shutdown(cbir_common::grpc::incoming(listener), async move {
-            shutdown.await;
-            r2.set_not_serving::<IndexServiceServer<service::IndexGrpc>>()
-                .await;
-        })
+        .serve_with_incoming_shutdown(
+            cbir_common::grpc::incoming(listener, &cfg.connections),
+            async move {
+                shutdown.await;
+                r2.set_not_serving::<IndexServiceServer<service::IndexGrpc>>()
+                    .await;
+            },
+        )
         .await?;
     Ok(())
 }

@@ -76,6 +76,8 @@ pub struct Config {
     /// TLS of this service's port and of its calls to `https://` URLs;
     /// off unless `tls.cert` is set.
     pub tls: cbir_common::tls::TlsConfig,
+    /// Connection cap and timeouts of this service's port.
+    pub connections: cbir_common::conn::ConnectionConfig,
     pub telemetry: TelemetryConfig,
 }
 
@@ -94,6 +96,7 @@ impl Default for Config {
             max_message_bytes: cbir_common::grpc::DEFAULT_MAX_MESSAGE_BYTES,
             internal_token: None,
             tls: Default::default(),
+            connections: Default::default(),
             telemetry: TelemetryConfig::default(),
         }
     }
@@ -320,7 +323,10 @@ pub async fn serve(
         .add_service(health)
         .add_service(cbir_common::grpc::reflection()?)
         .add_service(svc)
-        .serve_with_incoming_shutdown(cbir_common::grpc::incoming(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            cbir_common::grpc::incoming(listener, &cfg.connections),
+            shutdown,
+        )
         .await?;
     // In-flight requests were drained by tonic; let the workers (of the
     // retained model too) finish as well.

@@ -71,6 +71,8 @@ pub struct Config {
     /// TLS of this service's port and of its calls to `https://` URLs;
     /// off unless `tls.cert` is set.
     pub tls: cbir_common::tls::TlsConfig,
+    /// Connection cap and timeouts of this service's port.
+    pub connections: cbir_common::conn::ConnectionConfig,
     pub telemetry: TelemetryConfig,
 }
 
@@ -96,6 +98,7 @@ impl Default for Config {
             metrics_listen: None,
             internal_token: None,
             tls: Default::default(),
+            connections: Default::default(),
             telemetry: TelemetryConfig::default(),
         }
     }
@@ -151,6 +154,7 @@ pub async fn serve(
     let max_message = cfg.max_message_bytes;
     let metrics_listen = cfg.metrics_listen.clone();
     let internal_token = cfg.internal_token.clone();
+    let connections = cfg.connections.clone();
     cbir_common::grpc::set_outgoing_internal_token(internal_token.as_deref())
         .map_err(anyhow::Error::msg)?;
     let server = cbir_common::tls::server_builder(&cfg.tls).map_err(anyhow::Error::msg)?;
@@ -192,11 +196,14 @@ pub async fn serve(
         .add_service(health)
         .add_service(cbir_common::grpc::reflection()?)
         .add_service(svc)
-        .serve_with_incoming_shutdown(cbir_common::grpc::incoming(listener), async move {
-            shutdown.await;
-            r2.set_not_serving::<TrainingServiceServer<service::TrainingGrpc>>()
-                .await;
-        })
+        .serve_with_incoming_shutdown(
+            cbir_common::grpc::incoming(listener, &connections),
+            async move {
+                shutdown.await;
+                r2.set_not_serving::<TrainingServiceServer<service::TrainingGrpc>>()
+                    .await;
+            },
+        )
         .await?;
     let _ = stop_tx.send(true);
     let _ = queue.await;

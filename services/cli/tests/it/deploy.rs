@@ -312,3 +312,34 @@ fn compose_requires_the_internal_token_for_every_service() {
         );
     }
 }
+
+/// The chart tells the gateway its names (the ingress host, the service,
+/// loopback for the probes) and the proxies whose X-Forwarded-For counts.
+#[test]
+fn chart_names_the_gateway_hosts_and_proxies() {
+    let rendered = render(&[
+        "--set",
+        "gateway.ingress.enabled=true",
+        "--set",
+        "gateway.ingress.host=cbir.example.org",
+        "--set",
+        "gateway.trustedProxies={10.0.0.0/8}",
+    ]);
+    let dir = tempfile::tempdir().expect("tmp");
+    let p = dir.path().join("gateway.toml");
+    std::fs::write(&p, config_block(&rendered, "gateway.toml")).expect("write");
+    let gw = cbir_gateway::Config::load(Some(&p)).expect("gateway config");
+    for host in ["cbir.example.org", "rel-cbir-gateway", "localhost"] {
+        assert!(
+            gw.allowed_hosts.iter().any(|h| h == host),
+            "{host} not in {:?}",
+            gw.allowed_hosts
+        );
+    }
+    assert_eq!(gw.auth.trusted_proxies, ["10.0.0.0/8"]);
+    cbir_gateway::guard::Guard::new(&gw, None).expect("the names parse");
+    assert!(
+        rendered.contains("httpHeaders: [{name: Host, value: localhost}]"),
+        "the readiness probe names a host the gateway answers to"
+    );
+}

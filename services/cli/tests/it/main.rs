@@ -11,6 +11,7 @@ mod gateway;
 mod index_jobs;
 mod internal;
 mod rebuild;
+mod requests;
 mod reupload;
 mod system;
 mod tls;

@@ -16,3 +16,4 @@ pub fn report(attack: &str, outcome: &str) {
 }
 
 mod internal;
+mod web;
