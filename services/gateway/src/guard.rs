@@ -467,6 +467,8 @@ struct TimedBody {
     body: axum::body::Body,
     limit: Duration,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Set when the limit passed, for [`body_timeout`]'s answer.
+    fired: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl http_body::Body for TimedBody {
@@ -487,7 +489,10 @@ impl http_body::Body for TimedBody {
             .sleep
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
         match sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimedOut(limit))))),
+            Poll::Ready(()) => {
+                this.fired.store(true, std::sync::atomic::Ordering::Relaxed);
+                Poll::Ready(Some(Err(Box::new(BodyTimedOut(limit)))))
+            }
             Poll::Pending => Poll::Pending,
         }
     }
@@ -501,7 +506,9 @@ impl http_body::Body for TimedBody {
     }
 }
 
-/// Gives every request body the pause limit of [`TimedBody`].
+/// Gives every request body the pause limit of [`TimedBody`]; a request
+/// whose body stalled is answered 408 whatever error its handler made of
+/// the broken body.
 pub async fn body_timeout(
     axum::extract::State(limit): axum::extract::State<Duration>,
     req: Request,
@@ -510,14 +517,23 @@ pub async fn body_timeout(
     if limit.is_zero() {
         return next.run(req).await;
     }
-    next.run(req.map(|body| {
-        axum::body::Body::new(TimedBody {
-            body,
-            limit,
-            sleep: None,
-        })
-    }))
-    .await
+    let grpc = is_grpc(req.headers());
+    let fired = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let resp = next
+        .run(req.map(|body| {
+            axum::body::Body::new(TimedBody {
+                body,
+                limit,
+                sleep: None,
+                fired: fired.clone(),
+            })
+        }))
+        .await;
+    let failed = resp.status().is_client_error() || resp.status().is_server_error();
+    if !grpc && failed && fired.load(std::sync::atomic::Ordering::Relaxed) {
+        return Error::ClientTimeout(BodyTimedOut(limit).to_string()).into_response();
+    }
+    resp
 }
 
 #[cfg(test)]

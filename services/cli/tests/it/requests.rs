@@ -332,3 +332,54 @@ async fn an_oversized_part_is_refused_before_it_ends() {
     assert_eq!(v["results"][0]["file_name"], "big.jpg", "{v}");
     sys.shutdown().await;
 }
+
+/// Writes a request head and the start of its body, then stalls; the
+/// answer, which must come within 10 s.
+async fn stalled_body(addr: std::net::SocketAddr, head: &str, start: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(head.as_bytes()).await.expect("head");
+    s.write_all(start).await.expect("body");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        loop {
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            out.extend_from_slice(&buf[..n]);
+            if n == 0 || String::from_utf8_lossy(&out).contains("}}") {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("answered while the body stalls");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_request_body_is_answered_408() {
+    let sys = System::start(|c| c.timeouts.request_body_ms = 500).await;
+    let addr = sys.gateway_addr;
+    let t = std::time::Instant::now();
+    let answer = stalled_body(
+        addr,
+        &format!(
+            "POST /api/collections HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+        ),
+        br#"{"name": "#,
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    let answer = stalled_body(
+        addr,
+        &format!(
+            "POST /api/collections/c/images?create=true HTTP/1.1\r\nHost: {addr}\r\nContent-Type: multipart/form-data; boundary=B\r\nContent-Length: 100000\r\n\r\n"
+        ),
+        b"--B\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.jpg\"\r\n\r\nabc",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+    sys.shutdown().await;
+}
