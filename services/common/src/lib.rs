@@ -9,6 +9,7 @@ pub mod error;
 pub mod fs;
 pub mod grpc;
 pub mod metrics;
+pub mod records;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;

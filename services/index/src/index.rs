@@ -34,9 +34,9 @@ impl Default for Limits {
             max_top_k: 10_000,
             max_thumbnail_bytes: 1 << 20,
             max_source_bytes: 16 << 20,
-            max_name_len: 1024,
-            max_path_len: 4096,
-            max_label_len: 512,
+            max_name_len: cbir_common::records::DEFAULT_TEXT_LIMITS.max_file_name,
+            max_path_len: cbir_common::records::DEFAULT_TEXT_LIMITS.max_path,
+            max_label_len: cbir_common::records::DEFAULT_TEXT_LIMITS.max_label,
             max_dims: 8192,
         }
     }
@@ -450,10 +450,19 @@ impl Index {
                 r.file_name
             )));
         }
+        // The same check as the gateway's, per file before its Upsert.
+        cbir_common::records::check_text(
+            &r.file_name,
+            &r.path,
+            &r.label,
+            &cbir_common::records::TextLimits {
+                max_file_name: l.max_name_len,
+                max_path: l.max_path_len,
+                max_label: l.max_label_len,
+            },
+        )
+        .map_err(Error::InvalidArgument)?;
         for (what, len, max) in [
-            ("file_name", r.file_name.len(), l.max_name_len),
-            ("path", r.path.len(), l.max_path_len),
-            ("label", r.label.len(), l.max_label_len),
             ("thumbnail", r.thumbnail.len(), l.max_thumbnail_bytes),
             ("source image", r.source.len(), l.max_source_bytes),
         ] {
