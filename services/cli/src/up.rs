@@ -90,6 +90,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     if std::env::var_os("GATEWAY_TRAINING_URLS").is_none() {
         gateway_cfg.training_urls = vec![format!("http://{}", training_cfg.listen)];
     }
+    // One process, one decode budget (cbir_imaging::budget): the inference
+    // config's settings, whichever service decodes first.
+    let l = cfg.limits;
+    gateway_cfg.limits.decode_memory_bytes = l.decode_memory_bytes;
+    gateway_cfg.limits.max_decodes = l.max_decodes;
+    gateway_cfg.limits.decode_wait_ms = l.decode_wait_ms;
+    training_cfg.image_limits.decode_memory_bytes = l.decode_memory_bytes;
+    training_cfg.image_limits.max_decodes = l.max_decodes;
+    training_cfg.image_limits.decode_wait_ms = l.decode_wait_ms;
     // Server folders the gateway may index may also be trained on.
     if training_cfg.allowed_roots.is_empty() {
         training_cfg.allowed_roots = gateway_cfg.allowed_roots.clone();

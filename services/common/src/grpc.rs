@@ -25,6 +25,27 @@ pub fn reflection() -> Result<
         .build_v1()
 }
 
+/// Set on a RESOURCE_EXHAUSTED status that means out of a disk quota (not
+/// busy: retrying will not help): the gateway answers 507.
+pub const QUOTA_HEADER: &str = "x-cbir-quota";
+
+/// When the caller's deadline (`grpc-timeout`) passes, measured from now.
+pub fn deadline_of(metadata: &tonic::metadata::MetadataMap) -> Option<std::time::Instant> {
+    let v = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (n, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = n.parse().ok()?;
+    let d = match unit {
+        "H" => std::time::Duration::from_secs(n.saturating_mul(3600)),
+        "M" => std::time::Duration::from_secs(n.saturating_mul(60)),
+        "S" => std::time::Duration::from_secs(n),
+        "m" => std::time::Duration::from_millis(n),
+        "u" => std::time::Duration::from_micros(n),
+        "n" => std::time::Duration::from_nanos(n),
+        _ => return None,
+    };
+    std::time::Instant::now().checked_add(d)
+}
+
 /// Default limit on one gRPC message; images arrive inside messages.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -177,7 +198,7 @@ pub fn internal_auth(
 
 #[cfg(test)]
 mod tests {
-    use super::require_closed;
+    use super::{deadline_of, require_closed};
     use crate::tls::TlsConfig;
 
     #[test]
@@ -240,5 +261,21 @@ mod tests {
             &server_only,
         )
         .expect_err("TLS without client certificates authenticates nobody");
+    }
+
+    #[test]
+    fn grpc_timeouts_give_deadlines() {
+        let mut m = tonic::metadata::MetadataMap::new();
+        assert!(deadline_of(&m).is_none());
+        m.insert("grpc-timeout", "1500m".parse().expect("ascii"));
+        let left = deadline_of(&m).expect("deadline") - std::time::Instant::now();
+        assert!(
+            left <= std::time::Duration::from_millis(1500)
+                && left > std::time::Duration::from_millis(1000)
+        );
+        m.insert("grpc-timeout", "2S".parse().expect("ascii"));
+        assert!(deadline_of(&m).is_some());
+        m.insert("grpc-timeout", "x".parse().expect("ascii"));
+        assert!(deadline_of(&m).is_none());
     }
 }

@@ -20,13 +20,11 @@ use crate::Config;
 /// Collection metadata is cached this long: a search needs the model the
 /// collection is bound to, and asking the index every time costs a round trip.
 const COLLECTION_TTL: Duration = Duration::from_secs(2);
-/// Originals up to this size are kept as they are for rebuilds; larger
-/// ones as a rendition (see `cbir_imaging::rendition`).
-const KEEP_ORIGINAL_BYTES: usize = 512 * 1024;
-const RENDITION_SHORTER_SIDE: u32 = 384;
 
 pub struct Gateway {
     pub(crate) cfg: Arc<Config>,
+    /// The process's decode budget (see `cbir_imaging::budget`).
+    pub(crate) decode_budget: Arc<cbir_imaging::budget::Budget>,
     inference: Arc<Pool>,
     index: Arc<Pool>,
     pub(crate) training: Arc<Pool>,
@@ -47,7 +45,7 @@ fn index_client(ch: Channel, max: usize) -> IndexServiceClient<Channel> {
         .max_encoding_message_size(max)
 }
 
-fn same_model(a: Option<&pb::ModelRef>, b: Option<&pb::ModelRef>) -> bool {
+pub(crate) fn same_model(a: Option<&pb::ModelRef>, b: Option<&pb::ModelRef>) -> bool {
     match (a, b) {
         (Some(a), Some(b)) => a.name == b.name && a.version == b.version,
         _ => false,
@@ -63,7 +61,7 @@ fn query_info(emb: &pb::Embedding) -> pb::QueryInfo {
     }
 }
 
-fn model_label(m: Option<&pb::ModelRef>) -> String {
+pub(crate) fn model_label(m: Option<&pb::ModelRef>) -> String {
     m.map_or_else(|| "unknown".into(), |m| format!("{}:{}", m.name, m.version))
 }
 
@@ -101,29 +99,6 @@ pub fn parse_mode(s: &str) -> Result<pb::SearchMode> {
     }
 }
 
-/// The parts of an image to store, computed off the async threads.
-struct Prepared {
-    hash: String,
-    thumbnail: Vec<u8>,
-    source: Vec<u8>,
-}
-
-fn prepare(data: &[u8], limits: &cbir_imaging::Limits) -> std::result::Result<Prepared, String> {
-    let decoded = cbir_imaging::decode(data, limits).map_err(|e| e.to_string())?;
-    let thumbnail = cbir_imaging::thumbnail(&decoded.image).map_err(|e| e.to_string())?;
-    let source = if data.len() <= KEEP_ORIGINAL_BYTES {
-        data.to_vec()
-    } else {
-        cbir_imaging::rendition(&decoded.image, RENDITION_SHORTER_SIDE, 90)
-            .map_err(|e| e.to_string())?
-    };
-    Ok(Prepared {
-        hash: cbir_imaging::content_hash(data),
-        thumbnail,
-        source,
-    })
-}
-
 impl Gateway {
     pub async fn new(cfg: Arc<Config>) -> Result<Arc<Self>> {
         let pool = |service, urls: &Vec<String>| PoolConfig {
@@ -137,8 +112,17 @@ impl Gateway {
         let index = Pool::new(pool(Upstream::Index, &cfg.index_urls)).await?;
         let training = Pool::new(pool(Upstream::Training, &cfg.training_urls)).await?;
         let auth = crate::auth::Auth::new(cfg.auth.clone())?;
+        let imaging = cfg.limits.imaging();
+        let decode_budget = cbir_imaging::budget::Budget::shared(&imaging);
+        if !decode_budget.made_from(&imaging) {
+            tracing::warn!(
+                decode_memory_bytes = decode_budget.memory_bytes(),
+                "another service of this process set the decode budget first: its settings apply"
+            );
+        }
         Ok(Arc::new(Self {
             cfg,
+            decode_budget,
             inference,
             index,
             training,
@@ -207,7 +191,7 @@ impl Gateway {
             .await
     }
 
-    async fn inference_rpc<Req: Clone, Resp, F, Fut>(
+    pub(crate) async fn inference_rpc<Req: Clone, Resp, F, Fut>(
         &self,
         what: &str,
         timeout: Duration,
@@ -318,7 +302,7 @@ impl Gateway {
         Ok(r.collections)
     }
 
-    async fn fetch_collection(&self, name: &str) -> Result<pb::Collection> {
+    pub(crate) async fn fetch_collection(&self, name: &str) -> Result<pb::Collection> {
         let r = self
             .index_rpc(
                 "GetCollection",
@@ -347,7 +331,7 @@ impl Gateway {
     /// The collection's metadata from the index, never from the cache: after
     /// a model mismatch, which a rebuild switching the name to a new model
     /// explains.
-    async fn refresh_collection(&self, name: &str) -> Result<pb::Collection> {
+    pub(crate) async fn refresh_collection(&self, name: &str) -> Result<pb::Collection> {
         self.collections.lock().remove(name);
         self.fetch_collection(name).await
     }
@@ -396,6 +380,11 @@ impl Gateway {
             .lock()
             .insert(name, (Instant::now(), c.clone()));
         Ok(c)
+    }
+
+    /// Drops the cached metadata of collection `name` (its count changed).
+    pub(crate) fn forget_collection(&self, name: &str) {
+        self.collections.lock().remove(name);
     }
 
     pub async fn delete_collection(&self, name: &str) -> Result<()> {
@@ -686,231 +675,5 @@ impl Gateway {
         };
         self.get_image(msg, Self::t(self.cfg.timeouts.search_ms))
             .await
-    }
-
-    // ----- indexing ----------------------------------------------------------
-
-    /// Embeds and stores a batch; each image succeeds or fails on its own.
-    #[tracing::instrument(name = "gateway.add_images", skip_all, fields(images = req.images.len()))]
-    pub async fn add_images(&self, req: pb::AddImagesRequest) -> Result<pb::AddImagesResponse> {
-        let collection = self.collection_name(&req.collection)?;
-        let req_replace = req.replace;
-        let limits = &self.cfg.limits;
-        if req.images.len() > limits.max_files_per_request {
-            return Err(Error::TooLarge(format!(
-                "{} images in one request, the limit is {}: send them in smaller batches",
-                req.images.len(),
-                limits.max_files_per_request
-            )));
-        }
-        let coll = match self.fetch_collection(&collection).await {
-            Err(Error::NotFound(_)) if req.create_collection => {
-                match self
-                    .create_collection(pb::CreateGatewayCollectionRequest {
-                        name: collection.clone(),
-                        description: String::new(),
-                        if_not_exists: true,
-                    })
-                    .await
-                {
-                    // Another batch created it at the same moment.
-                    Err(Error::AlreadyExists(_)) => self.fetch_collection(&collection).await?,
-                    r => r?,
-                }
-            }
-            r => r?,
-        };
-        let n = req.images.len();
-        let mut results: Vec<pb::AddImageResult> = req
-            .images
-            .iter()
-            .map(|i| pb::AddImageResult {
-                file_name: if i.file_name.is_empty() {
-                    file_name_of(&i.path)
-                } else {
-                    i.file_name.clone()
-                },
-                path: i.path.clone(),
-                ..Default::default()
-            })
-            .collect();
-        let mut ok = vec![true; n];
-        for (i, img) in req.images.iter().enumerate() {
-            let err = if img.data.is_empty() {
-                Some("empty file: the image has zero bytes".to_string())
-            } else if img.data.len() > limits.max_image_bytes {
-                Some(format!(
-                    "image too large: {} bytes, the limit is {} bytes",
-                    img.data.len(),
-                    limits.max_image_bytes
-                ))
-            } else {
-                None
-            };
-            if let Some(e) = err {
-                results[i].error = e;
-                ok[i] = false;
-            }
-        }
-        let images: Arc<Vec<pb::NewImage>> = Arc::new(req.images);
-        // Thumbnails and hashes here, features in the inference service, at
-        // the same time.
-        let imaging_limits = cbir_imaging::Limits {
-            max_bytes: limits.max_image_bytes,
-            max_pixels: limits.max_pixels,
-        };
-        let prep_images = images.clone();
-        let prep_ok = ok.clone();
-        let prepare_all = tokio::task::spawn_blocking(move || {
-            prep_images
-                .iter()
-                .zip(prep_ok)
-                .map(|(img, ok)| ok.then(|| prepare(&img.data, &imaging_limits)))
-                .collect::<Vec<_>>()
-        });
-        let inputs: Vec<pb::ImageInput> = images
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| ok[*i])
-            .map(|(i, img)| pb::ImageInput {
-                id: i.to_string(),
-                data: img.data.clone(),
-            })
-            .collect();
-        let any_input = !inputs.is_empty();
-        let embed = async {
-            if !any_input {
-                return Ok(pb::EmbedResponse::default());
-            }
-            // Embedded with the collection's model; on an answer from another
-            // one the collection is read again once (a rebuild may have
-            // switched it to that model, or to a newer one to embed with).
-            let mut coll = coll;
-            let mut looked_again = false;
-            loop {
-                let msg = pb::EmbedRequest {
-                    images: inputs.clone(),
-                    priority: pb::Priority::Bulk as i32,
-                    include_probabilities: false,
-                    model: coll.model.clone(),
-                };
-                let embedded = self
-                    .inference_rpc(
-                        "Embed",
-                        Self::t(self.cfg.timeouts.bulk_ms),
-                        msg,
-                        |mut c, r| async move { c.embed(r).await },
-                    )
-                    .await?;
-                if same_model(coll.model.as_ref(), embedded.model.as_ref()) {
-                    return Ok(embedded);
-                }
-                if !looked_again {
-                    looked_again = true;
-                    let fresh = self.refresh_collection(&collection).await?;
-                    let changed = !same_model(fresh.model.as_ref(), coll.model.as_ref());
-                    coll = fresh;
-                    if same_model(coll.model.as_ref(), embedded.model.as_ref()) {
-                        return Ok(embedded);
-                    }
-                    if changed {
-                        continue;
-                    }
-                }
-                return Err(Error::FailedPrecondition(format!(
-                    "collection {collection:?} is bound to model {}, but the inference service serves {}: rebuild the collection or add to another one",
-                    model_label(coll.model.as_ref()),
-                    model_label(embedded.model.as_ref())
-                )));
-            }
-        };
-        let (prepared, embedded) = tokio::join!(prepare_all, embed);
-        let prepared = prepared.map_err(|e| Error::Internal(format!("image preparation: {e}")))?;
-        let embedded = embedded?;
-        let mut embeddings: Vec<Option<pb::Embedding>> = vec![None; n];
-        for r in embedded.results {
-            let Ok(i) = r.id.parse::<usize>() else {
-                continue;
-            };
-            if i >= n {
-                continue;
-            }
-            match r.outcome {
-                Some(pb::embed_result::Outcome::Embedding(e)) => embeddings[i] = Some(e),
-                Some(pb::embed_result::Outcome::Error(e)) => {
-                    results[i].error = e.message;
-                    ok[i] = false;
-                }
-                None => {
-                    results[i].error = "the inference service returned no result".into();
-                    ok[i] = false;
-                }
-            }
-        }
-        let mut records = Vec::new();
-        let mut record_of = Vec::new();
-        for (i, prep) in prepared.into_iter().enumerate() {
-            if !ok[i] {
-                continue;
-            }
-            let prep = match prep {
-                Some(Ok(p)) => p,
-                Some(Err(e)) => {
-                    results[i].error = e;
-                    ok[i] = false;
-                    continue;
-                }
-                None => continue,
-            };
-            let Some(emb) = embeddings[i].take() else {
-                results[i].error = "the inference service returned no feature".into();
-                ok[i] = false;
-                continue;
-            };
-            let img = &images[i];
-            results[i].predicted_class = emb.predicted_class;
-            results[i].predicted_name.clone_from(&emb.predicted_name);
-            records.push(pb::ImageRecord {
-                content_hash: prep.hash,
-                file_name: results[i].file_name.clone(),
-                path: img.path.clone(),
-                label: img.label.clone(),
-                predicted_class: emb.predicted_class,
-                feature: emb.feature,
-                thumbnail: prep.thumbnail,
-                source_image: prep.source,
-                ..Default::default()
-            });
-            record_of.push(i);
-        }
-        if !records.is_empty() {
-            let msg = pb::UpsertRequest {
-                replace: req_replace,
-                collection: collection.clone(),
-                records,
-            };
-            // Upserts are keyed by content hash, so a retry cannot duplicate.
-            let r = self
-                .index_rpc(
-                    "Upsert",
-                    Self::t(self.cfg.timeouts.bulk_ms),
-                    msg,
-                    |mut c, r| async move { c.upsert(r).await },
-                )
-                .await?;
-            for (k, u) in r.results.into_iter().enumerate() {
-                if let Some(&i) = record_of.get(k) {
-                    results[i].id = u.id;
-                    results[i].created = u.created;
-                }
-            }
-            self.collections.lock().remove(&collection);
-        }
-        let failed = results.iter().filter(|r| !r.error.is_empty()).count() as u64;
-        Ok(pb::AddImagesResponse {
-            added: n as u64 - failed,
-            failed,
-            results,
-        })
     }
 }

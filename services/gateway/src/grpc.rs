@@ -118,3 +118,46 @@ impl SearchService for SearchGrpc {
         ))
     }
 }
+
+/// Refuses a public gRPC call whose first message is over `limit` bytes
+/// (`limits.max_request_bytes`), from its 5-byte frame header, before the
+/// body is read: tonic would answer OUT_OF_RANGE without naming the
+/// setting. Later messages of a stream are bounded by tonic alone.
+pub async fn refuse_oversized_message(
+    limit: usize,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use futures::StreamExt;
+    let (parts, body) = req.into_parts();
+    let mut stream = body.into_data_stream();
+    let mut head: Vec<bytes::Bytes> = Vec::new();
+    let mut have = 0;
+    while have < 5 {
+        match stream.next().await {
+            Some(Ok(chunk)) => {
+                have += chunk.len();
+                head.push(chunk);
+            }
+            // An error or the end: tonic reports it as it would.
+            Some(Err(_)) | None => break,
+        }
+    }
+    let header: Vec<u8> = head
+        .iter()
+        .flat_map(|c| c.iter().copied())
+        .take(5)
+        .collect();
+    if let [_, a, b, c, d] = header[..] {
+        let len = u32::from_be_bytes([a, b, c, d]) as usize;
+        if len > limit {
+            return Status::resource_exhausted(format!(
+                "the message has {len} bytes, over the limit of {limit} bytes per request (limits.max_request_bytes): send fewer or smaller images per call"
+            ))
+            .into_http();
+        }
+    }
+    let rest = futures::stream::iter(head.into_iter().map(Ok)).chain(stream);
+    let req = axum::extract::Request::from_parts(parts, axum::body::Body::from_stream(rest));
+    next.run(req).await
+}

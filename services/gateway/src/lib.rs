@@ -8,6 +8,7 @@ pub mod error;
 pub mod gateway;
 pub mod grpc;
 pub mod guard;
+pub mod indexing;
 pub mod jobs;
 pub mod rate;
 pub mod rest;
@@ -39,12 +40,34 @@ pub struct Limits {
     pub max_pixels: u64,
     /// Most images in one AddImages call or upload request.
     pub max_files_per_request: usize,
-    /// Largest HTTP request body.
+    /// Largest request: an HTTP body, or a message of the public gRPC API.
     pub max_request_bytes: usize,
     /// Most results one search may ask for.
     pub max_top_k: usize,
     /// Largest training dataset archive (streamed to the training service).
     pub max_dataset_bytes: u64,
+    /// Bytes that the images decoded at once (thumbnails and renditions)
+    /// may hold together, per process (shared with the other services of
+    /// `cbir up`); one image needing more is refused.
+    pub decode_memory_bytes: u64,
+    /// Images decoded at once, per process; 0 = the number of cores.
+    pub max_decodes: usize,
+    /// How long an image waits for room in the decode budget before it is
+    /// refused (RESOURCE_EXHAUSTED, retry).
+    pub decode_wait_ms: u64,
+}
+
+impl Limits {
+    /// What the imaging crate checks and budgets.
+    pub fn imaging(&self) -> cbir_imaging::Limits {
+        cbir_imaging::Limits {
+            max_bytes: self.max_image_bytes,
+            max_pixels: self.max_pixels,
+            decode_memory_bytes: self.decode_memory_bytes,
+            max_decodes: self.max_decodes,
+            decode_wait_ms: self.decode_wait_ms,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -56,6 +79,9 @@ impl Default for Limits {
             max_request_bytes: 256 << 20,
             max_top_k: 10_000,
             max_dataset_bytes: 4 << 30,
+            decode_memory_bytes: cbir_imaging::Limits::default().decode_memory_bytes,
+            max_decodes: 0,
+            decode_wait_ms: cbir_imaging::Limits::default().decode_wait_ms,
         }
     }
 }
@@ -132,6 +158,10 @@ pub struct Config {
     pub retries: u32,
     /// Seconds between DNS resolutions of the service URLs.
     pub dns_refresh_s: u64,
+    /// Largest gRPC message to and from the internal services: the same
+    /// value as theirs. Uploads are forwarded in calls cut to fit, so one
+    /// image must fit in it (`limits.max_image_bytes` is checked at start);
+    /// the public gRPC API takes messages up to `limits.max_request_bytes`.
     pub max_message_bytes: usize,
     /// API keys and rate limits; no keys means no access control.
     pub auth: auth::AuthConfig,
@@ -161,7 +191,7 @@ impl Default for Config {
             timeouts: Timeouts::default(),
             retries: 2,
             dns_refresh_s: 10,
-            max_message_bytes: 512 << 20,
+            max_message_bytes: cbir_common::grpc::DEFAULT_MAX_MESSAGE_BYTES,
             auth: auth::AuthConfig::default(),
             internal_token: None,
             tls: Default::default(),
@@ -204,6 +234,25 @@ impl Config {
     pub fn load(file: Option<&std::path::Path>) -> cbir_common::Result<Self> {
         cbir_common::config::load(ENV_PREFIX, file)
     }
+
+    /// The size limits follow one rule: an image fits in one message to
+    /// the internal services, and a request holds at least one image.
+    pub fn check_sizes(&self) -> Result<()> {
+        let one_image = indexing::max_image_in_message(self.max_message_bytes);
+        if self.limits.max_image_bytes > one_image {
+            return Err(Error::Config(format!(
+                "limits.max_image_bytes ({}) must fit in one message to the internal services: at most {one_image} with max_message_bytes = {} (raise max_message_bytes here and in inference and index alike, or lower the image limit)",
+                self.limits.max_image_bytes, self.max_message_bytes
+            )));
+        }
+        if self.limits.max_request_bytes < self.limits.max_image_bytes {
+            return Err(Error::Config(format!(
+                "limits.max_request_bytes ({}) is below limits.max_image_bytes ({}): a request could not carry one image",
+                self.limits.max_request_bytes, self.limits.max_image_bytes
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// The whole HTTP + gRPC application: requests with a gRPC content type go
@@ -219,8 +268,10 @@ async fn app_on(
     cfg: Config,
     local: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<(axum::Router, Arc<Gateway>)> {
+    cfg.check_sizes()?;
     let guard = Arc::new(guard::Guard::new(&cfg, local)?);
-    let max = cfg.max_message_bytes;
+    // Public messages are requests like an HTTP upload: bounded alike.
+    let max = cfg.limits.max_request_bytes;
     let gateway = Gateway::new(Arc::new(cfg)).await?;
     let (reporter, health) = cbir_common::grpc::health();
     reporter
@@ -234,7 +285,12 @@ async fn app_on(
     let grpc_router = tonic::service::Routes::new(search)
         .add_service(health)
         .add_service(cbir_common::grpc::reflection()?)
-        .into_axum_router();
+        .into_axum_router()
+        .layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                grpc::refuse_oversized_message(max, req, next)
+            },
+        ));
     let rest_router = rest::router(gateway.clone());
     let rate = Arc::new(rate::RateState {
         anonymous: rate::AnonymousLimiter::new(&gateway.cfg.auth)?,
@@ -369,6 +425,7 @@ mod tests {
             "/api/jobs/{id}",
             "/api/search",
             "/api/training/datasets",
+            "/api/training/datasets/{id}",
             "/api/training/jobs",
             "/api/training/jobs/{id}",
             "/api/training/jobs/{id}/cancel",

@@ -1,13 +1,18 @@
 //! Turning untrusted encoded images into what the network and the UI need.
 //!
-//! Everything here is pure CPU work with no async and no libtorch, so the
-//! gateway, the index tools and the fuzzers can use it too.
+//! Everything here is pure CPU work with no libtorch, so the gateway, the
+//! index tools and the fuzzers can use it too; [`budget`] bounds how much of
+//! it runs at once.
+
+pub mod budget;
+mod pixels;
 
 use std::io::Cursor;
 
-use fast_image_resize::images::Image as FirImage;
+use fast_image_resize::images::{Image as FirImage, ImageRef as FirImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
-use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
+use image::metadata::Orientation;
+use image::{ColorType, DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -41,6 +46,28 @@ pub enum Error {
     Corrupt { format: String, message: String },
     #[error("image processing failed: {0}")]
     Processing(String),
+    /// One image alone needs more than the whole decode budget.
+    #[error(
+        "image too large to decode: it needs about {need_mib} MiB, the decode memory budget is {budget_mib} MiB (limits.decode_memory_bytes): send a smaller image"
+    )]
+    OverBudget { need_mib: u64, budget_mib: u64 },
+    /// The budget stayed full for the whole wait.
+    #[error(
+        "too many large images are being decoded at once (waited {waited_ms} ms for the decode memory budget): retry shortly"
+    )]
+    Busy { waited_ms: u64 },
+}
+
+impl Error {
+    /// Whether the image may succeed later: the decode budget was full.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, Error::Busy { .. })
+    }
+
+    /// Whether the decode budget, not the image's content, refused it.
+    pub fn is_budget(&self) -> bool {
+        matches!(self, Error::Busy { .. } | Error::OverBudget { .. })
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -53,6 +80,14 @@ pub struct Limits {
     /// Largest accepted width x height, checked from the header before the
     /// pixels are decoded (decompression bombs).
     pub max_pixels: u64,
+    /// Bytes that the images decoded at once may hold together (decoded
+    /// pixels, conversions, resize buffers), per process: see [`budget`].
+    pub decode_memory_bytes: u64,
+    /// Images decoded at once, per process; 0 = the number of cores.
+    pub max_decodes: usize,
+    /// How long a decode waits for room in the budget before it is refused
+    /// as busy (retry).
+    pub decode_wait_ms: u64,
 }
 
 impl Default for Limits {
@@ -60,7 +95,60 @@ impl Default for Limits {
         Self {
             max_bytes: 32 * 1024 * 1024,
             max_pixels: 64 * 1024 * 1024,
+            // The largest image within the default pixel limit (64 Mi
+            // pixels of 16-bit RGBA TIFF) needs about 0.95 GiB.
+            decode_memory_bytes: 1 << 30,
+            max_decodes: 0,
+            decode_wait_ms: 10_000,
         }
+    }
+}
+
+/// What the header says, before any pixel is decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub format: ImageFormat,
+    pub width: u32,
+    pub height: u32,
+    /// The decoder's output: channels and bit depth.
+    pub color: ColorType,
+    /// A PNG decoded row by row into 8-bit RGB (no full-size buffer of its
+    /// native depth).
+    pub streamed: bool,
+    /// The orientation turns the image by 90 degrees: one more RGB copy.
+    pub rotated: bool,
+}
+
+impl Header {
+    /// An upper estimate of the bytes that decoding this image and the
+    /// resizing after it (thumbnail, rendition, network input) hold at the
+    /// peak; checked against real peaks in the tests.
+    pub fn peak_bytes(&self) -> u64 {
+        let (w, h) = (u64::from(self.width), u64::from(self.height));
+        let px = w * h;
+        let rgb = px * 3;
+        let decoded = if self.streamed {
+            rgb
+        } else {
+            let native = px * u64::from(self.color.bytes_per_pixel());
+            // Decoders that keep a second full frame: GIF's canvas, the
+            // CMYK and progressive JPEG buffers, TIFF strips.
+            let decoder = match self.format {
+                ImageFormat::Png | ImageFormat::Bmp | ImageFormat::WebP => native,
+                _ => native * 2,
+            };
+            if self.color == ColorType::Rgb8 {
+                decoder
+            } else {
+                decoder + rgb
+            }
+        };
+        let oriented = if self.rotated { rgb * 2 } else { rgb };
+        // Convolution resizing keeps one pass's output: at most the longer
+        // side times the largest target side (384 for renditions, 256 for
+        // the network), in RGB, plus the target.
+        let resize = 2 * 3 * 512 * w.max(h) + (1 << 20);
+        decoded.max(oriented) + resize
     }
 }
 
@@ -75,12 +163,8 @@ fn format_name(f: ImageFormat) -> String {
     format!("{f:?}").to_uppercase()
 }
 
-/// Decodes `bytes` into an upright 8-bit RGB image, enforcing `limits`.
-///
-/// EXIF orientation is applied; grayscale, CMYK, 16-bit and palette images
-/// become RGB; transparent pixels are composited over white (what a viewer
-/// shows), not left as whatever colour the encoder stored under alpha 0.
-pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Decoded> {
+/// Checks `bytes` against `limits` and opens a decoder on them.
+fn open<'a>(bytes: &'a [u8], limits: &Limits) -> Result<(ImageFormat, impl ImageDecoder + 'a)> {
     if bytes.is_empty() {
         return Err(Error::Empty);
     }
@@ -108,16 +192,12 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Decoded> {
             message: "truncated: the file ends before its end-of-image marker".into(),
         });
     }
-    let corrupt = |e: image::ImageError| Error::Corrupt {
-        format: format_name(format),
-        message: e.to_string(),
-    };
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut lim = image::Limits::default();
     // Bounds the decoder's own allocations as a second line of defence.
-    lim.max_alloc = Some(limits.max_pixels.saturating_mul(8).max(1 << 20));
+    lim.max_alloc = Some(max_alloc(limits));
     reader.limits(lim);
-    let mut decoder = reader.into_decoder().map_err(corrupt)?;
+    let decoder = reader.into_decoder().map_err(corrupt(format))?;
     let (width, height) = decoder.dimensions();
     if width == 0 || height == 0 {
         return Err(Error::ZeroSize { width, height });
@@ -131,15 +211,69 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Decoded> {
             limit: limits.max_pixels,
         });
     }
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
-    img.apply_orientation(orientation);
-    Ok(Decoded {
-        image: to_rgb(img),
+    Ok((format, decoder))
+}
+
+fn max_alloc(limits: &Limits) -> u64 {
+    limits.max_pixels.saturating_mul(8).max(1 << 20)
+}
+
+fn corrupt(format: ImageFormat) -> impl Fn(image::ImageError) -> Error {
+    move |e| Error::Corrupt {
+        format: format_name(format),
+        message: e.to_string(),
+    }
+}
+
+fn rotates(o: Orientation) -> bool {
+    matches!(
+        o,
+        Orientation::Rotate90
+            | Orientation::Rotate270
+            | Orientation::Rotate90FlipH
+            | Orientation::Rotate270FlipH
+    )
+}
+
+/// Reads the header of `bytes` and checks it against `limits`, decoding no
+/// pixel: what a caller needs to reserve memory before [`decode`].
+pub fn probe(bytes: &[u8], limits: &Limits) -> Result<Header> {
+    let (format, mut decoder) = open(bytes, limits)?;
+    let (width, height) = decoder.dimensions();
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    Ok(Header {
         format,
+        width,
+        height,
+        color: decoder.color_type(),
+        streamed: format == ImageFormat::Png && !pixels::png_interlaced(bytes),
+        rotated: rotates(orientation),
     })
+}
+
+/// Decodes `bytes` into an upright 8-bit RGB image, enforcing `limits`.
+///
+/// EXIF orientation is applied; grayscale, CMYK, 16-bit and palette images
+/// become RGB; transparent pixels are composited over white (what a viewer
+/// shows), not left as whatever colour the encoder stored under alpha 0.
+/// Non-interlaced PNGs are decoded row by row straight into 8-bit RGB, so a
+/// 16-bit one never exists in memory at full size.
+///
+/// Memory is not budgeted here: callers that serve requests take
+/// [`Header::peak_bytes`] from a [`budget::Budget`] first.
+pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Decoded> {
+    let (format, mut decoder) = open(bytes, limits)?;
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let mut image = if format == ImageFormat::Png && !pixels::png_interlaced(bytes) {
+        drop(decoder);
+        pixels::png_rgb(bytes, max_alloc(limits))?
+    } else {
+        let img = DynamicImage::from_decoder(decoder).map_err(corrupt(format))?;
+        pixels::to_rgb(img)
+    };
+    // On 8-bit RGB, after the conversion: a turn copies the smallest image.
+    pixels::orient(&mut image, orientation);
+    Ok(Decoded { image, format })
 }
 
 /// Walks the marker segments to the first scan and checks that an
@@ -177,30 +311,13 @@ fn jpeg_is_complete(bytes: &[u8]) -> bool {
     }
 }
 
-fn to_rgb(img: DynamicImage) -> RgbImage {
-    if !img.color().has_alpha() {
-        return img.into_rgb8();
-    }
-    let rgba = img.into_rgba8();
-    let (w, h) = rgba.dimensions();
-    let mut out = RgbImage::new(w, h);
-    for (dst, src) in out.pixels_mut().zip(rgba.pixels()) {
-        let a = u32::from(src[3]);
-        for c in 0..3 {
-            // Over white: c*a + 255*(1-a), rounded.
-            let v = (u32::from(src[c]) * a + 255 * (255 - a) + 127) / 255;
-            dst[c] = v as u8;
-        }
-    }
-    out
-}
-
 fn resize(src: &RgbImage, width: u32, height: u32) -> Result<RgbImage> {
     let (sw, sh) = src.dimensions();
     if (sw, sh) == (width, height) {
         return Ok(src.clone());
     }
-    let src_img = FirImage::from_vec_u8(sw, sh, src.as_raw().clone(), PixelType::U8x3)
+    // Borrowed: a copy of a large source would double the peak.
+    let src_img = FirImageRef::new(sw, sh, src.as_raw(), PixelType::U8x3)
         .map_err(|e| Error::Processing(e.to_string()))?;
     let mut dst = FirImage::new(width, height, PixelType::U8x3);
     // Convolution bilinear = PIL's antialiased bilinear, which torchvision's
@@ -306,7 +423,7 @@ fn resample(
 ) -> Result<Vec<u8>> {
     let (sw, sh) = img.dimensions();
     let (x, y, w, h) = region;
-    let src = FirImage::from_vec_u8(sw, sh, img.as_raw().clone(), PixelType::U8x3)
+    let src = FirImageRef::new(sw, sh, img.as_raw(), PixelType::U8x3)
         .map_err(|e| Error::Processing(e.to_string()))?;
     let mut dst = FirImage::new(side, side, PixelType::U8x3);
     Resizer::new()
@@ -374,17 +491,18 @@ pub fn rendition(img: &RgbImage, shorter: u32, quality: u8) -> Result<Vec<u8>> {
 /// `img` scaled down by `scale` (never up) and encoded as JPEG.
 fn scaled_jpeg(img: &RgbImage, scale: f64, quality: u8) -> Result<Vec<u8>> {
     let (w, h) = img.dimensions();
-    let small = if scale < 1.0 {
+    let small;
+    let src = if scale < 1.0 {
         let tw = ((f64::from(w) * scale).round() as u32).max(1);
         let th = ((f64::from(h) * scale).round() as u32).max(1);
-        resize(img, tw, th)?
+        small = resize(img, tw, th)?;
+        &small
     } else {
-        img.clone()
+        img
     };
     let mut out = Vec::new();
     let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality);
-    small
-        .write_with_encoder(enc)
+    src.write_with_encoder(enc)
         .map_err(|e| Error::Processing(format!("JPEG encoding: {e}")))?;
     Ok(out)
 }
@@ -396,7 +514,7 @@ pub fn content_hash(bytes: &[u8]) -> String {
 
 /// Crafted inputs for tests of this crate and of the services.
 pub mod testing {
-    fn crc32(data: &[u8]) -> u32 {
+    pub fn crc32(data: &[u8]) -> u32 {
         let mut crc = 0xffff_ffffu32;
         for &b in data {
             crc ^= u32::from(b);
@@ -428,6 +546,42 @@ pub mod testing {
         chunk(b"IHDR", &ihdr);
         chunk(b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
         chunk(b"IEND", &[]);
+        out
+    }
+
+    /// A real `w`x`h` 16-bit PNG (RGBA when `alpha`) that compresses to
+    /// almost nothing: every row is the same gradient, so the Up filter
+    /// leaves zeros. An 8000x8000 RGBA one is about 0.5 MB and 512 MB of
+    /// native pixels: the decompression bomb of issue 13.
+    pub fn png_16bit(w: u32, h: u32, alpha: bool) -> Vec<u8> {
+        use std::io::Write;
+        let mut out = Vec::new();
+        let mut enc = png::Encoder::new(&mut out, w, h);
+        enc.set_color(if alpha {
+            png::ColorType::Rgba
+        } else {
+            png::ColorType::Rgb
+        });
+        enc.set_depth(png::BitDepth::Sixteen);
+        enc.set_compression(png::Compression::High);
+        enc.set_filter(png::Filter::Up);
+        let channels = if alpha { 4 } else { 3 };
+        let mut row = Vec::with_capacity(w as usize * channels * 2);
+        for x in 0..w {
+            let v = ((u64::from(x) * 65535) / u64::from(w.max(2) - 1)) as u16;
+            let px = [v, 65535 - v, v / 2, 40000];
+            for s in &px[..channels] {
+                row.extend_from_slice(&s.to_be_bytes());
+            }
+        }
+        {
+            let mut writer = enc.write_header().expect("png header");
+            let mut stream = writer.stream_writer().expect("png stream");
+            for _ in 0..h {
+                stream.write_all(&row).expect("png row");
+            }
+            stream.finish().expect("png end");
+        }
         out
     }
 }

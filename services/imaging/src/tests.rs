@@ -285,3 +285,190 @@ fn crop_resize_takes_the_region_and_flips_it() {
     assert!(crop_resize(&img, (60, 0, 50, 50), 16, false).is_err());
     assert_eq!(shrink(img, 20).expect("shrink").dimensions(), (40, 20));
 }
+
+/// What `decode` gave before it converted row by row: the image crate's
+/// conversions (the reference the network's features were checked with).
+fn reference_rgb(bytes: &[u8]) -> RgbImage {
+    let mut img = image::load_from_memory(bytes).expect("reference decode");
+    let mut decoder = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .expect("format")
+        .into_decoder()
+        .expect("decoder");
+    img.apply_orientation(
+        decoder
+            .orientation()
+            .unwrap_or(image::metadata::Orientation::NoTransforms),
+    );
+    if !img.color().has_alpha() {
+        return img.into_rgb8();
+    }
+    let rgba = img.into_rgba8();
+    RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
+        let p = rgba.get_pixel(x, y);
+        let a = u32::from(p[3]);
+        Rgb([0, 1, 2].map(|c| ((u32::from(p[c]) * a + 255 * (255 - a) + 127) / 255) as u8))
+    })
+}
+
+#[test]
+fn every_png_colour_type_converts_like_the_image_crate() {
+    use image::{ImageBuffer, Luma, LumaA};
+    // Pseudo-random samples, so rounding of every value range is exercised.
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let (w, h) = (37, 23);
+    let images = [
+        DynamicImage::ImageLuma8(ImageBuffer::from_fn(w, h, |_, _| Luma([next() as u8]))),
+        DynamicImage::ImageLumaA8(ImageBuffer::from_fn(w, h, |_, _| {
+            LumaA([next() as u8, next() as u8])
+        })),
+        DynamicImage::ImageRgb8(ImageBuffer::from_fn(w, h, |_, _| {
+            Rgb([next() as u8, next() as u8, next() as u8])
+        })),
+        DynamicImage::ImageRgba8(ImageBuffer::from_fn(w, h, |_, _| {
+            Rgba([next() as u8, next() as u8, next() as u8, next() as u8])
+        })),
+        DynamicImage::ImageLuma16(ImageBuffer::from_fn(w, h, |_, _| Luma([next() as u16]))),
+        DynamicImage::ImageLumaA16(ImageBuffer::from_fn(w, h, |_, _| {
+            LumaA([next() as u16, next() as u16])
+        })),
+        DynamicImage::ImageRgb16(ImageBuffer::from_fn(w, h, |_, _| {
+            Rgb([next() as u16, next() as u16, next() as u16])
+        })),
+        DynamicImage::ImageRgba16(ImageBuffer::from_fn(w, h, |_, _| {
+            Rgba([next() as u16, next() as u16, next() as u16, next() as u16])
+        })),
+    ];
+    for img in images {
+        let color = img.color();
+        for format in [ImageFormat::Png, ImageFormat::Tiff] {
+            let mut out = Cursor::new(Vec::new());
+            if format == ImageFormat::Tiff && img.write_to(&mut out, format).is_err() {
+                // The TIFF encoder writes no gray + alpha.
+                continue;
+            }
+            let bytes = encode(&img, format);
+            let got = decode(&bytes, &Limits::default())
+                .unwrap_or_else(|e| panic!("{color:?} {format:?}: {e}"));
+            assert!(
+                got.image == reference_rgb(&bytes),
+                "{color:?} as {format:?} differs from the image crate's conversion"
+            );
+        }
+    }
+    // The crafted 16-bit files of the memory tests, with and without alpha.
+    for alpha in [false, true] {
+        let bytes = testing::png_16bit(300, 7, alpha);
+        let got = decode(&bytes, &Limits::default()).expect("decodes");
+        assert!(
+            got.image == reference_rgb(&bytes),
+            "png_16bit alpha={alpha}"
+        );
+    }
+}
+
+/// An Adam7-interlaced 8-bit RGB PNG (the png crate writes none), its
+/// image data in stored deflate blocks.
+fn interlaced_png(w: u32, h: u32, px: impl Fn(u32, u32) -> [u8; 3]) -> Vec<u8> {
+    let mut raw = Vec::new();
+    for (x0, y0, dx, dy) in [
+        (0, 0, 8, 8),
+        (4, 0, 8, 8),
+        (0, 4, 4, 8),
+        (2, 0, 4, 4),
+        (0, 2, 2, 4),
+        (1, 0, 2, 2),
+        (0, 1, 1, 2),
+    ] {
+        if x0 >= w || y0 >= h {
+            continue;
+        }
+        for y in (y0..h).step_by(dy) {
+            raw.push(0);
+            for x in (x0..w).step_by(dx) {
+                raw.extend_from_slice(&px(x, y));
+            }
+        }
+    }
+    let mut z = vec![0x78, 0x01];
+    let blocks: Vec<&[u8]> = raw.chunks(65_535).collect();
+    for (i, b) in blocks.iter().enumerate() {
+        z.push(u8::from(i + 1 == blocks.len()));
+        let len = b.len() as u16;
+        z.extend_from_slice(&len.to_le_bytes());
+        z.extend_from_slice(&(!len).to_le_bytes());
+        z.extend_from_slice(b);
+    }
+    let (mut a, mut b) = (1u32, 0u32);
+    for &byte in &raw {
+        a = (a + u32::from(byte)) % 65_521;
+        b = (b + a) % 65_521;
+    }
+    z.extend_from_slice(&((b << 16) | a).to_be_bytes());
+    // The IHDR of a plain PNG with the interlace byte set, then the data.
+    let mut plain = Vec::new();
+    let mut enc = png::Encoder::new(&mut plain, w, h);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    enc.write_header().expect("header").finish().ok();
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = plain[16..29].to_vec();
+    ihdr[12] = 1;
+    for (kind, data) in [(&b"IHDR"[..], ihdr), (b"IDAT", z), (b"IEND", Vec::new())] {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut body = kind.to_vec();
+        body.extend_from_slice(&data);
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&testing::crc32(&body).to_be_bytes());
+    }
+    out
+}
+
+#[test]
+fn interlaced_and_palette_pngs_decode_like_the_image_crate() {
+    let interlaced = interlaced_png(19, 11, |x, y| {
+        [(x * 13) as u8, (y * 23) as u8, (x * y) as u8]
+    });
+    assert!(
+        !probe(&interlaced, &Limits::default())
+            .expect("probe")
+            .streamed
+    );
+    let got = decode(&interlaced, &Limits::default()).expect("decodes");
+    assert!(got.image == reference_rgb(&interlaced), "interlaced");
+    assert_eq!(got.image.get_pixel(5, 3).0, [65, 69, 15]);
+    // A palette with transparency: expanded and composited row by row.
+    let mut palette = Vec::new();
+    let mut enc = png::Encoder::new(&mut palette, 19, 11);
+    enc.set_color(png::ColorType::Indexed);
+    enc.set_depth(png::BitDepth::Eight);
+    enc.set_palette(vec![255, 0, 0, 0, 255, 0, 0, 0, 255]);
+    enc.set_trns(vec![255, 128, 0]);
+    let mut wr = enc.write_header().expect("header");
+    let data: Vec<u8> = (0..19 * 11).map(|i| (i % 3) as u8).collect();
+    wr.write_image_data(&data).expect("data");
+    wr.finish().expect("finish");
+    assert!(probe(&palette, &Limits::default()).expect("probe").streamed);
+    let got = decode(&palette, &Limits::default()).expect("decodes");
+    assert!(got.image == reference_rgb(&palette), "palette");
+}
+
+#[test]
+fn probe_reads_the_header_without_decoding() {
+    let bomb = testing::png_16bit(8000, 8000, true);
+    let h = probe(&bomb, &Limits::default()).expect("probe");
+    assert_eq!((h.width, h.height), (8000, 8000));
+    assert_eq!(h.color, image::ColorType::Rgba16);
+    assert!(h.streamed);
+    // Streamed: the 8-bit RGB result and resize buffers, not 512 MB.
+    let rgb = 8000u64 * 8000 * 3;
+    assert!(h.peak_bytes() >= rgb && h.peak_bytes() < rgb + (40 << 20));
+    let e = probe(&png_claiming(20_000, 20_000), &Limits::default()).unwrap_err();
+    assert!(matches!(e, Error::TooManyPixels { .. }), "{e}");
+}

@@ -38,16 +38,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
-        match &err {
-            Error::Image(_) | Error::InvalidRequest(_) | Error::ModelLoad(_) => {
-                Status::new(Code::InvalidArgument, err.to_string())
-            }
-            Error::QueueFull { .. } => Status::new(Code::ResourceExhausted, err.to_string()),
-            Error::ShuttingDown => Status::new(Code::Unavailable, err.to_string()),
-            Error::Config(_) => Status::new(Code::FailedPrecondition, err.to_string()),
-            Error::Forbidden(_) => Status::new(Code::PermissionDenied, err.to_string()),
-            Error::ModelChanged(_) => Status::new(Code::Aborted, err.to_string()),
-            Error::Inference(_) | Error::Internal(_) => cbir_common::error::internal(&err),
+        match err.code() {
+            Code::Internal => cbir_common::error::internal(&err),
+            code => Status::new(code, err.to_string()),
         }
     }
 }
@@ -56,6 +49,9 @@ impl Error {
     /// The google.rpc.Code of this error, for per-item errors in a batch.
     pub fn code(&self) -> Code {
         match self {
+            // The decode budget: full now (retry), or the image alone is
+            // over it.
+            Error::Image(e) if e.is_budget() => Code::ResourceExhausted,
             Error::Image(_) | Error::InvalidRequest(_) | Error::ModelLoad(_) => {
                 Code::InvalidArgument
             }

@@ -67,6 +67,8 @@ pub struct Inference {
     pub max_images_per_request: usize,
     pub device: DeviceConfig,
     decode_slots: Arc<Semaphore>,
+    /// The process's decode budget (see `cbir_imaging::budget`).
+    decode_budget: Arc<cbir_imaging::budget::Budget>,
     stream_window: usize,
     /// What the main batcher serves: a later retaining swap rebuilds it from
     /// this spec's weights file.
@@ -87,6 +89,12 @@ pub struct Inference {
 /// Weights files larger than this are refused (EfficientNet-Lite0 needs
 /// about 20 MB).
 const MAX_WEIGHTS_BYTES: u64 = 2 << 30;
+
+tokio::task_local! {
+    /// The deadline of the gRPC call being served (`grpc-timeout`), for
+    /// the waits of its decodes.
+    static CALLER_DEADLINE: Option<std::time::Instant>;
+}
 
 /// One image's answer, with what the model calls its classes.
 pub struct Embedded {
@@ -134,12 +142,20 @@ impl Inference {
         device: DeviceConfig,
         decode_concurrency: usize,
     ) -> Self {
+        let decode_budget = cbir_imaging::budget::Budget::shared(&limits);
+        if !decode_budget.made_from(&limits) {
+            tracing::warn!(
+                decode_memory_bytes = decode_budget.memory_bytes(),
+                "another service of this process set the decode budget first: its settings apply"
+            );
+        }
         Self {
             batcher,
             limits,
             max_images_per_request,
             device,
             decode_slots: Arc::new(Semaphore::new(decode_concurrency.max(1))),
+            decode_budget,
             stream_window: 64,
             current: Mutex::new(spec),
             retained: RwLock::new(None),
@@ -261,16 +277,34 @@ impl Inference {
     }
 
     /// Decodes and preprocesses one image on the blocking pool, bounded by
-    /// `decode_concurrency` so that a burst of huge images cannot take all
-    /// memory at once.
+    /// `decode_concurrency` and by the process's decode memory budget (the
+    /// header tells the peak before any pixel is decoded), so that a burst
+    /// of huge images cannot take all memory at once.
     async fn prepare(&self, data: Vec<u8>) -> Result<(Vec<u8>, u32, u32)> {
-        let _permit = self
-            .decode_slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Error::ShuttingDown)?;
         let limits = self.limits;
+        // A slot and room in the budget are waited for up to
+        // `decode_wait_ms`, and up to half of what is left of the caller's
+        // deadline: a burst is answered "retry" while the caller still
+        // listens, instead of queueing past its deadline.
+        let mut wait = std::time::Duration::from_millis(limits.decode_wait_ms);
+        if let Ok(Some(deadline)) = CALLER_DEADLINE.try_with(|d| *d) {
+            wait = wait.min(deadline.saturating_duration_since(std::time::Instant::now()) / 2);
+        }
+        let busy = || {
+            Error::Image(cbir_imaging::Error::Busy {
+                waited_ms: wait.as_millis() as u64,
+            })
+        };
+        let started = std::time::Instant::now();
+        let _permit = tokio::time::timeout(wait, self.decode_slots.clone().acquire_owned())
+            .await
+            .map_err(|_| busy())?
+            .map_err(|_| Error::ShuttingDown)?;
+        let header = cbir_imaging::probe(&data, &limits)?;
+        let left = wait.saturating_sub(started.elapsed());
+        let _memory = tokio::time::timeout(left, self.decode_budget.acquire(header.peak_bytes()))
+            .await
+            .map_err(|_| busy())??;
         // Created here, entered on the blocking thread: the span keeps the
         // request's trace as its parent.
         let span = tracing::info_span!("decode", bytes = data.len());
@@ -747,15 +781,19 @@ impl InferenceService for InferenceGrpc {
         &self,
         request: Request<pb::EmbedRequest>,
     ) -> Result<Response<pb::EmbedResponse>, Status> {
+        let deadline = cbir_common::grpc::deadline_of(request.metadata());
         let req = request.into_inner();
         let (ids, data): (Vec<String>, Vec<Vec<u8>>) =
             req.images.into_iter().map(|i| (i.id, i.data)).unzip();
-        let out = self
-            .0
-            .embed_many(
-                data,
-                priority(req.priority, Priority::Interactive),
-                wanted(req.model).as_ref(),
+        let wanted = wanted(req.model);
+        let out = CALLER_DEADLINE
+            .scope(
+                deadline,
+                self.0.embed_many(
+                    data,
+                    priority(req.priority, Priority::Interactive),
+                    wanted.as_ref(),
+                ),
             )
             .await?;
         Ok(Response::new(pb::EmbedResponse {
@@ -772,16 +810,20 @@ impl InferenceService for InferenceGrpc {
         &self,
         request: Request<pb::EmbedImageRequest>,
     ) -> Result<Response<pb::EmbedImageResponse>, Status> {
+        let deadline = cbir_common::grpc::deadline_of(request.metadata());
         let req = request.into_inner();
         let image = req
             .image
             .ok_or_else(|| Status::invalid_argument("missing field `image`"))?;
-        let e = self
-            .0
-            .embed_one(
-                image.data,
-                priority(req.priority, Priority::Interactive),
-                wanted(req.model).as_ref(),
+        let wanted = wanted(req.model);
+        let e = CALLER_DEADLINE
+            .scope(
+                deadline,
+                self.0.embed_one(
+                    image.data,
+                    priority(req.priority, Priority::Interactive),
+                    wanted.as_ref(),
+                ),
             )
             .await?;
         Ok(Response::new(pb::EmbedImageResponse {

@@ -342,6 +342,8 @@ fn decode_views(
         .map_or(1, |n| n.get())
         .min(8);
     let per = paths.len().div_ceil(threads).max(1);
+    let budget = cbir_imaging::budget::Budget::shared(limits);
+    let budget = &budget;
     std::thread::scope(|s| {
         let handles: Vec<_> = paths
             .chunks(per)
@@ -352,9 +354,17 @@ fn decode_views(
                         .map(|(i, p)| {
                             // Not through a link swapped in since the scan.
                             let bytes = crate::dataset::read_sample(ds, p)?;
+                            let header =
+                                cbir_imaging::probe(&bytes, limits).map_err(|e| e.to_string())?;
+                            // Training waits as long as it takes: searches
+                            // and uploads share the budget and come first.
+                            let permit = budget
+                                .acquire_blocking(header.peak_bytes(), None)
+                                .map_err(|e| e.to_string())?;
                             let d =
                                 cbir_imaging::decode(&bytes, limits).map_err(|e| e.to_string())?;
                             let img = working_copy(d.image)?;
+                            drop(permit);
                             if views == 0 {
                                 return cbir_imaging::preprocess(&img)
                                     .map(|v| vec![v])

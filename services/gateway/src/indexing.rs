@@ -1,0 +1,508 @@
+//! Adding images (REST uploads and gRPC `AddImages`): each file is checked,
+//! prepared (hash, thumbnail, rendition) within the decode budget, embedded
+//! and stored on its own, so one bad file fails alone. Calls to the
+//! inference and index services are cut to fit their message limit.
+
+use std::sync::Arc;
+
+use cbir_api::v1 as pb;
+
+use crate::error::{Error, Result};
+use crate::gateway::{file_name_of, model_label, same_model, Gateway};
+
+/// Originals up to this size are kept as they are for rebuilds; larger
+/// ones as a rendition (see `cbir_imaging::rendition`).
+const KEEP_ORIGINAL_BYTES: usize = 512 * 1024;
+const RENDITION_SHORTER_SIDE: u32 = 384;
+/// Room left in each message for its framing and the fields besides the
+/// images (ids, model, collection name).
+const MESSAGE_HEADROOM: usize = 64 * 1024;
+/// Bytes each item adds to a message besides its payload (field tags,
+/// lengths, ids, file names up to their limits).
+const ITEM_OVERHEAD: usize = 8 * 1024;
+/// Most records in one Upsert (the index's `max_records_per_upsert` is
+/// 1000 by default).
+const MAX_RECORDS_PER_UPSERT: usize = 256;
+
+/// The parts of an image to store, computed off the async threads.
+struct Prepared {
+    hash: String,
+    thumbnail: Vec<u8>,
+    source: Vec<u8>,
+}
+
+/// Decodes once for the thumbnail and the rendition; the caller holds the
+/// decode budget for it.
+fn prepare(data: &[u8], limits: &cbir_imaging::Limits) -> std::result::Result<Prepared, String> {
+    let decoded = cbir_imaging::decode(data, limits).map_err(|e| e.to_string())?;
+    let thumbnail = cbir_imaging::thumbnail(&decoded.image).map_err(|e| e.to_string())?;
+    let source = if data.len() <= KEEP_ORIGINAL_BYTES {
+        data.to_vec()
+    } else {
+        cbir_imaging::rendition(&decoded.image, RENDITION_SHORTER_SIDE, 90)
+            .map_err(|e| e.to_string())?
+    };
+    drop(decoded);
+    Ok(Prepared {
+        hash: cbir_imaging::content_hash(data),
+        thumbnail,
+        source,
+    })
+}
+
+/// Cuts `items` into consecutive groups of at most `max_items` whose sizes
+/// (`size` plus `ITEM_OVERHEAD` each) add up to at most `max_bytes`; an item
+/// over `max_bytes` alone still gets its own group (the receiver refuses
+/// it, alone).
+pub(crate) fn split_by_size<T>(
+    items: Vec<T>,
+    size: impl Fn(&T) -> usize,
+    max_bytes: usize,
+    max_items: usize,
+) -> Vec<Vec<T>> {
+    let mut out: Vec<Vec<T>> = Vec::new();
+    let mut bytes = 0usize;
+    for item in items {
+        let s = size(&item).saturating_add(ITEM_OVERHEAD);
+        let fits = out
+            .last()
+            .is_some_and(|g| g.len() < max_items && bytes.saturating_add(s) <= max_bytes);
+        if fits {
+            bytes += s;
+            if let Some(g) = out.last_mut() {
+                g.push(item);
+            }
+        } else {
+            bytes = s;
+            out.push(vec![item]);
+        }
+    }
+    out
+}
+
+/// The largest image that fits in one message of `max_message_bytes` (the
+/// rule behind `limits.max_image_bytes`).
+pub fn max_image_in_message(max_message_bytes: usize) -> usize {
+    max_message_bytes.saturating_sub(MESSAGE_HEADROOM + ITEM_OVERHEAD)
+}
+
+fn record_bytes(r: &pb::ImageRecord) -> usize {
+    r.thumbnail.len()
+        + r.source_image.len()
+        + r.feature.len() * 4
+        + r.file_name.len()
+        + r.path.len()
+        + r.label.len()
+}
+
+impl Gateway {
+    /// The largest payload of one call to an internal service: its
+    /// `max_message_bytes`, less room for the framing.
+    fn call_payload(&self) -> usize {
+        self.max_msg().saturating_sub(MESSAGE_HEADROOM).max(1)
+    }
+
+    /// Prepares image `i` of `images` on the blocking pool once its decode
+    /// fits in the budget (read from the header first).
+    async fn prepare_within_budget(
+        &self,
+        images: Arc<Vec<pb::NewImage>>,
+        i: usize,
+        limits: cbir_imaging::Limits,
+    ) -> std::result::Result<Prepared, String> {
+        let header = cbir_imaging::probe(&images[i].data, &limits).map_err(|e| e.to_string())?;
+        let permit = self
+            .decode_budget
+            .acquire(header.peak_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::task::spawn_blocking(move || {
+            let prepared = prepare(&images[i].data, &limits);
+            drop(permit);
+            prepared
+        })
+        .await
+        .map_err(|e| format!("image preparation failed: {e}"))?
+    }
+
+    /// One Embed call for `inputs` with the collection's model; on an answer
+    /// from another model the collection is read again once (a rebuild may
+    /// have switched it to that model, or to a newer one to embed with).
+    async fn embed_call(
+        &self,
+        collection: &str,
+        coll: &mut pb::Collection,
+        inputs: &[pb::ImageInput],
+    ) -> Result<pb::EmbedResponse> {
+        let mut looked_again = false;
+        loop {
+            let msg = pb::EmbedRequest {
+                images: inputs.to_vec(),
+                priority: pb::Priority::Bulk as i32,
+                include_probabilities: false,
+                model: coll.model.clone(),
+            };
+            let embedded = self
+                .inference_rpc(
+                    "Embed",
+                    Self::t(self.cfg.timeouts.bulk_ms),
+                    msg,
+                    |mut c, r| async move { c.embed(r).await },
+                )
+                .await?;
+            if same_model(coll.model.as_ref(), embedded.model.as_ref()) {
+                return Ok(embedded);
+            }
+            if !looked_again {
+                looked_again = true;
+                let fresh = self.refresh_collection(collection).await?;
+                let changed = !same_model(fresh.model.as_ref(), coll.model.as_ref());
+                *coll = fresh;
+                if same_model(coll.model.as_ref(), embedded.model.as_ref()) {
+                    return Ok(embedded);
+                }
+                if changed {
+                    continue;
+                }
+            }
+            return Err(Error::FailedPrecondition(format!(
+                "collection {collection:?} is bound to model {}, but the inference service serves {}: rebuild the collection or add to another one",
+                model_label(coll.model.as_ref()),
+                model_label(embedded.model.as_ref())
+            )));
+        }
+    }
+
+    /// Embeds `inputs` in calls that fit the inference service's message
+    /// limit; every result comes from the model the collection is bound to
+    /// at the end (a call answered by an earlier model is sent again).
+    async fn embed_all(
+        &self,
+        collection: &str,
+        mut coll: pb::Collection,
+        inputs: Vec<pb::ImageInput>,
+    ) -> Result<Vec<pb::EmbedResult>> {
+        let max_items = self.cfg.limits.max_files_per_request.max(1);
+        let groups = split_by_size(inputs, |i| i.data.len(), self.call_payload(), max_items);
+        let mut answers = Vec::with_capacity(groups.len());
+        for g in &groups {
+            let r = self.embed_call(collection, &mut coll, g).await?;
+            answers.push(r);
+        }
+        let mut results = Vec::new();
+        for (g, r) in groups.iter().zip(answers) {
+            if same_model(coll.model.as_ref(), r.model.as_ref()) {
+                results.extend(r.results);
+                continue;
+            }
+            let again = self.embed_call(collection, &mut coll, g).await?;
+            results.extend(again.results);
+        }
+        Ok(results)
+    }
+
+    /// Stores `records` in Upserts that fit the index's message limit. A
+    /// batch the index refuses as invalid is sent again record by record,
+    /// so only the bad record fails. Returns one outcome per record.
+    async fn upsert_all(
+        &self,
+        collection: &str,
+        records: Vec<pb::ImageRecord>,
+        replace: bool,
+    ) -> Result<Vec<std::result::Result<pb::UpsertResult, String>>> {
+        let groups = split_by_size(
+            records,
+            record_bytes,
+            self.call_payload(),
+            MAX_RECORDS_PER_UPSERT,
+        );
+        let mut out = Vec::new();
+        let mut stored_any = false;
+        let mut first_failure = None;
+        for g in groups {
+            match self.upsert_call(collection, g.clone(), replace).await {
+                Ok(r) => {
+                    stored_any = true;
+                    out.extend(r.into_iter().map(Ok));
+                }
+                Err(Error::InvalidArgument(_)) if g.len() > 1 => {
+                    for rec in g {
+                        match self.upsert_call(collection, vec![rec], replace).await {
+                            Ok(mut r) => {
+                                stored_any = true;
+                                out.push(r.pop().ok_or_else(|| {
+                                    "the index service answered without a result".to_string()
+                                }));
+                            }
+                            Err(e) => out.push(Err(e.to_string())),
+                        }
+                    }
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    out.extend(g.iter().map(|_| Err(msg.clone())));
+                    if !matches!(e, Error::InvalidArgument(_)) && first_failure.is_none() {
+                        first_failure = Some(e);
+                    }
+                }
+            }
+        }
+        // Nothing stored and the index failed as a service: the request
+        // fails with its status (503, 504...), not as a list of failures.
+        match first_failure {
+            Some(e) if !stored_any => Err(e),
+            _ => Ok(out),
+        }
+    }
+
+    async fn upsert_call(
+        &self,
+        collection: &str,
+        records: Vec<pb::ImageRecord>,
+        replace: bool,
+    ) -> Result<Vec<pb::UpsertResult>> {
+        let n = records.len();
+        let msg = pb::UpsertRequest {
+            replace,
+            collection: collection.to_string(),
+            records,
+        };
+        // Upserts are keyed by content hash, so a retry cannot duplicate.
+        let r = self
+            .index_rpc(
+                "Upsert",
+                Self::t(self.cfg.timeouts.bulk_ms),
+                msg,
+                |mut c, r| async move { c.upsert(r).await },
+            )
+            .await?;
+        if r.results.len() != n {
+            return Err(Error::Internal(format!(
+                "the index service answered {} results for {n} records",
+                r.results.len()
+            )));
+        }
+        Ok(r.results)
+    }
+
+    /// Embeds and stores a batch; each image succeeds or fails on its own.
+    #[tracing::instrument(name = "gateway.add_images", skip_all, fields(images = req.images.len()))]
+    pub async fn add_images(&self, req: pb::AddImagesRequest) -> Result<pb::AddImagesResponse> {
+        let collection = self.collection_name(&req.collection)?;
+        let replace = req.replace;
+        let limits = &self.cfg.limits;
+        if req.images.len() > limits.max_files_per_request {
+            return Err(Error::TooLarge(format!(
+                "{} images in one request, the limit is {}: send them in smaller batches",
+                req.images.len(),
+                limits.max_files_per_request
+            )));
+        }
+        let coll = match self.fetch_collection(&collection).await {
+            Err(Error::NotFound(_)) if req.create_collection => {
+                match self
+                    .create_collection(pb::CreateGatewayCollectionRequest {
+                        name: collection.clone(),
+                        description: String::new(),
+                        if_not_exists: true,
+                    })
+                    .await
+                {
+                    // Another batch created it at the same moment.
+                    Err(Error::AlreadyExists(_)) => self.fetch_collection(&collection).await?,
+                    r => r?,
+                }
+            }
+            r => r?,
+        };
+        let n = req.images.len();
+        let mut results: Vec<pb::AddImageResult> = req
+            .images
+            .iter()
+            .map(|i| pb::AddImageResult {
+                file_name: if i.file_name.is_empty() {
+                    file_name_of(&i.path)
+                } else {
+                    i.file_name.clone()
+                },
+                path: i.path.clone(),
+                ..Default::default()
+            })
+            .collect();
+        let mut ok = vec![true; n];
+        for (i, img) in req.images.iter().enumerate() {
+            let err = if img.data.is_empty() {
+                Some("empty file: the image has zero bytes".to_string())
+            } else if img.data.len() > limits.max_image_bytes {
+                Some(format!(
+                    "image too large: {} bytes, the limit is {} bytes",
+                    img.data.len(),
+                    limits.max_image_bytes
+                ))
+            } else {
+                // The index's own limits: a bad name fails its file alone
+                // instead of the whole Upsert.
+                cbir_common::records::check_text(
+                    &results[i].file_name,
+                    &img.path,
+                    &img.label,
+                    &cbir_common::records::DEFAULT_TEXT_LIMITS,
+                )
+                .err()
+            };
+            if let Some(e) = err {
+                results[i].error = e;
+                ok[i] = false;
+            }
+        }
+        let images: Arc<Vec<pb::NewImage>> = Arc::new(req.images);
+        // Thumbnails and hashes here, features in the inference service, at
+        // the same time.
+        let imaging_limits = limits.imaging();
+        // One image at a time per request: the inference service decodes
+        // the same images in parallel meanwhile.
+        let prepare_all = async {
+            let mut out = Vec::with_capacity(n);
+            for (i, ok) in ok.iter().enumerate() {
+                out.push(if *ok {
+                    Some(
+                        self.prepare_within_budget(images.clone(), i, imaging_limits)
+                            .await,
+                    )
+                } else {
+                    None
+                });
+            }
+            out
+        };
+        let inputs: Vec<pb::ImageInput> = images
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| ok[*i])
+            .map(|(i, img)| pb::ImageInput {
+                id: i.to_string(),
+                data: img.data.clone(),
+            })
+            .collect();
+        let embed = async {
+            if inputs.is_empty() {
+                return Ok(Vec::new());
+            }
+            self.embed_all(&collection, coll, inputs).await
+        };
+        let (prepared, embedded) = tokio::join!(prepare_all, embed);
+        let embedded = embedded?;
+        let mut embeddings: Vec<Option<pb::Embedding>> = vec![None; n];
+        for r in embedded {
+            let Ok(i) = r.id.parse::<usize>() else {
+                continue;
+            };
+            if i >= n {
+                continue;
+            }
+            match r.outcome {
+                Some(pb::embed_result::Outcome::Embedding(e)) => embeddings[i] = Some(e),
+                Some(pb::embed_result::Outcome::Error(e)) => {
+                    results[i].error = e.message;
+                    ok[i] = false;
+                }
+                None => {
+                    results[i].error = "the inference service returned no result".into();
+                    ok[i] = false;
+                }
+            }
+        }
+        let mut records = Vec::new();
+        let mut record_of = Vec::new();
+        for (i, prep) in prepared.into_iter().enumerate() {
+            if !ok[i] {
+                continue;
+            }
+            let prep = match prep {
+                Some(Ok(p)) => p,
+                Some(Err(e)) => {
+                    results[i].error = e;
+                    ok[i] = false;
+                    continue;
+                }
+                None => continue,
+            };
+            let Some(emb) = embeddings[i].take() else {
+                results[i].error = "the inference service returned no feature".into();
+                ok[i] = false;
+                continue;
+            };
+            let img = &images[i];
+            results[i].predicted_class = emb.predicted_class;
+            results[i].predicted_name.clone_from(&emb.predicted_name);
+            records.push(pb::ImageRecord {
+                content_hash: prep.hash,
+                file_name: results[i].file_name.clone(),
+                path: img.path.clone(),
+                label: img.label.clone(),
+                predicted_class: emb.predicted_class,
+                feature: emb.feature,
+                thumbnail: prep.thumbnail,
+                source_image: prep.source,
+                ..Default::default()
+            });
+            record_of.push(i);
+        }
+        if !records.is_empty() {
+            let stored = self.upsert_all(&collection, records, replace).await?;
+            for (k, u) in stored.into_iter().enumerate() {
+                let Some(&i) = record_of.get(k) else {
+                    continue;
+                };
+                match u {
+                    Ok(u) => {
+                        results[i].id = u.id;
+                        results[i].created = u.created;
+                    }
+                    Err(e) => results[i].error = e,
+                }
+            }
+            self.forget_collection(&collection);
+        }
+        let failed = results.iter().filter(|r| !r.error.is_empty()).count() as u64;
+        Ok(pb::AddImagesResponse {
+            added: n as u64 - failed,
+            failed,
+            results,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_cut_by_size_and_count() {
+        let sizes = vec![10usize, 10, 10, 100, 10, 1000, 10];
+        let groups = split_by_size(sizes, |s| *s, 3 * ITEM_OVERHEAD + 40, 10);
+        assert_eq!(
+            groups,
+            vec![vec![10, 10, 10], vec![100, 10], vec![1000, 10]]
+        );
+        // An item over the limit alone travels alone.
+        let groups = split_by_size(vec![5usize, 50, 5], |s| *s, ITEM_OVERHEAD + 10, 10);
+        assert_eq!(groups, vec![vec![5], vec![50], vec![5]]);
+        let groups = split_by_size(vec![1usize; 7], |s| *s, usize::MAX, 3);
+        assert_eq!(groups.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3, 1]);
+        assert!(split_by_size(Vec::<usize>::new(), |s| *s, 10, 10).is_empty());
+    }
+
+    #[test]
+    fn a_67_megabyte_batch_is_cut_for_a_64_mib_limit() {
+        // The UI batch of issue 13: sixteen photos of about 4.2 MB.
+        let photos = vec![4_200_000usize; 16];
+        let limit = cbir_common::grpc::DEFAULT_MAX_MESSAGE_BYTES - MESSAGE_HEADROOM;
+        let groups = split_by_size(photos, |s| *s, limit, 64);
+        assert_eq!(groups.len(), 2);
+        for g in &groups {
+            let bytes: usize = g.iter().map(|s| s + ITEM_OVERHEAD).sum();
+            assert!(bytes <= limit, "{bytes}");
+        }
+    }
+}
