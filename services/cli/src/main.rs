@@ -121,6 +121,14 @@ enum Command {
         #[command(flatten)]
         gateway: GatewayArgs,
     },
+    /// Uploaded training datasets: list them against the disk quota, delete
+    /// one no job needs.
+    Dataset {
+        #[command(subcommand)]
+        command: DatasetCmd,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
     /// Retrieval quality of a labeled folder-per-class set: indexes DIR into
     /// a fresh collection and reports precision@K and mAP (leave-one-out
     /// over DIR unless --queries is given), overall and per class.
@@ -167,6 +175,17 @@ enum ModelCmd {
     },
     /// Remove a model that is not active.
     Delete { name: String, version: String },
+}
+
+#[derive(Subcommand)]
+enum DatasetCmd {
+    /// Every uploaded dataset: size, jobs using it, expiry; and the quota.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a dataset no queued or running job uses.
+    Rm { id: String },
 }
 
 #[derive(Subcommand)]
@@ -325,6 +344,13 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                     }
                 };
                 train::model(&gateway.gateway, cmd).await
+            }
+            Command::Dataset { command, gateway } => {
+                let cmd = match command {
+                    DatasetCmd::List { json } => train::DatasetCommand::List { json },
+                    DatasetCmd::Rm { id } => train::DatasetCommand::Rm { id },
+                };
+                train::dataset(&gateway.gateway, cmd).await
             }
             Command::Eval {
                 dir,

@@ -422,3 +422,82 @@ pub async fn model(gateway: &str, cmd: ModelCommand) -> anyhow::Result<ExitCode>
         }
     }
 }
+
+pub enum DatasetCommand {
+    List { json: bool },
+    Rm { id: String },
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+}
+
+pub async fn dataset(gateway: &str, cmd: DatasetCommand) -> anyhow::Result<ExitCode> {
+    let client = http()?;
+    let base = base(gateway);
+    match cmd {
+        DatasetCommand::List { json: as_json } => {
+            let r = answer(
+                "listing datasets",
+                client
+                    .get(format!("{base}/api/training/datasets"))
+                    .send()
+                    .await?,
+            )
+            .await?;
+            for d in r["datasets"].as_array().into_iter().flatten() {
+                if as_json {
+                    println!("{d}");
+                    continue;
+                }
+                let jobs: Vec<&str> = d["job_ids"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                let expires = d["expires_at_ms"].as_i64().unwrap_or(0);
+                let left = (expires - now_ms()).max(0) as f64 / 1000.0;
+                println!(
+                    "{}  {}  {}",
+                    d["id"].as_str().unwrap_or_default(),
+                    mib(d["bytes"].as_u64().unwrap_or(0)),
+                    if jobs.is_empty() {
+                        format!("unused, deleted in {}", duration(left))
+                    } else {
+                        format!("used by {}", jobs.join(", "))
+                    }
+                );
+            }
+            if !as_json {
+                eprintln!(
+                    "{} of {} (max_datasets_bytes) in use",
+                    mib(r["used_bytes"].as_u64().unwrap_or(0)),
+                    mib(r["quota_bytes"].as_u64().unwrap_or(0))
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DatasetCommand::Rm { id } => {
+            let r = answer(
+                "deleting the dataset",
+                client
+                    .delete(format!("{base}/api/training/datasets/{id}"))
+                    .send()
+                    .await?,
+            )
+            .await?;
+            eprintln!(
+                "deleted {id} ({} freed)",
+                mib(r["freed_bytes"].as_u64().unwrap_or(0))
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

@@ -52,6 +52,10 @@ pub enum Error {
     /// The client stopped sending its request.
     #[error("{0}")]
     ClientTimeout(String),
+    /// Out of a disk quota (training datasets): freeing space helps,
+    /// retrying does not.
+    #[error("{0}")]
+    InsufficientStorage(String),
     #[error("the {service} service is unavailable: {detail}")]
     Unavailable { service: Upstream, detail: String },
     #[error("the {service} service did not answer in time: {detail}")]
@@ -84,6 +88,13 @@ impl Error {
             // A backing service refusing what the caller may not touch (a
             // server folder outside the allowed roots).
             Code::PermissionDenied => Error::Forbidden(msg),
+            Code::ResourceExhausted
+                if status
+                    .metadata()
+                    .contains_key(cbir_common::grpc::QUOTA_HEADER) =>
+            {
+                Error::InsufficientStorage(msg)
+            }
             Code::ResourceExhausted => Error::ResourceExhausted(format!(
                 "the {service} service is overloaded ({msg}); retry shortly"
             )),
@@ -120,6 +131,7 @@ impl Error {
             Error::ResourceExhausted(_) | Error::RateLimited { .. } => "resource_exhausted",
             Error::WrongHost(_) => "misdirected_request",
             Error::ClientTimeout(_) => "request_timeout",
+            Error::InsufficientStorage(_) => "insufficient_storage",
             Error::Unavailable { .. } => "unavailable",
             Error::DeadlineExceeded { .. } => "deadline_exceeded",
             Error::Config(_) | Error::Internal(_) => "internal",
@@ -159,6 +171,7 @@ impl Error {
             }
             Error::WrongHost(_) => StatusCode::MISDIRECTED_REQUEST,
             Error::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Error::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
             Error::Config(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -195,7 +208,9 @@ impl From<Error> for Status {
                 Status::new(Code::PermissionDenied, err.to_string())
             }
             Error::Unauthenticated(_) => Status::new(Code::Unauthenticated, err.to_string()),
-            Error::ResourceExhausted(_) | Error::RateLimited { .. } => {
+            Error::ResourceExhausted(_)
+            | Error::RateLimited { .. }
+            | Error::InsufficientStorage(_) => {
                 Status::new(Code::ResourceExhausted, err.to_string())
             }
             Error::WrongHost(_) => Status::new(Code::PermissionDenied, err.to_string()),
@@ -253,6 +268,14 @@ mod tests {
                 .contains("index service did not answer in time"),
             "{e}"
         );
+        let mut quota = Status::resource_exhausted("over max_datasets_bytes: delete datasets");
+        quota.metadata_mut().insert(
+            cbir_common::grpc::QUOTA_HEADER,
+            tonic::metadata::AsciiMetadataValue::from_static("datasets"),
+        );
+        let e = Error::upstream(Upstream::Training, quota);
+        assert_eq!(e.http_status(), StatusCode::INSUFFICIENT_STORAGE);
+        assert_eq!(e.to_string(), "over max_datasets_bytes: delete datasets");
         let e = Error::upstream(
             Upstream::Inference,
             Status::invalid_argument("not an image"),

@@ -10,7 +10,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use cbir_api::v1 as pb;
 use cbir_api::v1::training_service_client::TrainingServiceClient;
@@ -42,7 +42,11 @@ fn training_client(ch: Channel, max: usize) -> TrainingServiceClient<Channel> {
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route_labelled("/api/training/datasets", post(upload_dataset))
+        .route_labelled(
+            "/api/training/datasets",
+            get(list_datasets).post(upload_dataset),
+        )
+        .route_labelled("/api/training/datasets/{id}", delete(delete_dataset))
         .route_labelled("/api/training/jobs", get(list_jobs).post(submit_job))
         .route_labelled("/api/training/jobs/{id}", get(get_job))
         .route_labelled("/api/training/jobs/{id}/cancel", post(cancel_job))
@@ -368,6 +372,52 @@ async fn upload_dataset(
     let name = archive_name(q.file_name, &headers);
     let r = gw.upload_dataset(name, body).await?;
     Ok(Json(json!({"dataset_id": r.dataset_id, "bytes": r.bytes})))
+}
+
+fn dataset_json(d: &pb::DatasetInfo) -> Value {
+    json!({
+        "id": d.id,
+        "bytes": d.bytes,
+        "created_at_ms": d.created_at_ms,
+        "job_ids": d.job_ids,
+        "expires_at_ms": d.expires_at_ms,
+    })
+}
+
+async fn list_datasets(State(gw): State<AppState>, headers: HeaderMap) -> Result<Json<Value>> {
+    allow(&gw, &headers, None, Role::Admin)?;
+    let r = gw
+        .training_rpc(
+            "ListDatasets",
+            gw.admin_timeout(),
+            pb::ListDatasetsRequest {},
+            |mut c, r| async move { c.list_datasets(r).await },
+        )
+        .await?;
+    Ok(Json(json!({
+        "datasets": r.datasets.iter().map(dataset_json).collect::<Vec<_>>(),
+        "used_bytes": r.used_bytes,
+        "quota_bytes": r.quota_bytes,
+    })))
+}
+
+async fn delete_dataset(
+    State(gw): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>> {
+    allow(&gw, &headers, None, Role::Admin)?;
+    let r = gw
+        .training_rpc(
+            "DeleteDataset",
+            gw.admin_timeout(),
+            pb::DeleteDatasetRequest {
+                dataset_id: id.clone(),
+            },
+            |mut c, r| async move { c.delete_dataset(r).await },
+        )
+        .await?;
+    Ok(Json(json!({"deleted": id, "freed_bytes": r.freed_bytes})))
 }
 
 #[derive(Deserialize)]

@@ -15,6 +15,9 @@ pub enum Error {
     /// A transient lock conflict in the database that outlasted the retries.
     #[error("{0}")]
     Busy(String),
+    /// The datasets' disk quota (`max_datasets_bytes`).
+    #[error("{0}")]
+    QuotaExceeded(String),
     #[error("the job was cancelled")]
     Cancelled,
     #[error("training failed: {0}")]
@@ -86,6 +89,15 @@ impl From<Error> for Status {
             Error::PermissionDenied(_) => Status::new(Code::PermissionDenied, err.to_string()),
             Error::Unavailable(_) | Error::Busy(_) => {
                 Status::new(Code::Unavailable, err.to_string())
+            }
+            Error::QuotaExceeded(_) => {
+                let mut s = Status::new(Code::ResourceExhausted, err.to_string());
+                // Out of disk, not busy: the gateway answers 507.
+                s.metadata_mut().insert(
+                    cbir_common::grpc::QUOTA_HEADER,
+                    tonic::metadata::AsciiMetadataValue::from_static("datasets"),
+                );
+                s
             }
             Error::Cancelled => Status::new(Code::Cancelled, err.to_string()),
             Error::Training(_) | Error::Io(_) | Error::Database(_) | Error::Internal(_) => {

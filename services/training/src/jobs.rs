@@ -36,6 +36,8 @@ pub struct Training {
     wake: Notify,
     /// One activation at a time: two would race on what inference serves.
     activating: tokio::sync::Mutex<()>,
+    /// Uploads streaming in, counted against `max_datasets_bytes`.
+    pub(crate) uploading: crate::datasets::Uploading,
     pub metrics: crate::metrics::TrainingMetrics,
 }
 
@@ -162,6 +164,7 @@ impl Training {
             running: Mutex::new(None),
             wake: Notify::new(),
             activating: tokio::sync::Mutex::new(()),
+            uploading: Default::default(),
             metrics: crate::metrics::TrainingMetrics::new()
                 .map_err(|e| Error::Internal(e.to_string()))?,
         });
@@ -210,10 +213,6 @@ impl Training {
 
     // ----- datasets -----------------------------------------------------------
 
-    fn datasets_dir(&self) -> PathBuf {
-        self.cfg.data_dir.join("datasets")
-    }
-
     /// Unpacks an uploaded archive (already written to `archive`) into a new
     /// dataset folder; returns its id.
     pub async fn add_archive(&self, archive: PathBuf, file_name: &str) -> Result<String> {
@@ -221,19 +220,25 @@ impl Training {
         let id = uuid::Uuid::new_v4().to_string();
         let dest = self.datasets_dir().join(&id);
         let limits = self.cfg.archive;
+        let dest2 = dest.clone();
         let r = tokio::task::spawn_blocking(move || {
-            let r = dataset::unpack(&archive, kind, &dest, limits);
+            let r = dataset::unpack(&archive, kind, &dest2, limits);
             let _ = std::fs::remove_file(&archive);
             r
         })
         .await
         .map_err(|e| Error::Internal(format!("unpacking task failed: {e}")))?;
         r?;
+        // Unpacked, an archive may be larger than it was.
+        if let Err(e) = self.check_quota(self.datasets_bytes().await?) {
+            let _ = tokio::fs::remove_dir_all(&dest).await;
+            return Err(e);
+        }
         Ok(id)
     }
 
     pub fn upload_path(&self) -> Result<PathBuf> {
-        let dir = self.cfg.data_dir.join("uploads");
+        let dir = self.uploads_dir();
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::Io(format!("creating {}: {e}", dir.display())))?;
         Ok(dir.join(uuid::Uuid::new_v4().to_string()))
@@ -255,7 +260,10 @@ impl Training {
                         "no uploaded dataset {id:?}: upload it again"
                     )));
                 }
-                Ok((dataset::dataset_root(&dir), format!("upload {id}")))
+                Ok((
+                    dataset::dataset_root(&dir),
+                    crate::datasets::upload_label(id),
+                ))
             }
             None => Err(Error::InvalidArgument(
                 "no dataset: give a server path or an uploaded dataset id".into(),
@@ -385,6 +393,7 @@ impl Training {
         if let Some(tx) = self.live.lock().remove(id) {
             tx.send_replace(j.clone());
         }
+        self.release_dataset(&j).await;
         Ok(j)
     }
 
@@ -516,12 +525,8 @@ impl Training {
         }
         tx.send_replace(job.clone());
         self.live.lock().remove(&job.id);
-        // Unpacked uploads are only needed by their job.
-        if job.dataset.starts_with("upload ") {
-            if let Some(id) = job.dataset.strip_prefix("upload ") {
-                let _ = tokio::fs::remove_dir_all(self.datasets_dir().join(id)).await;
-            }
-        }
+        // Unpacked uploads are only needed by their jobs.
+        self.release_dataset(&job).await;
         tracing::info!(job = %job.id, state = state_name(job.state), message = %job.message, "training job ended");
     }
 

@@ -4,6 +4,7 @@
 
 pub mod augment;
 pub use cbir_dataset as dataset;
+pub mod datasets;
 pub mod error;
 pub mod jobs;
 pub mod metrics;
@@ -56,6 +57,13 @@ pub struct Config {
     pub defaults: trainer::Params,
     pub archive: dataset::ArchiveLimits,
     pub max_upload_bytes: u64,
+    /// Disk quota of the uploaded datasets (unpacked) and the uploads in
+    /// progress together: an upload that would go over it is refused
+    /// (RESOURCE_EXHAUSTED, 507 at the gateway).
+    pub max_datasets_bytes: u64,
+    /// An uploaded dataset no job has used is deleted after this long; one
+    /// a job used is deleted when its last job ends.
+    pub dataset_ttl_s: u64,
     pub image_limits: cbir_imaging::Limits,
     /// How often every inference replica is checked to serve the active
     /// model (a restarted replica comes back with its configured one); 0 off.
@@ -92,6 +100,8 @@ impl Default for Config {
             defaults: trainer::Params::default(),
             archive: dataset::ArchiveLimits::default(),
             max_upload_bytes: 4 << 30,
+            max_datasets_bytes: 16 << 30,
+            dataset_ttl_s: 24 * 3600,
             image_limits: cbir_imaging::Limits::default(),
             reconcile_ms: 10_000,
             max_message_bytes: cbir_common::grpc::DEFAULT_MAX_MESSAGE_BYTES,
@@ -151,6 +161,9 @@ pub async fn serve(
         .await;
     device(&cfg.device)?;
     let reconcile_every = cfg.reconcile_ms;
+    // Expired datasets are looked for twice per lifetime, at most every
+    // minute.
+    let sweep_every = Duration::from_secs((cfg.dataset_ttl_s / 2).clamp(1, 60));
     let max_message = cfg.max_message_bytes;
     let metrics_listen = cfg.metrics_listen.clone();
     let internal_token = cfg.internal_token.clone();
@@ -173,6 +186,25 @@ pub async fn serve(
                 let Some(t) = weak.upgrade() else { return };
                 if let Err(e) = t.reconcile().await {
                     tracing::warn!(error = %e, "could not bring the inference replicas to the active model; retrying");
+                }
+            }
+        });
+    }
+    {
+        // Datasets of jobs that ended while the service was down, and
+        // uploads no job used in time.
+        let weak = Arc::downgrade(&training);
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                let Some(t) = weak.upgrade() else { return };
+                if let Err(e) = t.sweep_datasets().await {
+                    tracing::warn!(error = %e, "could not sweep the uploaded datasets; retrying");
+                }
+                drop(t);
+                tokio::select! {
+                    _ = tokio::time::sleep(sweep_every) => {}
+                    _ = stop.changed() => return,
                 }
             }
         });

@@ -39,7 +39,12 @@ impl TrainingService for TrainingGrpc {
         let mut name = String::new();
         let mut bytes = 0u64;
         let limit = self.0.cfg.max_upload_bytes;
+        // The datasets on disk when the upload starts; the uploads in
+        // progress (this one included) are counted as they stream.
+        let on_disk = self.0.datasets_bytes().await?;
+        let mut share = self.0.upload_share();
         let result: Result<(), Status> = async {
+            self.0.check_quota(on_disk)?;
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk?;
                 if name.is_empty() {
@@ -52,6 +57,8 @@ impl TrainingService for TrainingGrpc {
                     ))
                     .into());
                 }
+                share.add(chunk.data.len() as u64);
+                self.0.check_quota(on_disk)?;
                 file.write_all(&chunk.data)
                     .await
                     .map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
@@ -63,6 +70,7 @@ impl TrainingService for TrainingGrpc {
         }
         .await;
         drop(file);
+        drop(share);
         if let Err(e) = result {
             let _ = tokio::fs::remove_file(&path).await;
             return Err(e);
@@ -198,6 +206,23 @@ impl TrainingService for TrainingGrpc {
     ) -> Result<Response<pb::GetPerformanceCurveResponse>, Status> {
         let points = self.0.curve(req.into_inner().target).await?;
         Ok(Response::new(pb::GetPerformanceCurveResponse { points }))
+    }
+
+    async fn list_datasets(
+        &self,
+        _req: Request<pb::ListDatasetsRequest>,
+    ) -> Result<Response<pb::ListDatasetsResponse>, Status> {
+        Ok(Response::new(self.0.list_datasets().await?))
+    }
+
+    async fn delete_dataset(
+        &self,
+        req: Request<pb::DeleteDatasetRequest>,
+    ) -> Result<Response<pb::DeleteDatasetResponse>, Status> {
+        let id = req.into_inner().dataset_id;
+        let freed_bytes = self.0.delete_dataset(&id).await?;
+        tracing::info!(dataset = %id, bytes = freed_bytes, "dataset deleted");
+        Ok(Response::new(pb::DeleteDatasetResponse { freed_bytes }))
     }
 
     type DownloadModelStream = BoxStream<pb::ModelChunk>;
