@@ -111,6 +111,8 @@ pub struct System {
     reserved: [Option<std::net::TcpListener>; 4],
     pub training_cfg: cbir_training::Config,
     pub gateway_cfg: cbir_gateway::Config,
+    /// The index's limits at its next start.
+    pub index_limits: cbir_index::Limits,
     pub tls: Option<TestTls>,
     /// The index's database: a SQLite file in `dir` unless a test gave one.
     pub index_database_url: String,
@@ -282,6 +284,7 @@ impl System {
             reserved: reserved.map(Some),
             gateway_cfg,
             training_cfg,
+            index_limits: cbir_index::Limits::default(),
             tls,
             index_database_url,
         };
@@ -320,6 +323,12 @@ impl System {
     pub async fn start_inference(&mut self) {
         let mut cfg = cbir_inference::Config::for_test();
         cfg.batcher.max_queue_delay_us = 2_000;
+        // One process, one decode budget (as in `cbir up`): the gateway's
+        // settings, so that tests set it through `tweak`.
+        let g = &self.gateway_cfg.limits;
+        cfg.limits.decode_memory_bytes = g.decode_memory_bytes;
+        cfg.limits.max_decodes = g.max_decodes;
+        cfg.limits.decode_wait_ms = g.decode_wait_ms;
         cfg.internal_token = self.gateway_cfg.internal_token.clone();
         cfg.metrics_listen = Some(self.inference_metrics_addr.to_string());
         cfg.tls = self.internal_tls();
@@ -340,6 +349,7 @@ impl System {
             database_url: self.index_database_url.clone(),
             inference_url: Some(format!("{}://{}", self.scheme(), self.inference_addr)),
             metrics_listen: Some(self.index_metrics_addr.to_string()),
+            limits: self.index_limits,
             internal_token: self.gateway_cfg.internal_token.clone(),
             tls: self.internal_tls(),
             ..Default::default()

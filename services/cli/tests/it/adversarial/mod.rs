@@ -16,4 +16,5 @@ pub fn report(attack: &str, outcome: &str) {
 }
 
 mod internal;
+mod resources;
 mod web;
