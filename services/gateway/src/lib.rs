@@ -236,19 +236,14 @@ impl Config {
     }
 
     /// The size limits follow one rule: an image fits in one message to
-    /// the internal services, and a request holds at least one image.
+    /// the internal services (a request limit below the image limit is a
+    /// smaller image limit in effect).
     pub fn check_sizes(&self) -> Result<()> {
         let one_image = indexing::max_image_in_message(self.max_message_bytes);
         if self.limits.max_image_bytes > one_image {
             return Err(Error::Config(format!(
                 "limits.max_image_bytes ({}) must fit in one message to the internal services: at most {one_image} with max_message_bytes = {} (raise max_message_bytes here and in inference and index alike, or lower the image limit)",
                 self.limits.max_image_bytes, self.max_message_bytes
-            )));
-        }
-        if self.limits.max_request_bytes < self.limits.max_image_bytes {
-            return Err(Error::Config(format!(
-                "limits.max_request_bytes ({}) is below limits.max_image_bytes ({}): a request could not carry one image",
-                self.limits.max_request_bytes, self.limits.max_image_bytes
             )));
         }
         Ok(())
@@ -391,6 +386,27 @@ mod tests {
             assert_eq!(cfg.limits.max_top_k, 50);
             Ok(())
         });
+    }
+
+    #[test]
+    fn an_image_must_fit_in_one_message_to_the_internal_services() {
+        Config::default()
+            .check_sizes()
+            .expect("the defaults follow the rule");
+        let mut cfg = Config {
+            max_message_bytes: 16 << 20,
+            ..Default::default()
+        };
+        let e = cfg
+            .check_sizes()
+            .expect_err("32 MiB images, 16 MiB messages");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("limits.max_image_bytes (33554432)") && msg.contains("max_message_bytes"),
+            "{msg}"
+        );
+        cfg.limits.max_image_bytes = 8 << 20;
+        cfg.check_sizes().expect("8 MiB images fit");
     }
 
     #[test]

@@ -161,8 +161,9 @@ async fn decompression_bombs_keep_memory_within_the_decode_budget() {
             async move { upload_bomb(&http, &base, data, i).await }
         })
         .await;
+        let stored = answers.iter().filter(|(_, b)| b["added"] == 1).count();
         println!(
-            "{n} bomb uploads at once: peak resident +{} MiB (budget {} MiB)",
+            "{n} bomb uploads at once: peak resident +{} MiB (budget {} MiB), {stored} stored, the rest answered retry",
             peak / MIB,
             BUDGET / MIB
         );
