@@ -61,6 +61,7 @@ pub async fn run(url: &str, images: &[PathBuf], as_json: bool) -> anyhow::Result
             Vec::new()
         } else {
             let mut req = tonic::Request::new(pb::EmbedRequest {
+                include_renditions: false,
                 images: inputs,
                 priority: pb::Priority::Interactive as i32,
                 include_probabilities: false,

@@ -1,7 +1,8 @@
 //! Adding images (REST uploads and gRPC `AddImages`): each file is checked,
-//! prepared (hash, thumbnail, rendition) within the decode budget, embedded
-//! and stored on its own, so one bad file fails alone. Calls to the
-//! inference and index services are cut to fit their message limit.
+//! hashed here, decoded once in the inference service (feature, thumbnail
+//! and rendition from the same decode) and stored on its own, so one bad
+//! file fails alone. Calls to the inference and index services are cut to
+//! fit their message limit.
 
 use std::sync::Arc;
 
@@ -10,10 +11,6 @@ use cbir_api::v1 as pb;
 use crate::error::{Error, Result};
 use crate::gateway::{file_name_of, model_label, same_model, Gateway};
 
-/// Originals up to this size are kept as they are for rebuilds; larger
-/// ones as a rendition (see `cbir_imaging::rendition`).
-const KEEP_ORIGINAL_BYTES: usize = 512 * 1024;
-const RENDITION_SHORTER_SIDE: u32 = 384;
 /// Room left in each message for its framing and the fields besides the
 /// images (ids, model, collection name).
 const MESSAGE_HEADROOM: usize = 64 * 1024;
@@ -24,30 +21,36 @@ const ITEM_OVERHEAD: usize = 8 * 1024;
 /// 1000 by default).
 const MAX_RECORDS_PER_UPSERT: usize = 256;
 
-/// The parts of an image to store, computed off the async threads.
+/// What is stored of an image besides its feature.
 struct Prepared {
-    hash: String,
     thumbnail: Vec<u8>,
     source: Vec<u8>,
 }
 
-/// Decodes once for the thumbnail and the rendition; the caller holds the
-/// decode budget for it.
+/// One image's answer from the inference service.
+#[derive(Clone)]
+struct Embedded {
+    embedding: pb::Embedding,
+    /// Empty when the replica makes none (the gateway decodes then).
+    thumbnail: Vec<u8>,
+    rendition: Vec<u8>,
+}
+
+/// The file itself when small, else its rendition.
+fn source_of(data: &[u8], forms: cbir_imaging::StoredForms) -> Prepared {
+    Prepared {
+        thumbnail: forms.thumbnail,
+        source: forms.rendition.unwrap_or_else(|| data.to_vec()),
+    }
+}
+
+/// Decodes here for the thumbnail and rendition: only when the inference
+/// service made none (an older replica). The caller holds the decode budget.
 fn prepare(data: &[u8], limits: &cbir_imaging::Limits) -> std::result::Result<Prepared, String> {
     let decoded = cbir_imaging::decode(data, limits).map_err(|e| e.to_string())?;
-    let thumbnail = cbir_imaging::thumbnail(&decoded.image).map_err(|e| e.to_string())?;
-    let source = if data.len() <= KEEP_ORIGINAL_BYTES {
-        data.to_vec()
-    } else {
-        cbir_imaging::rendition(&decoded.image, RENDITION_SHORTER_SIDE, 90)
-            .map_err(|e| e.to_string())?
-    };
-    drop(decoded);
-    Ok(Prepared {
-        hash: cbir_imaging::content_hash(data),
-        thumbnail,
-        source,
-    })
+    let forms =
+        cbir_imaging::stored_forms(&decoded.image, data.len()).map_err(|e| e.to_string())?;
+    Ok(source_of(data, forms))
 }
 
 /// Cuts `items` into consecutive groups of at most `max_items` whose sizes
@@ -137,6 +140,7 @@ impl Gateway {
         let mut looked_again = false;
         loop {
             let msg = pb::EmbedRequest {
+                include_renditions: true,
                 images: inputs.to_vec(),
                 priority: pb::Priority::Bulk as i32,
                 include_probabilities: false,
@@ -356,25 +360,17 @@ impl Gateway {
             }
         }
         let images: Arc<Vec<pb::NewImage>> = Arc::new(req.images);
-        // Thumbnails and hashes here, features in the inference service, at
-        // the same time.
-        let imaging_limits = limits.imaging();
-        // One image at a time per request: the inference service decodes
-        // the same images in parallel meanwhile.
-        let prepare_all = async {
-            let mut out = Vec::with_capacity(n);
-            for (i, ok) in ok.iter().enumerate() {
-                out.push(if *ok {
-                    Some(
-                        self.prepare_within_budget(images.clone(), i, imaging_limits)
-                            .await,
-                    )
-                } else {
-                    None
-                });
-            }
-            out
-        };
+        // Hashes here; features, thumbnails and renditions in the inference
+        // service, from one decode there, at the same time.
+        let to_hash = images.clone();
+        let hash_ok = ok.clone();
+        let hashes = tokio::task::spawn_blocking(move || {
+            to_hash
+                .iter()
+                .zip(hash_ok)
+                .map(|(img, ok)| ok.then(|| cbir_imaging::content_hash(&img.data)))
+                .collect::<Vec<_>>()
+        });
         let inputs: Vec<pb::ImageInput> = images
             .iter()
             .enumerate()
@@ -390,9 +386,10 @@ impl Gateway {
             }
             self.embed_all(&collection, coll, inputs).await
         };
-        let (prepared, embedded) = tokio::join!(prepare_all, embed);
+        let (hashes, embedded) = tokio::join!(hashes, embed);
+        let hashes = hashes.map_err(|e| Error::Internal(format!("hashing the images: {e}")))?;
         let embedded = embedded?;
-        let mut embeddings: Vec<Option<pb::Embedding>> = vec![None; n];
+        let mut embeddings: Vec<Option<Embedded>> = vec![None; n];
         for r in embedded {
             let Ok(i) = r.id.parse::<usize>() else {
                 continue;
@@ -401,7 +398,13 @@ impl Gateway {
                 continue;
             }
             match r.outcome {
-                Some(pb::embed_result::Outcome::Embedding(e)) => embeddings[i] = Some(e),
+                Some(pb::embed_result::Outcome::Embedding(e)) => {
+                    embeddings[i] = Some(Embedded {
+                        embedding: e,
+                        thumbnail: r.thumbnail,
+                        rendition: r.rendition,
+                    });
+                }
                 Some(pb::embed_result::Outcome::Error(e)) => {
                     results[i].error = e.message;
                     ok[i] = false;
@@ -412,31 +415,49 @@ impl Gateway {
                 }
             }
         }
+        let imaging_limits = limits.imaging();
         let mut records = Vec::new();
         let mut record_of = Vec::new();
-        for (i, prep) in prepared.into_iter().enumerate() {
-            if !ok[i] {
+        for (i, hash) in hashes.into_iter().enumerate() {
+            let Some(hash) = hash.filter(|_| ok[i]) else {
                 continue;
-            }
-            let prep = match prep {
-                Some(Ok(p)) => p,
-                Some(Err(e)) => {
-                    results[i].error = e;
-                    ok[i] = false;
-                    continue;
-                }
-                None => continue,
             };
-            let Some(emb) = embeddings[i].take() else {
+            let Some(Embedded {
+                embedding: emb,
+                thumbnail,
+                rendition,
+            }) = embeddings[i].take()
+            else {
                 results[i].error = "the inference service returned no feature".into();
                 ok[i] = false;
                 continue;
             };
             let img = &images[i];
+            let prep = if thumbnail.is_empty() {
+                match self
+                    .prepare_within_budget(images.clone(), i, imaging_limits)
+                    .await
+                {
+                    Ok(p) => p,
+                    Err(e) => {
+                        results[i].error = e;
+                        ok[i] = false;
+                        continue;
+                    }
+                }
+            } else {
+                source_of(
+                    &img.data,
+                    cbir_imaging::StoredForms {
+                        thumbnail,
+                        rendition: (!rendition.is_empty()).then_some(rendition),
+                    },
+                )
+            };
             results[i].predicted_class = emb.predicted_class;
             results[i].predicted_name.clone_from(&emb.predicted_name);
             records.push(pb::ImageRecord {
-                content_hash: prep.hash,
+                content_hash: hash,
                 file_name: results[i].file_name.clone(),
                 path: img.path.clone(),
                 label: img.label.clone(),

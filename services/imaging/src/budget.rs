@@ -11,6 +11,7 @@
 //! The budget is per process, not per service: `cbir up` runs every service
 //! in one process, and they share the machine's memory.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,8 @@ pub struct Budget {
     slots: Arc<Semaphore>,
     limits: Limits,
     units: u64,
+    /// Decodes let through so far.
+    granted: AtomicU64,
 }
 
 fn units(bytes: u64) -> u64 {
@@ -61,6 +64,7 @@ impl Budget {
             slots: Arc::new(Semaphore::new(slots)),
             limits: *limits,
             units,
+            granted: AtomicU64::new(0),
         }
     }
 
@@ -88,6 +92,11 @@ impl Budget {
 
     pub fn memory_bytes(&self) -> u64 {
         self.limits.decode_memory_bytes
+    }
+
+    /// Decodes let through since the start: one per decoded image.
+    pub fn granted(&self) -> u64 {
+        self.granted.load(Ordering::Relaxed)
     }
 
     /// Bytes held by decodes now.
@@ -127,11 +136,15 @@ impl Budget {
             (slot, memory)
         };
         match tokio::time::timeout(wait, take).await {
-            Ok((Ok(slot), memory)) => Ok(Permit {
-                _memory: memory.transpose().map_err(|_| self.busy())?,
-                _slot: slot,
-                bytes,
-            }),
+            Ok((Ok(slot), memory)) => {
+                let memory = memory.transpose().map_err(|_| self.busy())?;
+                self.granted.fetch_add(1, Ordering::Relaxed);
+                Ok(Permit {
+                    _memory: memory,
+                    _slot: slot,
+                    bytes,
+                })
+            }
             // The semaphores are never closed.
             Ok((Err(_), _)) | Err(_) => Err(self.busy()),
         }
@@ -153,11 +166,12 @@ impl Budget {
                 };
                 match memory {
                     Ok(memory) => {
+                        self.granted.fetch_add(1, Ordering::Relaxed);
                         return Ok(Permit {
                             _memory: memory,
                             _slot: slot,
                             bytes,
-                        })
+                        });
                     }
                     Err(TryAcquireError::NoPermits) => drop(slot),
                     Err(TryAcquireError::Closed) => return Err(self.busy()),
@@ -218,6 +232,7 @@ mod tests {
             .is_busy());
         drop(held);
         assert_eq!(b.in_use(), 0);
+        assert_eq!(b.granted(), 1, "refusals are not counted");
         let _again = b.acquire(30 << 20).await.expect("room again");
     }
 

@@ -507,6 +507,38 @@ fn scaled_jpeg(img: &RgbImage, scale: f64, quality: u8) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Originals up to this size are stored as they are (for rebuilds); larger
+/// ones as a rendition.
+pub const KEEP_ORIGINAL_BYTES: usize = 512 * 1024;
+/// Shorter side of a stored rendition: preprocessing scales the shorter
+/// side to `RESIZE_SHORTER` anyway, so it re-embeds like the original.
+pub const RENDITION_SHORTER_SIDE: u32 = 384;
+const RENDITION_QUALITY: u8 = 90;
+
+/// What the index stores of an image besides its feature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredForms {
+    pub thumbnail: Vec<u8>,
+    /// A rendition when the file (`encoded_bytes`) is over
+    /// `KEEP_ORIGINAL_BYTES`; `None`: store the file itself.
+    pub rendition: Option<Vec<u8>>,
+}
+
+/// The thumbnail and, for a large file, the rendition of a decoded image:
+/// made where it is decoded, so that no service decodes it twice.
+pub fn stored_forms(img: &RgbImage, encoded_bytes: usize) -> Result<StoredForms> {
+    let thumbnail = thumbnail(img)?;
+    let rendition = if encoded_bytes > KEEP_ORIGINAL_BYTES {
+        Some(rendition(img, RENDITION_SHORTER_SIDE, RENDITION_QUALITY)?)
+    } else {
+        None
+    };
+    Ok(StoredForms {
+        thumbnail,
+        rendition,
+    })
+}
+
 /// Hex SHA-256 of the encoded file: the identity of an image in the index.
 pub fn content_hash(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))

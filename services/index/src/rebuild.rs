@@ -210,6 +210,7 @@ async fn reembed(
     };
     let resp = client
         .embed(outgoing(pb::EmbedRequest {
+            include_renditions: false,
             images,
             priority: pb::Priority::Bulk as i32,
             include_probabilities: false,

@@ -102,6 +102,8 @@ pub struct Embedded {
     pub meta: Arc<ModelMeta>,
     pub width: u32,
     pub height: u32,
+    /// Thumbnail and rendition from the same decode, when asked for.
+    pub stored: Option<cbir_imaging::StoredForms>,
 }
 
 /// A batch's answers, all from `model` (an image that a swap in the middle
@@ -280,7 +282,11 @@ impl Inference {
     /// `decode_concurrency` and by the process's decode memory budget (the
     /// header tells the peak before any pixel is decoded), so that a burst
     /// of huge images cannot take all memory at once.
-    async fn prepare(&self, data: Vec<u8>) -> Result<(Vec<u8>, u32, u32)> {
+    async fn prepare(
+        &self,
+        data: Vec<u8>,
+        renditions: bool,
+    ) -> Result<(Vec<u8>, u32, u32, Option<cbir_imaging::StoredForms>)> {
         let limits = self.limits;
         // A slot and room in the budget are waited for up to
         // `decode_wait_ms`, and up to half of what is left of the caller's
@@ -313,7 +319,10 @@ impl Inference {
             let decoded = cbir_imaging::decode(&data, &limits)?;
             let (w, h) = decoded.image.dimensions();
             let input = cbir_imaging::preprocess(&decoded.image)?;
-            Ok((input, w, h))
+            let stored = renditions
+                .then(|| cbir_imaging::stored_forms(&decoded.image, data.len()))
+                .transpose()?;
+            Ok((input, w, h, stored))
         })
         .await
         .map_err(|e| Error::Internal(format!("decode task failed: {e}")))?
@@ -328,6 +337,18 @@ impl Inference {
         priority: Priority,
         wanted: Option<&ModelId>,
     ) -> Result<Embeddings> {
+        self.embed_many_with(images, priority, wanted, false).await
+    }
+
+    /// [`Self::embed_many`], with each image's thumbnail and rendition made
+    /// from the same decode when `renditions` (what an upload stores).
+    pub async fn embed_many_with(
+        &self,
+        images: Vec<Vec<u8>>,
+        priority: Priority,
+        wanted: Option<&ModelId>,
+        renditions: bool,
+    ) -> Result<Embeddings> {
         if images.is_empty() {
             return Err(Error::InvalidRequest("no images in the request".into()));
         }
@@ -338,15 +359,17 @@ impl Inference {
                 self.max_images_per_request
             )));
         }
-        let prepared = futures::future::join_all(images.into_iter().map(|d| self.prepare(d))).await;
+        let prepared =
+            futures::future::join_all(images.into_iter().map(|d| self.prepare(d, renditions)))
+                .await;
         let mut inputs = Vec::new();
         let mut dims = Vec::new();
         let mut slots: Vec<Option<Result<Embedded>>> = Vec::with_capacity(prepared.len());
         for p in prepared {
             match p {
-                Ok((input, w, h)) => {
+                Ok((input, w, h, stored)) => {
                     inputs.push(input);
-                    dims.push((w, h));
+                    dims.push((w, h, stored));
                     slots.push(None);
                 }
                 Err(e) => slots.push(Some(Err(e))),
@@ -368,13 +391,14 @@ impl Inference {
             .map(|slot| match slot {
                 Some(err) => err,
                 None => {
-                    let (width, height) = dims.next().unwrap_or_default();
+                    let (width, height, stored) = dims.next().unwrap_or_default();
                     match answers.next() {
                         Some(Ok(Ok((output, meta)))) => Ok(Embedded {
                             output,
                             meta,
                             width,
                             height,
+                            stored,
                         }),
                         Some(Ok(Err(e))) => Err(e),
                         Some(Err(_)) | None => Err(Error::ShuttingDown),
@@ -759,8 +783,16 @@ fn model_info(meta: &ModelMeta, include_class_names: bool) -> pb::ModelInfo {
 }
 
 fn item_result(id: String, r: Result<Embedded>, include_probabilities: bool) -> pb::EmbedResult {
+    let (thumbnail, rendition) = match &r {
+        Ok(Embedded {
+            stored: Some(s), ..
+        }) => (s.thumbnail.clone(), s.rendition.clone().unwrap_or_default()),
+        _ => Default::default(),
+    };
     pb::EmbedResult {
         id,
+        thumbnail,
+        rendition,
         outcome: Some(match r {
             Ok(e) => pb::embed_result::Outcome::Embedding(to_embedding(&e, include_probabilities)),
             Err(err) => pb::embed_result::Outcome::Error(pb::ItemError {
@@ -789,10 +821,11 @@ impl InferenceService for InferenceGrpc {
         let out = CALLER_DEADLINE
             .scope(
                 deadline,
-                self.0.embed_many(
+                self.0.embed_many_with(
                     data,
                     priority(req.priority, Priority::Interactive),
                     wanted.as_ref(),
+                    req.include_renditions,
                 ),
             )
             .await?;

@@ -91,6 +91,7 @@ async fn rebuild_switches_model_while_searches_keep_working() {
         .collect();
     let embedded = inf
         .embed(pb::EmbedRequest {
+            include_renditions: false,
             images: images.clone(),
             priority: pb::Priority::Bulk as i32,
             include_probabilities: false,

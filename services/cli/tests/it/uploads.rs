@@ -1,9 +1,11 @@
-//! Uploads through the gateway: a bad file fails alone (REST and gRPC), and
-//! a batch the index refuses is stored record by record.
+//! Uploads through the gateway: each image is decoded once in the whole
+//! system, a bad file fails alone (REST and gRPC), and a batch the index
+//! refuses is stored record by record.
 
 use std::path::{Path, PathBuf};
 
 use cbir_api::v1 as pb;
+use cbir_api::v1::index_service_client::IndexServiceClient;
 use cbir_api::v1::search_service_client::SearchServiceClient;
 use serde_json::Value;
 use tonic::transport::Channel;
@@ -166,5 +168,73 @@ async fn a_record_the_index_refuses_fails_alone_when_the_batch_is_sent_again_one
         errs[2].contains("label") && errs[2].contains("40"),
         "{errs:?}"
     );
+    sys.shutdown().await;
+}
+
+/// A photo padded to about `bytes` with JPEG comment segments.
+fn padded(photo: &[u8], bytes: usize) -> Vec<u8> {
+    let mut out = photo[..2].to_vec();
+    while out.len() + photo.len() < bytes {
+        out.extend_from_slice(&[0xFF, 0xFE, 0xFF, 0xFF]);
+        out.extend(std::iter::repeat_n(b'c', 0xFFFD));
+    }
+    out.extend_from_slice(&photo[2..]);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_decodes_each_image_once_in_the_whole_system() {
+    let sys = System::start(|_| {}).await;
+    // Every service of this process shares the decode budget, which counts
+    // the decodes it lets through.
+    let budget = cbir_imaging::budget::Budget::shared(&cbir_imaging::Limits::default());
+    let files = flowers_subset(&sys.dir.path().join("set"), &["rose"], 6);
+    let mut parts = parts_of(&files);
+    // One over 512 KiB: stored as a rendition, made by the same decode.
+    let big = padded(&parts[0].1, 700 << 10);
+    parts[0].1 = big.clone();
+    let before = budget.granted();
+    let v = upload(&sys, "once", parts).await;
+    assert_eq!(v["added"], 6, "{v}");
+    assert_eq!(
+        budget.granted() - before,
+        6,
+        "six images, six decodes: the gateway does not decode them again"
+    );
+    let id = v["results"][0]["id"].as_u64().expect("id");
+    let ch = Channel::from_shared(format!("http://{}", sys.index_addr))
+        .expect("uri")
+        .connect_lazy();
+    let mut index = IndexServiceClient::new(ch).max_decoding_message_size(64 << 20);
+    let mut req = tonic::Request::new(pb::GetImageRequest {
+        collection: "once".into(),
+        id,
+        include_thumbnail: true,
+        include_source: true,
+        ..Default::default()
+    });
+    if let Some(t) = &sys.gateway_cfg.internal_token {
+        req.metadata_mut()
+            .insert("x-internal-token", t.parse().expect("ascii"));
+    }
+    let img = index
+        .get_image(req)
+        .await
+        .expect("get image")
+        .into_inner()
+        .image
+        .expect("image");
+    for (what, jpeg) in [
+        ("thumbnail", &img.thumbnail),
+        ("rendition", &img.source_image),
+    ] {
+        assert_eq!(&jpeg[..2], &[0xFF, 0xD8], "{what} is a JPEG");
+    }
+    assert!(
+        img.source_image.len() < big.len() / 4,
+        "a rendition, not the file"
+    );
+    let r = image::load_from_memory(&img.source_image).expect("rendition decodes");
+    assert!(r.width().min(r.height()) <= cbir_imaging::RENDITION_SHORTER_SIDE);
     sys.shutdown().await;
 }

@@ -45,6 +45,7 @@ async fn top1_accuracy_on_imagenet_sample_300() {
         let images = chunk.iter().map(|(p, _)| image(p, read(p))).collect();
         let resp = client
             .embed(pb::EmbedRequest {
+                include_renditions: false,
                 images,
                 priority: pb::Priority::Bulk as i32,
                 include_probabilities: false,
@@ -178,6 +179,7 @@ async fn interactive_request_overtakes_bulk_work() {
     let started = Instant::now();
     let bulk_task = tokio::spawn(async move {
         c1.embed(pb::EmbedRequest {
+            include_renditions: false,
             images: bulk,
             priority: pb::Priority::Bulk as i32,
             include_probabilities: false,
@@ -240,6 +242,7 @@ async fn full_queue_answers_resource_exhausted() {
     let mut client = server.client.clone();
     let err = client
         .embed(pb::EmbedRequest {
+            include_renditions: false,
             images: images.clone(),
             priority: pb::Priority::Bulk as i32,
             include_probabilities: false,
@@ -252,6 +255,7 @@ async fn full_queue_answers_resource_exhausted() {
     // It keeps serving, and smaller requests fit.
     let ok = client
         .embed(pb::EmbedRequest {
+            include_renditions: false,
             images: images[..3].to_vec(),
             priority: pb::Priority::Bulk as i32,
             include_probabilities: false,
@@ -300,6 +304,7 @@ async fn bad_images_fail_alone_and_service_keeps_serving() {
     ];
     let resp = client
         .embed(pb::EmbedRequest {
+            include_renditions: false,
             images: cases.iter().map(|(n, d, _)| image(n, d.clone())).collect(),
             priority: 0,
             include_probabilities: false,
@@ -353,6 +358,7 @@ async fn bad_images_fail_alone_and_service_keeps_serving() {
     assert_eq!(err.code(), Code::InvalidArgument);
     let err = client
         .embed(pb::EmbedRequest {
+            include_renditions: false,
             images: (0..257).map(|i| image(&i.to_string(), vec![1])).collect(),
             ..Default::default()
         })
@@ -590,6 +596,7 @@ async fn embed_naming(
     // The batch call and the stream pick the same model.
     let many = client
         .embed(pb::EmbedRequest {
+            include_renditions: false,
             images: vec![image("a", tench.clone()), image("b", tench.clone())],
             include_probabilities: true,
             model: wanted.clone(),
@@ -868,6 +875,7 @@ async fn a_graceful_stop_finishes_the_embeddings_in_flight() {
             let want = images.len();
             let r = c
                 .embed(pb::EmbedRequest {
+                    include_renditions: false,
                     images,
                     priority: if n % 2 == 0 {
                         pb::Priority::Bulk

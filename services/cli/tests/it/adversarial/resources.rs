@@ -215,6 +215,7 @@ async fn decompression_bombs_keep_memory_within_the_decode_budget() {
         let req = token_request(
             token.as_deref(),
             pb::EmbedRequest {
+                include_renditions: false,
                 images: vec![pb::ImageInput {
                     id: i.to_string(),
                     data: data.clone(),
