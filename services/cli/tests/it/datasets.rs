@@ -9,6 +9,19 @@ use serde_json::{json, Value};
 
 use crate::system::{flowers_subset, System};
 
+fn cbir(sys: &System, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cbir"))
+        .args(args)
+        .env("CBIR_GATEWAY_URL", sys.url())
+        .output()
+        .expect("cbir runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
 fn tar_of(dir: &Path) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     b.append_dir_all("set", dir).expect("tar");
@@ -114,6 +127,26 @@ async fn datasets_go_with_their_jobs_expire_unused_and_are_deleted_by_an_admin()
     .await;
     let set = sys.dir.path().join("set");
     flowers_subset(&set, &["daisy", "rose", "tulip"], 6);
+
+    // The CLI: list, delete.
+    let x = upload(&http, &base, &set).await;
+    tokio::task::block_in_place(|| {
+        let (ok, out, err) = cbir(&sys, &["dataset", "list", "--json"]);
+        assert!(ok, "{err}");
+        let d: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+        assert_eq!(d["id"], x);
+        let (ok, out, err) = cbir(&sys, &["dataset", "list"]);
+        assert!(ok, "{err}");
+        assert!(
+            out.contains(&x) && out.contains("unused, deleted in"),
+            "{out}"
+        );
+        assert!(err.contains("(max_datasets_bytes) in use"), "{err}");
+        let (ok, _, err) = cbir(&sys, &["dataset", "rm", &x]);
+        assert!(ok && err.contains(&format!("deleted {x}")), "{err}");
+        let (ok, _, err) = cbir(&sys, &["dataset", "rm", &x]);
+        assert!(!ok && err.contains("no uploaded dataset"), "{err}");
+    });
 
     // Listed, unused, with its expiry; an admin deletes it.
     let a = upload(&http, &base, &set).await;
