@@ -1,10 +1,22 @@
 #!/usr/bin/env bash
-# Command 2 of the README: install what the tests need, then run formatting,
-# lints and the whole test suite (real network, real images).
+# Command 2 of the README: lint first, so that a style error fails in
+# seconds, then install what the tests need and run the whole test suite
+# (real network, real images).
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$REPO_ROOT"
+
+# 1. Lints. Formatting needs nothing installed.
+echo "test: cargo fmt --check"
+cargo fmt --all -- --check
+
+# Clippy compiles tch, whose build script needs libtorch: the Python torch of
+# the setup (which also fetches the weights and the parity test's inputs).
 "$REPO_ROOT/scripts/setup.sh" --no-build
+echo "test: cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# 2. What the system tests need, and the deployment files' checks.
 
 # The index tests run every storage test on SQLite and on a real MariaDB.
 export CBIR_TEST_MYSQL_URL="${CBIR_TEST_MYSQL_URL:-mysql://root@127.0.0.1:3306}"
@@ -69,10 +81,7 @@ rendered="$(mktemp -d)"
 "$CBIR_VENV/bin/kubernetes-validate" --strict --quiet -k 1.30.0 "$rendered"/*.yaml
 rm -rf "$rendered"
 
-echo "test: cargo fmt --check"
-cargo fmt --all -- --check
-echo "test: cargo clippy"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+# 3. The test suite.
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast "$@"
 else
