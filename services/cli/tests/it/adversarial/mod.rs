@@ -7,7 +7,7 @@
 //! cargo nextest run -p cbir-cli --no-capture -E 'test(/^adversarial::/)'
 //! ```
 //!
-//! lists every attack with its outcome (the README's reliability table).
+//! lists every attack with its outcome (the reliability tables of docs/OPERATIONS.md).
 
 /// Prints the report line of one refused attack.
 #[allow(dead_code)]
