@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
+use crate::priority::Priority;
 
 /// Everything about a model that answers need besides raw numbers.
 #[derive(Debug, Clone)]
@@ -49,12 +50,6 @@ pub trait Backend: Send + 'static {
     /// Runs one forward pass over `inputs` (each 224x224x3 RGB bytes).
     fn infer(&mut self, inputs: &[&[u8]]) -> std::result::Result<Vec<RawOutput>, String>;
     fn meta(&self) -> Arc<ModelMeta>;
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Priority {
-    Interactive,
-    Bulk,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -1,6 +1,6 @@
 use tonic::{Code, Status};
 
-use crate::batcher::Priority;
+use crate::priority::Priority;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -3,9 +3,12 @@
 
 pub mod backend;
 pub mod batcher;
+pub mod engine;
 pub mod error;
 pub mod model;
+pub mod priority;
 pub mod service;
+pub mod swap;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -18,9 +21,10 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
 pub use backend::{DeviceConfig, ModelSpec, TchBackend};
-pub use batcher::{Backend, Batcher, BatcherConfig, Priority};
+pub use batcher::{Backend, Batcher, BatcherConfig};
+pub use engine::Inference;
 pub use error::{Error, Result};
-pub use service::Inference;
+pub use priority::Priority;
 
 /// Environment prefix: `INFERENCE_BATCHER__MAX_BATCH_SIZE=64`.
 pub const ENV_PREFIX: &str = "INFERENCE_";
