@@ -5,12 +5,15 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cbir_api::v1 as pb;
+use tokio::sync::watch;
 
+use crate::dataset::{self, ArchiveKind};
 use crate::error::{Error, Result};
-use crate::jobs::{is_terminal, Training};
+use crate::training::{is_terminal, Training};
 
 /// The label a job gives its uploaded dataset (`pb::Job::dataset`).
 pub fn upload_label(id: &str) -> String {
@@ -19,6 +22,31 @@ pub fn upload_label(id: &str) -> String {
 
 fn id_of_label(label: &str) -> Option<&str> {
     label.strip_prefix("upload ")
+}
+
+/// `path` if it lies under one of `roots` once links are resolved.
+pub fn resolve_allowed(path: &str, roots: &[PathBuf]) -> Result<PathBuf> {
+    if roots.is_empty() {
+        return Err(Error::FailedPrecondition(
+            "training from server folders is disabled: set allowed_roots (TRAINING_ALLOWED_ROOTS) in the training config, or upload the folder".into(),
+        ));
+    }
+    let p = Path::new(path.trim());
+    let real = p.canonicalize().map_err(|e| {
+        Error::InvalidArgument(format!("cannot open server folder {}: {e}", p.display()))
+    })?;
+    let inside = roots.iter().any(|r| {
+        r.canonicalize()
+            .map(|root| real.starts_with(root))
+            .unwrap_or(false)
+    });
+    if !inside {
+        return Err(Error::PermissionDenied(format!(
+            "{} is outside the allowed roots of the training service: pick a folder under one of them",
+            p.display()
+        )));
+    }
+    Ok(real)
 }
 
 /// Bytes of the files under `path` (links are not followed: unpacking
@@ -45,27 +73,23 @@ fn ms(t: SystemTime) -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Bytes of the uploads streaming in now, counted against the quota before
-/// they are on disk whole.
-#[derive(Default)]
-pub struct Uploading(AtomicU64);
-
-/// One upload's share of [`Uploading`], given back when it ends.
+/// One upload's share of the bytes streaming in (`Training::uploading`),
+/// given back when it ends.
 pub struct UploadShare<'a> {
-    total: &'a Uploading,
+    total: &'a AtomicU64,
     bytes: u64,
 }
 
 impl UploadShare<'_> {
     pub fn add(&mut self, n: u64) {
         self.bytes += n;
-        self.total.0.fetch_add(n, Ordering::Relaxed);
+        self.total.fetch_add(n, Ordering::Relaxed);
     }
 }
 
 impl Drop for UploadShare<'_> {
     fn drop(&mut self) {
-        self.total.0.fetch_sub(self.bytes, Ordering::Relaxed);
+        self.total.fetch_sub(self.bytes, Ordering::Relaxed);
     }
 }
 
@@ -98,7 +122,7 @@ impl Training {
     /// upload in progress are over `max_datasets_bytes`.
     pub fn check_quota(&self, on_disk: u64) -> Result<()> {
         let quota = self.cfg.max_datasets_bytes;
-        let used = on_disk + self.uploading.0.load(Ordering::Relaxed);
+        let used = on_disk + self.uploading.load(Ordering::Relaxed);
         if used > quota {
             return Err(Error::QuotaExceeded(format!(
                 "the training datasets would take {used} bytes, over the quota of {quota} bytes (max_datasets_bytes): delete datasets no job needs (DELETE /api/training/datasets/{{id}}, `cbir dataset rm ID`) or raise max_datasets_bytes"
@@ -267,6 +291,81 @@ impl Training {
             tracing::info!(bytes = freed, "deleted datasets no job needs");
         }
         Ok(freed)
+    }
+    /// Unpacks an uploaded archive (already written to `archive`) into a new
+    /// dataset folder; returns its id.
+    pub async fn add_archive(&self, archive: PathBuf, file_name: &str) -> Result<String> {
+        let kind = ArchiveKind::from_name(file_name)?;
+        let id = uuid::Uuid::new_v4().to_string();
+        let dest = self.datasets_dir().join(&id);
+        let limits = self.cfg.archive;
+        let dest2 = dest.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let r = dataset::unpack(&archive, kind, &dest2, limits);
+            let _ = std::fs::remove_file(&archive);
+            r
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("unpacking task failed: {e}")))?;
+        r?;
+        // Unpacked, an archive may be larger than it was.
+        if let Err(e) = self.check_quota(self.datasets_bytes().await?) {
+            let _ = tokio::fs::remove_dir_all(&dest).await;
+            return Err(e);
+        }
+        Ok(id)
+    }
+
+    pub fn upload_path(&self) -> Result<PathBuf> {
+        let dir = self.uploads_dir();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::Io(format!("creating {}: {e}", dir.display())))?;
+        Ok(dir.join(uuid::Uuid::new_v4().to_string()))
+    }
+
+    pub(crate) fn dataset_dir(&self, req: &pb::SubmitJobRequest) -> Result<(PathBuf, String)> {
+        match &req.dataset {
+            Some(pb::submit_job_request::Dataset::ServerPath(p)) => {
+                let real = resolve_allowed(p, &self.cfg.allowed_roots)?;
+                Ok((real, p.clone()))
+            }
+            Some(pb::submit_job_request::Dataset::DatasetId(id)) => {
+                if uuid::Uuid::parse_str(id).is_err() {
+                    return Err(Error::InvalidArgument(format!("bad dataset id {id:?}")));
+                }
+                let dir = self.datasets_dir().join(id);
+                if !dir.is_dir() {
+                    return Err(Error::NotFound(format!(
+                        "no uploaded dataset {id:?}: upload it again"
+                    )));
+                }
+                Ok((dataset::dataset_root(&dir), upload_label(id)))
+            }
+            None => Err(Error::InvalidArgument(
+                "no dataset: give a server path or an uploaded dataset id".into(),
+            )),
+        }
+    }
+
+    /// Sweeps the datasets now and then until `stop` fires: datasets of
+    /// jobs that ended while the service was down, and uploads no job used
+    /// in time.
+    pub fn spawn_sweeper(self: &Arc<Self>, every: Duration, stop: &watch::Receiver<bool>) {
+        let weak = Arc::downgrade(self);
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let Some(t) = weak.upgrade() else { return };
+                if let Err(e) = t.sweep_datasets().await {
+                    tracing::warn!(error = %e, "could not sweep the uploaded datasets; retrying");
+                }
+                drop(t);
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        });
     }
 }
 

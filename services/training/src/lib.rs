@@ -2,19 +2,21 @@
 //! folders, keeps the model registry in the database and activates models
 //! (inference hot swap, then a rebuild of the collections).
 
+pub mod activation;
 pub mod augment;
 pub use cbir_dataset as dataset;
 pub mod datasets;
 pub mod error;
-pub mod jobs;
 pub mod metrics;
+pub mod queue;
+pub mod registry;
 pub mod service;
 pub mod store;
 pub mod trainer;
+pub mod training;
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use cbir_api::v1::training_service_server::TrainingServiceServer;
@@ -23,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
 pub use error::{Error, Result};
-pub use jobs::Training;
+pub use training::Training;
 
 /// Environment prefix: `TRAINING_DATABASE_URL=mysql://...`.
 pub const ENV_PREFIX: &str = "TRAINING_";
@@ -175,40 +177,9 @@ pub async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let queue = tokio::spawn(training.clone().run_queue(stop_rx.clone()));
     if reconcile_every > 0 {
-        let weak = Arc::downgrade(&training);
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(reconcile_every)) => {}
-                    _ = stop.changed() => return,
-                }
-                let Some(t) = weak.upgrade() else { return };
-                if let Err(e) = t.reconcile().await {
-                    tracing::warn!(error = %e, "could not bring the inference replicas to the active model; retrying");
-                }
-            }
-        });
+        training.spawn_reconcile(reconcile_every, &stop_rx);
     }
-    {
-        // Datasets of jobs that ended while the service was down, and
-        // uploads no job used in time.
-        let weak = Arc::downgrade(&training);
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            loop {
-                let Some(t) = weak.upgrade() else { return };
-                if let Err(e) = t.sweep_datasets().await {
-                    tracing::warn!(error = %e, "could not sweep the uploaded datasets; retrying");
-                }
-                drop(t);
-                tokio::select! {
-                    _ = tokio::time::sleep(sweep_every) => {}
-                    _ = stop.changed() => return,
-                }
-            }
-        });
-    }
+    training.spawn_sweeper(sweep_every, &stop_rx);
     let metrics = training.metrics.metrics.clone();
     let _metrics_server = cbir_common::metrics::start_if(metrics_listen.as_deref(), &metrics).await;
     let svc = TrainingServiceServer::new(service::TrainingGrpc(training.clone()))

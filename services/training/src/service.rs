@@ -11,8 +11,8 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::Error;
-use crate::jobs::{is_terminal, Training};
 use crate::store::CHUNK_BYTES;
+use crate::training::{is_terminal, Training};
 
 pub struct TrainingGrpc(pub Arc<Training>);
 
