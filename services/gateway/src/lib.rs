@@ -13,6 +13,7 @@ pub mod jobs;
 pub mod rate;
 pub mod rest;
 pub mod training;
+pub mod ui;
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -18,9 +18,6 @@ use crate::auth::Role;
 use crate::error::{Error, Result};
 use crate::gateway::{file_name_of, label_from_path, mode_name, parse_mode, Gateway};
 
-const INDEX_HTML: &str = include_str!("../ui/index.html");
-const APP_JS: &str = include_str!("../ui/app.js");
-const STYLE_CSS: &str = include_str!("../ui/style.css");
 pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
 
 type AppState = Arc<Gateway>;
@@ -29,18 +26,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
     let body_limit = gateway.cfg.limits.max_request_bytes;
     let dataset_limit = gateway.cfg.limits.max_dataset_bytes;
     Router::new()
-        .route_labelled(
-            "/",
-            get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }),
-        )
-        .route_labelled(
-            "/assets/app.js",
-            get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
-        )
-        .route_labelled(
-            "/assets/style.css",
-            get(|| async { asset("text/css; charset=utf-8", STYLE_CSS) }),
-        )
+        .merge(crate::ui::routes())
         .route_labelled(
             "/api/openapi.json",
             get(|| async { asset("application/json", OPENAPI_JSON) }),
