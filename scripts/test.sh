@@ -9,6 +9,8 @@ cd "$REPO_ROOT"
 # 1. Lints. Formatting needs nothing installed.
 echo "test: cargo fmt --check"
 cargo fmt --all -- --check
+echo "test: node --test (the web UI's pure modules)"
+node --test services/gateway/ui/tests/
 
 # Clippy compiles tch, whose build script needs libtorch: the Python torch of
 # the setup (which also fetches the weights and the parity test's inputs).
