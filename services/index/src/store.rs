@@ -857,8 +857,7 @@ impl Store {
 }
 
 fn conflict_or(e: DbErr, msg: String) -> Error {
-    let s = e.to_string().to_lowercase();
-    if s.contains("unique") || s.contains("duplicate") {
+    if cbir_common::db::unique_violation(&e) {
         Error::AlreadyExists(msg)
     } else {
         db_err("writing")(e)
