@@ -2,6 +2,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::*;
+use crate::kernels;
 
 fn unit(rng: &mut StdRng, dims: usize, center: Option<&[f32]>) -> Vec<f32> {
     noisy(rng, dims, center, 0.5)

@@ -1,0 +1,160 @@
+//! A cell's storage: ids, f32 vectors, int8 codes and metadata side by side,
+//! so that a scan reads one contiguous buffer.
+
+use std::sync::Arc;
+
+use super::Meta;
+use crate::kernels;
+
+/// One cell: a whole class partition, or a k-means part of a big one. Its
+/// vectors sit in one contiguous buffer.
+#[derive(Debug)]
+pub struct Cell {
+    pub class: i32,
+    pub(super) dims: usize,
+    pub(super) ids: Vec<u64>,
+    pub(super) vecs: Vec<f32>,
+    pub(super) codes: Vec<i8>,
+    pub(super) scales: Vec<f32>,
+    pub(super) meta: Vec<Arc<Meta>>,
+    pub(super) sum: Vec<f32>,
+    pub(super) centroid: Vec<f32>,
+}
+
+impl Cell {
+    pub(super) fn new(class: i32, dims: usize) -> Self {
+        Self {
+            class,
+            dims,
+            ids: Vec::new(),
+            vecs: Vec::new(),
+            codes: Vec::new(),
+            scales: Vec::new(),
+            meta: Vec::new(),
+            sum: vec![0.0; dims],
+            centroid: vec![0.0; dims],
+        }
+    }
+
+    /// Appends every entry of `other` (same class); returns the ids with
+    /// their new slots.
+    pub(super) fn append(&mut self, mut other: Cell) -> Vec<(u64, usize)> {
+        let base = self.ids.len();
+        let moved: Vec<(u64, usize)> = other
+            .ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (*id, base + i))
+            .collect();
+        self.ids.append(&mut other.ids);
+        self.vecs.append(&mut other.vecs);
+        self.codes.append(&mut other.codes);
+        self.scales.append(&mut other.scales);
+        self.meta.append(&mut other.meta);
+        for (a, b) in self.sum.iter_mut().zip(&other.sum) {
+            *a += b;
+        }
+        moved
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.ids.len() * 8
+            + self.vecs.len() * 4
+            + self.codes.len()
+            + self.scales.len() * 4
+            + self.meta.len() * std::mem::size_of::<Arc<Meta>>()
+            + self
+                .meta
+                .iter()
+                .map(|m| {
+                    std::mem::size_of::<Meta>()
+                        + m.content_hash.len()
+                        + m.file_name.len()
+                        + m.path.len()
+                        + m.label.len()
+                })
+                .sum::<usize>()
+            + (self.sum.len() * 4 + self.centroid.len() * 4)
+    }
+
+    pub(super) fn vector(&self, slot: usize) -> &[f32] {
+        &self.vecs[slot * self.dims..(slot + 1) * self.dims]
+    }
+
+    pub(super) fn refresh_centroid(&mut self) {
+        let n = self.ids.len().max(1) as f32;
+        let mut c: Vec<f32> = self.sum.iter().map(|s| s / n).collect();
+        if !kernels::normalize(&mut c) {
+            c.iter_mut().for_each(|x| *x = 0.0);
+        }
+        self.centroid = c;
+    }
+
+    pub(super) fn push(&mut self, id: u64, feature: &[f32], meta: Arc<Meta>) -> usize {
+        self.ids.push(id);
+        self.vecs.extend_from_slice(feature);
+        let s = kernels::quantize(feature, &mut self.codes);
+        self.scales.push(s);
+        self.meta.push(meta);
+        for (acc, x) in self.sum.iter_mut().zip(feature) {
+            *acc += *x;
+        }
+        self.ids.len() - 1
+    }
+
+    /// Copies entry `slot` of `other` (codes included, no re-quantising).
+    pub(super) fn push_from(&mut self, other: &Cell, slot: usize) -> usize {
+        let d = self.dims;
+        let v = other.vector(slot);
+        self.ids.push(other.ids[slot]);
+        self.vecs.extend_from_slice(v);
+        self.codes
+            .extend_from_slice(&other.codes[slot * d..(slot + 1) * d]);
+        self.scales.push(other.scales[slot]);
+        self.meta.push(other.meta[slot].clone());
+        for (acc, x) in self.sum.iter_mut().zip(v) {
+            *acc += *x;
+        }
+        self.ids.len() - 1
+    }
+
+    pub(super) fn reserve(&mut self, n: usize) {
+        self.ids.reserve(n);
+        self.vecs.reserve(n * self.dims);
+        self.codes.reserve(n * self.dims);
+        self.scales.reserve(n);
+        self.meta.reserve(n);
+    }
+
+    /// Removes `slot` by moving the last entry into it; returns the id that
+    /// moved there, if any.
+    pub(super) fn swap_remove(&mut self, slot: usize) -> Option<u64> {
+        let d = self.dims;
+        for (acc, x) in self
+            .sum
+            .iter_mut()
+            .zip(&self.vecs[slot * d..(slot + 1) * d])
+        {
+            *acc -= *x;
+        }
+        let last = self.ids.len() - 1;
+        self.ids.swap_remove(slot);
+        self.scales.swap_remove(slot);
+        self.meta.swap_remove(slot);
+        if slot != last {
+            self.vecs.copy_within(last * d..(last + 1) * d, slot * d);
+            self.codes.copy_within(last * d..(last + 1) * d, slot * d);
+        }
+        self.vecs.truncate(last * d);
+        self.codes.truncate(last * d);
+        (slot != last).then(|| self.ids[slot])
+    }
+}
