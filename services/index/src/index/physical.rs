@@ -1,0 +1,120 @@
+//! Collections no name points at yet: the targets of rebuilds, and the
+//! switch of a name to one of them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::{Collection, Index, Record, LOAD_PAGE};
+use crate::error::Result;
+use crate::mem::MemIndex;
+
+impl Index {
+    /// A collection no name points at yet (the target of a rebuild).
+    pub async fn create_physical(
+        &self,
+        physical: &str,
+        model_name: &str,
+        model_version: &str,
+        dims: u32,
+        description: &str,
+    ) -> Result<Arc<Collection>> {
+        let _catalog = self.creating.lock().await;
+        let row = self
+            .store
+            .create_collection("", physical, model_name, model_version, dims, description)
+            .await?;
+        let coll = Arc::new(Collection::new(row, MemIndex::new(dims as usize)));
+        self.catalog
+            .write()
+            .collections
+            .insert(coll.row.id, coll.clone());
+        Ok(coll)
+    }
+
+    /// Drops a physical collection (and any name pointing at it).
+    pub async fn drop_physical(&self, coll: &Arc<Collection>) -> Result<()> {
+        let _catalog = self.creating.lock().await;
+        self.drop_collection(coll).await
+    }
+
+    /// Finishes a rebuild: with writes to `old` held, copies what changed
+    /// since `copied` (old id -> new id) was taken, then points `alias` at
+    /// `new` in one database transaction and in memory. Searches see either
+    /// the old collection or the complete new one.
+    pub async fn finish_rebuild<F, Fut>(
+        &self,
+        alias: &str,
+        old: &Arc<Collection>,
+        new: &Arc<Collection>,
+        copied: &mut HashMap<u64, u64>,
+        copy_missing: F,
+    ) -> Result<()>
+    where
+        F: FnOnce(Vec<u64>) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<(u64, Record)>>>,
+    {
+        let _catalog = self.creating.lock().await;
+        let _w = old.write.lock().await;
+        let live: Vec<u64> = {
+            let mem = old.mem.read();
+            let mut ids: Vec<u64> = copied
+                .keys()
+                .copied()
+                .filter(|id| mem.contains(*id))
+                .collect();
+            ids.sort_unstable();
+            ids
+        };
+        // Deleted from the old collection while the rebuild ran.
+        let gone: Vec<u64> = copied
+            .iter()
+            .filter(|(old_id, _)| live.binary_search(old_id).is_err())
+            .map(|(_, new_id)| *new_id)
+            .collect();
+        // Added to the old collection while the rebuild ran.
+        let missing: Vec<u64> = {
+            let mut all = Vec::new();
+            let mut after = 0;
+            loop {
+                let page = self.store.load_page(old.row.id, after, LOAD_PAGE).await?;
+                let Some(last) = page.last() else { break };
+                after = last.id;
+                all.extend(
+                    page.iter()
+                        .map(|i| i.id)
+                        .filter(|id| !copied.contains_key(id)),
+                );
+                if (page.len() as u64) < LOAD_PAGE {
+                    break;
+                }
+            }
+            all
+        };
+        if !missing.is_empty() {
+            let records = copy_missing(missing).await?;
+            for chunk in records.chunks(self.limits.max_records_per_upsert) {
+                let (ids, recs): (Vec<u64>, Vec<Record>) = chunk.iter().cloned().unzip();
+                let mut recs = recs;
+                for r in &mut recs {
+                    self.validate(new, r)?;
+                }
+                let _nw = new.write.lock().await;
+                let out = self.upsert_locked(new, recs, false).await?;
+                for (old_id, o) in ids.into_iter().zip(out) {
+                    copied.insert(old_id, o.id);
+                }
+            }
+        }
+        if !gone.is_empty() {
+            let _nw = new.write.lock().await;
+            self.delete_locked(new, &gone).await?;
+        }
+        self.store.switch_alias(alias, new.row.id).await?;
+        old.retire();
+        self.catalog
+            .write()
+            .aliases
+            .insert(alias.to_string(), new.row.id);
+        Ok(())
+    }
+}

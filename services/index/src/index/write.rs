@@ -1,0 +1,245 @@
+//! Writes: validation, upserts (database first, then memory), deletes.
+
+use std::sync::Arc;
+
+use super::{Collection, Index, Record};
+use crate::error::{Error, Result};
+use crate::kernels;
+use crate::mem::{Entry, Meta};
+use crate::store::{NewImage, Upserted};
+
+impl Index {
+    pub fn validate(&self, coll: &Collection, r: &mut Record) -> Result<()> {
+        let l = &self.limits;
+        let hex =
+            r.content_hash.len() == 64 && r.content_hash.chars().all(|c| c.is_ascii_hexdigit());
+        if !hex {
+            return Err(Error::InvalidArgument(format!(
+                "content_hash of {:?} must be the 64 hex digits of the file's SHA-256",
+                r.file_name
+            )));
+        }
+        r.content_hash.make_ascii_lowercase();
+        if r.feature.len() != coll.row.dims as usize {
+            return Err(Error::InvalidArgument(format!(
+                "feature of {:?} has {} dimensions, collection {} holds {}",
+                r.file_name,
+                r.feature.len(),
+                coll.row.name,
+                coll.row.dims
+            )));
+        }
+        if !kernels::normalize(&mut r.feature) {
+            return Err(Error::InvalidArgument(format!(
+                "feature of {:?} is zero or not finite",
+                r.file_name
+            )));
+        }
+        // The same check as the gateway's, per file before its Upsert.
+        cbir_common::records::check_text(
+            &r.file_name,
+            &r.path,
+            &r.label,
+            &cbir_common::records::TextLimits {
+                max_file_name: l.max_name_len,
+                max_path: l.max_path_len,
+                max_label: l.max_label_len,
+            },
+        )
+        .map_err(Error::InvalidArgument)?;
+        for (what, len, max) in [
+            ("thumbnail", r.thumbnail.len(), l.max_thumbnail_bytes),
+            ("source image", r.source.len(), l.max_source_bytes),
+        ] {
+            if len > max {
+                return Err(Error::InvalidArgument(format!(
+                    "{what} of {:?} is {len} bytes, the limit is {max}",
+                    r.file_name
+                )));
+            }
+        }
+        if r.predicted_class < 0 {
+            return Err(Error::InvalidArgument(format!(
+                "predicted_class of {:?} is negative",
+                r.file_name
+            )));
+        }
+        Ok(())
+    }
+
+    /// Validates all records (nothing is written if one is bad), commits them
+    /// in one transaction, then applies them to memory. Returns once both
+    /// are done: an acknowledged upsert is durable and searchable. An image
+    /// the collection holds already keeps its stored entry unless `replace`.
+    pub async fn upsert(
+        &self,
+        name: &str,
+        records: Vec<Record>,
+        replace: bool,
+    ) -> Result<Vec<Upserted>> {
+        let mut model: Option<(String, String)> = None;
+        loop {
+            let coll = self.resolve(name)?;
+            let now = (coll.row.model_name.clone(), coll.row.model_version.clone());
+            if let Some(before) = model.as_ref().filter(|m| **m != now) {
+                return Err(Error::FailedPrecondition(format!(
+                    "collection {name:?} was rebuilt for model {}:{} while these images of \
+                     model {}:{} were being added: embed them with {}:{} and send them again",
+                    now.0, now.1, before.0, before.1, now.0, now.1
+                )));
+            }
+            model = Some(now);
+            let mut records = records.clone();
+            self.check_batch(&coll, &mut records)?;
+            let _w = coll.write.lock().await;
+            if coll.retired() {
+                // A rebuild switched the name (or the collection went) while
+                // we waited: write where the name points now.
+                continue;
+            }
+            return self.upsert_locked(&coll, records, replace).await;
+        }
+    }
+
+    /// `upsert` on a physical collection (rebuilds write to one that no
+    /// name points at yet).
+    pub async fn upsert_into(
+        &self,
+        coll: &Arc<Collection>,
+        mut records: Vec<Record>,
+    ) -> Result<Vec<Upserted>> {
+        self.check_batch(coll, &mut records)?;
+        let _w = coll.write.lock().await;
+        if coll.retired() {
+            return Err(Error::NotFound(format!(
+                "collection {} was dropped while writing to it",
+                coll.row.name
+            )));
+        }
+        self.upsert_locked(coll, records, false).await
+    }
+
+    fn check_batch(&self, coll: &Collection, records: &mut [Record]) -> Result<()> {
+        if records.is_empty() {
+            return Err(Error::InvalidArgument("no records to upsert".into()));
+        }
+        if records.len() > self.limits.max_records_per_upsert {
+            return Err(Error::InvalidArgument(format!(
+                "{} records in one upsert, the limit is {}: send smaller batches",
+                records.len(),
+                self.limits.max_records_per_upsert
+            )));
+        }
+        for r in records.iter_mut() {
+            self.validate(coll, r)?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn upsert_locked(
+        &self,
+        coll: &Arc<Collection>,
+        records: Vec<Record>,
+        replace: bool,
+    ) -> Result<Vec<Upserted>> {
+        let new: Vec<NewImage> = records
+            .iter()
+            .map(|r| NewImage {
+                content_hash: r.content_hash.clone(),
+                predicted_class: r.predicted_class,
+                file_name: r.file_name.clone(),
+                path: r.path.clone(),
+                label: r.label.clone(),
+                feature: r.feature.clone(),
+                thumbnail: r.thumbnail.clone(),
+                source: r.source.clone(),
+            })
+            .collect();
+        let outcome = self.store.upsert(coll.row.id, &new, replace).await?;
+        coll.seen_seq
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        // Entries that existed and were kept stay as memory has them.
+        let entries: Vec<Entry> = records
+            .into_iter()
+            .zip(&outcome)
+            .filter(|(_, o)| o.created || replace)
+            .map(|(r, o)| Entry {
+                id: o.id,
+                class: r.predicted_class,
+                feature: r.feature,
+                meta: Arc::new(Meta {
+                    content_hash: r.content_hash,
+                    file_name: r.file_name,
+                    path: r.path,
+                    label: r.label,
+                }),
+            })
+            .collect();
+        let c = coll.clone();
+        tokio::task::spawn_blocking(move || {
+            // A short write lock per batch: append and refresh centroids.
+            let split = {
+                let mut mem = c.mem.write();
+                mem.upsert(&entries);
+                mem.refresh_centroids();
+                mem.needs_split()
+            };
+            // Splitting a grown partition runs k-means: under the read lock,
+            // so searches go on; only the redistribution takes the write
+            // lock. The collection's writer mutex keeps other writes out.
+            if split {
+                let plans = c.mem.read().plan_splits();
+                let mut mem = c.mem.write();
+                mem.apply_splits(plans);
+                mem.refresh_centroids();
+            }
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("memory update task: {e}")))?;
+        Ok(outcome)
+    }
+
+    pub async fn delete(&self, name: &str, ids: &[u64]) -> Result<u64> {
+        let coll = self.resolve(name)?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let _w = coll.write.lock().await;
+        if coll.retired() {
+            // Ids belong to one physical collection: after a rebuild the
+            // same images have other ids.
+            self.resolve(name)?;
+            return Err(Error::FailedPrecondition(format!(
+                "collection {name:?} was rebuilt while deleting, and its image ids changed: look the images up again"
+            )));
+        }
+        self.delete_locked(&coll, ids).await
+    }
+
+    pub(super) async fn delete_locked(&self, coll: &Arc<Collection>, ids: &[u64]) -> Result<u64> {
+        let gone = self.store.delete(coll.row.id, ids).await?;
+        coll.seen_seq
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut mem = coll.mem.write();
+        for (id, _) in &gone {
+            mem.remove(*id);
+        }
+        mem.refresh_centroids();
+        Ok(gone.len() as u64)
+    }
+
+    pub async fn clear(&self, name: &str) -> Result<u64> {
+        loop {
+            let coll = self.resolve(name)?;
+            let _w = coll.write.lock().await;
+            if coll.retired() {
+                continue;
+            }
+            let n = self.store.clear(coll.row.id).await?;
+            coll.seen_seq
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            coll.mem.write().clear();
+            return Ok(n);
+        }
+    }
+}
