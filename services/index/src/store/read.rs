@@ -1,0 +1,158 @@
+//! Reads of images: pages for loading memory, single images with blobs.
+
+use sea_orm::ConnectionTrait;
+
+use super::{db_err, decode_feature, LoadedImage, Store, StoredImage};
+use crate::error::Result;
+
+impl Store {
+    pub async fn count(&self, collection_id: i64) -> Result<u64> {
+        let row = self
+            .db
+            .query_one(self.stmt(
+                "SELECT COUNT(*) AS n FROM images WHERE collection_id = ?",
+                vec![collection_id.into()],
+            ))
+            .await
+            .map_err(db_err("counting images"))?;
+        Ok(row
+            .map(|r| r.try_get::<i64>("", "n"))
+            .transpose()
+            .map_err(db_err("count"))?
+            .unwrap_or(0) as u64)
+    }
+
+    fn loaded_from_row(r: &sea_orm::QueryResult) -> Result<LoadedImage> {
+        let blob: Vec<u8> = r.try_get("", "feature").map_err(db_err("feature"))?;
+        Ok(LoadedImage {
+            id: r.try_get::<i64>("", "id").map_err(db_err("id"))? as u64,
+            predicted_class: r.try_get("", "predicted_class").map_err(db_err("class"))?,
+            content_hash: r.try_get("", "content_hash").map_err(db_err("hash"))?,
+            file_name: r.try_get("", "file_name").map_err(db_err("file_name"))?,
+            path: r.try_get("", "path").map_err(db_err("path"))?,
+            label: r.try_get("", "label").map_err(db_err("label"))?,
+            feature: decode_feature(&blob)?,
+        })
+    }
+
+    /// One page of a collection's images with id > `after`, by id.
+    pub async fn load_page(
+        &self,
+        collection_id: i64,
+        after: u64,
+        limit: u64,
+    ) -> Result<Vec<LoadedImage>> {
+        let rows = self
+            .db
+            .query_all(self.stmt(
+                "SELECT id, predicted_class, content_hash, file_name, path, label, feature FROM images WHERE collection_id = ? AND id > ? ORDER BY id LIMIT ?",
+                vec![collection_id.into(), (after as i64).into(), (limit as i64).into()],
+            ))
+            .await
+            .map_err(db_err("loading images"))?;
+        rows.iter().map(Self::loaded_from_row).collect()
+    }
+
+    /// Smallest and largest image id of a collection.
+    pub async fn id_range(&self, collection_id: i64) -> Result<Option<(u64, u64)>> {
+        let row = self
+            .db
+            .query_one(self.stmt(
+                "SELECT MIN(id) AS lo, MAX(id) AS hi FROM images WHERE collection_id = ?",
+                vec![collection_id.into()],
+            ))
+            .await
+            .map_err(db_err("reading the id range"))?;
+        let Some(r) = row else { return Ok(None) };
+        let lo: Option<i64> = r.try_get("", "lo").map_err(db_err("lo"))?;
+        let hi: Option<i64> = r.try_get("", "hi").map_err(db_err("hi"))?;
+        Ok(lo.zip(hi).map(|(a, b)| (a as u64, b as u64)))
+    }
+
+    /// One page of images with `after < id <= upto`, by id.
+    #[tracing::instrument(name = "db.load_range", skip_all)]
+    pub async fn load_range(
+        &self,
+        collection_id: i64,
+        after: u64,
+        upto: u64,
+        limit: u64,
+    ) -> Result<Vec<LoadedImage>> {
+        let rows = self
+            .db
+            .query_all(self.stmt(
+                "SELECT id, predicted_class, content_hash, file_name, path, label, feature FROM images WHERE collection_id = ? AND id > ? AND id <= ? ORDER BY id LIMIT ?",
+                vec![
+                    collection_id.into(),
+                    (after as i64).into(),
+                    (upto as i64).into(),
+                    (limit as i64).into(),
+                ],
+            ))
+            .await
+            .map_err(db_err("loading images"))?;
+        rows.iter().map(Self::loaded_from_row).collect()
+    }
+
+    /// Ids in one class partition (MySQL reads one partition for this).
+    pub async fn ids_in_class(&self, collection_id: i64, class: i32) -> Result<Vec<u64>> {
+        let rows = self
+            .db
+            .query_all(self.stmt(
+                "SELECT id FROM images WHERE collection_id = ? AND predicted_class = ? ORDER BY id",
+                vec![collection_id.into(), class.into()],
+            ))
+            .await
+            .map_err(db_err("reading a partition"))?;
+        rows.iter()
+            .map(|r| Ok(r.try_get::<i64>("", "id").map_err(db_err("id"))? as u64))
+            .collect()
+    }
+
+    #[tracing::instrument(name = "db.get_image", skip_all)]
+    pub async fn get_image(
+        &self,
+        collection_id: i64,
+        id: u64,
+        with_blobs: bool,
+    ) -> Result<Option<StoredImage>> {
+        let Some(r) = self
+            .db
+            .query_one(self.stmt(
+                "SELECT id, predicted_class, content_hash, file_name, path, label, feature, created_at_ms FROM images WHERE collection_id = ? AND id = ?",
+                vec![collection_id.into(), (id as i64).into()],
+            ))
+            .await
+            .map_err(db_err("reading an image"))?
+        else {
+            return Ok(None);
+        };
+        let image = Self::loaded_from_row(&r)?;
+        let created_at_ms = r.try_get("", "created_at_ms").map_err(db_err("created"))?;
+        let (thumbnail, source) = if with_blobs {
+            match self
+                .db
+                .query_one(self.stmt(
+                    "SELECT thumbnail, source FROM image_blobs WHERE image_id = ?",
+                    vec![(id as i64).into()],
+                ))
+                .await
+                .map_err(db_err("reading image blobs"))?
+            {
+                Some(b) => (
+                    Some(b.try_get("", "thumbnail").map_err(db_err("thumbnail"))?),
+                    Some(b.try_get("", "source").map_err(db_err("source"))?),
+                ),
+                None => (None, None),
+            }
+        } else {
+            (None, None)
+        };
+        Ok(Some(StoredImage {
+            image,
+            created_at_ms,
+            thumbnail,
+            source,
+        }))
+    }
+}
