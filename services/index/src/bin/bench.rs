@@ -115,40 +115,9 @@ fn main() -> anyhow::Result<()> {
         for &classes in &args.classes {
             let mut rng = SmallRng::seed_from_u64(42);
             let gen = Generator::new(&mut rng, classes, args.dims);
-            let mut idx = MemIndex::new(args.dims);
-            let meta = Arc::new(Meta {
-                content_hash: String::new(),
-                file_name: "synthetic.jpg".into(),
-                path: String::new(),
-                label: String::new(),
-            });
-            let build = Instant::now();
-            let mut id = 1u64;
-            while (id as usize) <= n {
-                let chunk: Vec<Entry> = (0..10_000.min(n + 1 - id as usize))
-                    .map(|_| {
-                        let class = rng.random_range(0..classes);
-                        let e = Entry {
-                            id,
-                            // A classifier is wrong sometimes: 10% land in the
-                            // partition of a look-alike class.
-                            class: if rng.random::<f32>() < 0.1 {
-                                let base = class / FAMILY * FAMILY;
-                                (base + rng.random_range(0..FAMILY)).min(classes - 1) as i32
-                            } else {
-                                class as i32
-                            },
-                            feature: gen.sample(&mut rng, class),
-                            meta: meta.clone(),
-                        };
-                        id += 1;
-                        e
-                    })
-                    .collect();
-                idx.upsert(&chunk);
-            }
-            idx.refresh();
-            let build_s = build.elapsed().as_secs_f64();
+            let build_started = Instant::now();
+            let idx = build(&mut rng, &gen, n, classes, args.dims);
+            let build_s = build_started.elapsed().as_secs_f64();
             memory_rows.push(format!(
                 "| {n} | {classes} | {:.0} bytes | {:.1} s |",
                 idx.bytes() as f64 / n as f64,
@@ -160,61 +129,7 @@ fn main() -> anyhow::Result<()> {
                     (gen.sample(&mut rng, class), class as i32)
                 })
                 .collect();
-            let rule = ProbeRule::default();
-            let run = |mode: Mode, q: &(Vec<f32>, i32)| {
-                idx.search(
-                    &Query {
-                        vector: &q.0,
-                        predicted_class: Some(q.1),
-                        top_k: 10,
-                        mode,
-                        min_similarity: 0.0,
-                        exclude_id: None,
-                    },
-                    rule,
-                )
-            };
-            let exact: Vec<Vec<u64>> = queries
-                .iter()
-                .map(|q| run(Mode::Exact, q).0.iter().map(|h| h.id).collect())
-                .collect();
-            for (name, mode) in [
-                ("exact", Mode::Exact),
-                ("probe", Mode::Probe),
-                ("partition", Mode::Partition),
-            ] {
-                let mut lat = Vec::new();
-                let mut hit = 0usize;
-                let mut read = 0u64;
-                for (q, truth) in queries.iter().zip(&exact) {
-                    let t = Instant::now();
-                    let (hits, stats) = run(mode, q);
-                    lat.push(t.elapsed().as_secs_f64() * 1e3);
-                    hit += hits.iter().filter(|h| truth.contains(&h.id)).count();
-                    read += stats.vectors_scanned;
-                }
-                // Two clients at once.
-                let t = Instant::now();
-                std::thread::scope(|s| {
-                    for half in queries.chunks(queries.len().div_ceil(2)) {
-                        let run = &run;
-                        s.spawn(move || {
-                            for q in half {
-                                let _ = run(mode, q);
-                            }
-                        });
-                    }
-                });
-                let qps = queries.len() as f64 / t.elapsed().as_secs_f64();
-                println!(
-                    "| {n} | {classes} | {name} | {:.2} | {:.2} | {:.0} | {:.3} | {:.1}% |",
-                    pct(&mut lat, 0.5),
-                    pct(&mut lat, 0.99),
-                    qps,
-                    hit as f64 / (10 * queries.len()) as f64,
-                    100.0 * read as f64 / (n * queries.len()) as f64
-                );
-            }
+            measure(&idx, &queries, n, classes);
         }
     }
     println!();
@@ -230,6 +145,104 @@ fn main() -> anyhow::Result<()> {
         rt.block_on(db_load(&args))?;
     }
     Ok(())
+}
+
+/// An index of `n` vectors of `classes` classes, refreshed (split) as the
+/// service leaves it after loading.
+fn build(rng: &mut SmallRng, gen: &Generator, n: usize, classes: usize, dims: usize) -> MemIndex {
+    let mut idx = MemIndex::new(dims);
+    let meta = Arc::new(Meta {
+        content_hash: String::new(),
+        file_name: "synthetic.jpg".into(),
+        path: String::new(),
+        label: String::new(),
+    });
+    let mut id = 1u64;
+    while (id as usize) <= n {
+        let chunk: Vec<Entry> = (0..10_000.min(n + 1 - id as usize))
+            .map(|_| {
+                let class = rng.random_range(0..classes);
+                let e = Entry {
+                    id,
+                    // A classifier is wrong sometimes: 10% land in the
+                    // partition of a look-alike class.
+                    class: if rng.random::<f32>() < 0.1 {
+                        let base = class / FAMILY * FAMILY;
+                        (base + rng.random_range(0..FAMILY)).min(classes - 1) as i32
+                    } else {
+                        class as i32
+                    },
+                    feature: gen.sample(rng, class),
+                    meta: meta.clone(),
+                };
+                id += 1;
+                e
+            })
+            .collect();
+        idx.upsert(&chunk);
+    }
+    idx.refresh();
+    idx
+}
+
+/// Prints one row per mode: latency, throughput of two clients, recall@10
+/// against exact search and the share of vectors read.
+fn measure(idx: &MemIndex, queries: &[(Vec<f32>, i32)], n: usize, classes: usize) {
+    let rule = ProbeRule::default();
+    let run = |mode: Mode, q: &(Vec<f32>, i32)| {
+        idx.search(
+            &Query {
+                vector: &q.0,
+                predicted_class: Some(q.1),
+                top_k: 10,
+                mode,
+                min_similarity: 0.0,
+                exclude_id: None,
+            },
+            rule,
+        )
+    };
+    let exact: Vec<Vec<u64>> = queries
+        .iter()
+        .map(|q| run(Mode::Exact, q).0.iter().map(|h| h.id).collect())
+        .collect();
+    for (name, mode) in [
+        ("exact", Mode::Exact),
+        ("probe", Mode::Probe),
+        ("partition", Mode::Partition),
+    ] {
+        let mut lat = Vec::new();
+        let mut hit = 0usize;
+        let mut read = 0u64;
+        for (q, truth) in queries.iter().zip(&exact) {
+            let t = Instant::now();
+            let (hits, stats) = run(mode, q);
+            lat.push(t.elapsed().as_secs_f64() * 1e3);
+            hit += hits.iter().filter(|h| truth.contains(&h.id)).count();
+            read += stats.vectors_scanned;
+        }
+        // Two clients at once.
+        let t = Instant::now();
+        std::thread::scope(|s| {
+            for half in queries.chunks(queries.len().div_ceil(2)) {
+                let run = &run;
+                s.spawn(move || {
+                    for q in half {
+                        let _ = run(mode, q);
+                    }
+                });
+            }
+        });
+        let qps = queries.len() as f64 / t.elapsed().as_secs_f64();
+        println!(
+            "| {n} | {classes} | {name} | {:.2} | {:.2} | {:.0} | {:.3} | {:.1}% |",
+            pct(&mut lat, 0.5),
+            pct(&mut lat, 0.99),
+            qps,
+            hit as f64 / (10 * queries.len()) as f64,
+            100.0 * read as f64 / (n * queries.len()) as f64
+        );
+    }
 }
 
 async fn db_load(args: &Args) -> anyhow::Result<()> {
