@@ -17,6 +17,14 @@ node --test services/gateway/ui/tests/
 "$REPO_ROOT/scripts/setup.sh" --no-build
 echo "test: cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# Licenses, banned and duplicate crates, sources (deny.toml). Advisories are
+# not checked here: their database is fetched from GitHub at run time.
+if ! command -v cargo-deny >/dev/null; then
+  echo "test: installing cargo-deny"
+  env -u CARGO_TARGET_DIR cargo install cargo-deny --locked
+fi
+echo "test: cargo deny check licenses bans sources"
+cargo deny --locked --offline check licenses bans sources
 
 # 2. What the system tests need, and the deployment files' checks.
 
