@@ -1,7 +1,6 @@
 //! `cbir index ...` and `cbir search`: the gateway's public gRPC API from
 //! the command line.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -200,10 +199,14 @@ pub async fn add_files(
         }
     }))
     .buffered(IN_FLIGHT);
-    let mut seen = 0usize;
-    let mut drawn = Instant::now() - std::time::Duration::from_secs(1);
+    let bar = progress.then(|| {
+        crate::progress::bar(
+            total as u64,
+            "[{bar:30}] {pos}/{len}  {msg} failed  {per_sec}  ETA {eta}",
+        )
+    });
     while let Some((r, sent, unreadable)) = stream.next().await {
-        seen += sent.len() + unreadable.len();
+        let seen = (sent.len() + unreadable.len()) as u64;
         summary.failed.extend(unreadable);
         let r = r.map_err(|s| status_error("adding images", s))?;
         for (item, path) in r.results.into_iter().zip(sent) {
@@ -217,24 +220,13 @@ pub async fn add_files(
                     .push((path.display().to_string(), item.error));
             }
         }
-        if progress && (seen == total || drawn.elapsed().as_millis() >= 250) {
-            drawn = Instant::now();
-            let secs = started.elapsed().as_secs_f64().max(1e-3);
-            let rate = summary.added as f64 / secs;
-            let left = (total - seen) as f64 / rate.max(1e-3);
-            let width = 30;
-            let filled = (seen * width / total.max(1)).min(width);
-            eprint!(
-                "\r[{}{}] {seen}/{total}  {} failed  {rate:.1} img/s  ETA {left:.0} s   ",
-                "#".repeat(filled),
-                ".".repeat(width - filled),
-                summary.failed.len()
-            );
-            let _ = std::io::stderr().flush();
+        if let Some(bar) = &bar {
+            bar.set_message(summary.failed.len().to_string());
+            bar.inc(seen);
         }
     }
-    if progress {
-        eprintln!();
+    if let Some(bar) = bar {
+        bar.finish();
     }
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)

@@ -3,6 +3,7 @@
 mod classify;
 mod client;
 mod eval;
+mod progress;
 mod train;
 mod up;
 

@@ -1,7 +1,6 @@
 //! `cbir train` and `cbir model ...`: fine-tuning and the model registry
 //! through the gateway's REST API (the same calls the web UI makes).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -76,10 +75,8 @@ fn tar_folder(dir: &Path) -> anyhow::Result<(Vec<u8>, usize)> {
     Ok((b.into_inner()?, files.len()))
 }
 
-fn bar(fraction: f64) -> String {
-    let n = (fraction.clamp(0.0, 1.0) * 24.0).round() as usize;
-    format!("[{}{}]", "#".repeat(n), ".".repeat(24 - n))
-}
+/// Steps of the job's bar: its position is a fraction of the job.
+const BAR_STEPS: u64 = 1000;
 
 fn duration(secs: f64) -> String {
     let s = secs.max(0.0).round() as u64;
@@ -92,8 +89,8 @@ fn duration(secs: f64) -> String {
     }
 }
 
-/// One line of progress, rewritten in place.
-fn progress_line(job: &Value) -> String {
+/// The job's progress: the fraction done and what the bar shows after it.
+fn progress_line(job: &Value) -> (f64, String) {
     let p = &job["progress"];
     let f = |k: &str| p[k].as_f64().unwrap_or(0.0);
     let phase = p["phase"].as_str().unwrap_or_default();
@@ -109,11 +106,8 @@ fn progress_line(job: &Value) -> String {
             .and_then(|(a, b)| Some(a.parse::<f64>().ok()? / b.parse::<f64>().ok()?))
             .unwrap_or(0.0)
     };
-    format!(
-        "{} {:>3.0}% {} | epoch {}/{} it {}/{} | loss {:.3} train {:.3} val {:.3} | {:.0} img/s | ETA {}",
-        bar(frac),
-        frac * 100.0,
-        phase,
+    let line = format!(
+        "{phase} | epoch {}/{} it {}/{} | loss {:.3} train {:.3} val {:.3} | {:.0} img/s | ETA {}",
         f("epoch"),
         f("epochs"),
         f("iteration"),
@@ -123,7 +117,8 @@ fn progress_line(job: &Value) -> String {
         f("validation_accuracy"),
         f("images_per_second"),
         duration(f("eta_seconds")),
-    )
+    );
+    (frac.clamp(0.0, 1.0), line)
 }
 
 /// Follows the job's event stream until it ends; returns its last state.
@@ -144,7 +139,8 @@ async fn follow(
     }
     let mut buf = String::new();
     let mut last = Value::Null;
-    let mut stderr = std::io::stderr();
+    let bar =
+        (!json_out).then(|| crate::progress::bar(BAR_STEPS, "[{bar:24}] {percent:>3}% {wide_msg}"));
     while let Some(chunk) = resp.chunk().await.context("the event stream broke")? {
         buf.push_str(&String::from_utf8_lossy(&chunk));
         while let Some(end) = buf.find('\n') {
@@ -161,17 +157,19 @@ async fn follow(
                     job["message"].as_str().unwrap_or_default()
                 );
             }
-            if json_out {
-                println!("{job}");
-            } else {
-                let _ = write!(stderr, "\r\x1b[2K{}", progress_line(&job));
-                let _ = stderr.flush();
+            match &bar {
+                None => println!("{job}"),
+                Some(bar) => {
+                    let (frac, line) = progress_line(&job);
+                    bar.set_position((frac * BAR_STEPS as f64).round() as u64);
+                    bar.set_message(line);
+                }
             }
             last = job;
         }
     }
-    if !json_out {
-        let _ = writeln!(stderr);
+    if let Some(bar) = bar {
+        bar.finish();
     }
     // The stream ends with the job; read the stored end state in case the
     // last event was missed.
@@ -315,6 +313,7 @@ async fn activate(
     }
     let mut ok = true;
     for op in ops {
+        let bar = crate::progress::bar(0, "[{bar:24}] {pos}/{len} {msg}");
         loop {
             let o = answer(
                 "reading the rebuild",
@@ -324,18 +323,12 @@ async fn activate(
                     .await?,
             )
             .await?;
-            let total = o["total"].as_f64().unwrap_or(0.0);
-            let done = o["done"].as_f64().unwrap_or(0.0);
             let state = o["state"].as_str().unwrap_or_default().to_string();
-            eprint!(
-                "\r\x1b[2K{} {}/{} {}",
-                bar(if total > 0.0 { done / total } else { 1.0 }),
-                done,
-                total,
-                o["message"].as_str().unwrap_or_default()
-            );
+            bar.set_length(o["total"].as_u64().unwrap_or(0));
+            bar.set_position(o["done"].as_u64().unwrap_or(0));
+            bar.set_message(o["message"].as_str().unwrap_or_default().to_string());
             if !matches!(state.as_str(), "pending" | "running") {
-                eprintln!();
+                bar.finish();
                 ok &= state == "succeeded";
                 break;
             }
