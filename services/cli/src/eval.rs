@@ -17,7 +17,9 @@ use cbir_api::v1 as pb;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use crate::client::{add_files, collect_images, connect, label_of, status_error};
+use crate::client::{
+    add_files, collect_images, connect, label_of, status_error, AddSummary, Client,
+};
 
 /// Searches in flight: the gateway, inference and index share two cores.
 const CONCURRENCY: usize = 4;
@@ -110,6 +112,34 @@ enum Query {
     Image { path: PathBuf, label: String },
 }
 
+/// The evaluated set as the index stored it.
+struct Indexed {
+    added: AddSummary,
+    /// Label of each stored image (identical files are one entry; its label
+    /// is the first file's).
+    label_of_id: HashMap<u64, String>,
+    class_size: HashMap<String, usize>,
+}
+
+impl Indexed {
+    fn stored(&self) -> usize {
+        self.label_of_id.len()
+    }
+}
+
+/// What the two searches of one query found.
+struct Outcome {
+    label: String,
+    self_excluded: bool,
+    /// Relevance of each rank: whole rankings of every query would not fit
+    /// in memory.
+    top: Vec<bool>,
+    full: Vec<bool>,
+    vectors_scanned: u64,
+    vectors_total: u64,
+    took: f64,
+}
+
 pub async fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let client = connect(&args.gateway).await?;
     let collection = args
@@ -127,7 +157,46 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|m| cbir_gateway::gateway::parse_mode(m).map_err(|e| anyhow::anyhow!("{e}")))
         .collect::<anyhow::Result<_>>()?;
+    let set = index_set(&client, &collection, &args).await?;
+    let queries = queries(&args, &set.label_of_id)?;
+    let top_n = ks.iter().copied().max().unwrap_or(10).max(100) as u32;
+    for mode in &modes {
+        let started = Instant::now();
+        let results = futures::stream::iter(
+            queries
+                .iter()
+                .map(|q| search_one(client.clone(), &collection, q, *mode, top_n, set.stored())),
+        )
+        .buffer_unordered(CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await;
+        let wall = started.elapsed().as_secs_f64();
+        let (mut report, per_class) = score_all(results, &set, &ks, wall)?;
+        report.insert(
+            "mode".into(),
+            json!(cbir_gateway::gateway::mode_name(*mode as i32)),
+        );
+        report.insert("collection".into(), json!(collection));
+        report.insert("leave_one_out".into(), json!(args.queries.is_none()));
+        if args.json {
+            println!("{}", Value::Object(report));
+        } else {
+            print_report(&report, &ks, &per_class);
+        }
+    }
+    if !args.keep {
+        let mut c = client.clone();
+        c.delete_collection(pb::DeleteCollectionRequest {
+            name: collection.clone(),
+        })
+        .await
+        .map_err(|s| status_error("deleting the evaluation collection", s))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
 
+/// Indexes the images of DIR into `collection`.
+async fn index_set(client: &Client, collection: &str, args: &EvalArgs) -> anyhow::Result<Indexed> {
     let files = collect_images(std::slice::from_ref(&args.dir))?;
     if files.is_empty() {
         anyhow::bail!("no images under {}", args.dir.display());
@@ -139,11 +208,10 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
             args.dir.display()
         );
     }
-    let added = add_files(&client, &collection, &files, !args.json).await?;
+    let added = add_files(client, collection, &files, !args.json).await?;
     for (p, r) in added.failed.iter().take(10) {
         eprintln!("  skipped {p}: {r}");
     }
-    // Identical files are one entry; its label is the first file's.
     let mut label_of_id: HashMap<u64, String> = HashMap::new();
     for (p, id) in &added.ids {
         label_of_id.entry(*id).or_insert_with(|| label_of(p));
@@ -152,9 +220,17 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     for l in label_of_id.values() {
         *class_size.entry(l.clone()).or_default() += 1;
     }
-    let stored = label_of_id.len();
+    Ok(Indexed {
+        added,
+        label_of_id,
+        class_size,
+    })
+}
 
-    let queries: Vec<Query> = match &args.queries {
+/// The stored images themselves (leave-one-out), or the images of
+/// --queries.
+fn queries(args: &EvalArgs, label_of_id: &HashMap<u64, String>) -> anyhow::Result<Vec<Query>> {
+    Ok(match &args.queries {
         None => {
             let mut ids: Vec<(&u64, &String)> = label_of_id.iter().collect();
             ids.sort();
@@ -172,150 +248,136 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
                 path: p,
             })
             .collect(),
-    };
+    })
+}
 
-    let top_n = ks.iter().copied().max().unwrap_or(10).max(100) as u32;
-    for mode in &modes {
-        let started = Instant::now();
-        let results = futures::stream::iter(queries.iter().map(|q| {
-            let mut client = client.clone();
-            let collection = collection.clone();
-            async move {
-                let (query, label, self_excluded) = match q {
-                    Query::Stored { id, label } => (
-                        pb::search_request::Query::Stored(pb::StoredImageQuery {
-                            collection: String::new(),
-                            id: *id,
-                            exclude_self: true,
-                        }),
-                        label,
-                        true,
-                    ),
-                    Query::Image { path, label } => (
-                        pb::search_request::Query::Image(
-                            tokio::fs::read(path)
-                                .await
-                                .with_context(|| format!("cannot read {}", path.display()))?,
-                        ),
-                        label,
-                        false,
-                    ),
-                };
-                let ask = |k: u32| pb::SearchRequest {
-                    query: Some(query.clone()),
-                    collection: collection.clone(),
-                    top_k: k,
-                    min_similarity: 0.0,
-                    mode: *mode as i32,
-                };
-                let t0 = Instant::now();
-                let top = client
-                    .search(ask(top_n))
+/// Searches `q` for the first `top_n` results, then for the whole ranking.
+async fn search_one(
+    mut client: Client,
+    collection: &str,
+    q: &Query,
+    mode: pb::SearchMode,
+    top_n: u32,
+    stored: usize,
+) -> anyhow::Result<Outcome> {
+    let (query, label, self_excluded) = match q {
+        Query::Stored { id, label } => (
+            pb::search_request::Query::Stored(pb::StoredImageQuery {
+                collection: String::new(),
+                id: *id,
+                exclude_self: true,
+            }),
+            label,
+            true,
+        ),
+        Query::Image { path, label } => (
+            pb::search_request::Query::Image(
+                tokio::fs::read(path)
                     .await
-                    .map_err(|s| status_error("search", s))?
-                    .into_inner();
-                let took = t0.elapsed().as_secs_f64();
-                let full = client
-                    .search(ask(u32::try_from(stored)
-                        .unwrap_or(u32::MAX)
-                        .min(MAX_RANKING)))
-                    .await
-                    .map_err(|s| status_error("search", s))?
-                    .into_inner();
-                // Only the relevance of each rank is kept: whole rankings of
-                // every query would not fit in memory.
-                let rel = |res: &[pb::SearchResult]| -> Vec<bool> {
-                    res.iter().map(|h| &h.label == label).collect()
-                };
-                let stats = top.stats.unwrap_or_default();
-                anyhow::Ok((
-                    label.clone(),
-                    self_excluded,
-                    rel(&top.results),
-                    rel(&full.results),
-                    (stats.vectors_scanned, stats.vectors_total),
-                    took,
-                ))
-            }
-        }))
-        .buffer_unordered(CONCURRENCY)
-        .collect::<Vec<_>>()
-        .await;
-        let wall = started.elapsed().as_secs_f64();
-        let mut overall = Acc::default();
-        let mut per_class: BTreeMap<String, Acc> = BTreeMap::new();
-        let mut no_relevant = 0usize;
-        let mut scanned = 0u64;
-        let mut total_vectors = 0u64;
-        let mut latency = 0.0;
-        for r in results {
-            let (label, self_excluded, top, full, (read, total), took) = r?;
-            let relevant = class_size
-                .get(&label)
-                .copied()
-                .unwrap_or(0)
-                .saturating_sub(usize::from(self_excluded));
-            if relevant == 0 {
-                no_relevant += 1;
-                continue;
-            }
-            let s = score(&top, &full, relevant, &ks);
-            overall.add(&s);
-            per_class.entry(label).or_default().add(&s);
-            scanned += read;
-            total_vectors += total;
-            latency += took;
-        }
-        let mut report = overall.json(&ks);
-        report.insert(
-            "mode".into(),
-            json!(cbir_gateway::gateway::mode_name(*mode as i32)),
-        );
-        report.insert("collection".into(), json!(collection));
-        report.insert("images".into(), json!(stored));
-        report.insert("leave_one_out".into(), json!(args.queries.is_none()));
-        report.insert("queries_without_relevant".into(), json!(no_relevant));
-        // Each query costs two searches; the rate counts queries.
-        report.insert(
-            "queries_per_second".into(),
-            json!(overall.n as f64 / wall.max(1e-9)),
-        );
-        report.insert(
-            "mean_search_ms".into(),
-            json!(latency * 1e3 / overall.n.max(1) as f64),
-        );
-        report.insert(
-            "read_fraction".into(),
-            json!(scanned as f64 / total_vectors.max(1) as f64),
-        );
-        report.insert(
-            "index_images_per_second".into(),
-            json!(added.added as f64 / added.seconds.max(1e-9)),
-        );
-        report.insert(
-            "per_class".into(),
-            Value::Object(
-                per_class
-                    .iter()
-                    .map(|(l, a)| (l.clone(), Value::Object(a.json(&ks))))
-                    .collect(),
+                    .with_context(|| format!("cannot read {}", path.display()))?,
             ),
-        );
-        if args.json {
-            println!("{}", Value::Object(report));
-        } else {
-            print_report(&report, &ks, &per_class);
-        }
-    }
-    if !args.keep {
-        let mut c = client.clone();
-        c.delete_collection(pb::DeleteCollectionRequest {
-            name: collection.clone(),
-        })
+            label,
+            false,
+        ),
+    };
+    let ask = |k: u32| pb::SearchRequest {
+        query: Some(query.clone()),
+        collection: collection.to_string(),
+        top_k: k,
+        min_similarity: 0.0,
+        mode: mode as i32,
+    };
+    let t0 = Instant::now();
+    let top = client
+        .search(ask(top_n))
         .await
-        .map_err(|s| status_error("deleting the evaluation collection", s))?;
+        .map_err(|s| status_error("search", s))?
+        .into_inner();
+    let took = t0.elapsed().as_secs_f64();
+    let full = client
+        .search(ask(u32::try_from(stored)
+            .unwrap_or(u32::MAX)
+            .min(MAX_RANKING)))
+        .await
+        .map_err(|s| status_error("search", s))?
+        .into_inner();
+    let rel =
+        |res: &[pb::SearchResult]| -> Vec<bool> { res.iter().map(|h| &h.label == label).collect() };
+    let stats = top.stats.unwrap_or_default();
+    Ok(Outcome {
+        label: label.clone(),
+        self_excluded,
+        top: rel(&top.results),
+        full: rel(&full.results),
+        vectors_scanned: stats.vectors_scanned,
+        vectors_total: stats.vectors_total,
+        took,
+    })
+}
+
+/// Scores of one mode's searches (`wall` seconds for all of them), overall
+/// and per class, with what they cost.
+fn score_all(
+    results: Vec<anyhow::Result<Outcome>>,
+    set: &Indexed,
+    ks: &[usize],
+    wall: f64,
+) -> anyhow::Result<(serde_json::Map<String, Value>, BTreeMap<String, Acc>)> {
+    let mut overall = Acc::default();
+    let mut per_class: BTreeMap<String, Acc> = BTreeMap::new();
+    let mut no_relevant = 0usize;
+    let mut scanned = 0u64;
+    let mut total_vectors = 0u64;
+    let mut latency = 0.0;
+    for r in results {
+        let o = r?;
+        let relevant = set
+            .class_size
+            .get(&o.label)
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(usize::from(o.self_excluded));
+        if relevant == 0 {
+            no_relevant += 1;
+            continue;
+        }
+        let s = score(&o.top, &o.full, relevant, ks);
+        overall.add(&s);
+        per_class.entry(o.label).or_default().add(&s);
+        scanned += o.vectors_scanned;
+        total_vectors += o.vectors_total;
+        latency += o.took;
     }
-    Ok(ExitCode::SUCCESS)
+    let mut report = overall.json(ks);
+    report.insert("images".into(), json!(set.stored()));
+    report.insert("queries_without_relevant".into(), json!(no_relevant));
+    // Each query costs two searches; the rate counts queries.
+    report.insert(
+        "queries_per_second".into(),
+        json!(overall.n as f64 / wall.max(1e-9)),
+    );
+    report.insert(
+        "mean_search_ms".into(),
+        json!(latency * 1e3 / overall.n.max(1) as f64),
+    );
+    report.insert(
+        "read_fraction".into(),
+        json!(scanned as f64 / total_vectors.max(1) as f64),
+    );
+    report.insert(
+        "index_images_per_second".into(),
+        json!(set.added.added as f64 / set.added.seconds.max(1e-9)),
+    );
+    report.insert(
+        "per_class".into(),
+        Value::Object(
+            per_class
+                .iter()
+                .map(|(l, a)| (l.clone(), Value::Object(a.json(ks))))
+                .collect(),
+        ),
+    );
+    Ok((report, per_class))
 }
 
 fn print_report(

@@ -8,6 +8,7 @@ mod train;
 mod up;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
@@ -229,7 +230,7 @@ enum IndexCommand {
     },
 }
 
-fn main() -> anyhow::Result<std::process::ExitCode> {
+fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     // Direct calls to the internal services (cbir classify) carry the
     // internal token: CBIR_INTERNAL_TOKEN, else the one `cbir up` keeps in
@@ -254,59 +255,42 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async move {
-        match cli.command {
-            Command::Up(args) => up::run(args)
-                .await
-                .map(|()| std::process::ExitCode::SUCCESS),
-            Command::Classify {
-                images,
-                json,
-                inference,
-                data_dir: _,
-            } => classify::run(&inference, &images, json).await,
-            Command::Index { command, gateway } => match command {
-                IndexCommand::Add {
-                    paths,
-                    collection,
-                    json,
-                } => client::index_add(&gateway.gateway, &collection, &paths, json).await,
-                IndexCommand::Stats { collection, json } => {
-                    client::stats(&gateway.gateway, &collection, json).await
-                }
-                IndexCommand::Clear { collection } => {
-                    client::clear(&gateway.gateway, &collection).await
-                }
-            },
-            Command::Key {
-                command: KeyCommand::New { name, role },
-            } => {
-                let role = match role.as_str() {
-                    "search" | "index" | "admin" => role,
-                    other => anyhow::bail!("unknown role {other:?}: use search, index or admin"),
-                };
-                let key = format!(
-                    "cbir_{}{}",
-                    uuid::Uuid::new_v4().simple(),
-                    uuid::Uuid::new_v4().simple()
-                );
-                println!("key (shown once): {key}");
-                println!("gateway config (gateway.toml):");
-                println!("[[auth.keys]]");
-                println!("name = {name:?}");
-                println!("sha256 = \"{}\"", cbir_gateway::auth::hash_key(&key));
-                println!("role = \"{role}\"");
-                Ok(std::process::ExitCode::SUCCESS)
-            }
-            Command::Search {
-                image,
-                top_k,
-                mode,
-                collection,
-                json,
-                gateway,
-            } => client::search(&gateway.gateway, &collection, &image, top_k, &mode, json).await,
-            Command::Train {
+    rt.block_on(run(cli.command))
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Up(args) => up::run(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Classify {
+            images,
+            json,
+            inference,
+            data_dir: _,
+        } => classify::run(&inference, &images, json).await,
+        Command::Index { command, gateway } => index(command, &gateway.gateway).await,
+        Command::Key {
+            command: KeyCommand::New { name, role },
+        } => new_key(&name, role),
+        Command::Search {
+            image,
+            top_k,
+            mode,
+            collection,
+            json,
+            gateway,
+        } => client::search(&gateway.gateway, &collection, &image, top_k, &mode, json).await,
+        Command::Train {
+            dir,
+            name,
+            epochs,
+            min_per_class,
+            server,
+            activate,
+            json,
+            gateway,
+        } => {
+            train::train(train::TrainArgs {
+                gateway: gateway.gateway,
                 dir,
                 name,
                 epochs,
@@ -314,67 +298,93 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                 server,
                 activate,
                 json,
-                gateway,
-            } => {
-                train::train(train::TrainArgs {
-                    gateway: gateway.gateway,
-                    dir,
-                    name,
-                    epochs,
-                    min_per_class,
-                    server,
-                    activate,
-                    json,
-                })
-                .await
-            }
-            Command::Model { command, gateway } => {
-                let cmd = match command {
-                    ModelCmd::List { json } => train::ModelCommand::List { json },
-                    ModelCmd::Activate {
-                        name,
-                        version,
-                        no_wait,
-                    } => train::ModelCommand::Activate {
-                        name,
-                        version,
-                        no_wait,
-                    },
-                    ModelCmd::Delete { name, version } => {
-                        train::ModelCommand::Delete { name, version }
-                    }
-                };
-                train::model(&gateway.gateway, cmd).await
-            }
-            Command::Dataset { command, gateway } => {
-                let cmd = match command {
-                    DatasetCmd::List { json } => train::DatasetCommand::List { json },
-                    DatasetCmd::Rm { id } => train::DatasetCommand::Rm { id },
-                };
-                train::dataset(&gateway.gateway, cmd).await
-            }
-            Command::Eval {
+            })
+            .await
+        }
+        Command::Model { command, gateway } => train::model(&gateway.gateway, command.into()).await,
+        Command::Dataset { command, gateway } => {
+            train::dataset(&gateway.gateway, command.into()).await
+        }
+        Command::Eval {
+            dir,
+            queries,
+            k,
+            mode,
+            collection,
+            keep,
+            json,
+            gateway,
+        } => {
+            eval::run(eval::EvalArgs {
+                gateway: gateway.gateway,
                 dir,
                 queries,
-                k,
-                mode,
+                ks: k,
+                modes: mode,
                 collection,
                 keep,
                 json,
-                gateway,
-            } => {
-                eval::run(eval::EvalArgs {
-                    gateway: gateway.gateway,
-                    dir,
-                    queries,
-                    ks: k,
-                    modes: mode,
-                    collection,
-                    keep,
-                    json,
-                })
-                .await
-            }
+            })
+            .await
         }
-    })
+    }
+}
+
+async fn index(command: IndexCommand, gateway: &str) -> anyhow::Result<ExitCode> {
+    match command {
+        IndexCommand::Add {
+            paths,
+            collection,
+            json,
+        } => client::index_add(gateway, &collection, &paths, json).await,
+        IndexCommand::Stats { collection, json } => client::stats(gateway, &collection, json).await,
+        IndexCommand::Clear { collection } => client::clear(gateway, &collection).await,
+    }
+}
+
+/// A new random API key, and the gateway config entry that admits it.
+fn new_key(name: &str, role: String) -> anyhow::Result<ExitCode> {
+    let role = match role.as_str() {
+        "search" | "index" | "admin" => role,
+        other => anyhow::bail!("unknown role {other:?}: use search, index or admin"),
+    };
+    let key = format!(
+        "cbir_{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    println!("key (shown once): {key}");
+    println!("gateway config (gateway.toml):");
+    println!("[[auth.keys]]");
+    println!("name = {name:?}");
+    println!("sha256 = \"{}\"", cbir_gateway::auth::hash_key(&key));
+    println!("role = \"{role}\"");
+    Ok(ExitCode::SUCCESS)
+}
+
+impl From<ModelCmd> for train::ModelCommand {
+    fn from(c: ModelCmd) -> Self {
+        match c {
+            ModelCmd::List { json } => Self::List { json },
+            ModelCmd::Activate {
+                name,
+                version,
+                no_wait,
+            } => Self::Activate {
+                name,
+                version,
+                no_wait,
+            },
+            ModelCmd::Delete { name, version } => Self::Delete { name, version },
+        }
+    }
+}
+
+impl From<DatasetCmd> for train::DatasetCommand {
+    fn from(c: DatasetCmd) -> Self {
+        match c {
+            DatasetCmd::List { json } => Self::List { json },
+            DatasetCmd::Rm { id } => Self::Rm { id },
+        }
+    }
 }

@@ -33,9 +33,63 @@ pub struct UpArgs {
     training_config: Option<PathBuf>,
 }
 
+/// The four services' settings, as `cbir up` runs them together.
+struct Configs {
+    inference: cbir_inference::Config,
+    index: cbir_index::Config,
+    gateway: cbir_gateway::Config,
+    training: cbir_training::Config,
+}
+
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
-    let mut cfg = cbir_inference::Config::load(args.inference_config.as_deref())?;
+    let cfg = cbir_inference::Config::load(args.inference_config.as_deref())?;
     let telemetry = cbir_common::telemetry::init("cbir", &cfg.telemetry)?;
+    let mut c = configure(&args, cfg)?;
+    let token = internal_token(
+        &args.data_dir,
+        [
+            &mut c.inference.internal_token,
+            &mut c.index.internal_token,
+            &mut c.gateway.internal_token,
+            &mut c.training.internal_token,
+        ],
+    )?;
+    // The services of this process share one outgoing token: set it before
+    // any of them starts (the first one set wins).
+    cbir_common::grpc::set_outgoing_internal_token(Some(&token)).map_err(anyhow::Error::msg)?;
+    let bind = |addr: String| async move {
+        tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (is cbir already up?)"))
+    };
+    let listeners = Listeners {
+        inference: bind(c.inference.listen.clone()).await?,
+        index: bind(c.index.listen.clone()).await?,
+        gateway: bind(c.gateway.listen.clone()).await?,
+        training: bind(c.training.listen.clone()).await?,
+    };
+    tracing::info!(
+        ui = %format!("http://{}/", c.gateway.listen),
+        inference = %c.inference.listen,
+        index = %c.index.listen,
+        training = %c.training.listen,
+        database = %c.index.database_url,
+        data = %args.data_dir.display(),
+        internal_token = %cbir_common::token::path(&args.data_dir).display(),
+        "starting cbir; press Ctrl-C to stop"
+    );
+    let (failed, result) = serve_all(c, listeners).await;
+    telemetry.shutdown();
+    if let (Some(name), Ok(())) = (failed, &result) {
+        anyhow::bail!("the {name} service stopped on its own");
+    }
+    result
+}
+
+/// Fills in what `cbir up` decides for the services (addresses, the data
+/// folder's files, one another's URLs) wherever config and environment
+/// leave the default.
+fn configure(args: &UpArgs, mut cfg: cbir_inference::Config) -> anyhow::Result<Configs> {
     // The data folder is the embedded default unless config or environment
     // point the model elsewhere.
     if cfg.model.weights == cbir_inference::ModelConfig::default().weights {
@@ -103,37 +157,24 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     if training_cfg.allowed_roots.is_empty() {
         training_cfg.allowed_roots = gateway_cfg.allowed_roots.clone();
     }
-    let token = internal_token(
-        &args.data_dir,
-        [
-            &mut cfg.internal_token,
-            &mut index_cfg.internal_token,
-            &mut gateway_cfg.internal_token,
-            &mut training_cfg.internal_token,
-        ],
-    )?;
-    // The services of this process share one outgoing token: set it before
-    // any of them starts (the first one set wins).
-    cbir_common::grpc::set_outgoing_internal_token(Some(&token)).map_err(anyhow::Error::msg)?;
-    let bind = |addr: String| async move {
-        tokio::net::TcpListener::bind(&addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr} (is cbir already up?)"))
-    };
-    let inference_listener = bind(cfg.listen.clone()).await?;
-    let index_listener = bind(index_cfg.listen.clone()).await?;
-    let gateway_listener = bind(gateway_cfg.listen.clone()).await?;
-    let training_listener = bind(training_cfg.listen.clone()).await?;
-    tracing::info!(
-        ui = %format!("http://{}/", gateway_cfg.listen),
-        inference = %cfg.listen,
-        index = %index_cfg.listen,
-        training = %training_cfg.listen,
-        database = %index_cfg.database_url,
-        data = %args.data_dir.display(),
-        internal_token = %cbir_common::token::path(&args.data_dir).display(),
-        "starting cbir; press Ctrl-C to stop"
-    );
+    Ok(Configs {
+        inference: cfg,
+        index: index_cfg,
+        gateway: gateway_cfg,
+        training: training_cfg,
+    })
+}
+
+struct Listeners {
+    inference: tokio::net::TcpListener,
+    index: tokio::net::TcpListener,
+    gateway: tokio::net::TcpListener,
+    training: tokio::net::TcpListener,
+}
+
+/// Runs the services until Ctrl-C or until one stops on its own (its name
+/// is returned), then stops them all.
+async fn serve_all(c: Configs, l: Listeners) -> (Option<&'static str>, anyhow::Result<()>) {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -144,27 +185,19 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let services: Vec<(&str, tokio::task::JoinHandle<anyhow::Result<()>>)> = vec![
         (
             "inference",
-            tokio::spawn(cbir_inference::serve(cfg, inference_listener, stopped())),
+            tokio::spawn(cbir_inference::serve(c.inference, l.inference, stopped())),
         ),
         (
             "index",
-            tokio::spawn(cbir_index::serve(index_cfg, index_listener, stopped())),
+            tokio::spawn(cbir_index::serve(c.index, l.index, stopped())),
         ),
         (
             "training",
-            tokio::spawn(cbir_training::serve(
-                training_cfg,
-                training_listener,
-                stopped(),
-            )),
+            tokio::spawn(cbir_training::serve(c.training, l.training, stopped())),
         ),
         (
             "gateway",
-            tokio::spawn(cbir_gateway::serve(
-                gateway_cfg,
-                gateway_listener,
-                stopped(),
-            )),
+            tokio::spawn(cbir_gateway::serve(c.gateway, l.gateway, stopped())),
         ),
     ];
     let failed = tokio::select! {
@@ -183,11 +216,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             Err(e) => result = Err(anyhow::anyhow!("the {name} service panicked: {e}")),
         }
     }
-    telemetry.shutdown();
-    if let (Some(name), Ok(())) = (failed, &result) {
-        anyhow::bail!("the {name} service stopped on its own");
-    }
-    result
+    (failed, result)
 }
 
 /// Resolves with the name of the first service that ended on its own (it
