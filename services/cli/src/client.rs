@@ -96,7 +96,7 @@ fn walk_local(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
             };
             if meta.is_dir() {
                 stack.push(p);
-            } else if meta.is_file() && cbir_gateway::jobs::is_image_path(&p) {
+            } else if meta.is_file() && cbir_gateway::index_jobs::is_image_path(&p) {
                 out.push(p);
             }
         }
@@ -172,7 +172,7 @@ pub async fn add_files(
             let mut unreadable = Vec::new();
             let mut sent = Vec::new();
             for p in batch {
-                match cbir_gateway::jobs::read_image(&p).await {
+                match cbir_gateway::index_jobs::read_image(&p).await {
                     Ok(img) => {
                         images.push(img);
                         sent.push(p);
@@ -293,7 +293,7 @@ pub async fn search(
 ) -> anyhow::Result<ExitCode> {
     let mut client = connect(url).await?;
     let data = std::fs::read(image).with_context(|| format!("cannot read {}", image.display()))?;
-    let mode = cbir_gateway::gateway::parse_mode(mode).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mode = cbir_gateway::search::parse_mode(mode).map_err(|e| anyhow::anyhow!("{e}"))?;
     let r = client
         .search(pb::SearchRequest {
             query: Some(pb::search_request::Query::Image(data)),
@@ -306,7 +306,7 @@ pub async fn search(
         .map_err(|s| status_error("search", s))?
         .into_inner();
     if as_json {
-        println!("{}", cbir_gateway::rest::search_json(r));
+        println!("{}", cbir_gateway::http::search_json(r));
         return Ok(ExitCode::SUCCESS);
     }
     if let Some(q) = &r.query {

@@ -155,7 +155,7 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let modes: Vec<pb::SearchMode> = args
         .modes
         .iter()
-        .map(|m| cbir_gateway::gateway::parse_mode(m).map_err(|e| anyhow::anyhow!("{e}")))
+        .map(|m| cbir_gateway::search::parse_mode(m).map_err(|e| anyhow::anyhow!("{e}")))
         .collect::<anyhow::Result<_>>()?;
     let set = index_set(&client, &collection, &args).await?;
     let queries = queries(&args, &set.label_of_id)?;
@@ -174,7 +174,7 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         let (mut report, per_class) = score_all(results, &set, &ks, wall)?;
         report.insert(
             "mode".into(),
-            json!(cbir_gateway::gateway::mode_name(*mode as i32)),
+            json!(cbir_gateway::search::mode_name(*mode as i32)),
         );
         report.insert("collection".into(), json!(collection));
         report.insert("leave_one_out".into(), json!(args.queries.is_none()));

@@ -2,18 +2,35 @@
 //! `SearchService`, all on one port. It embeds images through the inference
 //! service and stores and searches them through the index service.
 
+//!
+//! # Layout
+//! - `gateway`: the state every handler shares (`Gateway`), and naming helpers.
+//! - `upstream`: clients of the inference, index and training services.
+//! - `collections`: collection metadata, management, thumbnails, rebuilds.
+//! - `search`: searching by image, stored image or vector.
+//! - `ingest`: adding images (uploads, gRPC `AddImages`, index jobs).
+//! - `index_jobs`: indexing a server folder in the background.
+//! - `training`: datasets, training jobs and the model registry.
+//! - `http`: the REST API, one file per resource.
+//! - `ui`: the web UI's files.
+//! - `grpc`: the public gRPC `SearchService`.
+//! - `auth`, `rate`, `guard`: API keys and roles, rate limits, request checks.
+//! - `error`: the error type and its HTTP and gRPC mappings.
+
 pub mod auth;
-pub mod clients;
+pub mod collections;
 pub mod error;
 pub mod gateway;
 pub mod grpc;
 pub mod guard;
-pub mod indexing;
-pub mod jobs;
+pub mod http;
+pub mod index_jobs;
+pub mod ingest;
 pub mod rate;
-pub mod rest;
+pub mod search;
 pub mod training;
 pub mod ui;
+pub mod upstream;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -240,7 +257,7 @@ impl Config {
     /// the internal services (a request limit below the image limit is a
     /// smaller image limit in effect).
     pub fn check_sizes(&self) -> Result<()> {
-        let one_image = indexing::max_image_in_message(self.max_message_bytes);
+        let one_image = ingest::max_image_in_message(self.max_message_bytes);
         if self.limits.max_image_bytes > one_image {
             return Err(Error::Config(format!(
                 "limits.max_image_bytes ({}) must fit in one message to the internal services: at most {one_image} with max_message_bytes = {} (raise max_message_bytes here and in inference and index alike, or lower the image limit)",
@@ -287,7 +304,7 @@ async fn app_on(
                 grpc::refuse_oversized_message(max, req, next)
             },
         ));
-    let rest_router = rest::router(gateway.clone());
+    let rest_router = http::router(gateway.clone());
     let rate = Arc::new(rate::RateState {
         anonymous: rate::AnonymousLimiter::new(&gateway.cfg.auth)?,
         gateway: gateway.clone(),
@@ -297,7 +314,7 @@ async fn app_on(
         .fallback_service(tower::service_fn(move |req: axum::extract::Request| {
             let is_grpc = req
                 .headers()
-                .get(http::header::CONTENT_TYPE)
+                .get(::http::header::CONTENT_TYPE)
                 .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
             let target = if is_grpc {
                 grpc_router.clone()
@@ -426,7 +443,7 @@ mod tests {
     #[test]
     fn openapi_documents_every_route() {
         let doc: serde_json::Value =
-            serde_json::from_str(rest::OPENAPI_JSON).expect("openapi.json is JSON");
+            serde_json::from_str(http::OPENAPI_JSON).expect("openapi.json is JSON");
         let paths = doc["paths"].as_object().expect("paths");
         for p in [
             "/api/health",

@@ -29,7 +29,7 @@ fn photos() -> Vec<PathBuf> {
         let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
             .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| cbir_gateway::jobs::is_image_path(p))
+            .filter(|p| cbir_gateway::index_jobs::is_image_path(p))
             .collect();
         names.sort();
         out.extend(names);

@@ -149,7 +149,8 @@ async fn steady(
 }
 
 fn list_images(dir: &std::path::Path) -> anyhow::Result<Vec<PathBuf>> {
-    cbir_gateway::jobs::walk_images(dir).with_context(|| format!("cannot read {}", dir.display()))
+    cbir_gateway::index_jobs::walk_images(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))
 }
 
 async fn add_through_gateway(
@@ -167,7 +168,7 @@ async fn add_through_gateway(
         async move {
             let mut images = Vec::new();
             for p in &chunk {
-                images.push(cbir_gateway::jobs::read_image(p).await?);
+                images.push(cbir_gateway::index_jobs::read_image(p).await?);
             }
             let labels: Vec<String> = images.iter().map(|i| i.label.clone()).collect();
             let r = c

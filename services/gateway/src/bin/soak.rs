@@ -320,7 +320,7 @@ fn ms(h: &Histogram<u64>, q: f64) -> f64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut files = cbir_gateway::jobs::walk_images(&args.images)
+    let mut files = cbir_gateway::index_jobs::walk_images(&args.images)
         .with_context(|| format!("cannot read the image set {}", args.images.display()))?;
     if files.len() < args.collection_size + args.index_batch * 4 {
         bail!(

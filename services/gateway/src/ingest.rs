@@ -1,4 +1,5 @@
-//! Adding images (REST uploads and gRPC `AddImages`): each file is checked,
+//! Ingest: adding images (REST uploads, gRPC `AddImages` and server-folder
+//! jobs) to a collection. Each file is checked,
 //! hashed here, decoded once in the inference service (feature, thumbnail
 //! and rendition from the same decode) and stored on its own, so one bad
 //! file fails alone. Calls to the inference and index services are cut to
@@ -8,6 +9,7 @@ use std::sync::Arc;
 
 use cbir_api::v1 as pb;
 
+use crate::collections::Next;
 use crate::error::{Error, Result};
 use crate::gateway::{file_name_of, model_label, same_model, Gateway};
 
@@ -128,16 +130,16 @@ impl Gateway {
         .map_err(|e| format!("image preparation failed: {e}"))?
     }
 
-    /// One Embed call for `inputs` with the collection's model; on an answer
-    /// from another model the collection is read again once (a rebuild may
-    /// have switched it to that model, or to a newer one to embed with).
+    /// One Embed call for `inputs` with the collection's model, looking
+    /// again once when another model answers (see
+    /// [`crate::collections::LookAgain`]).
     async fn embed_call(
         &self,
         collection: &str,
         coll: &mut pb::Collection,
         inputs: &[pb::ImageInput],
     ) -> Result<pb::EmbedResponse> {
-        let mut looked_again = false;
+        let mut again = self.look_again(collection);
         loop {
             let msg = pb::EmbedRequest {
                 include_renditions: true,
@@ -157,23 +159,17 @@ impl Gateway {
             if same_model(coll.model.as_ref(), embedded.model.as_ref()) {
                 return Ok(embedded);
             }
-            if !looked_again {
-                looked_again = true;
-                let fresh = self.refresh_collection(collection).await?;
-                let changed = !same_model(fresh.model.as_ref(), coll.model.as_ref());
-                *coll = fresh;
-                if same_model(coll.model.as_ref(), embedded.model.as_ref()) {
-                    return Ok(embedded);
-                }
-                if changed {
-                    continue;
+            match again.after_mismatch(coll, embedded.model.as_ref()).await? {
+                Next::Keep => return Ok(embedded),
+                Next::Retry => continue,
+                Next::GiveUp => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "collection {collection:?} is bound to model {}, but the inference service serves {}: rebuild the collection or add to another one",
+                        model_label(coll.model.as_ref()),
+                        model_label(embedded.model.as_ref())
+                    )))
                 }
             }
-            return Err(Error::FailedPrecondition(format!(
-                "collection {collection:?} is bound to model {}, but the inference service serves {}: rebuild the collection or add to another one",
-                model_label(coll.model.as_ref()),
-                model_label(embedded.model.as_ref())
-            )));
         }
     }
 
@@ -293,7 +289,6 @@ impl Gateway {
     #[tracing::instrument(name = "gateway.add_images", skip_all, fields(images = req.images.len()))]
     pub async fn add_images(&self, req: pb::AddImagesRequest) -> Result<pb::AddImagesResponse> {
         let collection = self.collection_name(&req.collection)?;
-        let replace = req.replace;
         let limits = &self.cfg.limits;
         if req.images.len() > limits.max_files_per_request {
             return Err(Error::TooLarge(format!(
@@ -302,52 +297,77 @@ impl Gateway {
                 limits.max_files_per_request
             )));
         }
-        let coll = match self.fetch_collection(&collection).await {
-            Err(Error::NotFound(_)) if req.create_collection => {
+        let coll = self
+            .collection_for_upload(&collection, req.create_collection)
+            .await?;
+        let mut batch = self.validate(&req.images);
+        let images: Arc<Vec<pb::NewImage>> = Arc::new(req.images);
+        let (hashes, embeddings) = self
+            .hash_and_embed(&collection, coll, &images, &mut batch)
+            .await?;
+        let (records, record_of) = self
+            .assemble_records(&images, hashes, embeddings, &mut batch)
+            .await;
+        if !records.is_empty() {
+            let stored = self.upsert_all(&collection, records, req.replace).await?;
+            batch.stored(&record_of, stored);
+            self.forget_collection(&collection);
+        }
+        Ok(batch.into_response())
+    }
+
+    /// The collection to add to, created first when the request asks so.
+    async fn collection_for_upload(&self, name: &str, create: bool) -> Result<pb::Collection> {
+        match self.fetch_collection(name).await {
+            Err(Error::NotFound(_)) if create => {
                 match self
                     .create_collection(pb::CreateGatewayCollectionRequest {
-                        name: collection.clone(),
+                        name: name.to_string(),
                         description: String::new(),
                         if_not_exists: true,
                     })
                     .await
                 {
                     // Another batch created it at the same moment.
-                    Err(Error::AlreadyExists(_)) => self.fetch_collection(&collection).await?,
-                    r => r?,
+                    Err(Error::AlreadyExists(_)) => self.fetch_collection(name).await,
+                    r => r,
                 }
             }
-            r => r?,
+            r => r,
+        }
+    }
+
+    /// Checks each image on its own: a bad one fails alone.
+    fn validate(&self, images: &[pb::NewImage]) -> Batch {
+        let max = self.cfg.limits.max_image_bytes;
+        let mut batch = Batch {
+            results: images
+                .iter()
+                .map(|i| pb::AddImageResult {
+                    file_name: if i.file_name.is_empty() {
+                        file_name_of(&i.path)
+                    } else {
+                        i.file_name.clone()
+                    },
+                    path: i.path.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+            ok: vec![true; images.len()],
         };
-        let n = req.images.len();
-        let mut results: Vec<pb::AddImageResult> = req
-            .images
-            .iter()
-            .map(|i| pb::AddImageResult {
-                file_name: if i.file_name.is_empty() {
-                    file_name_of(&i.path)
-                } else {
-                    i.file_name.clone()
-                },
-                path: i.path.clone(),
-                ..Default::default()
-            })
-            .collect();
-        let mut ok = vec![true; n];
-        for (i, img) in req.images.iter().enumerate() {
+        for (i, img) in images.iter().enumerate() {
             let err = if img.data.is_empty() {
                 Some("empty file: the image has zero bytes".to_string())
-            } else if img.data.len() > limits.max_image_bytes {
+            } else if img.data.len() > max {
                 Some(format!(
-                    "image too large: {} bytes, the limit is {} bytes",
+                    "image too large: {} bytes, the limit is {max} bytes",
                     img.data.len(),
-                    limits.max_image_bytes
                 ))
             } else {
                 // The index's own limits: a bad name fails its file alone
                 // instead of the whole Upsert.
                 cbir_common::records::check_text(
-                    &results[i].file_name,
+                    &batch.results[i].file_name,
                     &img.path,
                     &img.label,
                     &cbir_common::records::DEFAULT_TEXT_LIMITS,
@@ -355,15 +375,23 @@ impl Gateway {
                 .err()
             };
             if let Some(e) = err {
-                results[i].error = e;
-                ok[i] = false;
+                batch.fail(i, e);
             }
         }
-        let images: Arc<Vec<pb::NewImage>> = Arc::new(req.images);
-        // Hashes here; features, thumbnails and renditions in the inference
-        // service, from one decode there, at the same time.
+        batch
+    }
+
+    /// Hashes here; features, thumbnails and renditions in the inference
+    /// service, from one decode there, at the same time.
+    async fn hash_and_embed(
+        &self,
+        collection: &str,
+        coll: pb::Collection,
+        images: &Arc<Vec<pb::NewImage>>,
+        batch: &mut Batch,
+    ) -> Result<(Vec<Option<String>>, Vec<Option<Embedded>>)> {
         let to_hash = images.clone();
-        let hash_ok = ok.clone();
+        let hash_ok = batch.ok.clone();
         let hashes = tokio::task::spawn_blocking(move || {
             to_hash
                 .iter()
@@ -374,7 +402,7 @@ impl Gateway {
         let inputs: Vec<pb::ImageInput> = images
             .iter()
             .enumerate()
-            .filter(|(i, _)| ok[*i])
+            .filter(|(i, _)| batch.ok[*i])
             .map(|(i, img)| pb::ImageInput {
                 id: i.to_string(),
                 data: img.data.clone(),
@@ -384,13 +412,99 @@ impl Gateway {
             if inputs.is_empty() {
                 return Ok(Vec::new());
             }
-            self.embed_all(&collection, coll, inputs).await
+            self.embed_all(collection, coll, inputs).await
         };
         let (hashes, embedded) = tokio::join!(hashes, embed);
         let hashes = hashes.map_err(|e| Error::Internal(format!("hashing the images: {e}")))?;
-        let embedded = embedded?;
+        Ok((hashes, batch.embedded(embedded?)))
+    }
+
+    /// One record per image still going: its feature, and the thumbnail
+    /// and rendition from the inference service (made here when it sent
+    /// none). Returns the records and the image each one is for.
+    async fn assemble_records(
+        &self,
+        images: &Arc<Vec<pb::NewImage>>,
+        hashes: Vec<Option<String>>,
+        mut embeddings: Vec<Option<Embedded>>,
+        batch: &mut Batch,
+    ) -> (Vec<pb::ImageRecord>, Vec<usize>) {
+        let imaging_limits = self.cfg.limits.imaging();
+        let mut records = Vec::new();
+        let mut record_of = Vec::new();
+        for (i, hash) in hashes.into_iter().enumerate() {
+            let Some(hash) = hash.filter(|_| batch.ok[i]) else {
+                continue;
+            };
+            let Some(Embedded {
+                embedding: emb,
+                thumbnail,
+                rendition,
+            }) = embeddings[i].take()
+            else {
+                batch.fail(i, "the inference service returned no feature".into());
+                continue;
+            };
+            let img = &images[i];
+            let prep = if thumbnail.is_empty() {
+                match self
+                    .prepare_within_budget(images.clone(), i, imaging_limits)
+                    .await
+                {
+                    Ok(p) => p,
+                    Err(e) => {
+                        batch.fail(i, e);
+                        continue;
+                    }
+                }
+            } else {
+                source_of(
+                    &img.data,
+                    cbir_imaging::StoredForms {
+                        thumbnail,
+                        rendition: (!rendition.is_empty()).then_some(rendition),
+                    },
+                )
+            };
+            let result = &mut batch.results[i];
+            result.predicted_class = emb.predicted_class;
+            result.predicted_name.clone_from(&emb.predicted_name);
+            records.push(pb::ImageRecord {
+                content_hash: hash,
+                file_name: result.file_name.clone(),
+                path: img.path.clone(),
+                label: img.label.clone(),
+                predicted_class: emb.predicted_class,
+                feature: emb.feature,
+                thumbnail: prep.thumbnail,
+                source_image: prep.source,
+                ..Default::default()
+            });
+            record_of.push(i);
+        }
+        (records, record_of)
+    }
+}
+
+/// The answers of one AddImages call as they are built, and which images
+/// are still going.
+struct Batch {
+    results: Vec<pb::AddImageResult>,
+    ok: Vec<bool>,
+}
+
+impl Batch {
+    fn fail(&mut self, i: usize, error: String) {
+        self.results[i].error = error;
+        self.ok[i] = false;
+    }
+
+    /// The inference service's answers by image; its per-image errors fail
+    /// their images.
+    fn embedded(&mut self, answers: Vec<pb::EmbedResult>) -> Vec<Option<Embedded>> {
+        let n = self.results.len();
         let mut embeddings: Vec<Option<Embedded>> = vec![None; n];
-        for r in embedded {
+        for r in answers {
             let Ok(i) = r.id.parse::<usize>() else {
                 continue;
             };
@@ -405,92 +519,41 @@ impl Gateway {
                         rendition: r.rendition,
                     });
                 }
-                Some(pb::embed_result::Outcome::Error(e)) => {
-                    results[i].error = e.message;
-                    ok[i] = false;
-                }
-                None => {
-                    results[i].error = "the inference service returned no result".into();
-                    ok[i] = false;
-                }
+                Some(pb::embed_result::Outcome::Error(e)) => self.fail(i, e.message),
+                None => self.fail(i, "the inference service returned no result".into()),
             }
         }
-        let imaging_limits = limits.imaging();
-        let mut records = Vec::new();
-        let mut record_of = Vec::new();
-        for (i, hash) in hashes.into_iter().enumerate() {
-            let Some(hash) = hash.filter(|_| ok[i]) else {
+        embeddings
+    }
+
+    /// The index's outcome of each record (`record_of` names its image).
+    fn stored(
+        &mut self,
+        record_of: &[usize],
+        stored: Vec<std::result::Result<pb::UpsertResult, String>>,
+    ) {
+        for (k, u) in stored.into_iter().enumerate() {
+            let Some(&i) = record_of.get(k) else {
                 continue;
             };
-            let Some(Embedded {
-                embedding: emb,
-                thumbnail,
-                rendition,
-            }) = embeddings[i].take()
-            else {
-                results[i].error = "the inference service returned no feature".into();
-                ok[i] = false;
-                continue;
-            };
-            let img = &images[i];
-            let prep = if thumbnail.is_empty() {
-                match self
-                    .prepare_within_budget(images.clone(), i, imaging_limits)
-                    .await
-                {
-                    Ok(p) => p,
-                    Err(e) => {
-                        results[i].error = e;
-                        ok[i] = false;
-                        continue;
-                    }
+            match u {
+                Ok(u) => {
+                    self.results[i].id = u.id;
+                    self.results[i].created = u.created;
                 }
-            } else {
-                source_of(
-                    &img.data,
-                    cbir_imaging::StoredForms {
-                        thumbnail,
-                        rendition: (!rendition.is_empty()).then_some(rendition),
-                    },
-                )
-            };
-            results[i].predicted_class = emb.predicted_class;
-            results[i].predicted_name.clone_from(&emb.predicted_name);
-            records.push(pb::ImageRecord {
-                content_hash: hash,
-                file_name: results[i].file_name.clone(),
-                path: img.path.clone(),
-                label: img.label.clone(),
-                predicted_class: emb.predicted_class,
-                feature: emb.feature,
-                thumbnail: prep.thumbnail,
-                source_image: prep.source,
-                ..Default::default()
-            });
-            record_of.push(i);
-        }
-        if !records.is_empty() {
-            let stored = self.upsert_all(&collection, records, replace).await?;
-            for (k, u) in stored.into_iter().enumerate() {
-                let Some(&i) = record_of.get(k) else {
-                    continue;
-                };
-                match u {
-                    Ok(u) => {
-                        results[i].id = u.id;
-                        results[i].created = u.created;
-                    }
-                    Err(e) => results[i].error = e,
-                }
+                Err(e) => self.results[i].error = e,
             }
-            self.forget_collection(&collection);
         }
-        let failed = results.iter().filter(|r| !r.error.is_empty()).count() as u64;
-        Ok(pb::AddImagesResponse {
-            added: n as u64 - failed,
+    }
+
+    fn into_response(self) -> pb::AddImagesResponse {
+        let n = self.results.len() as u64;
+        let failed = self.results.iter().filter(|r| !r.error.is_empty()).count() as u64;
+        pb::AddImagesResponse {
+            added: n - failed,
             failed,
-            results,
-        })
+            results: self.results,
+        }
     }
 }
 

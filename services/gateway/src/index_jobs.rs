@@ -1,4 +1,4 @@
-//! Indexing a folder on the gateway's machine in the background, with
+//! Index jobs: indexing a folder on the gateway's machine in the background, with
 //! progress that the UI and the API poll. Jobs live in the index service's
 //! database, so that every gateway replica answers for every job: the
 //! replica that accepted a job runs it and saves its progress every second
@@ -267,36 +267,7 @@ impl Gateway {
             let collection = collection.clone();
             let root = root.clone();
             async move {
-                let mut images = Vec::with_capacity(batch.len());
-                let mut unreadable = Vec::new();
-                for p in batch {
-                    let rel = p
-                        .strip_prefix(&root)
-                        .unwrap_or(&p)
-                        .to_string_lossy()
-                        .to_string();
-                    match tokio::fs::metadata(&p).await {
-                        Ok(m) if m.len() as usize > max_bytes => {
-                            unreadable.push((
-                                rel,
-                                format!(
-                                    "image too large: {} bytes, the limit is {max_bytes} bytes",
-                                    m.len()
-                                ),
-                            ));
-                            continue;
-                        }
-                        Err(e) => {
-                            unreadable.push((rel, format!("cannot read: {e}")));
-                            continue;
-                        }
-                        Ok(_) => {}
-                    }
-                    match read_image_under(&p, &root).await {
-                        Ok(img) => images.push(img),
-                        Err(e) => unreadable.push((rel, format!("cannot read: {e}"))),
-                    }
-                }
+                let (images, unreadable) = read_batch(&root, batch, max_bytes).await;
                 let r = gw
                     .add_images(pb::AddImagesRequest {
                         replace: false,
@@ -312,34 +283,7 @@ impl Gateway {
         let mut fatal = None;
         while let Some((r, unreadable)) = stream.next().await {
             let mut j = job.lock();
-            for (path, reason) in unreadable {
-                j.failed += 1;
-                if j.failures.len() < MAX_FAILURES_LISTED {
-                    j.failures.push(pb::FailedFile { path, reason });
-                }
-            }
-            match r {
-                Ok(resp) => {
-                    for item in resp.results {
-                        if item.error.is_empty() {
-                            j.done += 1;
-                        } else {
-                            j.failed += 1;
-                            if j.failures.len() < MAX_FAILURES_LISTED {
-                                j.failures.push(pb::FailedFile {
-                                    path: item.path,
-                                    reason: item.error,
-                                });
-                            }
-                        }
-                    }
-                }
-                Err(e) => {
-                    // A service down or the collection gone: every later
-                    // batch would fail the same way.
-                    fatal = Some(e.to_string());
-                }
-            }
+            fatal = tally(&mut j, unreadable, r);
             let secs = started.elapsed().as_secs_f64().max(1e-3);
             j.images_per_second = j.done as f64 / secs;
             j.updated_at_ms = now_ms();
@@ -349,29 +293,14 @@ impl Gateway {
         }
         let _ = stop_saving.send(());
         let _ = saver.await;
-        let last = {
-            let mut j = job.lock();
-            j.updated_at_ms = now_ms();
-            match fatal {
-                Some(e) => {
-                    j.state = pb::operation_progress::State::Failed as i32;
-                    j.message = format!("indexing stopped after {} images: {e}", j.done);
-                }
-                None => {
-                    j.state = pb::operation_progress::State::Succeeded as i32;
-                    j.message = format!(
-                        "indexed {} images, {} failed, in {:.1} s",
-                        j.done,
-                        j.failed,
-                        started.elapsed().as_secs_f64()
-                    );
-                }
-            }
-            j.clone()
-        };
+        let last = finish(&mut job.lock(), fatal, started);
         tracing::info!(job = %last.id, collection = %last.collection, done = last.done, failed = last.failed, "indexing job finished");
+        self.save_final(&last).await;
+    }
+
+    async fn save_final(&self, last: &pb::IndexJob) {
         for attempt in 1..=FINAL_SAVE_ATTEMPTS {
-            match self.save_job(&last).await {
+            match self.save_job(last).await {
                 Ok(()) => return,
                 Err(e) if attempt < FINAL_SAVE_ATTEMPTS => {
                     tracing::warn!(job = %last.id, error = %e, "saving the finished indexing job failed; trying again");
@@ -384,6 +313,101 @@ impl Gateway {
             }
         }
     }
+}
+
+/// Reads a batch of a job's files under `root`; the files that cannot be
+/// read or are too large come back apart, with why (and their path under
+/// `root`).
+async fn read_batch(
+    root: &Path,
+    batch: Vec<PathBuf>,
+    max_bytes: usize,
+) -> (Vec<pb::NewImage>, Vec<(String, String)>) {
+    let mut images = Vec::with_capacity(batch.len());
+    let mut unreadable = Vec::new();
+    for p in batch {
+        let rel = p
+            .strip_prefix(root)
+            .unwrap_or(&p)
+            .to_string_lossy()
+            .to_string();
+        match tokio::fs::metadata(&p).await {
+            Ok(m) if m.len() as usize > max_bytes => {
+                unreadable.push((
+                    rel,
+                    format!(
+                        "image too large: {} bytes, the limit is {max_bytes} bytes",
+                        m.len()
+                    ),
+                ));
+                continue;
+            }
+            Err(e) => {
+                unreadable.push((rel, format!("cannot read: {e}")));
+                continue;
+            }
+            Ok(_) => {}
+        }
+        match read_image_under(&p, root).await {
+            Ok(img) => images.push(img),
+            Err(e) => unreadable.push((rel, format!("cannot read: {e}"))),
+        }
+    }
+    (images, unreadable)
+}
+
+fn record_failure(j: &mut pb::IndexJob, path: String, reason: String) {
+    j.failed += 1;
+    if j.failures.len() < MAX_FAILURES_LISTED {
+        j.failures.push(pb::FailedFile { path, reason });
+    }
+}
+
+/// Counts a batch's outcome into the job; the error that stops the job
+/// (a service down or the collection gone: every later batch would fail
+/// the same way), if any.
+fn tally(
+    j: &mut pb::IndexJob,
+    unreadable: Vec<(String, String)>,
+    r: Result<pb::AddImagesResponse>,
+) -> Option<String> {
+    for (path, reason) in unreadable {
+        record_failure(j, path, reason);
+    }
+    match r {
+        Ok(resp) => {
+            for item in resp.results {
+                if item.error.is_empty() {
+                    j.done += 1;
+                } else {
+                    record_failure(j, item.path, item.error);
+                }
+            }
+            None
+        }
+        Err(e) => Some(e.to_string()),
+    }
+}
+
+/// The job's final state and message.
+fn finish(j: &mut pb::IndexJob, fatal: Option<String>, started: Instant) -> pb::IndexJob {
+    j.updated_at_ms = now_ms();
+    match fatal {
+        Some(e) => {
+            j.state = pb::operation_progress::State::Failed as i32;
+            j.message = format!("indexing stopped after {} images: {e}", j.done);
+        }
+        None => {
+            j.state = pb::operation_progress::State::Succeeded as i32;
+            j.message = format!(
+                "indexed {} images, {} failed, in {:.1} s",
+                j.done,
+                j.failed,
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    j.clone()
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
-//! Clients of the backing services: every call has a deadline, idempotent
-//! calls are retried on another endpoint when one is unreachable, and calls
-//! are balanced over all the addresses a service's URLs resolve to (a list
-//! of URLs, or one DNS name with several records, as a Kubernetes headless
-//! service gives).
+//! The connection pool of one backing service: every call has a deadline,
+//! idempotent calls are retried on another endpoint when one is
+//! unreachable, and calls are balanced over all the addresses a service's
+//! URLs resolve to (a list of URLs, or one DNS name with several records,
+//! as a Kubernetes headless service gives).
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -1,0 +1,142 @@
+//! Clients of the internal services (inference, index, training): one
+//! [`Pool`] per service and one way to call each of them, with its
+//! deadline, retries and message limits.
+
+mod pool;
+
+use std::future::Future;
+use std::time::Duration;
+
+use cbir_api::v1 as pb;
+use cbir_api::v1::index_service_client::IndexServiceClient;
+use cbir_api::v1::inference_service_client::InferenceServiceClient;
+use cbir_api::v1::training_service_client::TrainingServiceClient;
+use tonic::transport::Channel;
+use tonic::Status;
+
+pub use pool::{request, Pool, PoolConfig};
+
+use crate::error::Result;
+use crate::gateway::Gateway;
+
+pub(crate) type InferenceClient = InferenceServiceClient<Channel>;
+pub(crate) type IndexClient = IndexServiceClient<Channel>;
+pub(crate) type TrainingClient = TrainingServiceClient<Channel>;
+
+/// A generated client on one channel, bounded by the services' message limit.
+pub(crate) trait Client {
+    fn on(ch: Channel, max: usize) -> Self;
+}
+
+macro_rules! bounded_client {
+    ($($client:ty),*) => {$(
+        impl Client for $client {
+            fn on(ch: Channel, max: usize) -> Self {
+                <$client>::new(ch)
+                    .max_decoding_message_size(max)
+                    .max_encoding_message_size(max)
+            }
+        }
+    )*};
+}
+
+bounded_client!(InferenceClient, IndexClient, TrainingClient);
+
+/// What a generated client's method returns.
+pub(crate) trait Answer<Resp>:
+    Future<Output = std::result::Result<tonic::Response<Resp>, Status>>
+{
+}
+
+impl<Resp, F> Answer<Resp> for F where
+    F: Future<Output = std::result::Result<tonic::Response<Resp>, Status>>
+{
+}
+
+impl Gateway {
+    pub(crate) fn max_msg(&self) -> usize {
+        self.cfg.max_message_bytes
+    }
+
+    pub(crate) fn t(ms: u64) -> Duration {
+        Duration::from_millis(ms)
+    }
+
+    pub(crate) fn admin_timeout(&self) -> Duration {
+        Self::t(self.cfg.timeouts.admin_ms)
+    }
+
+    /// One idempotent call of a backing service, with its deadline and
+    /// retries; the message is cloned for each attempt.
+    async fn rpc<C: Client, Req: Clone, Resp, F, Fut>(
+        &self,
+        pool: &Pool,
+        what: &str,
+        timeout: Duration,
+        msg: Req,
+        rpc: F,
+    ) -> Result<Resp>
+    where
+        F: Fn(C, tonic::Request<Req>) -> Fut,
+        Fut: Answer<Resp>,
+    {
+        let max = self.max_msg();
+        pool.call(what, timeout, true, |ch, t| {
+            let fut = rpc(C::on(ch, max), request(msg.clone(), t));
+            async move { fut.await.map(tonic::Response::into_inner) }
+        })
+        .await
+    }
+
+    pub(crate) async fn index_rpc<Req: Clone, Resp, F, Fut>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        msg: Req,
+        rpc: F,
+    ) -> Result<Resp>
+    where
+        F: Fn(IndexClient, tonic::Request<Req>) -> Fut,
+        Fut: Answer<Resp>,
+    {
+        self.rpc(&self.index, what, timeout, msg, rpc).await
+    }
+
+    pub(crate) async fn inference_rpc<Req: Clone, Resp, F, Fut>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        msg: Req,
+        rpc: F,
+    ) -> Result<Resp>
+    where
+        F: Fn(InferenceClient, tonic::Request<Req>) -> Fut,
+        Fut: Answer<Resp>,
+    {
+        self.rpc(&self.inference, what, timeout, msg, rpc).await
+    }
+
+    pub(crate) async fn training_rpc<Req: Clone, Resp, F, Fut>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        msg: Req,
+        rpc: F,
+    ) -> Result<Resp>
+    where
+        F: Fn(TrainingClient, tonic::Request<Req>) -> Fut,
+        Fut: Answer<Resp>,
+    {
+        self.rpc(&self.training, what, timeout, msg, rpc).await
+    }
+
+    pub async fn model_info(&self, timeout: Duration) -> Result<pb::GetModelInfoResponse> {
+        let msg = pb::GetModelInfoRequest {
+            include_class_names: false,
+        };
+        self.inference_rpc("GetModelInfo", timeout, msg, |mut c, r| async move {
+            c.get_model_info(r).await
+        })
+        .await
+    }
+}
