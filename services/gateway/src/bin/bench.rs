@@ -272,6 +272,19 @@ async fn seed(
         .count as usize;
     let missing = args.size.saturating_sub(count);
     eprintln!("bench: writing {missing} synthetic neighbours to the index service");
+    write_neighbours(args, &mut index, &feats, count, missing).await
+}
+
+/// Noisy copies of the seeds' features (feature, class, label), `missing`
+/// of them, written straight to the index service; the collection held
+/// `count` before.
+async fn write_neighbours(
+    args: &Args,
+    index: &mut IndexServiceClient<tonic::transport::Channel>,
+    feats: &[(Vec<f32>, i32, String)],
+    count: usize,
+    missing: usize,
+) -> anyhow::Result<()> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let dims = feats.first().map_or(1280, |f| f.0.len());
     // Noise of norm about 0.6: neighbours as far from their seed as
