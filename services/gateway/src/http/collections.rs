@@ -5,32 +5,32 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use cbir_api::v1 as pb;
-use cbir_common::metrics::LabelledRoutes;
 use serde::{Deserialize, Serialize};
 
 use super::extract::{Admin, JsonBody, LinkReader, Reader, Writer};
-use super::{operation_state, AppState, ModelJson};
+use super::{operation_state, AppState, ModelJson, Route};
 use crate::error::Result;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route_labelled(
+pub(super) fn routes() -> Vec<Route> {
+    vec![
+        (
             "/api/collections",
             get(list_collections).post(create_collection),
-        )
-        .route_labelled(
+        ),
+        (
             "/api/collections/{name}",
             get(collection_stats).delete(delete_collection),
-        )
-        .route_labelled("/api/collections/{name}/clear", post(clear_collection))
-        .route_labelled(
+        ),
+        ("/api/collections/{name}/clear", post(clear_collection)),
+        (
             "/api/collections/{name}/images/{id}/thumbnail",
             get(thumbnail),
-        )
-        .route_labelled("/api/collections/{name}/rebuild", post(rebuild_collection))
-        .route_labelled("/api/operations/{id}", get(operation))
+        ),
+        ("/api/collections/{name}/rebuild", post(rebuild_collection)),
+        ("/api/operations/{id}", get(operation)),
+    ]
 }
 
 #[derive(Serialize)]

@@ -5,20 +5,20 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use cbir_api::v1 as pb;
-use cbir_common::metrics::LabelledRoutes;
 use serde::{Deserialize, Serialize};
 
 use super::extract::{JsonBody, Reader, Writer};
-use super::{operation_state, AppState};
+use super::{operation_state, AppState, Route};
 use crate::error::Result;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route_labelled("/api/collections/{name}/index-jobs", post(start_job))
-        .route_labelled("/api/jobs", get(list_jobs))
-        .route_labelled("/api/jobs/{id}", get(get_job))
+pub(super) fn routes() -> Vec<Route> {
+    vec![
+        ("/api/collections/{name}/index-jobs", post(start_job)),
+        ("/api/jobs", get(list_jobs)),
+        ("/api/jobs/{id}", get(get_job)),
+    ]
 }
 
 #[derive(Serialize)]

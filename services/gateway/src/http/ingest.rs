@@ -5,18 +5,17 @@ use axum::extract::multipart::{Field, MultipartError};
 use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use cbir_api::v1 as pb;
-use cbir_common::metrics::LabelledRoutes;
 use serde::{Deserialize, Serialize};
 
 use super::extract::Writer;
-use super::AppState;
+use super::{AppState, Route};
 use crate::error::{Error, Result};
 use crate::gateway::{file_name_of, label_from_path};
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new().route_labelled("/api/collections/{name}/images", post(add_images))
+pub(super) fn routes() -> Vec<Route> {
+    vec![("/api/collections/{name}/images", post(add_images))]
 }
 
 pub(super) fn multipart_error(e: &MultipartError, limit: usize) -> Error {

@@ -8,6 +8,7 @@ pub mod extract;
 mod index_jobs;
 mod ingest;
 mod models;
+pub mod openapi;
 mod search;
 mod system;
 mod training;
@@ -17,28 +18,49 @@ use std::sync::Arc;
 use axum::extract::Request;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use axum::routing::MethodRouter;
 use axum::Router;
 use cbir_api::v1 as pb;
+use cbir_common::metrics::LabelledRoutes;
 
 use crate::error::Error;
 use crate::gateway::Gateway;
 
+pub use openapi::OPENAPI_JSON;
 pub use search::search_json;
-pub use system::OPENAPI_JSON;
 
 type AppState = Arc<Gateway>;
+
+/// A route template and what answers it.
+type Route = (&'static str, MethodRouter<AppState>);
+
+fn routes() -> Vec<Route> {
+    [
+        system::routes(),
+        collections::routes(),
+        ingest::routes(),
+        index_jobs::routes(),
+        search::routes(),
+        training::routes(),
+        models::routes(),
+    ]
+    .concat()
+}
+
+/// Every route template the REST API and the UI answer (what
+/// `openapi.json` must document).
+pub fn route_paths() -> Vec<&'static str> {
+    routes().into_iter().map(|(path, _)| path).collect()
+}
 
 pub fn router(gateway: Arc<Gateway>) -> Router {
     let body_limit = gateway.cfg.limits.max_request_bytes;
     let dataset_limit = gateway.cfg.limits.max_dataset_bytes;
-    Router::new()
-        .merge(system::routes())
-        .merge(collections::routes())
-        .merge(ingest::routes())
-        .merge(index_jobs::routes())
-        .merge(search::routes())
-        .merge(training::routes())
-        .merge(models::routes())
+    routes()
+        .into_iter()
+        .fold(Router::new(), |r, (path, handler)| {
+            r.route_labelled(path, handler)
+        })
         .fallback(|| async {
             Error::NotFound("no such page or API route: see /api/openapi.json".into())
         })

@@ -3,26 +3,26 @@
 
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use cbir_api::v1 as pb;
-use cbir_common::metrics::LabelledRoutes;
 use serde::Serialize;
 
 use super::extract::{Admin, LinkReader};
-use super::{AppState, ModelJson};
+use super::{AppState, ModelJson, Route};
 use crate::error::Result;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route_labelled("/api/models", get(list_models))
-        .route_labelled(
+pub(super) fn routes() -> Vec<Route> {
+    vec![
+        ("/api/models", get(list_models)),
+        (
             "/api/models/{name}/{version}",
             get(get_model).delete(delete_model),
-        )
-        .route_labelled(
+        ),
+        (
             "/api/models/{name}/{version}/activate",
             post(activate_model),
-        )
+        ),
+    ]
 }
 
 #[derive(Serialize)]

@@ -8,21 +8,20 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, Multipart, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use cbir_api::v1 as pb;
-use cbir_common::metrics::LabelledRoutes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::extract::{parse_json_content, Reader};
 use super::ingest::{multipart_error, read_part};
-use super::AppState;
+use super::{AppState, Route};
 use crate::error::{Error, Result};
 use crate::gateway::Gateway;
 use crate::search::{mode_name, parse_mode};
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new().route_labelled("/api/search", post(search))
+pub(super) fn routes() -> Vec<Route> {
+    vec![("/api/search", post(search))]
 }
 
 #[derive(Serialize)]

@@ -7,14 +7,12 @@ use axum::extract::State;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
-use cbir_common::metrics::LabelledRoutes;
+use axum::Json;
 use serde::Serialize;
 
-use super::AppState;
+use super::openapi::OPENAPI_JSON;
+use super::{AppState, Route};
 use crate::error::{Error, Result};
-
-pub const OPENAPI_JSON: &str = include_str!("../../openapi.json");
 
 /// Every file the gateway serves as is: path, content type, content.
 const ASSETS: &[(&str, &str, &str)] = &[
@@ -36,15 +34,17 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("/api/openapi.json", "application/json", OPENAPI_JSON),
 ];
 
-pub(super) fn routes() -> Router<AppState> {
-    let mut router = Router::new();
-    for &(path, content_type, body) in ASSETS {
-        router = router.route_labelled(path, get(move || async move { asset(content_type, body) }));
-    }
-    router
-        .route_labelled("/api/health", get(health))
-        .route_labelled("/api/config", get(config))
-        .route_labelled("/api/model", get(model))
+pub(super) fn routes() -> Vec<Route> {
+    let assets = ASSETS.iter().map(|&(path, content_type, body)| -> Route {
+        (path, get(move || async move { asset(content_type, body) }))
+    });
+    assets
+        .chain([
+            ("/api/health", get(health)),
+            ("/api/config", get(config)),
+            ("/api/model", get(model)),
+        ])
+        .collect()
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {

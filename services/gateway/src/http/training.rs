@@ -10,28 +10,28 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use axum::{Json, Router};
+use axum::Json;
 use cbir_api::v1 as pb;
-use cbir_common::metrics::LabelledRoutes;
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 
 use super::extract::{Admin, JsonBody, LinkAdmin, LinkReader};
-use super::{job_state, AppState, ModelJson};
+use super::{job_state, AppState, ModelJson, Route};
 use crate::error::{Error, Result};
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route_labelled(
+pub(super) fn routes() -> Vec<Route> {
+    vec![
+        (
             "/api/training/datasets",
             get(list_datasets).post(upload_dataset),
-        )
-        .route_labelled("/api/training/datasets/{id}", delete(delete_dataset))
-        .route_labelled("/api/training/jobs", get(list_jobs).post(submit_job))
-        .route_labelled("/api/training/jobs/{id}", get(get_job))
-        .route_labelled("/api/training/jobs/{id}/cancel", post(cancel_job))
-        .route_labelled("/api/training/jobs/{id}/events", get(job_events))
-        .route_labelled("/api/training/jobs/{id}/curve", get(job_curve))
+        ),
+        ("/api/training/datasets/{id}", delete(delete_dataset)),
+        ("/api/training/jobs", get(list_jobs).post(submit_job)),
+        ("/api/training/jobs/{id}", get(get_job)),
+        ("/api/training/jobs/{id}/cancel", post(cancel_job)),
+        ("/api/training/jobs/{id}/events", get(job_events)),
+        ("/api/training/jobs/{id}/curve", get(job_curve)),
+    ]
 }
 
 /// A job's parameters: as submitted (zero for the training service's
