@@ -34,63 +34,45 @@ pub(super) fn routes() -> Vec<Route> {
     ]
 }
 
-/// A job's parameters: as submitted (zero for the training service's
-/// default) and as answered.
-#[derive(Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-struct ParamsJson {
-    epochs: u32,
-    batch_size: u32,
-    learning_rate: f64,
-    fine_tune_backbone: bool,
-    validation_fraction: f64,
-    seed: u64,
-    min_images_per_class: u32,
-    early_stopping_patience: u32,
-    tune_blocks: u32,
-    augment_views: u32,
-    head_epochs: u32,
-    embedding_dim: u32,
+/// `ParamsJson`, a job's parameters as submitted (zero for the training
+/// service's default) and as answered, with its conversions to and from
+/// the proto message; floats travel as f64 in JSON.
+macro_rules! params_json {
+    (same: $($same:ident: $t:ty),*; floats: $($float:ident),*) => {
+        #[derive(Serialize, Deserialize, Default)]
+        #[serde(deny_unknown_fields, default)]
+        struct ParamsJson {
+            $($same: $t,)*
+            $($float: f64,)*
+        }
+
+        impl From<pb::TrainingParams> for ParamsJson {
+            fn from(p: pb::TrainingParams) -> Self {
+                Self {
+                    $($same: p.$same,)*
+                    $($float: f64::from(p.$float),)*
+                }
+            }
+        }
+
+        impl From<ParamsJson> for pb::TrainingParams {
+            // JSON numbers are read as f64 and narrowed, as serde reads an f32.
+            #[allow(clippy::cast_possible_truncation)]
+            fn from(p: ParamsJson) -> Self {
+                Self {
+                    $($same: p.$same,)*
+                    $($float: p.$float as f32,)*
+                }
+            }
+        }
+    };
 }
 
-impl From<pb::TrainingParams> for ParamsJson {
-    fn from(p: pb::TrainingParams) -> Self {
-        Self {
-            epochs: p.epochs,
-            batch_size: p.batch_size,
-            learning_rate: f64::from(p.learning_rate),
-            fine_tune_backbone: p.fine_tune_backbone,
-            validation_fraction: f64::from(p.validation_fraction),
-            seed: p.seed,
-            min_images_per_class: p.min_images_per_class,
-            early_stopping_patience: p.early_stopping_patience,
-            tune_blocks: p.tune_blocks,
-            augment_views: p.augment_views,
-            head_epochs: p.head_epochs,
-            embedding_dim: p.embedding_dim,
-        }
-    }
-}
-
-impl From<ParamsJson> for pb::TrainingParams {
-    // JSON numbers are read as f64 and narrowed, as serde reads an f32.
-    #[allow(clippy::cast_possible_truncation)]
-    fn from(p: ParamsJson) -> Self {
-        Self {
-            epochs: p.epochs,
-            batch_size: p.batch_size,
-            learning_rate: p.learning_rate as f32,
-            fine_tune_backbone: p.fine_tune_backbone,
-            validation_fraction: p.validation_fraction as f32,
-            seed: p.seed,
-            min_images_per_class: p.min_images_per_class,
-            early_stopping_patience: p.early_stopping_patience,
-            tune_blocks: p.tune_blocks,
-            augment_views: p.augment_views,
-            head_epochs: p.head_epochs,
-            embedding_dim: p.embedding_dim,
-        }
-    }
+params_json! {
+    same: epochs: u32, batch_size: u32, fine_tune_backbone: bool, seed: u64,
+        min_images_per_class: u32, early_stopping_patience: u32, tune_blocks: u32,
+        augment_views: u32, head_epochs: u32, embedding_dim: u32;
+    floats: learning_rate, validation_fraction
 }
 
 #[derive(Serialize)]

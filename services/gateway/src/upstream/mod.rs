@@ -53,6 +53,34 @@ impl<Resp, F> Answer<Resp> for F where
 {
 }
 
+/// `Gateway::index_rpc` and its kin: [`Gateway::rpc`] on one service's
+/// pool with its client.
+macro_rules! service_rpcs {
+    ($($name:ident => $pool:ident, $client:ty;)*) => {
+        impl Gateway {$(
+            pub(crate) async fn $name<Req: Clone, Resp, F, Fut>(
+                &self,
+                what: &str,
+                timeout: Duration,
+                msg: Req,
+                rpc: F,
+            ) -> Result<Resp>
+            where
+                F: Fn($client, tonic::Request<Req>) -> Fut,
+                Fut: Answer<Resp>,
+            {
+                self.rpc(&self.$pool, what, timeout, msg, rpc).await
+            }
+        )*}
+    };
+}
+
+service_rpcs! {
+    index_rpc => index, IndexClient;
+    inference_rpc => inference, InferenceClient;
+    training_rpc => training, TrainingClient;
+}
+
 impl Gateway {
     pub(crate) fn max_msg(&self) -> usize {
         self.cfg.max_message_bytes
@@ -86,48 +114,6 @@ impl Gateway {
             async move { fut.await.map(tonic::Response::into_inner) }
         })
         .await
-    }
-
-    pub(crate) async fn index_rpc<Req: Clone, Resp, F, Fut>(
-        &self,
-        what: &str,
-        timeout: Duration,
-        msg: Req,
-        rpc: F,
-    ) -> Result<Resp>
-    where
-        F: Fn(IndexClient, tonic::Request<Req>) -> Fut,
-        Fut: Answer<Resp>,
-    {
-        self.rpc(&self.index, what, timeout, msg, rpc).await
-    }
-
-    pub(crate) async fn inference_rpc<Req: Clone, Resp, F, Fut>(
-        &self,
-        what: &str,
-        timeout: Duration,
-        msg: Req,
-        rpc: F,
-    ) -> Result<Resp>
-    where
-        F: Fn(InferenceClient, tonic::Request<Req>) -> Fut,
-        Fut: Answer<Resp>,
-    {
-        self.rpc(&self.inference, what, timeout, msg, rpc).await
-    }
-
-    pub(crate) async fn training_rpc<Req: Clone, Resp, F, Fut>(
-        &self,
-        what: &str,
-        timeout: Duration,
-        msg: Req,
-        rpc: F,
-    ) -> Result<Resp>
-    where
-        F: Fn(TrainingClient, tonic::Request<Req>) -> Fut,
-        Fut: Answer<Resp>,
-    {
-        self.rpc(&self.training, what, timeout, msg, rpc).await
     }
 
     pub async fn model_info(&self, timeout: Duration) -> Result<pb::GetModelInfoResponse> {
