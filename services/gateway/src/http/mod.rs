@@ -1,4 +1,5 @@
-//! The JSON REST API and the web UI (see `API.md` and `openapi.json`):
+//! The JSON REST API (see `API.md` and `openapi.json`), and the routes of
+//! the web UI's files (`crate::ui`):
 //! one file per resource, each handler a thin translation onto one
 //! `Gateway` method. Authorisation is in the handlers' types
 //! ([`extract`]); the answers are typed structs.
@@ -47,10 +48,15 @@ fn routes() -> Vec<Route> {
     .concat()
 }
 
-/// Every route template the REST API and the UI answer (what
-/// `openapi.json` must document).
+/// Every route template the gateway answers over HTTP: the REST API's
+/// (what `openapi.json` must document) and the UI's files.
 pub fn route_paths() -> Vec<&'static str> {
-    routes().into_iter().map(|(path, _)| path).collect()
+    let ui = std::iter::once(&crate::ui::INDEX).chain(crate::ui::ASSETS);
+    routes()
+        .into_iter()
+        .map(|(path, _)| path)
+        .chain(ui.map(|a| a.url))
+        .collect()
 }
 
 pub fn router(gateway: Arc<Gateway>) -> Router {
@@ -58,7 +64,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
     let dataset_limit = gateway.cfg.limits.max_dataset_bytes;
     routes()
         .into_iter()
-        .fold(Router::new(), |r, (path, handler)| {
+        .fold(crate::ui::routes(), |r, (path, handler)| {
             r.route_labelled(path, handler)
         })
         .fallback(|| async {

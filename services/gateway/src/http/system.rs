@@ -1,4 +1,4 @@
-//! The UI's files, the OpenAPI document, health, configuration and the
+//! The OpenAPI document, health, configuration and the
 //! served model.
 
 use std::time::Duration;
@@ -14,37 +14,16 @@ use super::openapi::OPENAPI_JSON;
 use super::{AppState, Route};
 use crate::error::{Error, Result};
 
-/// Every file the gateway serves as is: path, content type, content.
-const ASSETS: &[(&str, &str, &str)] = &[
-    (
-        "/",
-        "text/html; charset=utf-8",
-        include_str!("../../ui/index.html"),
-    ),
-    (
-        "/assets/app.js",
-        "text/javascript; charset=utf-8",
-        include_str!("../../ui/app.js"),
-    ),
-    (
-        "/assets/style.css",
-        "text/css; charset=utf-8",
-        include_str!("../../ui/style.css"),
-    ),
-    ("/api/openapi.json", "application/json", OPENAPI_JSON),
-];
-
 pub(super) fn routes() -> Vec<Route> {
-    let assets = ASSETS.iter().map(|&(path, content_type, body)| -> Route {
-        (path, get(move || async move { asset(content_type, body) }))
-    });
-    assets
-        .chain([
-            ("/api/health", get(health)),
-            ("/api/config", get(config)),
-            ("/api/model", get(model)),
-        ])
-        .collect()
+    vec![
+        (
+            "/api/openapi.json",
+            get(|| async { asset("application/json", OPENAPI_JSON) }),
+        ),
+        ("/api/health", get(health)),
+        ("/api/config", get(config)),
+        ("/api/model", get(model)),
+    ]
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
