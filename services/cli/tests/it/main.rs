@@ -11,6 +11,7 @@ mod deploy;
 mod gateway;
 mod index_jobs;
 mod internal;
+mod openapi;
 mod rebuild;
 mod requests;
 mod reupload;
