@@ -10,6 +10,7 @@ pub mod fs;
 pub mod grpc;
 pub mod metrics;
 pub mod records;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;

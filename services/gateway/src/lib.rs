@@ -49,6 +49,16 @@ pub use gateway::Gateway;
 /// Environment prefix: `GATEWAY_LIMITS__MAX_IMAGE_BYTES=1048576`.
 pub const ENV_PREFIX: &str = "GATEWAY_";
 
+/// The names the service kit needs (binary, environment, health check).
+pub const SPEC: cbir_common::service::Spec = cbir_common::service::Spec {
+    name: "gateway",
+    binary: "cbir-gateway",
+    about: "Web UI, REST API and public gRPC Search API of cbir",
+    env_prefix: ENV_PREFIX,
+    config_env: "GATEWAY_CONFIG",
+    grpc_name: "cbir.v1.SearchService",
+};
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
@@ -247,6 +257,8 @@ pub(crate) fn url_list<'de, D: Deserializer<'de>>(
 fn path_list<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<PathBuf>, D::Error> {
     Ok(split_list(d)?.into_iter().map(PathBuf::from).collect())
 }
+
+cbir_common::service_config!(Config);
 
 impl Config {
     pub fn load(file: Option<&std::path::Path>) -> cbir_common::Result<Self> {

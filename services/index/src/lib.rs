@@ -14,6 +14,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use cbir_api::v1::index_service_server::IndexServiceServer;
+use cbir_common::service::{GrpcKit, Spec};
 use cbir_common::telemetry::TelemetryConfig;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -23,6 +24,16 @@ pub use index::{Index, Limits};
 pub use store::Store;
 
 pub const ENV_PREFIX: &str = "INDEX_";
+
+/// The names the service kit needs (binary, environment, health check).
+pub const SPEC: Spec = Spec {
+    name: "index",
+    binary: "cbir-index",
+    about: "The cbir index service (gRPC)",
+    env_prefix: ENV_PREFIX,
+    config_env: "INDEX_CONFIG",
+    grpc_name: "cbir.v1.IndexService",
+};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -100,6 +111,8 @@ impl Config {
     }
 }
 
+cbir_common::service_config!(Config);
+
 /// The service's metrics: requests (by the server layer), and vectors and
 /// memory per collection and partition, read at each scrape.
 fn index_metrics(index: &Arc<Index>) -> anyhow::Result<Arc<cbir_common::metrics::Metrics>> {
@@ -146,19 +159,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    cbir_common::grpc::require_closed(
-        "index",
-        ENV_PREFIX.trim_end_matches('_'),
-        listener.local_addr()?,
-        cfg.internal_token.as_deref(),
-        &cfg.tls,
-    )
-    .map_err(anyhow::Error::msg)?;
-    cbir_common::tls::prepare(&cfg.tls).map_err(anyhow::Error::msg)?;
-    let (reporter, health) = cbir_common::grpc::health();
-    reporter
-        .set_not_serving::<IndexServiceServer<service::IndexGrpc>>()
-        .await;
+    let kit = GrpcKit::check(&SPEC, &cfg, &listener)?;
     let store = Store::connect(&cfg.database_url, cfg.max_connections).await?;
     let index = Arc::new(
         Index::open(
@@ -191,36 +192,11 @@ pub async fn serve(
         index,
         rebuilder: Arc::new(rebuild::Rebuilder::new(cfg.inference_url.clone())),
     };
-    cbir_common::grpc::set_outgoing_internal_token(cfg.internal_token.as_deref())
-        .map_err(anyhow::Error::msg)?;
     let svc = IndexServiceServer::new(grpc)
         .max_decoding_message_size(cfg.max_message_bytes)
         .max_encoding_message_size(cfg.max_message_bytes);
-    let svc = tonic::service::interceptor::InterceptedService::new(
-        svc,
-        cbir_common::grpc::internal_auth(cfg.internal_token.clone()),
-    );
-    reporter
-        .set_serving::<IndexServiceServer<service::IndexGrpc>>()
-        .await;
-    tracing::info!(addr = %listener.local_addr()?, kernels = kernels::kernel_name(), "index service listening");
-    let r2 = reporter.clone();
-    cbir_common::tls::server_builder(&cfg.tls)
-        .map_err(anyhow::Error::msg)?
-        .layer(cbir_common::telemetry::RequestLayer(metrics))
-        .add_service(health)
-        .add_service(cbir_common::grpc::reflection()?)
-        .add_service(svc)
-        .serve_with_incoming_shutdown(
-            cbir_common::grpc::incoming(listener, &cfg.connections),
-            async move {
-                shutdown.await;
-                r2.set_not_serving::<IndexServiceServer<service::IndexGrpc>>()
-                    .await;
-            },
-        )
-        .await?;
-    Ok(())
+    tracing::info!(kernels = kernels::kernel_name(), "index kernels");
+    kit.serve(listener, svc, metrics, shutdown).await
 }
 
 #[cfg(test)]

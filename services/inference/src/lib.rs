@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use cbir_api::v1::inference_service_server::InferenceServiceServer;
+use cbir_common::service::{GrpcKit, Spec};
 use cbir_common::telemetry::TelemetryConfig;
 use cbir_imaging::Limits;
 use serde::{Deserialize, Serialize};
@@ -28,6 +29,16 @@ pub use priority::Priority;
 
 /// Environment prefix: `INFERENCE_BATCHER__MAX_BATCH_SIZE=64`.
 pub const ENV_PREFIX: &str = "INFERENCE_";
+
+/// The names the service kit needs (binary, environment, health check).
+pub const SPEC: Spec = Spec {
+    name: "inference",
+    binary: "cbir-inference",
+    about: "The cbir inference service (gRPC)",
+    env_prefix: ENV_PREFIX,
+    config_env: "INFERENCE_CONFIG",
+    grpc_name: "cbir.v1.InferenceService",
+};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -105,6 +116,8 @@ impl Default for Config {
         }
     }
 }
+
+cbir_common::service_config!(Config);
 
 impl Config {
     pub fn load(file: Option<&std::path::Path>) -> cbir_common::Result<Self> {
@@ -272,19 +285,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    cbir_common::grpc::require_closed(
-        "inference",
-        ENV_PREFIX.trim_end_matches('_'),
-        listener.local_addr()?,
-        cfg.internal_token.as_deref(),
-        &cfg.tls,
-    )
-    .map_err(anyhow::Error::msg)?;
-    cbir_common::tls::prepare(&cfg.tls).map_err(anyhow::Error::msg)?;
-    let (health_reporter, health) = cbir_common::grpc::health();
-    health_reporter
-        .set_not_serving::<InferenceServiceServer<service::InferenceGrpc>>()
-        .await;
+    let kit = GrpcKit::check(&SPEC, &cfg, &listener)?;
     let cfg2 = cfg.clone();
     let (batcher, spec) = tokio::task::spawn_blocking(move || start_batcher(&cfg2)).await??;
     tracing::info!(
@@ -298,13 +299,6 @@ pub async fn serve(
     let svc = InferenceServiceServer::new(service::InferenceGrpc(inference.clone()))
         .max_decoding_message_size(cfg.max_message_bytes)
         .max_encoding_message_size(cfg.max_message_bytes);
-    let svc = tonic::service::interceptor::InterceptedService::new(
-        svc,
-        cbir_common::grpc::internal_auth(cfg.internal_token.clone()),
-    );
-    health_reporter
-        .set_serving::<InferenceServiceServer<service::InferenceGrpc>>()
-        .await;
     let metrics = batcher_metrics(
         &batcher,
         cfg.batcher.max_batch_size,
@@ -312,26 +306,7 @@ pub async fn serve(
     )?;
     let _metrics_server =
         cbir_common::metrics::start_if(cfg.metrics_listen.as_deref(), &metrics).await;
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, "inference service listening");
-    let reporter = health_reporter.clone();
-    let shutdown = async move {
-        shutdown.await;
-        reporter
-            .set_not_serving::<InferenceServiceServer<service::InferenceGrpc>>()
-            .await;
-    };
-    cbir_common::tls::server_builder(&cfg.tls)
-        .map_err(anyhow::Error::msg)?
-        .layer(cbir_common::telemetry::RequestLayer(metrics))
-        .add_service(health)
-        .add_service(cbir_common::grpc::reflection()?)
-        .add_service(svc)
-        .serve_with_incoming_shutdown(
-            cbir_common::grpc::incoming(listener, &cfg.connections),
-            shutdown,
-        )
-        .await?;
+    kit.serve(listener, svc, metrics, shutdown).await?;
     // In-flight requests were drained by tonic; let the workers (of the
     // retained model too) finish as well.
     tokio::task::spawn_blocking(move || inference.shutdown()).await?;

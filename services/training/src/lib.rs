@@ -20,6 +20,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use cbir_api::v1::training_service_server::TrainingServiceServer;
+use cbir_common::service::{GrpcKit, Spec};
 use cbir_common::telemetry::TelemetryConfig;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -29,6 +30,16 @@ pub use training::Training;
 
 /// Environment prefix: `TRAINING_DATABASE_URL=mysql://...`.
 pub const ENV_PREFIX: &str = "TRAINING_";
+
+/// The names the service kit needs (binary, environment, health check).
+pub const SPEC: Spec = Spec {
+    name: "training",
+    binary: "cbir-training",
+    about: "The cbir training service (gRPC)",
+    env_prefix: ENV_PREFIX,
+    config_env: "TRAINING_CONFIG",
+    grpc_name: "cbir.v1.TrainingService",
+};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -116,6 +127,8 @@ impl Default for Config {
     }
 }
 
+cbir_common::service_config!(Config);
+
 impl Config {
     pub fn load(file: Option<&std::path::Path>) -> cbir_common::Result<Self> {
         cbir_common::config::load(ENV_PREFIX, file)
@@ -148,19 +161,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    cbir_common::grpc::require_closed(
-        "training",
-        ENV_PREFIX.trim_end_matches('_'),
-        listener.local_addr()?,
-        cfg.internal_token.as_deref(),
-        &cfg.tls,
-    )
-    .map_err(anyhow::Error::msg)?;
-    cbir_common::tls::prepare(&cfg.tls).map_err(anyhow::Error::msg)?;
-    let (reporter, health) = cbir_common::grpc::health();
-    reporter
-        .set_not_serving::<TrainingServiceServer<service::TrainingGrpc>>()
-        .await;
+    let kit = GrpcKit::check(&SPEC, &cfg, &listener)?;
     device(&cfg.device)?;
     let reconcile_every = cfg.reconcile_ms;
     // Expired datasets are looked for twice per lifetime, at most every
@@ -168,11 +169,6 @@ pub async fn serve(
     let sweep_every = Duration::from_secs((cfg.dataset_ttl_s / 2).clamp(1, 60));
     let max_message = cfg.max_message_bytes;
     let metrics_listen = cfg.metrics_listen.clone();
-    let internal_token = cfg.internal_token.clone();
-    let connections = cfg.connections.clone();
-    cbir_common::grpc::set_outgoing_internal_token(internal_token.as_deref())
-        .map_err(anyhow::Error::msg)?;
-    let server = cbir_common::tls::server_builder(&cfg.tls).map_err(anyhow::Error::msg)?;
     let training = Training::open(cfg).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let queue = tokio::spawn(training.clone().run_queue(stop_rx.clone()));
@@ -185,29 +181,7 @@ pub async fn serve(
     let svc = TrainingServiceServer::new(service::TrainingGrpc(training.clone()))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
-    let svc = tonic::service::interceptor::InterceptedService::new(
-        svc,
-        cbir_common::grpc::internal_auth(internal_token),
-    );
-    reporter
-        .set_serving::<TrainingServiceServer<service::TrainingGrpc>>()
-        .await;
-    tracing::info!(addr = %listener.local_addr()?, "training service listening");
-    let r2 = reporter.clone();
-    server
-        .layer(cbir_common::telemetry::RequestLayer(metrics))
-        .add_service(health)
-        .add_service(cbir_common::grpc::reflection()?)
-        .add_service(svc)
-        .serve_with_incoming_shutdown(
-            cbir_common::grpc::incoming(listener, &connections),
-            async move {
-                shutdown.await;
-                r2.set_not_serving::<TrainingServiceServer<service::TrainingGrpc>>()
-                    .await;
-            },
-        )
-        .await?;
+    kit.serve(listener, svc, metrics, shutdown).await?;
     let _ = stop_tx.send(true);
     let _ = queue.await;
     Ok(())
