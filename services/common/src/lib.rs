@@ -16,4 +16,4 @@ pub mod telemetry;
 pub mod tls;
 pub mod token;
 
-pub use error::{Error, Result};
+pub use error::{Code, Error, Result};

@@ -1,4 +1,5 @@
 use axum::http::StatusCode;
+use cbir_common::Code as ErrorCode;
 use tonic::{Code, Status};
 
 /// The backing service a failure came from, named in every message so
@@ -116,26 +117,32 @@ impl Error {
         }
     }
 
+    /// The one place each variant gets its code: HTTP status, REST code
+    /// and gRPC code follow from it.
+    pub fn error_code(&self) -> ErrorCode {
+        match self {
+            Error::InvalidArgument(_) => ErrorCode::InvalidArgument,
+            Error::NotFound(_) => ErrorCode::NotFound,
+            Error::AlreadyExists(_) => ErrorCode::AlreadyExists,
+            Error::FailedPrecondition(_) => ErrorCode::FailedPrecondition,
+            Error::TooLarge(_) => ErrorCode::PayloadTooLarge,
+            Error::UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
+            Error::Forbidden(_) => ErrorCode::Forbidden,
+            Error::Unauthenticated(_) => ErrorCode::Unauthenticated,
+            Error::PermissionDenied(_) => ErrorCode::PermissionDenied,
+            Error::ResourceExhausted(_) | Error::RateLimited { .. } => ErrorCode::ResourceExhausted,
+            Error::WrongHost(_) => ErrorCode::MisdirectedRequest,
+            Error::ClientTimeout(_) => ErrorCode::RequestTimeout,
+            Error::InsufficientStorage(_) => ErrorCode::InsufficientStorage,
+            Error::Unavailable { .. } => ErrorCode::Unavailable,
+            Error::DeadlineExceeded { .. } => ErrorCode::DeadlineExceeded,
+            Error::Config(_) | Error::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
     /// Snake-case code of the REST error body.
     pub fn code(&self) -> &'static str {
-        match self {
-            Error::InvalidArgument(_) => "invalid_argument",
-            Error::NotFound(_) => "not_found",
-            Error::AlreadyExists(_) => "already_exists",
-            Error::FailedPrecondition(_) => "failed_precondition",
-            Error::TooLarge(_) => "payload_too_large",
-            Error::UnsupportedMediaType(_) => "unsupported_media_type",
-            Error::Forbidden(_) => "forbidden",
-            Error::Unauthenticated(_) => "unauthenticated",
-            Error::PermissionDenied(_) => "permission_denied",
-            Error::ResourceExhausted(_) | Error::RateLimited { .. } => "resource_exhausted",
-            Error::WrongHost(_) => "misdirected_request",
-            Error::ClientTimeout(_) => "request_timeout",
-            Error::InsufficientStorage(_) => "insufficient_storage",
-            Error::Unavailable { .. } => "unavailable",
-            Error::DeadlineExceeded { .. } => "deadline_exceeded",
-            Error::Config(_) | Error::Internal(_) => "internal",
-        }
+        self.error_code().name()
     }
 
     pub fn service(&self) -> Option<Upstream> {
@@ -152,30 +159,12 @@ impl Error {
     pub fn retry_after_s(&self) -> Option<u64> {
         match self {
             Error::RateLimited { retry_after_s, .. } => Some((*retry_after_s).max(1)),
-            Error::ResourceExhausted(_) | Error::Unavailable { .. } => Some(1),
-            _ => None,
+            _ => self.error_code().retry_after_s(),
         }
     }
 
     pub fn http_status(&self) -> StatusCode {
-        match self {
-            Error::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-            Error::NotFound(_) => StatusCode::NOT_FOUND,
-            Error::AlreadyExists(_) | Error::FailedPrecondition(_) => StatusCode::CONFLICT,
-            Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Error::Forbidden(_) | Error::PermissionDenied(_) => StatusCode::FORBIDDEN,
-            Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            Error::ResourceExhausted(_) | Error::RateLimited { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
-            Error::WrongHost(_) => StatusCode::MISDIRECTED_REQUEST,
-            Error::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            Error::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
-            Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Error::DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
-            Error::Config(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        self.error_code().http()
     }
 }
 
@@ -196,41 +185,18 @@ fn unavailable_detail(service: Upstream, msg: &str) -> String {
 
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
-        match &err {
-            Error::InvalidArgument(_) => Status::new(Code::InvalidArgument, err.to_string()),
-            Error::NotFound(_) => Status::new(Code::NotFound, err.to_string()),
-            Error::AlreadyExists(_) => Status::new(Code::AlreadyExists, err.to_string()),
-            Error::FailedPrecondition(_) => Status::new(Code::FailedPrecondition, err.to_string()),
-            Error::TooLarge(_) | Error::UnsupportedMediaType(_) => {
-                Status::new(Code::InvalidArgument, err.to_string())
-            }
-            Error::Forbidden(_) | Error::PermissionDenied(_) => {
-                Status::new(Code::PermissionDenied, err.to_string())
-            }
-            Error::Unauthenticated(_) => Status::new(Code::Unauthenticated, err.to_string()),
-            Error::ResourceExhausted(_)
-            | Error::RateLimited { .. }
-            | Error::InsufficientStorage(_) => {
-                Status::new(Code::ResourceExhausted, err.to_string())
-            }
-            Error::WrongHost(_) => Status::new(Code::PermissionDenied, err.to_string()),
-            Error::ClientTimeout(_) => Status::new(Code::DeadlineExceeded, err.to_string()),
-            Error::Unavailable { .. } => Status::new(Code::Unavailable, err.to_string()),
-            Error::DeadlineExceeded { .. } => Status::new(Code::DeadlineExceeded, err.to_string()),
-            Error::Config(_) | Error::Internal(_) => cbir_common::error::internal(&err),
-        }
+        err.error_code().status(&err)
     }
 }
 
 impl axum::response::IntoResponse for Error {
     fn into_response(self) -> axum::response::Response {
         let status = self.http_status();
-        let message = match &self {
-            Error::Config(_) | Error::Internal(_) => {
-                tracing::error!(error = %self, "internal error");
-                "internal error; see the gateway log".to_string()
-            }
-            _ => self.to_string(),
+        let message = if self.error_code() == ErrorCode::Internal {
+            tracing::error!(error = %self, "internal error");
+            "internal error; see the gateway log".to_string()
+        } else {
+            self.to_string()
         };
         let body = serde_json::json!({
             "error": { "code": self.code(), "message": message, "service": self.service() }

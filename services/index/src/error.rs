@@ -1,4 +1,5 @@
-use tonic::{Code, Status};
+use cbir_common::Code;
+use tonic::Status;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -27,21 +28,21 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl Error {
+    pub fn error_code(&self) -> Code {
+        match self {
+            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::NotFound(_) => Code::NotFound,
+            Error::AlreadyExists(_) => Code::AlreadyExists,
+            Error::FailedPrecondition(_) | Error::Config(_) => Code::FailedPrecondition,
+            Error::Unavailable(_) | Error::Busy(_) => Code::Unavailable,
+            Error::Database(_) | Error::Corrupt(_) | Error::Internal(_) => Code::Internal,
+        }
+    }
+}
+
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
-        match &err {
-            Error::InvalidArgument(_) => Status::new(Code::InvalidArgument, err.to_string()),
-            Error::NotFound(_) => Status::new(Code::NotFound, err.to_string()),
-            Error::AlreadyExists(_) => Status::new(Code::AlreadyExists, err.to_string()),
-            Error::FailedPrecondition(_) | Error::Config(_) => {
-                Status::new(Code::FailedPrecondition, err.to_string())
-            }
-            Error::Unavailable(_) | Error::Busy(_) => {
-                Status::new(Code::Unavailable, err.to_string())
-            }
-            Error::Database(_) | Error::Corrupt(_) | Error::Internal(_) => {
-                cbir_common::error::internal(&err)
-            }
-        }
+        err.error_code().status(&err)
     }
 }

@@ -1,4 +1,5 @@
-use tonic::{Code, Status};
+use cbir_common::Code;
+use tonic::Status;
 
 use crate::priority::Priority;
 
@@ -38,16 +39,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
-        match err.code() {
-            Code::Internal => cbir_common::error::internal(&err),
-            code => Status::new(code, err.to_string()),
-        }
+        err.error_code().status(&err)
     }
 }
 
 impl Error {
-    /// The google.rpc.Code of this error, for per-item errors in a batch.
-    pub fn code(&self) -> Code {
+    pub fn error_code(&self) -> Code {
         match self {
             // The decode budget: full now (retry), or the image alone is
             // over it.
@@ -58,9 +55,14 @@ impl Error {
             Error::QueueFull { .. } => Code::ResourceExhausted,
             Error::ShuttingDown => Code::Unavailable,
             Error::Config(_) => Code::FailedPrecondition,
-            Error::Forbidden(_) => Code::PermissionDenied,
+            Error::Forbidden(_) => Code::Forbidden,
             Error::ModelChanged(_) => Code::Aborted,
             Error::Inference(_) | Error::Internal(_) => Code::Internal,
         }
+    }
+
+    /// The google.rpc.Code of this error, for per-item errors in a batch.
+    pub fn code(&self) -> tonic::Code {
+        self.error_code().grpc()
     }
 }

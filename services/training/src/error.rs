@@ -1,4 +1,5 @@
-use tonic::{Code, Status};
+use cbir_common::Code;
+use tonic::Status;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -78,31 +79,26 @@ impl Error {
     }
 }
 
-impl From<Error> for Status {
-    fn from(err: Error) -> Self {
-        match &err {
-            Error::InvalidArgument(_) => Status::new(Code::InvalidArgument, err.to_string()),
-            Error::NotFound(_) => Status::new(Code::NotFound, err.to_string()),
-            Error::FailedPrecondition(_) | Error::Config(_) => {
-                Status::new(Code::FailedPrecondition, err.to_string())
-            }
-            Error::PermissionDenied(_) => Status::new(Code::PermissionDenied, err.to_string()),
-            Error::Unavailable(_) | Error::Busy(_) => {
-                Status::new(Code::Unavailable, err.to_string())
-            }
-            Error::QuotaExceeded(_) => {
-                let mut s = Status::new(Code::ResourceExhausted, err.to_string());
-                // Out of disk, not busy: the gateway answers 507.
-                s.metadata_mut().insert(
-                    cbir_common::grpc::QUOTA_HEADER,
-                    tonic::metadata::AsciiMetadataValue::from_static("datasets"),
-                );
-                s
-            }
-            Error::Cancelled => Status::new(Code::Cancelled, err.to_string()),
+impl Error {
+    pub fn error_code(&self) -> Code {
+        match self {
+            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::NotFound(_) => Code::NotFound,
+            Error::FailedPrecondition(_) | Error::Config(_) => Code::FailedPrecondition,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
+            Error::Unavailable(_) | Error::Busy(_) => Code::Unavailable,
+            // Out of disk, not busy: the gateway answers 507.
+            Error::QuotaExceeded(_) => Code::InsufficientStorage,
+            Error::Cancelled => Code::Cancelled,
             Error::Training(_) | Error::Io(_) | Error::Database(_) | Error::Internal(_) => {
-                cbir_common::error::internal(&err)
+                Code::Internal
             }
         }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        err.error_code().status(&err)
     }
 }
