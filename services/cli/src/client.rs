@@ -69,39 +69,13 @@ pub fn collect_images(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
         let meta = std::fs::metadata(p).with_context(|| format!("cannot open {}", p.display()))?;
         if meta.is_dir() {
             out.extend(
-                walk_local(p).with_context(|| format!("cannot read folder {}", p.display()))?,
+                cbir_common::images::walk_images(p, cbir_common::images::Links::Follow)
+                    .with_context(|| format!("cannot read folder {}", p.display()))?,
             );
         } else {
             out.push(p.clone());
         }
     }
-    Ok(out)
-}
-
-/// Image files under `dir`, sorted. Unlike the server's walk, links are
-/// followed: these are the user's own files (a folder of links to a data
-/// set is a common way to make a split); each real folder is read once.
-fn walk_local(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        if !seen.insert(d.canonicalize()?) {
-            continue;
-        }
-        for entry in std::fs::read_dir(&d)? {
-            let p = entry?.path();
-            let Ok(meta) = std::fs::metadata(&p) else {
-                continue;
-            };
-            if meta.is_dir() {
-                stack.push(p);
-            } else if meta.is_file() && cbir_gateway::index_jobs::is_image_path(&p) {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
     Ok(out)
 }
 

@@ -489,8 +489,4 @@ pub async fn dataset(gateway: &str, cmd: DatasetCommand) -> anyhow::Result<ExitC
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+use cbir_common::time::now_ms;

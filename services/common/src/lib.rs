@@ -8,11 +8,13 @@ pub mod db;
 pub mod error;
 pub mod fs;
 pub mod grpc;
+pub mod images;
 pub mod metrics;
 pub mod records;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
+pub mod time;
 pub mod tls;
 pub mod token;
 

@@ -22,10 +22,6 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-const IMAGE_EXTENSIONS: [&str; 9] = [
-    "jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "jfif",
-];
-
 /// One labeled image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sample {
@@ -62,11 +58,7 @@ pub fn read_sample(ds: &Dataset, path: &Path) -> std::result::Result<Vec<u8>, St
     })
 }
 
-pub fn is_image_name(p: &Path) -> bool {
-    p.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-}
+pub use cbir_common::images::is_image_path as is_image_name;
 
 /// Which symbolic links a scan follows.
 #[derive(Debug, Clone, Copy)]

@@ -27,15 +27,7 @@ const SAVE_EVERY: Duration = Duration::from_secs(1);
 /// Attempts of a job's last save (its final state) before giving up.
 const FINAL_SAVE_ATTEMPTS: u32 = 5;
 
-pub const IMAGE_EXTENSIONS: &[&str] = &[
-    "jpg", "jpeg", "png", "gif", "bmp", "webp", "tif", "tiff", "jfif",
-];
-
-pub fn is_image_path(p: &Path) -> bool {
-    p.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-}
+pub use cbir_common::images::{is_image_path, IMAGE_EXTENSIONS};
 
 /// An image file as an item of AddImages; its label is the name of the
 /// folder holding it (a folder-per-class set).
@@ -114,29 +106,10 @@ pub fn resolve_allowed(path: &str, roots: &[PathBuf]) -> Result<PathBuf> {
 
 /// Every image file under `dir`, sorted, without following links out of it.
 pub fn walk_images(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d)? {
-            let entry = entry?;
-            let ft = entry.file_type()?;
-            let p = entry.path();
-            if ft.is_dir() {
-                stack.push(p);
-            } else if ft.is_file() && is_image_path(&p) {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
+    cbir_common::images::walk_images(dir, cbir_common::images::Links::Skip)
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+use cbir_common::time::now_ms;
 
 impl Gateway {
     pub async fn start_index_job(

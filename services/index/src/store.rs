@@ -85,12 +85,7 @@ pub fn decode_feature(b: &[u8]) -> Result<Vec<f32>> {
         .collect())
 }
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
-}
+pub use cbir_common::time::now_ms;
 
 /// Rows per multi-row statement, and bytes of blobs per statement (under
 /// MySQL's default 16 MiB packet limit with room to spare).

@@ -18,12 +18,7 @@ use crate::error::{Error, Result};
 /// Bytes per weights chunk.
 pub const CHUNK_BYTES: usize = 1 << 20;
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
-}
+pub use cbir_common::time::now_ms;
 
 pub use migration::Migrator;
 
