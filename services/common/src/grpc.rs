@@ -178,14 +178,7 @@ pub fn internal_auth(
             .get(INTERNAL_TOKEN_HEADER)
             .map(|v| v.as_bytes())
             .unwrap_or_default();
-        // Constant time in the token's content.
-        let same = got.len() == expected.len()
-            && got
-                .iter()
-                .zip(expected.iter())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
-        if same {
+        if crate::token::same(got, expected) {
             Ok(req)
         } else {
             Err(tonic::Status::unauthenticated(

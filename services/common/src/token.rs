@@ -16,6 +16,12 @@ pub fn path(data_dir: &Path) -> PathBuf {
     data_dir.join(FILE_NAME)
 }
 
+/// Whether a presented token equals the expected one, in time that does
+/// not depend on where they differ (only on the length).
+pub fn same(got: &[u8], expected: &[u8]) -> bool {
+    subtle::ConstantTimeEq::ct_eq(got, expected).into()
+}
+
 /// 256 bits from the operating system's CSPRNG, as 64 hex digits.
 pub fn generate() -> Result<String, String> {
     let mut bytes = [0u8; 32];
@@ -95,6 +101,14 @@ pub fn load_or_create(data_dir: &Path) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compares_whole_tokens() {
+        assert!(same(b"abc", b"abc"));
+        assert!(!same(b"abc", b"abd"));
+        assert!(!same(b"ab", b"abc"));
+        assert!(!same(b"", b"abc"));
+    }
 
     #[test]
     fn made_once_private_and_reused() {
