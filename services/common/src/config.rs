@@ -5,7 +5,7 @@ use std::path::Path;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::{Error, Result};
 
@@ -33,6 +33,41 @@ pub fn figment<T: Default + Serialize>(prefix: &str, file: Option<&Path>) -> Res
         fig = fig.merge(Toml::file_exact(path));
     }
     Ok(fig.merge(Env::prefixed(prefix).split("__")))
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany<T> {
+    Many(Vec<T>),
+    Text(String),
+    One(T),
+}
+
+/// THE syntax of every list setting (`#[serde(deserialize_with =
+/// "cbir_common::config::list")]`): an array (TOML, or JSON in the
+/// environment: `TRAINING_ALLOWED_ROOTS='["/a", "/b"]'`) or one string of
+/// comma-separated items (`TRAINING_ALLOWED_ROOTS=/a,/b`), blanks around
+/// items ignored. An item therefore cannot contain a comma in the second
+/// form.
+pub fn list<'de, D, T>(d: D) -> std::result::Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    match OneOrMany::<T>::deserialize(d)? {
+        OneOrMany::Many(v) => Ok(v),
+        OneOrMany::One(v) => Ok(vec![v]),
+        OneOrMany::Text(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse()
+                    .map_err(|e| serde::de::Error::custom(format!("list item {s:?}: {e}")))
+            })
+            .collect(),
+    }
 }
 
 /// A database URL as sea-orm wants it: for `sqlite://PATH` the file's folder
@@ -105,6 +140,34 @@ mod tests {
                 super::load("SAMPLE_", Some(&dir.join("c.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(got.inner.size, 16);
             assert_eq!(got.name, "file");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn lists_are_arrays_or_comma_separated() {
+        #[derive(Debug, Default, Serialize, Deserialize)]
+        #[serde(default)]
+        struct L {
+            #[serde(deserialize_with = "super::list")]
+            roots: Vec<std::path::PathBuf>,
+            #[serde(deserialize_with = "super::list")]
+            sizes: Vec<usize>,
+        }
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("LIST_ROOTS", "/a, /b");
+            jail.set_env("LIST_SIZES", "[8, 16]");
+            let got: L = super::load("LIST_", None).map_err(|e| e.to_string())?;
+            assert_eq!(got.roots, [std::path::Path::new("/a"), "/b".as_ref()]);
+            assert_eq!(got.sizes, [8, 16]);
+            jail.set_env("LIST_ROOTS", r#"["/images"]"#);
+            jail.set_env("LIST_SIZES", "8,16");
+            let got: L = super::load("LIST_", None).map_err(|e| e.to_string())?;
+            assert_eq!(got.roots, [std::path::Path::new("/images")]);
+            assert_eq!(got.sizes, [8, 16]);
+            jail.set_env("LIST_SIZES", "32");
+            let got: L = super::load("LIST_", None).map_err(|e| e.to_string())?;
+            assert_eq!(got.sizes, [32]);
             Ok(())
         });
     }

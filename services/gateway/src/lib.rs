@@ -39,7 +39,10 @@ use std::time::Duration;
 
 use cbir_api::v1::search_service_server::SearchServiceServer;
 use cbir_common::telemetry::TelemetryConfig;
-use serde::{Deserialize, Deserializer, Serialize};
+// Every list setting takes an array or a comma-separated string.
+use cbir_common::config::list as path_list;
+pub(crate) use cbir_common::config::list as url_list;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
@@ -227,35 +230,6 @@ impl Default for Config {
             telemetry: TelemetryConfig::default(),
         }
     }
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
-}
-
-fn split_list<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<String>, D::Error> {
-    Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::One(s) => s
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect(),
-        OneOrMany::Many(v) => v,
-    })
-}
-
-pub(crate) fn url_list<'de, D: Deserializer<'de>>(
-    d: D,
-) -> std::result::Result<Vec<String>, D::Error> {
-    split_list(d)
-}
-
-fn path_list<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<PathBuf>, D::Error> {
-    Ok(split_list(d)?.into_iter().map(PathBuf::from).collect())
 }
 
 cbir_common::service_config!(Config);

@@ -60,6 +60,7 @@ pub struct BatcherConfig {
     pub max_queue_delay_us: u64,
     /// Batch sizes the batcher forms at once when enough requests wait,
     /// without waiting for the delay (e.g. sizes the device runs best).
+    #[serde(deserialize_with = "cbir_common::config::list")]
     pub preferred_batch_sizes: Vec<usize>,
     /// Queue bounds; a request that does not fit gets RESOURCE_EXHAUSTED.
     pub max_queue_interactive: usize,

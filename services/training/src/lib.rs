@@ -54,6 +54,7 @@ pub struct Config {
     /// efficientnet-lite0:imagenet on first start.
     pub base_weights: PathBuf,
     /// Server folders that jobs may read (links resolved); none by default.
+    #[serde(deserialize_with = "cbir_common::config::list")]
     pub allowed_roots: Vec<PathBuf>,
     /// The inference service: a URL whose host may resolve to several
     /// replicas, each gets an activated model.
