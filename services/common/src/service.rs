@@ -42,15 +42,28 @@ pub trait ServiceConfig {
     fn listen(&self) -> &str;
     fn tls(&self) -> &TlsConfig;
     fn telemetry(&self) -> &TelemetryConfig;
+    /// Shared secret of the internal services: when set, calls without it
+    /// (as `x-internal-token`) are refused, and this service sends it on
+    /// its own calls. The same value in every service; none by default,
+    /// but a service listening beyond loopback refuses to start without it
+    /// (or mutual TLS: `tls.client_ca`). `cbir up` makes one.
     fn internal_token(&self) -> Option<&str>;
     fn connections(&self) -> &ConnectionConfig;
 }
 
 /// Implements [`ServiceConfig`] for a config struct with the usual fields
-/// (`listen`, `tls`, `telemetry`, `internal_token`, `connections`).
+/// (`listen`, `tls`, `telemetry`, `internal_token`, `connections`), and
+/// its `load`: defaults, then the file, then the environment under
+/// `$prefix` (see [`config::load`](crate::config::load)).
 #[macro_export]
 macro_rules! service_config {
-    ($ty:ty) => {
+    ($ty:ty, $prefix:expr) => {
+        impl $ty {
+            pub fn load(file: Option<&std::path::Path>) -> $crate::Result<Self> {
+                $crate::config::load($prefix, file)
+            }
+        }
+
         impl $crate::service::ServiceConfig for $ty {
             fn listen(&self) -> &str {
                 &self.listen

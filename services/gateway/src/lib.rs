@@ -232,13 +232,9 @@ impl Default for Config {
     }
 }
 
-cbir_common::service_config!(Config);
+cbir_common::service_config!(Config, ENV_PREFIX);
 
 impl Config {
-    pub fn load(file: Option<&std::path::Path>) -> cbir_common::Result<Self> {
-        cbir_common::config::load(ENV_PREFIX, file)
-    }
-
     /// The size limits follow one rule: an image fits in one message to
     /// the internal services (a request limit below the image limit is a
     /// smaller image limit in effect).

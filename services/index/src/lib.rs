@@ -71,11 +71,8 @@ pub struct Config {
     /// Replicas on one database: how often (ms) to pick up what the others
     /// wrote; 0 when this is the only index service of its database.
     pub follow_ms: u64,
-    /// Shared secret of the internal services: when set, calls without it
-    /// (as `x-internal-token`) are refused, and this service sends it on
-    /// its own calls. The same value in every service; none by default,
-    /// but a service listening beyond loopback refuses to start without it
-    /// (or mutual TLS: `tls.client_ca`). `cbir up` makes one.
+    /// The internal services' shared secret; see
+    /// [`ServiceConfig::internal_token`](cbir_common::service::ServiceConfig::internal_token).
     pub internal_token: Option<String>,
     /// TLS of this service's port and of its calls to `https://` URLs;
     /// off unless `tls.cert` is set.
@@ -105,13 +102,7 @@ impl Default for Config {
     }
 }
 
-impl Config {
-    pub fn load(file: Option<&std::path::Path>) -> cbir_common::Result<Self> {
-        cbir_common::config::load(ENV_PREFIX, file)
-    }
-}
-
-cbir_common::service_config!(Config);
+cbir_common::service_config!(Config, ENV_PREFIX);
 
 /// The service's metrics: requests (by the server layer), and vectors and
 /// memory per collection and partition, read at each scrape.

@@ -82,11 +82,8 @@ pub struct Config {
     /// Images decoded at once; 0 = twice the cores.
     pub decode_concurrency: usize,
     pub max_message_bytes: usize,
-    /// Shared secret of the internal services: when set, calls without it
-    /// (as `x-internal-token`) are refused, and this service sends it on
-    /// its own calls. The same value in every service; none by default,
-    /// but a service listening beyond loopback refuses to start without it
-    /// (or mutual TLS: `tls.client_ca`). `cbir up` makes one.
+    /// The internal services' shared secret; see
+    /// [`ServiceConfig::internal_token`](cbir_common::service::ServiceConfig::internal_token).
     pub internal_token: Option<String>,
     /// TLS of this service's port and of its calls to `https://` URLs;
     /// off unless `tls.cert` is set.
@@ -117,13 +114,9 @@ impl Default for Config {
     }
 }
 
-cbir_common::service_config!(Config);
+cbir_common::service_config!(Config, ENV_PREFIX);
 
 impl Config {
-    pub fn load(file: Option<&std::path::Path>) -> cbir_common::Result<Self> {
-        cbir_common::config::load(ENV_PREFIX, file)
-    }
-
     /// For tests: the weights from `CBIR_WEIGHTS` or the repository's data
     /// folder, small queues, no waiting for fuller batches.
     pub fn for_test() -> Self {
