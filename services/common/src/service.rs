@@ -51,6 +51,23 @@ pub trait ServiceConfig {
     fn connections(&self) -> &ConnectionConfig;
 }
 
+/// The [`Spec`] of a gRPC service named by the project's convention:
+/// `service_spec!("index", "INDEX_", "cbir.v1.IndexService")` is the binary
+/// `cbir-index` configured by `INDEX_CONFIG` and `INDEX_*`.
+#[macro_export]
+macro_rules! service_spec {
+    ($name:literal, $prefix:literal, $grpc:literal) => {
+        $crate::service::Spec {
+            name: $name,
+            binary: concat!("cbir-", $name),
+            about: concat!("The cbir ", $name, " service (gRPC)"),
+            env_prefix: $prefix,
+            config_env: concat!($prefix, "CONFIG"),
+            grpc_name: $grpc,
+        }
+    };
+}
+
 /// Implements [`ServiceConfig`] for a config struct with the usual fields
 /// (`listen`, `tls`, `telemetry`, `internal_token`, `connections`), and
 /// its `load`: defaults, then the file, then the environment under

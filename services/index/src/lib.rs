@@ -23,17 +23,9 @@ pub use error::{Error, Result};
 pub use index::{Index, Limits};
 pub use store::Store;
 
-pub const ENV_PREFIX: &str = "INDEX_";
-
 /// The names the service kit needs (binary, environment, health check).
-pub const SPEC: Spec = Spec {
-    name: "index",
-    binary: "cbir-index",
-    about: "The cbir index service (gRPC)",
-    env_prefix: ENV_PREFIX,
-    config_env: "INDEX_CONFIG",
-    grpc_name: "cbir.v1.IndexService",
-};
+pub const SPEC: Spec = cbir_common::service_spec!("index", "INDEX_", "cbir.v1.IndexService");
+pub const ENV_PREFIX: &str = SPEC.env_prefix;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]

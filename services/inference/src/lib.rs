@@ -27,18 +27,11 @@ pub use engine::Inference;
 pub use error::{Error, Result};
 pub use priority::Priority;
 
-/// Environment prefix: `INFERENCE_BATCHER__MAX_BATCH_SIZE=64`.
-pub const ENV_PREFIX: &str = "INFERENCE_";
-
 /// The names the service kit needs (binary, environment, health check).
-pub const SPEC: Spec = Spec {
-    name: "inference",
-    binary: "cbir-inference",
-    about: "The cbir inference service (gRPC)",
-    env_prefix: ENV_PREFIX,
-    config_env: "INFERENCE_CONFIG",
-    grpc_name: "cbir.v1.InferenceService",
-};
+pub const SPEC: Spec =
+    cbir_common::service_spec!("inference", "INFERENCE_", "cbir.v1.InferenceService");
+/// Environment prefix: `INFERENCE_BATCHER__MAX_BATCH_SIZE=64`.
+pub const ENV_PREFIX: &str = SPEC.env_prefix;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]

@@ -28,18 +28,11 @@ use tokio::net::TcpListener;
 pub use error::{Error, Result};
 pub use training::Training;
 
-/// Environment prefix: `TRAINING_DATABASE_URL=mysql://...`.
-pub const ENV_PREFIX: &str = "TRAINING_";
-
 /// The names the service kit needs (binary, environment, health check).
-pub const SPEC: Spec = Spec {
-    name: "training",
-    binary: "cbir-training",
-    about: "The cbir training service (gRPC)",
-    env_prefix: ENV_PREFIX,
-    config_env: "TRAINING_CONFIG",
-    grpc_name: "cbir.v1.TrainingService",
-};
+pub const SPEC: Spec =
+    cbir_common::service_spec!("training", "TRAINING_", "cbir.v1.TrainingService");
+/// Environment prefix: `TRAINING_DATABASE_URL=mysql://...`.
+pub const ENV_PREFIX: &str = SPEC.env_prefix;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
