@@ -179,6 +179,9 @@ async fn main() -> anyhow::Result<()> {
     }
     let indexed = uploaders.indexed_total.load(Ordering::Relaxed);
     if !report::summarize(&args, &fleet, rec, indexed, churn_names.len())? {
+        // exit() skips destructors: stop the services first, or they outlive
+        // the soak and hold their memory and ports.
+        drop(fleet);
         std::process::exit(1);
     }
     eprintln!("soak: passed");
