@@ -298,6 +298,31 @@ impl MemIndex {
         self.classes.values().any(|i| i.count >= i.split_at)
     }
 
+    pub fn meta(&self, id: u64) -> Option<Arc<Meta>> {
+        let (class, list, slot) = *self.locate.get(&id)?;
+        self.cells.get(&(class, list))?.meta.get(slot).cloned()
+    }
+
+    /// Gives `id` the label `label`; false when it is not here. Searches
+    /// that hold the old metadata finish with it.
+    pub fn set_label(&mut self, id: u64, label: &str) -> bool {
+        let Some(&(class, list, slot)) = self.locate.get(&id) else {
+            return false;
+        };
+        let Some(meta) = self
+            .cells
+            .get_mut(&(class, list))
+            .and_then(|c| c.meta.get_mut(slot))
+        else {
+            return false;
+        };
+        *meta = Arc::new(Meta {
+            label: label.to_string(),
+            ..Meta::clone(meta)
+        });
+        true
+    }
+
     pub fn feature(&self, id: u64) -> Option<(i32, Vec<f32>)> {
         let (class, list, slot) = *self.locate.get(&id)?;
         let c = self.cells.get(&(class, list))?;

@@ -244,6 +244,17 @@ impl IndexService for IndexGrpc {
         }))
     }
 
+    async fn update_label(
+        &self,
+        request: Request<pb::UpdateLabelRequest>,
+    ) -> Result<Response<pb::UpdateLabelResponse>, Status> {
+        let r = request.into_inner();
+        self.index
+            .update_label(&r.collection, r.id, &r.label)
+            .await?;
+        Ok(Response::new(pb::UpdateLabelResponse {}))
+    }
+
     async fn stats(
         &self,
         request: Request<pb::StatsRequest>,

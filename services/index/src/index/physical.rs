@@ -109,12 +109,44 @@ impl Index {
             let _nw = new.write.lock().await;
             self.delete_locked(new, &gone).await?;
         }
+        self.carry_labels(old, new, &live, copied).await?;
         self.store.switch_alias(alias, new.row.id).await?;
         old.retire();
         self.catalog
             .write()
             .aliases
             .insert(alias.to_string(), new.row.id);
+        Ok(())
+    }
+
+    /// Labels set on images of `old` (ids `live`) after the rebuild copied
+    /// them: the new collection takes them over. Called with writes to
+    /// `old` held.
+    async fn carry_labels(
+        &self,
+        old: &Collection,
+        new: &Collection,
+        live: &[u64],
+        copied: &HashMap<u64, u64>,
+    ) -> Result<()> {
+        let changed: Vec<(u64, String)> = {
+            let (was, now) = (old.mem.read(), new.mem.read());
+            live.iter()
+                .filter_map(|id| {
+                    let to = *copied.get(id)?;
+                    let meta = was.meta(*id)?;
+                    (now.meta(to)?.label != meta.label).then(|| (to, meta.label.clone()))
+                })
+                .collect()
+        };
+        let _nw = new.write.lock().await;
+        for (id, label) in changed {
+            if self.store.update_label(new.row.id, id, &label).await? {
+                new.seen_seq
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                new.mem.write().set_label(id, &label);
+            }
+        }
         Ok(())
     }
 }

@@ -1,4 +1,5 @@
-//! Writes: validation, upserts (database first, then memory), deletes.
+//! Writes: validation, upserts (database first, then memory), labels,
+//! deletes.
 
 use std::sync::Arc;
 
@@ -9,6 +10,14 @@ use crate::mem::{Entry, Meta};
 use crate::store::{NewImage, Upserted};
 
 impl Index {
+    fn text_limits(&self) -> cbir_common::records::TextLimits {
+        cbir_common::records::TextLimits {
+            max_file_name: self.limits.max_name_len,
+            max_path: self.limits.max_path_len,
+            max_label: self.limits.max_label_len,
+        }
+    }
+
     pub fn validate(&self, coll: &Collection, r: &mut Record) -> Result<()> {
         let l = &self.limits;
         let hex =
@@ -36,17 +45,8 @@ impl Index {
             )));
         }
         // The same check as the gateway's, per file before its Upsert.
-        cbir_common::records::check_text(
-            &r.file_name,
-            &r.path,
-            &r.label,
-            &cbir_common::records::TextLimits {
-                max_file_name: l.max_name_len,
-                max_path: l.max_path_len,
-                max_label: l.max_label_len,
-            },
-        )
-        .map_err(Error::InvalidArgument)?;
+        cbir_common::records::check_text(&r.file_name, &r.path, &r.label, &self.text_limits())
+            .map_err(Error::InvalidArgument)?;
         for (what, len, max) in [
             ("thumbnail", r.thumbnail.len(), l.max_thumbnail_bytes),
             ("source image", r.source.len(), l.max_source_bytes),
@@ -226,6 +226,31 @@ impl Index {
         }
         mem.refresh_centroids();
         Ok(gone.len() as u64)
+    }
+
+    /// Sets the label of image `id`, in the database and then in memory:
+    /// searches show it once this returns.
+    pub async fn update_label(&self, name: &str, id: u64, label: &str) -> Result<()> {
+        cbir_common::records::check_text(&format!("image {id}"), "", label, &self.text_limits())
+            .map_err(Error::InvalidArgument)?;
+        let coll = self.resolve(name)?;
+        let _w = coll.write.lock().await;
+        if coll.retired() {
+            // Ids belong to one physical collection, as for deletes.
+            self.resolve(name)?;
+            return Err(Error::FailedPrecondition(format!(
+                "collection {name:?} was rebuilt while relabelling, and its image ids changed: look the image up again"
+            )));
+        }
+        if !self.store.update_label(coll.row.id, id, label).await? {
+            return Err(Error::NotFound(format!(
+                "no image {id} in collection {name:?}"
+            )));
+        }
+        coll.seen_seq
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        coll.mem.write().set_label(id, label);
+        Ok(())
     }
 
     pub async fn clear(&self, name: &str) -> Result<u64> {

@@ -1,4 +1,4 @@
-//! Writes of images: upserts by content hash, deletes, clears.
+//! Writes of images: upserts by content hash, labels, deletes, clears.
 
 use std::collections::HashMap;
 
@@ -297,6 +297,40 @@ impl Store {
         }
         tx.commit().await.map_err(db_err("commit"))?;
         Ok(gone)
+    }
+
+    /// Sets the label of image `id`; false when the collection lacks it.
+    #[tracing::instrument(name = "db.update_label", skip_all)]
+    pub async fn update_label(&self, collection_id: i64, id: u64, label: &str) -> Result<bool> {
+        retried("updating a label", || {
+            self.update_label_once(collection_id, id, label)
+        })
+        .await
+    }
+
+    async fn update_label_once(&self, collection_id: i64, id: u64, label: &str) -> Result<bool> {
+        let tx = self.begin().await?;
+        // Found rows, not changed ones: MySQL counts an unchanged row as
+        // not affected.
+        let found = tx
+            .query_one(self.stmt(
+                "SELECT id FROM images WHERE collection_id = ? AND id = ?",
+                vec![collection_id.into(), (id as i64).into()],
+            ))
+            .await
+            .map_err(db_err("finding the image to relabel"))?
+            .is_some();
+        if found {
+            self.bump_seq(&tx, collection_id).await?;
+            tx.execute(self.stmt(
+                "UPDATE images SET label = ? WHERE collection_id = ? AND id = ?",
+                vec![label.into(), collection_id.into(), (id as i64).into()],
+            ))
+            .await
+            .map_err(db_err("updating a label"))?;
+        }
+        tx.commit().await.map_err(db_err("commit"))?;
+        Ok(found)
     }
 
     /// Removes every image of a collection; returns how many.

@@ -8,6 +8,7 @@ mod concurrency;
 mod db;
 mod durability;
 mod jobs;
+mod labels;
 mod mysql_restart;
 mod names;
 mod reupload;
