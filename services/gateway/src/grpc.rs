@@ -117,6 +117,43 @@ impl SearchService for SearchGrpc {
             self.gateway.index_job(&request.into_inner().id).await?,
         ))
     }
+
+    async fn get_image(
+        &self,
+        request: Request<pb::GetStoredImageRequest>,
+    ) -> Result<Response<pb::StoredImage>, Status> {
+        self.allow(&request, Role::Search)?;
+        let r = request.into_inner();
+        Ok(Response::new(
+            self.gateway
+                .image(&r.collection, r.id, r.include_thumbnail)
+                .await?,
+        ))
+    }
+
+    async fn delete_images(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        self.allow(&request, Role::Admin)?;
+        let r = request.into_inner();
+        Ok(Response::new(pb::DeleteResponse {
+            deleted: self.gateway.delete_images(&r.collection, r.ids).await?,
+        }))
+    }
+
+    async fn update_label(
+        &self,
+        request: Request<pb::UpdateLabelRequest>,
+    ) -> Result<Response<pb::StoredImage>, Status> {
+        self.allow(&request, Role::Index)?;
+        let r = request.into_inner();
+        Ok(Response::new(
+            self.gateway
+                .update_label(&r.collection, r.id, r.label)
+                .await?,
+        ))
+    }
 }
 
 /// Refuses a public gRPC call whose first message is over `limit` bytes

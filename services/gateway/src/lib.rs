@@ -7,6 +7,7 @@
 //! - `gateway`: the state every handler shares (`Gateway`), and naming helpers.
 //! - `upstream`: clients of the inference, index and training services.
 //! - `collections`: collection metadata, management, thumbnails, rebuilds.
+//! - `images`: one stored image: get, delete by id, relabel.
 //! - `search`: searching by image, stored image or vector.
 //! - `ingest`: adding images (uploads, gRPC `AddImages`, index jobs).
 //! - `index_jobs`: indexing a server folder in the background.
@@ -24,6 +25,7 @@ pub mod gateway;
 pub mod grpc;
 pub mod guard;
 pub mod http;
+pub mod images;
 pub mod index_jobs;
 pub mod ingest;
 pub mod rate;

@@ -144,3 +144,20 @@ async fn a_renamed_field_fails_the_check() {
         "{errors:?}"
     );
 }
+
+#[test]
+fn every_error_code_is_documented() {
+    let doc = document();
+    let code = &doc["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"];
+    let documented: Vec<&str> = code["enum"]
+        .as_array()
+        .expect("enum")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let all: Vec<&str> = cbir_common::error::Code::ALL
+        .iter()
+        .map(|c| c.name())
+        .collect();
+    assert_eq!(documented, all, "the Error schema's codes");
+}

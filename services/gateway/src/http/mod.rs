@@ -6,6 +6,7 @@
 
 mod collections;
 pub mod extract;
+mod images;
 mod index_jobs;
 mod ingest;
 mod models;
@@ -39,6 +40,7 @@ fn routes() -> Vec<Route> {
     [
         system::routes(),
         collections::routes(),
+        images::routes(),
         ingest::routes(),
         index_jobs::routes(),
         search::routes(),
