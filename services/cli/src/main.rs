@@ -3,6 +3,7 @@
 mod classify;
 mod client;
 mod eval;
+mod image;
 mod progress;
 mod train;
 mod up;
@@ -64,6 +65,13 @@ enum Command {
     Index {
         #[command(subcommand)]
         command: IndexCommand,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// One stored image: show it, delete images by id, or set its label.
+    Image {
+        #[command(subcommand)]
+        command: image::ImageCommand,
         #[command(flatten)]
         gateway: GatewayArgs,
     },
@@ -268,6 +276,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             data_dir: _,
         } => classify::run(&inference, &images, json).await,
         Command::Index { command, gateway } => index(command, &gateway.gateway).await,
+        Command::Image { command, gateway } => image::run(&gateway.gateway, command).await,
         Command::Key {
             command: KeyCommand::New { name, role },
         } => new_key(&name, role),

@@ -9,6 +9,7 @@ mod concurrency;
 mod datasets;
 mod deploy;
 mod gateway;
+mod images;
 mod index_jobs;
 mod internal;
 mod openapi;
