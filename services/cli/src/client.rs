@@ -275,6 +275,7 @@ pub async fn search(
             top_k,
             min_similarity: 0.0,
             mode: mode as i32,
+            ..Default::default()
         })
         .await
         .map_err(|s| status_error("search", s))?

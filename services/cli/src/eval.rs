@@ -286,6 +286,7 @@ async fn search_one(
         top_k: k,
         min_similarity: 0.0,
         mode: mode as i32,
+        ..Default::default()
     };
     let t0 = Instant::now();
     let top = client

@@ -56,6 +56,7 @@ pub async fn run(url: &str, command: ImageCommand) -> anyhow::Result<ExitCode> {
                     collection,
                     id,
                     include_thumbnail: thumbnail.is_some(),
+                    ..Default::default()
                 })
                 .await
                 .map_err(|s| status_error("get image", s))?

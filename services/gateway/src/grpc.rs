@@ -1,5 +1,6 @@
 //! The public gRPC API: thin translations onto `Gateway`.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
 use cbir_api::v1 as pb;
@@ -8,6 +9,9 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::{key_from_headers, Role};
 use crate::gateway::Gateway;
+
+/// A server stream of the public API.
+type BoxStream<T> = Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 pub struct SearchGrpc {
     pub gateway: Arc<Gateway>,
@@ -152,6 +156,88 @@ impl SearchService for SearchGrpc {
             self.gateway
                 .update_label(&r.collection, r.id, r.label)
                 .await?,
+        ))
+    }
+
+    async fn list_images(
+        &self,
+        request: Request<pb::ListImagesRequest>,
+    ) -> Result<Response<pb::ListStoredImagesResponse>, Status> {
+        self.allow(&request, Role::Search)?;
+        Err(Status::unimplemented("ListImages is not implemented yet"))
+    }
+
+    async fn search_batch(
+        &self,
+        request: Request<pb::SearchBatchRequest>,
+    ) -> Result<Response<pb::SearchBatchResponse>, Status> {
+        self.allow(&request, Role::Search)?;
+        Err(Status::unimplemented("SearchBatch is not implemented yet"))
+    }
+
+    async fn find_duplicates(
+        &self,
+        request: Request<pb::FindDuplicatesRequest>,
+    ) -> Result<Response<pb::FindDuplicatesResponse>, Status> {
+        self.allow(&request, Role::Index)?;
+        Err(Status::unimplemented(
+            "FindDuplicates is not implemented yet",
+        ))
+    }
+
+    async fn list_duplicates(
+        &self,
+        request: Request<pb::ListDuplicatesRequest>,
+    ) -> Result<Response<pb::ListDuplicatesResponse>, Status> {
+        self.allow(&request, Role::Search)?;
+        Err(Status::unimplemented(
+            "ListDuplicates is not implemented yet",
+        ))
+    }
+
+    type WatchOperationStream = BoxStream<pb::OperationProgress>;
+
+    async fn watch_operation(
+        &self,
+        request: Request<pb::WatchOperationRequest>,
+    ) -> Result<Response<Self::WatchOperationStream>, Status> {
+        self.allow(&request, Role::Search)?;
+        Err(Status::unimplemented(
+            "WatchOperation is not implemented yet",
+        ))
+    }
+
+    type ExportCollectionStream = BoxStream<pb::ExportChunk>;
+
+    async fn export_collection(
+        &self,
+        request: Request<pb::ExportCollectionRequest>,
+    ) -> Result<Response<Self::ExportCollectionStream>, Status> {
+        self.allow(&request, Role::Admin)?;
+        Err(Status::unimplemented(
+            "ExportCollection is not implemented yet",
+        ))
+    }
+
+    async fn import_collection(
+        &self,
+        request: Request<tonic::Streaming<pb::ExportChunk>>,
+    ) -> Result<Response<pb::ImportCollectionResponse>, Status> {
+        self.allow(&request, Role::Admin)?;
+        Err(Status::unimplemented(
+            "ImportCollection is not implemented yet",
+        ))
+    }
+
+    type BackupDatabaseStream = BoxStream<pb::BackupChunk>;
+
+    async fn backup_database(
+        &self,
+        request: Request<pb::BackupDatabaseRequest>,
+    ) -> Result<Response<Self::BackupDatabaseStream>, Status> {
+        self.allow(&request, Role::Admin)?;
+        Err(Status::unimplemented(
+            "BackupDatabase is not implemented yet",
         ))
     }
 }

@@ -56,6 +56,7 @@ impl Gateway {
             content_hash: img.content_hash,
             thumbnail: img.thumbnail,
             collection: name,
+            source_image: Vec::new(),
         })
     }
 

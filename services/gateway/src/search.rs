@@ -89,6 +89,7 @@ impl Gateway {
             stats: found.stats,
             took_ms: started.elapsed().as_secs_f64() * 1e3,
             collection: checked.collection,
+            has_more: false,
             mode: if found.mode == 0 {
                 checked.mode as i32
             } else {
@@ -209,6 +210,8 @@ impl Gateway {
                 min_similarity: c.min_similarity,
                 exclude_id: q.exclude_id,
                 model: q.model.clone(),
+                filter: None,
+                offset: 0,
             };
             let searched = self
                 .index_rpc(
@@ -250,7 +253,10 @@ impl Gateway {
                 .unwrap_or_else(|| format!("class {p}"))
         };
         hits.into_iter()
-            .map(|h| pb::SearchResult {
+            .enumerate()
+            .map(|(i, h)| pb::SearchResult {
+                rank: i as u32 + 1,
+                created_at_ms: 0,
                 id: h.id,
                 partition_name: partition_name(h.partition),
                 file_name: h.file_name,

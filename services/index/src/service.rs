@@ -193,8 +193,10 @@ impl IndexService for IndexGrpc {
                     similarity: h.similarity,
                     partition: h.partition,
                     content_hash: h.meta.content_hash.clone(),
+                    created_at_ms: 0,
                 })
                 .collect(),
+            has_more: false,
             stats: Some(pb::SearchStats {
                 partitions_searched: res.stats.partitions_searched,
                 partitions_total: res.stats.partitions_total,
@@ -264,6 +266,7 @@ impl IndexService for IndexGrpc {
         let c = self.index.resolve(&name)?;
         Ok(Response::new(pb::StatsResponse {
             collection: Some(collection_msg(&name, &c)),
+            labels: Vec::new(),
             partitions: s
                 .partitions
                 .iter()
@@ -359,5 +362,70 @@ impl IndexService for IndexGrpc {
         Ok(Response::new(pb::ListIndexJobsResponse {
             jobs: self.index.store().list_jobs().await?,
         }))
+    }
+
+    async fn list_images(
+        &self,
+        _request: Request<pb::ListImagesRequest>,
+    ) -> Result<Response<pb::ListImagesResponse>, Status> {
+        Err(Status::unimplemented("ListImages is not implemented yet"))
+    }
+
+    async fn search_batch(
+        &self,
+        _request: Request<pb::IndexSearchBatchRequest>,
+    ) -> Result<Response<pb::IndexSearchBatchResponse>, Status> {
+        Err(Status::unimplemented("SearchBatch is not implemented yet"))
+    }
+
+    async fn find_duplicates(
+        &self,
+        _request: Request<pb::FindDuplicatesRequest>,
+    ) -> Result<Response<pb::FindDuplicatesResponse>, Status> {
+        Err(Status::unimplemented(
+            "FindDuplicates is not implemented yet",
+        ))
+    }
+
+    async fn list_duplicates(
+        &self,
+        _request: Request<pb::ListDuplicatesRequest>,
+    ) -> Result<Response<pb::ListDuplicatesResponse>, Status> {
+        Err(Status::unimplemented(
+            "ListDuplicates is not implemented yet",
+        ))
+    }
+
+    type ExportCollectionStream =
+        Pin<Box<dyn Stream<Item = Result<pb::ExportChunk, Status>> + Send + 'static>>;
+
+    async fn export_collection(
+        &self,
+        _request: Request<pb::ExportCollectionRequest>,
+    ) -> Result<Response<Self::ExportCollectionStream>, Status> {
+        Err(Status::unimplemented(
+            "ExportCollection is not implemented yet",
+        ))
+    }
+
+    async fn import_collection(
+        &self,
+        _request: Request<tonic::Streaming<pb::ExportChunk>>,
+    ) -> Result<Response<pb::ImportCollectionResponse>, Status> {
+        Err(Status::unimplemented(
+            "ImportCollection is not implemented yet",
+        ))
+    }
+
+    type BackupDatabaseStream =
+        Pin<Box<dyn Stream<Item = Result<pb::BackupChunk, Status>> + Send + 'static>>;
+
+    async fn backup_database(
+        &self,
+        _request: Request<pb::BackupDatabaseRequest>,
+    ) -> Result<Response<Self::BackupDatabaseStream>, Status> {
+        Err(Status::unimplemented(
+            "BackupDatabase is not implemented yet",
+        ))
     }
 }

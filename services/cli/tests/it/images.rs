@@ -205,6 +205,7 @@ async fn get(api: &Api, sys: &System, id: u64) {
             collection: "img".into(),
             id,
             include_thumbnail: true,
+            ..Default::default()
         })
         .await
         .expect("GetImage")
