@@ -1,6 +1,7 @@
 //! The index service: feature vectors in per-class partitions, stored in
 //! SQLite or MySQL/MariaDB through sea-orm, searched from memory.
 
+pub mod duplicates;
 pub mod error;
 pub mod index;
 pub mod jobs;
@@ -19,6 +20,7 @@ use cbir_common::telemetry::TelemetryConfig;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
+pub use duplicates::DuplicatesConfig;
 pub use error::{Error, Result};
 pub use index::{Index, Limits};
 pub use store::Store;
@@ -57,6 +59,8 @@ pub struct Config {
     pub inference_url: Option<String>,
     pub limits: Limits,
     pub probe: ProbeConfig,
+    /// Near-duplicate runs: the default threshold and the bounds.
+    pub duplicates: DuplicatesConfig,
     pub max_message_bytes: usize,
     /// Address of the Prometheus `/metrics` endpoint; none when unset.
     pub metrics_listen: Option<String>,
@@ -83,6 +87,7 @@ impl Default for Config {
             inference_url: Some("http://127.0.0.1:50051".into()),
             limits: Limits::default(),
             probe: ProbeConfig::default(),
+            duplicates: DuplicatesConfig::default(),
             max_message_bytes: cbir_common::grpc::DEFAULT_MAX_MESSAGE_BYTES,
             metrics_listen: None,
             follow_ms: 0,
@@ -143,6 +148,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let kit = GrpcKit::check(&SPEC, &cfg, &listener)?;
+    cfg.duplicates.check()?;
     let store = Store::connect(&cfg.database_url, cfg.max_connections).await?;
     let index = Arc::new(
         Index::open(
@@ -172,6 +178,10 @@ pub async fn serve(
     let _metrics_server =
         cbir_common::metrics::start_if(cfg.metrics_listen.as_deref(), &metrics).await;
     let grpc = service::IndexGrpc {
+        duplicates: Arc::new(duplicates::Duplicates::new(
+            index.clone(),
+            cfg.duplicates.clone(),
+        )?),
         index,
         rebuilder: Arc::new(rebuild::Rebuilder::new(cfg.inference_url.clone())),
     };
@@ -199,5 +209,6 @@ mod tests {
         assert_eq!(cfg.listen, "0.0.0.0:50052");
         assert_eq!(cfg.limits, super::Limits::default());
         assert_eq!(cfg.probe, super::ProbeConfig::default());
+        assert_eq!(cfg.duplicates, super::DuplicatesConfig::default());
     }
 }

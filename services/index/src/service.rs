@@ -8,6 +8,7 @@ use cbir_api::v1::index_service_server::IndexService;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::duplicates::Duplicates;
 use crate::index::{Collection, Index, Record, SearchRequest};
 use crate::mem::Mode;
 use crate::rebuild::Rebuilder;
@@ -16,6 +17,7 @@ use crate::rebuild::Rebuilder;
 pub struct IndexGrpc {
     pub index: Arc<Index>,
     pub rebuilder: Arc<Rebuilder>,
+    pub duplicates: Arc<Duplicates>,
 }
 
 fn collection_msg(alias: &str, c: &Collection) -> pb::Collection {
@@ -313,8 +315,26 @@ impl IndexService for IndexGrpc {
         &self,
         request: Request<pb::WatchOperationRequest>,
     ) -> Result<Response<Self::WatchOperationStream>, Status> {
+        use futures::StreamExt;
         let id = request.into_inner().operation_id;
-        let mut rx = self.rebuilder.watch(&id)?;
+        // A rebuild lives in the memory of the replica running it; a
+        // near-duplicates run in the database, for every replica.
+        let mut rx = match self.rebuilder.watch(&id) {
+            Ok(rx) => rx,
+            Err(crate::Error::NotFound(msg)) => {
+                let first = self
+                    .duplicates
+                    .progress(&id)
+                    .await?
+                    .ok_or_else(|| Status::not_found(msg))?;
+                let stream = self
+                    .duplicates
+                    .watch(first)
+                    .map(|r| r.map_err(Status::from));
+                return Ok(Response::new(Box::pin(stream)));
+            }
+            Err(e) => return Err(e.into()),
+        };
         let stream = async_stream::stream! {
             loop {
                 let p = rx.borrow_and_update().clone();
@@ -380,19 +400,24 @@ impl IndexService for IndexGrpc {
 
     async fn find_duplicates(
         &self,
-        _request: Request<pb::FindDuplicatesRequest>,
+        request: Request<pb::FindDuplicatesRequest>,
     ) -> Result<Response<pb::FindDuplicatesResponse>, Status> {
-        Err(Status::unimplemented(
-            "FindDuplicates is not implemented yet",
-        ))
+        let r = request.into_inner();
+        let operation_id = self
+            .duplicates
+            .start(&r.collection, r.min_similarity)
+            .await?;
+        Ok(Response::new(pb::FindDuplicatesResponse { operation_id }))
     }
 
     async fn list_duplicates(
         &self,
-        _request: Request<pb::ListDuplicatesRequest>,
+        request: Request<pb::ListDuplicatesRequest>,
     ) -> Result<Response<pb::ListDuplicatesResponse>, Status> {
-        Err(Status::unimplemented(
-            "ListDuplicates is not implemented yet",
+        Ok(Response::new(
+            self.duplicates
+                .list(&request.into_inner().collection)
+                .await?,
         ))
     }
 

@@ -3,8 +3,11 @@
 //! memory is rebuilt from it at start.
 
 mod catalog;
+mod duplicates;
 mod images;
 mod read;
+
+pub use duplicates::{DuplicateRun, RunStart, RUN_LEASE_MS};
 
 use cbir_common::db::{WriteTx, Writer};
 use cbir_index_migration::{Migrator, MigratorTrait};

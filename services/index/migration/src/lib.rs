@@ -20,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000002_load_order::Migration),
             Box::new(m20261128_000003_write_seq::Migration),
             Box::new(m20261202_000004_index_jobs::Migration),
+            Box::new(m20261202_000010_duplicates::Migration),
         ]
     }
 }
@@ -274,6 +275,88 @@ mod m20261202_000004_index_jobs {
                 .execute_unprepared("DROP TABLE IF EXISTS index_jobs")
                 .await
                 .map(|_| ())
+        }
+    }
+}
+
+/// The latest near-duplicate run of each collection, shared by every index
+/// replica: its progress (an encoded `cbir.v1.OperationProgress`, saved as
+/// it goes, with `saved_at_ms` for the lease of a running one) and, once it
+/// succeeded, its groups as member ids with their similarity to the
+/// group's first member.
+mod m20261202_000010_duplicates {
+    use super::*;
+
+    pub struct Migration;
+
+    impl MigrationName for Migration {
+        fn name(&self) -> &str {
+            "m20261202_000010_duplicates"
+        }
+    }
+
+    const MYSQL: &[&str] = &[
+        "CREATE TABLE duplicate_runs (
+            collection_id BIGINT NOT NULL PRIMARY KEY,
+            operation_id VARCHAR(64) NOT NULL,
+            state INT NOT NULL,
+            min_similarity DOUBLE NOT NULL,
+            started_at_ms BIGINT NOT NULL,
+            saved_at_ms BIGINT NOT NULL,
+            progress BLOB NOT NULL,
+            UNIQUE KEY uq_duplicate_runs_op (operation_id)
+        ) ENGINE=InnoDB",
+        "CREATE TABLE duplicate_members (
+            collection_id BIGINT NOT NULL,
+            group_no INT NOT NULL,
+            member_no INT NOT NULL,
+            image_id BIGINT NOT NULL,
+            similarity DOUBLE NOT NULL,
+            PRIMARY KEY (collection_id, group_no, member_no)
+        ) ENGINE=InnoDB",
+    ];
+
+    const SQLITE: &[&str] = &[
+        "CREATE TABLE duplicate_runs (
+            collection_id INTEGER NOT NULL PRIMARY KEY,
+            operation_id TEXT NOT NULL UNIQUE,
+            state INTEGER NOT NULL,
+            min_similarity REAL NOT NULL,
+            started_at_ms INTEGER NOT NULL,
+            saved_at_ms INTEGER NOT NULL,
+            progress BLOB NOT NULL
+        )",
+        "CREATE TABLE duplicate_members (
+            collection_id INTEGER NOT NULL,
+            group_no INTEGER NOT NULL,
+            member_no INTEGER NOT NULL,
+            image_id INTEGER NOT NULL,
+            similarity REAL NOT NULL,
+            PRIMARY KEY (collection_id, group_no, member_no)
+        )",
+    ];
+
+    #[async_trait::async_trait]
+    impl MigrationTrait for Migration {
+        async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            let stmts = match manager.get_database_backend() {
+                DatabaseBackend::MySql => MYSQL,
+                _ => SQLITE,
+            };
+            let db = manager.get_connection();
+            for s in stmts {
+                db.execute_unprepared(s).await?;
+            }
+            Ok(())
+        }
+
+        async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            let db = manager.get_connection();
+            for t in ["duplicate_members", "duplicate_runs"] {
+                db.execute_unprepared(&format!("DROP TABLE IF EXISTS {t}"))
+                    .await?;
+            }
+            Ok(())
         }
     }
 }

@@ -235,6 +235,8 @@ impl Store {
             "DELETE FROM aliases WHERE collection_id = ?",
             "DELETE FROM images WHERE collection_id = ?",
             "DELETE FROM image_blobs WHERE collection_id = ?",
+            "DELETE FROM duplicate_runs WHERE collection_id = ?",
+            "DELETE FROM duplicate_members WHERE collection_id = ?",
         ] {
             tx.execute(self.stmt(sql, vec![collection_id.into()]))
                 .await

@@ -6,6 +6,7 @@
 
 mod concurrency;
 mod db;
+mod duplicates;
 mod durability;
 mod jobs;
 mod labels;
