@@ -13,6 +13,7 @@ mod images;
 mod index_jobs;
 mod internal;
 mod openapi;
+mod python_client;
 mod rebuild;
 mod requests;
 mod reupload;
