@@ -17,7 +17,8 @@ from cbir_client import CbirError, Client
 
 
 def rel(root: Path, p: Path) -> str:
-    return p.relative_to(root).as_posix()
+    """The stored path of `p` added with its folder `root`."""
+    return (Path(root.name) / p.relative_to(root)).as_posix()
 
 
 def all_images(root: Path):
@@ -62,7 +63,14 @@ def test_add_reports_counts_ids_and_failures(url, keys, folder: Path):
         # Without labels from folders, into another collection.
         plain = c.add(folder / "rose", collection="py-add-plain", labels_from_folders=False)
         assert plain.added == len(list((folder / "rose").glob("*.jpg")))
-        assert {c.get(i, collection="py-add-plain").label for i in plain.ids.values()} == {""}
+        got = [c.get(i, collection="py-add-plain") for i in plain.ids.values()]
+        assert {i.label for i in got} == {""}
+        assert {i.path.split("/")[0] for i in got} == {"rose"}
+        # One file: labelled with its folder's name all the same.
+        one = c.add(files[-1], collection="py-add-one")
+        img = c.get(one.ids[str(files[-1])], collection="py-add-one")
+        assert img.label == files[-1].parent.name
+        assert img.path == f"{files[-1].parent.name}/{files[-1].name}"
 
 
 def test_concurrent_adds_of_one_folder_agree(url, keys, folder: Path):

@@ -534,8 +534,10 @@ class Client:
         creating the collection when it does not exist.
 
         With `labels_from_folders`, each image is labelled with its parent
-        folder's name (`flowers/daisy/1.jpg` gets "daisy"; files directly in
-        `folder` get none). Files go in calls of at most `batch` images
+        folder's name, as the CLI and the web UI do (`flowers/daisy/1.jpg`
+        gets "daisy"). Its stored path starts at the folder's name, as
+        with the web UI: `add("~/data/flowers")` stores
+        "flowers/daisy/1.jpg". Files go in calls of at most `batch` images
         (and about 64 MiB). A file that cannot be read or used is reported
         in `failed` and the others go on; an error of the whole call (a
         refused key, an unreachable server) raises `CbirError`. An image
@@ -569,10 +571,9 @@ class Client:
                 except OSError as e:
                     report.failed.append((str(p), f"cannot read: {e}"))
                     continue
-                rel = p.relative_to(root).as_posix()
-                label = ""
-                if labels_from_folders and p.parent != root:
-                    label = p.parent.name
+                # As the web UI sends a picked folder: from its name on.
+                rel = (Path(root.name) / p.relative_to(root)).as_posix()
+                label = p.parent.name if labels_from_folders else ""
                 images.append(
                     search_pb2.NewImage(file_name=p.name, path=rel, label=label, data=data)
                 )
