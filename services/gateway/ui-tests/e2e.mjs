@@ -2,7 +2,7 @@
 //
 // Environment:
 //   CBIR_URL           gateway base URL (default http://127.0.0.1:8080)
-//   CBIR_PHASE         flow | error | recover | maintenance (default flow)
+//   CBIR_PHASE         flow | features | error | recover | maintenance (default flow)
 //   CBIR_COLLECTION    collection name (default e2e); maintenance: the collection the flow phase created
 //   CBIR_FOLDER        flow: local folder with one subfolder per class of images
 //   CBIR_QUERY         an image file to search with
@@ -10,6 +10,8 @@
 //   CBIR_EXPECT_ERROR  error: substring expected in the error banner (case-insensitive)
 //   CBIR_MODEL         maintenance: the name of the active model (default efficientnet-lite0)
 //   CBIR_SCREENSHOT    optional png path; written at the end (also on failure)
+//   CBIR_ARTIFACTS     features, maintenance: folder for screenshots at 1400 and 400 px
+//   CBIR_BROKEN_FOLDER features: a folder with a file that is not an image (uploads fail, retry)
 //   CHROMIUM           chromium binary (default /usr/bin/chromium)
 // Prints one JSON line on stdout; exit 0 on success, 1 on failure.
 import fs from 'node:fs';
@@ -172,13 +174,21 @@ async function flow(page) {
   Object.assign(summary, { results: results.length, top_similarity: results[0].similarity, query_class: qclass,
     took: (await byId(page, 'took').innerText()).trim() });
 
-  // Click the best result: it must come back first (it is the query itself).
+  // The best result is the query's own copy: marked "your image".
+  check(await byId(page, 'result').first().locator('[data-testid="your-image"]').count() === 1,
+    'the query\'s own copy (the best result) is not marked "your image"');
+  // Open the best result in the viewer, search with it: it must come back first (it is the
+  // query itself), and the focus lands on that result.
   const firstId = results[0].id;
   const seq = await resultsSeq(page);
   await byId(page, 'result').first().click();
+  await page.waitForFunction(() => document.getElementById('viewer').open, null, { timeout: 10000 });
+  await byId(page, 'viewer-search').click();
   const again = await waitForResults(page, seq, firstId);
   check(again.length > 0, 'searching with a stored image returned no results');
   check(again[0].id === firstId, `searching with image ${firstId} ranked image ${again[0].id} first`);
+  const focused = await page.evaluate(() => document.activeElement && document.activeElement.dataset.id);
+  check(focused === firstId, `after searching with a result the focus is on ${JSON.stringify(focused)}, not the best result`);
   summary.self_similarity = again[0].similarity;
 }
 
@@ -245,33 +255,40 @@ async function maintenancePhase(page) {
   check(await row.first().locator('[data-testid="active-badge"]').isVisible(), `"${model}" has no visible active badge`);
   summary.model = `${model}:${await row.first().getAttribute('data-version')}`;
 
-  // Delete it: accept the confirm dialog; the server must refuse, and the banner must say why.
-  const dialogs = [];
-  page.on('dialog', (d) => {
-    dialogs.push(d.message());
-    d.accept().catch(() => {});
-  });
-  const refused = page.waitForResponse((r) => r.request().method() === 'DELETE'
-    && new URL(r.url()).pathname.startsWith(`/api/models/${encodeURIComponent(model)}/`), { timeout: 20000 });
-  await row.first().locator('[data-testid="model-delete"]').click();
-  const res = await refused;
-  check(dialogs.length === 1, `expected one confirm dialog before deleting, saw ${dialogs.length}`);
-  check(res.status() === 409, `deleting the active model answered HTTP ${res.status()}, expected 409`);
-  try {
-    await page.waitForFunction(() => {
-      const b = document.querySelector('[data-testid="error-banner"]');
-      return !!b && !b.hidden && b.innerText.toLowerCase().includes('active');
-    }, null, { timeout: 10000, polling: 100 });
-  } catch (_) {
-    const shown = await bannerText(page);
-    throw new CheckError(shown
-      ? `the error banner says "${shown}", expected it to mention "active"`
-      : 'no error banner after deleting the active model');
+  // Delete is disabled on the active model and says why; the server refuses it anyway (409).
+  const del = row.first().locator('[data-testid="model-delete"]');
+  check(await del.isDisabled(), `Delete is enabled on the active model "${model}"`);
+  const why = (await del.getAttribute('title')) || '';
+  check(/active/i.test(why), `the disabled Delete does not say why: title ${JSON.stringify(why)}`);
+  const version = await row.first().getAttribute('data-version');
+  const refused = await fetch(`${base}/api/models/${encodeURIComponent(model)}/${encodeURIComponent(version)}`, { method: 'DELETE' });
+  check(refused.status === 409, `deleting the active model answered HTTP ${refused.status}, expected 409`);
+
+  // The training dataset is checked before any upload: classes, images per class against the
+  // minimum (with the setting that changes it), and the name.
+  const folder = env.CBIR_FOLDER;
+  if (folder) {
+    await byId(page, 'train-name').fill('e2e-check');
+    await byId(page, 'train-folder-input').setInputFiles(folder);
+    const summaryBox = byId(page, 'train-folder-summary');
+    await page.waitForFunction(() => document.querySelector('[data-testid="train-folder-summary"]').dataset.ok !== undefined);
+    const classes = await page.$$eval('[data-testid="train-class"]', (els) => els.map((e) => [e.dataset.class, Number(e.dataset.count)]));
+    check(classes.length >= 2, `the dataset check lists ${classes.length} classes`);
+    const small = Math.min(...classes.map(([, n]) => n));
+    if (small < 100) {
+      check(await summaryBox.getAttribute('data-ok') === 'false', 'a folder with classes under the default minimum passed the check');
+      const problem = await page.locator('[data-testid="train-problem"]').first().innerText();
+      check(/Min images per class/.test(problem), `the check does not point to the setting: "${problem}"`);
+    }
+    await page.locator('#train-advanced summary').click();
+    await byId(page, 'train-form').locator('#train-min-images').fill(String(small));
+    await page.waitForFunction(() => document.querySelector('[data-testid="train-folder-summary"]').dataset.ok === 'true');
+    await byId(page, 'train-name').fill('bad name!');
+    await page.waitForFunction(() => document.querySelector('[data-testid="train-folder-summary"]').dataset.ok === 'false');
+    await byId(page, 'train-name').fill('e2e-check');
+    summary.dataset_classes = classes.length;
   }
-  summary.banner = await bannerText(page);
-  // The refused delete must leave the model listed (the table reloads after the attempt).
-  await page.waitForTimeout(500);
-  check(await row.count() > 0, `"${model}" disappeared from the models table after a refused delete`);
+  await shoot(page, 'maintenance');
 
   // The collection the flow phase created, with its images.
   const coll = page.locator(`[data-testid="maint-collection-row"][data-name="${collection}"]`);
@@ -286,12 +303,254 @@ async function maintenancePhase(page) {
   check(shown > 0, `the collections list shows "${collection}" with ${shown} images`);
 }
 
+// ------------------------------------------------------------------ features of issue 15
+const shotsDir = env.CBIR_ARTIFACTS || '';
+const enc = encodeURIComponent;
+
+async function getJson(p, init) {
+  const r = await fetch(`${base}${p}`, init);
+  return { status: r.status, body: await r.json().catch(() => null) };
+}
+
+// Screenshots at both widths; at each, nothing may be wider than the window (tables reflow,
+// nothing scrolls sideways).
+async function shoot(page, name) {
+  for (const width of [1400, 400]) {
+    await page.setViewportSize({ width, height: 900 });
+    await page.waitForTimeout(200);
+    const over = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
+    check(over <= 1, `the ${name} page at ${width} px is ${over} px wider than the window (it scrolls sideways)`);
+    if (shotsDir) {
+      fs.mkdirSync(shotsDir, { recursive: true });
+      await page.screenshot({ path: path.join(shotsDir, `${name}-${width}.png`), fullPage: true });
+    }
+  }
+  await page.setViewportSize({ width: 1400, height: 900 });
+}
+
+const shownResults = (page) => page.$$eval('[data-testid="result"]', (els) => els.map((e) => ({
+  id: e.dataset.id, rank: Number(e.dataset.rank), label: e.dataset.label,
+})));
+
+// Waits for the results to hold `n` cards (after a "load more").
+async function waitForCount(page, testid, n, timeout = 30000) {
+  await page.waitForFunction(([t, want]) => document.querySelectorAll(`[data-testid="${t}"]`).length === want,
+    [testid, n], { timeout, polling: 100 }).catch(async () => {
+    const got = await page.locator(`[data-testid="${testid}"]`).count();
+    throw new CheckError(`expected ${n} ${testid} elements, the page shows ${got}; banner: "${await bannerText(page)}"`);
+  });
+}
+
+async function featuresPhase(page) {
+  const query = need('CBIR_QUERY');
+  const dialogs = [];
+  page.on('dialog', (d) => { dialogs.push(d.message()); d.accept().catch(() => {}); });
+  const stats = (await getJson(`/api/collections/${enc(collection)}`)).body;
+  const count = stats.count;
+  const labels = [...(stats.labels || [])].sort((a, b) => b.count - a.count);
+  check(labels.length >= 2, `the stats of "${collection}" list ${labels.length} labels, expected the class folders`);
+  summary.labels = labels.length;
+  // A second collection of one image: switching to it must re-run the search there.
+  const other = `${collection}-other`;
+  const made = await getJson('/api/collections', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ name: other }) });
+  check(made.status < 300 || made.status === 409, `creating "${other}" answered HTTP ${made.status}`);
+  const fd = new FormData();
+  fd.append('files', new Blob([fs.readFileSync(query)], { type: 'image/jpeg' }), `other/${path.basename(query)}`);
+  const put = await getJson(`/api/collections/${enc(other)}/images`, { method: 'POST', body: fd });
+  check(put.status === 200, `adding an image to "${other}" answered HTTP ${put.status}`);
+
+  // Index tab: the user's labels with their counts, most first.
+  await page.goto(`${base}/#index`);
+  await selectCollection(page, 'index-collection-select');
+  await waitForCount(page, 'label-row', labels.length);
+  const rows = await page.$$eval('[data-testid="label-row"]', (els) => els.map((e) => e.dataset.labelName));
+  check(rows[0] === labels[0].label, `the labels table starts with "${rows[0]}", the stats with "${labels[0].label}"`);
+  await shoot(page, 'index');
+
+  // Search with a filter that leaves one label out, k=30: a page of 24, then "load more".
+  const out = labels[0];
+  const k = 30;
+  await page.goto(`${base}/#search`);
+  await selectCollection(page, 'collection-select');
+  await byId(page, 'top-k').fill(String(k));
+  await byId(page, 'top-k').blur();
+  let prev = await resultsSeq(page);
+  await byId(page, 'query-input').setInputFiles(query);
+  let res = await waitForResults(page, prev);
+  check(res.length === Math.min(24, count, k), `the first page shows ${res.length} results, expected ${Math.min(24, count, k)}`);
+  await page.locator('#filters summary').click();
+  const chip = page.locator(`[data-testid="filter-label"][data-label="${out.label}"]`);
+  prev = await resultsSeq(page);
+  await chip.click(); // only this label
+  await chip.click(); // leave it out
+  await page.waitForFunction((l) => document.querySelector(`[data-testid="filter-label"][data-label="${CSS.escape(l)}"]`).dataset.state === 'out', out.label);
+  await page.waitForFunction((p) => Number(document.querySelector('[data-testid="results"]').dataset.seq) >= p + 2, prev);
+  res = await waitForResults(page, prev + 1);
+  const matching = count - out.count;
+  check(res.length === Math.min(24, matching), `with "${out.label}" left out the first page shows ${res.length}, expected ${Math.min(24, matching)}`);
+  if (matching > 24) {
+    check(await byId(page, 'load-more').isVisible(), '"Load more" is not shown although more results match');
+    await byId(page, 'load-more').click();
+    await waitForCount(page, 'result', Math.min(k, matching));
+  }
+  const all = await shownResults(page);
+  check(all.every((r) => r.label !== out.label), `a result labelled "${out.label}" is shown although the filter leaves it out`);
+  check(all.every((r, i) => r.rank === i + 1), `the ranks are not 1..${all.length}: ${all.map((r) => r.rank).join(',')}`);
+  check(new Set(all.map((r) => r.id)).size === all.length, 'a result is shown twice after "load more"');
+  const hash = new URL(page.url()).hash;
+  check(hash.includes(`not=${enc(out.label)}`) && hash.includes(`k=${k}`) && hash.includes('q=upload'), `the address does not hold the search: ${hash}`);
+  summary.filtered_results = all.length;
+  await shoot(page, 'search-filtered');
+
+  // The viewer: the second result opens, Escape closes it, the focus returns to that result.
+  const second = page.locator('[data-testid="result"]').nth(1);
+  const secondId = await second.getAttribute('data-id');
+  await second.click();
+  await page.waitForFunction(() => document.getElementById('viewer').open);
+  await page.waitForFunction(() => document.querySelector('#viewer-details').textContent.includes('Added'));
+  const details = await byId(page, 'viewer-details').innerText();
+  for (const want of ['File', 'Path', 'Label', 'Partition', 'Similarity', 'Rank', 'Added']) {
+    check(details.toLowerCase().includes(want.toLowerCase()), `the viewer does not show "${want}": ${details}`);
+  }
+  await shoot(page, 'viewer');
+  await page.keyboard.press('Escape');
+  await page.waitForFunction(() => !document.getElementById('viewer').open);
+  const back = await page.evaluate(() => document.activeElement && document.activeElement.dataset.id);
+  check(back === secondId, `after Escape the focus is on ${JSON.stringify(back)}, not the result that opened the viewer (${secondId})`);
+
+  // Search with it from the viewer: the address names it; a reload gives the same search; the
+  // back button returns to the uploaded image's search.
+  prev = await resultsSeq(page);
+  await second.click();
+  await byId(page, 'viewer-search').click();
+  await waitForResults(page, prev, secondId);
+  check(new URL(page.url()).hash.includes(`q=${secondId}`), `the address does not name the query image: ${page.url()}`);
+  await page.reload();
+  res = await waitForResults(page, -1, secondId);
+  check(res.length > 0 && res.every((r) => r.id), 'the reloaded search shows no results');
+  check(await page.locator(`[data-testid="filter-label"][data-label="${out.label}"][data-state="out"]`).count() === 1,
+    'the reloaded search lost its label filter');
+  await page.goBack();
+  await page.waitForFunction(() => {
+    const r = document.querySelector('[data-testid="results"]');
+    return r.dataset.state === 'done' && r.dataset.queryId === '' && location.hash.includes('q=upload');
+  }, null, { timeout: 60000 });
+
+  // Partition mode names the partition when it finds fewer than asked.
+  prev = await resultsSeq(page);
+  await byId(page, 'mode-select').selectOption('partition');
+  res = await waitForResults(page, prev);
+  if (res.length < k) {
+    const note = await byId(page, 'results-note').innerText();
+    check(/partition/i.test(note) && note.includes(String(res.length)), `partition mode found ${res.length} of ${k} without saying why: "${note}"`);
+  }
+  check((await byId(page, 'mode-hint').innerText()).toLowerCase().includes('partition'), 'the mode has no explanation');
+
+  // Changing the collection re-runs the search there.
+  prev = await resultsSeq(page);
+  await byId(page, 'collection-select').selectOption(other);
+  res = await waitForResults(page, prev);
+  check(res.length === 1 && new URL(page.url()).hash.includes(`c=${enc(other)}`), `the search did not follow the collection to "${other}" (${res.length} results)`);
+  prev = await resultsSeq(page);
+  await byId(page, 'collection-select').selectOption(collection);
+  await byId(page, 'mode-select').selectOption('probe');
+  await waitForResults(page, prev);
+
+  // The gallery: sorted by name, a page of 24 then "load more", a label filter with counts,
+  // relabel two images and delete one from the grid.
+  await page.goto(`${base}/#browse?c=${enc(collection)}&sort=name&order=asc`);
+  await waitForCount(page, 'gallery-item', Math.min(24, count));
+  if (count > 24) {
+    await byId(page, 'gallery-more').click();
+    await waitForCount(page, 'gallery-item', Math.min(48, count));
+  }
+  const names = await page.$$eval('[data-testid="gallery-item"]', (els) => els.map((e) => e.dataset.name));
+  check(names.every((n, i) => i === 0 || names[i - 1] <= n), `the gallery is not sorted by name: ${names.slice(0, 6).join(', ')}…`);
+  await shoot(page, 'browse');
+  const pick = labels[1];
+  await byId(page, 'browse-label').selectOption(pick.label);
+  await waitForCount(page, 'gallery-item', Math.min(24, pick.count));
+  const opt = await page.$eval('[data-testid="browse-label"]', (s) => s.selectedOptions[0].textContent);
+  check(opt.includes(String(pick.count)), `the label filter shows "${opt}" without the count ${pick.count}`);
+  const items = page.locator('[data-testid="gallery-item"]');
+  const ids = [await items.nth(0).getAttribute('data-id'), await items.nth(1).getAttribute('data-id')];
+  await items.nth(0).locator('[data-testid="gallery-check"]').check();
+  await items.nth(1).locator('[data-testid="gallery-check"]').check();
+  await byId(page, 'gallery-label').fill('e2e-relabelled');
+  await byId(page, 'gallery-relabel').click();
+  await page.waitForFunction((want) => want.every((id) => document.querySelector(`[data-testid="gallery-item"][data-id="${id}"]`).dataset.label === 'e2e-relabelled'), ids);
+  for (const id of ids) {
+    const img = (await getJson(`/api/collections/${enc(collection)}/images/${id}`)).body;
+    check(img && img.label === 'e2e-relabelled', `image ${id} has label ${JSON.stringify(img && img.label)} after the relabel`);
+  }
+  await byId(page, 'gallery-unselect').click();
+  const doomed = await items.nth(2).getAttribute('data-id');
+  await items.nth(2).locator('[data-testid="gallery-check"]').check();
+  const before = dialogs.length;
+  await byId(page, 'gallery-delete').click();
+  await page.waitForFunction((id) => !document.querySelector(`[data-testid="gallery-item"][data-id="${id}"]`), doomed);
+  check(dialogs.length === before + 1, 'deleting from the grid did not ask for confirmation');
+  check((await getJson(`/api/collections/${enc(collection)}/images/${doomed}`)).status === 404, `image ${doomed} is still stored after its delete`);
+  summary.gallery = { relabelled: ids, deleted: doomed };
+
+  // Duplicates: a run with progress, then keep one of a group and delete the others.
+  await page.goto(`${base}/#dupes`);
+  await selectCollection(page, 'dupes-collection');
+  await byId(page, 'dupes-start').click();
+  await page.waitForFunction(() => {
+    const p = document.querySelector('[data-testid="dupes-progress"]');
+    const g = document.querySelector('[data-testid="dupes-groups"]');
+    return p.dataset.state === 'succeeded' && g.dataset.state === 'done';
+  }, null, { timeout: 120000, polling: 200 }).catch(async () => {
+    const st = await byId(page, 'dupes-progress').getAttribute('data-state');
+    throw new CheckError(`the duplicate search did not finish (state ${st}); banner: "${await bannerText(page)}"`);
+  });
+  const groups = await page.$$eval('[data-testid="dupe-group"]', (els) => els.map((e) => e.dataset.ids.split(',')));
+  check(groups.length >= 1, 'the duplicate search found no group, although the folder holds copies');
+  summary.dupe_groups = groups.length;
+  await shoot(page, 'dupes');
+  const group = page.locator('[data-testid="dupe-group"]').first();
+  const kept = await group.locator('[data-testid="dupe-keep"]:checked').getAttribute('value');
+  await group.locator('[data-testid="dupe-resolve"]').click();
+  await waitForCount(page, 'dupe-group', groups.length - 1);
+  for (const id of groups[0]) {
+    const st = (await getJson(`/api/collections/${enc(collection)}/images/${id}`)).status;
+    check(id === kept ? st === 200 : st === 404, `after keeping ${kept}, image ${id} answers HTTP ${st}`);
+  }
+
+  // Uploads: a file that is not an image fails; the retry button offers it again; no message
+  // sends the user to a server log.
+  const broken = env.CBIR_BROKEN_FOLDER;
+  if (broken) {
+    await page.goto(`${base}/#index`);
+    await selectCollection(page, 'index-collection-select');
+    await byId(page, 'folder-input').setInputFiles(broken);
+    const finished = () => page.waitForFunction(() => document.querySelector('[data-testid="progress"]').dataset.state === 'finished',
+      null, { timeout: 120000, polling: 200 });
+    await finished();
+    const failed = Number(await byId(page, 'progress').getAttribute('data-failed'));
+    check(failed >= 1, 'the broken file did not fail');
+    const rowsState = await page.$$eval('[data-testid="progress-file"]', (els) => els.map((e) => e.dataset.state));
+    check(rowsState.length === Number(await byId(page, 'progress').getAttribute('data-total')), 'not every file has a progress row');
+    check(rowsState.filter((st) => st === 'failed').length === failed, `the file rows show ${rowsState.join(',')}, ${failed} failed`);
+    const retry = byId(page, 'progress-retry');
+    check(await retry.isVisible(), '"Retry failed files" is not offered');
+    await retry.click();
+    await page.waitForFunction(() => document.querySelector('[data-testid="progress"]').dataset.state === 'running', null, { timeout: 10000 }).catch(() => {});
+    await finished();
+    check(Number(await byId(page, 'progress').getAttribute('data-total')) === failed, 'the retry did not send exactly the failed files');
+    const text = `${await byId(page, 'progress').innerText()} ${await bannerText(page)}`;
+    check(!/\blogs?\b/i.test(text), `a message points to a log: ${text}`);
+    summary.upload_retry = failed;
+  }
+}
+
 let browser;
 let page;
 let exitCode = 1;
 try {
-  const phases = { flow, error: errorPhase, recover: recoverPhase, maintenance: maintenancePhase };
-  check(phases[phase], `CBIR_PHASE must be flow, error, recover or maintenance, got "${phase}"`);
+  const phases = { flow, features: featuresPhase, error: errorPhase, recover: recoverPhase, maintenance: maintenancePhase };
+  check(phases[phase], `CBIR_PHASE must be flow, features, error, recover or maintenance, got "${phase}"`);
   browser = await chromium.launch({
     executablePath: env.CHROMIUM || '/usr/bin/chromium',
     args: ['--no-sandbox'],

@@ -1,5 +1,6 @@
 // The REST client: fetch wrappers, the API key header and the error shape. REST contract:
 // services/gateway/API.md.
+import { userMessage } from './format.js';
 
 export const UNREACHABLE = 'The gateway is unreachable: is cbir running?';
 export const enc = encodeURIComponent;
@@ -56,8 +57,9 @@ function errorFromResponse(status, statusText, text, data) {
     message = text && !data ? text.trim().slice(0, 300) : '';
     message = message || `The gateway answered HTTP ${status} ${statusText || ''}`.trim();
   }
-  return new ApiError(message, {
-    code: (e && e.code) || `http_${status}`,
+  const code = (e && e.code) || `http_${status}`;
+  return new ApiError(userMessage(message, code), {
+    code,
     status,
     service: (e && e.service) || null,
   });

@@ -33,13 +33,13 @@ function collectionStatus(c, active) {
 function collectionRow(c, active) {
   const busy = maint.rebuilding.has(c.name);
   return el('tr', { 'data-testid': 'maint-collection-row', 'data-key': c.name, 'data-name': c.name, 'data-count': String(c.count) },
-    el('td', { class: 'strong' }, el('span', { text: c.name }),
+    el('td', { class: 'strong', 'data-label': 'Name' }, el('span', { text: c.name }),
       c.description ? el('span', { class: 'muted small block', text: c.description }) : null),
-    el('td', { class: 'num', 'data-testid': 'maint-collection-count', text: fmtInt(c.count) }),
-    el('td', { class: 'nowrap', text: c.model ? modelLabel(c.model) : '–' }),
-    el('td', { class: 'num', text: fmtInt(c.dims) }),
-    el('td', { class: 'nowrap', text: fmtTime(num(c.created_at_ms)) }),
-    el('td', {}, collectionStatus(c, active)),
+    el('td', { class: 'num', 'data-label': 'Images', 'data-testid': 'maint-collection-count', text: fmtInt(c.count) }),
+    el('td', { class: 'nowrap', 'data-label': 'Model', text: c.model ? modelLabel(c.model) : '–' }),
+    el('td', { class: 'num', 'data-label': 'Dimensions', text: fmtInt(c.dims) }),
+    el('td', { class: 'nowrap', 'data-label': 'Created', text: fmtTime(num(c.created_at_ms)) }),
+    el('td', { 'data-label': 'Status' }, collectionStatus(c, active)),
     el('td', { class: 'row-actions' },
       button('Clear', 'clear', async () => {
         const note = await clearCollectionNamed(c, 'maint-collections');

@@ -6,7 +6,7 @@ import { banner, reportError } from './status.js';
 import { fmtBytes, fmtInt } from './format.js';
 import { emit, LS_COLLECTION, state } from './state.js';
 
-export const selects = () => [$('collection-select'), $('index-collection-select')];
+export const selects = () => [$('collection-select'), $('index-collection-select'), $('browse-collection'), $('dupes-collection')];
 
 export async function loadCollections() {
   let data;
@@ -62,13 +62,17 @@ function renderCollectionList() {
   c.description ? el('span', { class: 'small coll-desc', text: c.description }) : null)));
 }
 
-export function chooseCollection(name) {
+// silent: the caller redraws itself (the search restored from a link must not search twice).
+export function chooseCollection(name, { silent = false } = {}) {
   if (!name) return;
+  const changed = name !== state.current;
   state.current = name;
   localStorage.setItem(LS_COLLECTION, name);
   for (const s of selects()) s.value = name;
   renderCollectionList();
+  if (changed) state.stats = null;
   refreshDetail().catch(() => {});
+  if (changed && !silent) emit('collection');
 }
 
 export function currentCollection() {
@@ -84,6 +88,8 @@ export async function refreshDetail() {
     $('detail-description').textContent = 'Create a collection to start indexing images.';
     for (const id of ['collection-count', 'detail-dims', 'detail-model', 'detail-bytes']) $(id).textContent = '–';
     $('partitions-body').replaceChildren();
+    $('labels-body').replaceChildren();
+    $('labels-note').textContent = '';
     $('partitions-note').textContent = '';
     return;
   }
@@ -93,7 +99,10 @@ export async function refreshDetail() {
       const d = await api(`/api/collections/${enc(name)}`);
       banner.clear('detail');
       if (name !== state.current) return;
+      state.stats = d;
+      state.statsStale = false;
       renderDetail(d);
+      emit('stats');
     } catch (err) {
       if (err.code === 'not_found') {
         loadCollections().catch(() => {});
@@ -128,11 +137,29 @@ function renderDetail(d) {
   $('partitions-note').textContent = parts.length > 20
     ? `(top 20 of ${parts.length} by size)` : parts.length ? `(${parts.length})` : '(none yet)';
   $('partitions-body').replaceChildren(...top.map((p) => el('tr', {},
-    el('td', { class: 'muted', text: String(p.class_index) }),
-    el('td', { text: p.class_name }),
-    el('td', { class: 'num', text: fmtInt(p.count) }),
-    el('td', { class: 'num', text: fmtBytes(p.bytes_in_memory) }),
-    el('td', { class: 'share' }, el('span', { class: 'share-bar', style: `--w:${(100 * p.count / total).toFixed(1)}%` })))));
+    el('td', { class: 'muted', 'data-label': '#', text: String(p.class_index) }),
+    el('td', { 'data-label': 'Class', text: p.class_name }),
+    el('td', { class: 'num', 'data-label': 'Images', text: fmtInt(p.count) }),
+    el('td', { class: 'num', 'data-label': 'In memory', text: fmtBytes(p.bytes_in_memory) }),
+    el('td', { class: 'share', 'data-label': 'Share' }, el('span', { class: 'share-bar', style: `--w:${(100 * p.count / total).toFixed(1)}%` })))));
+  renderLabels(d.labels, total);
+}
+
+// The user's own labels (the folder names of the uploads), most first; "" is unlabelled.
+function renderLabels(labels, total) {
+  const list = [...(labels || [])].sort((a, b) => b.count - a.count);
+  if (!labels) {
+    $('labels-note').textContent = '(this gateway does not count labels yet)';
+    $('labels-body').replaceChildren();
+    return;
+  }
+  $('labels-note').textContent = list.length ? `(${list.length})` : '(none yet)';
+  const browse = (label) => `#browse?${new URLSearchParams({ c: state.current, label }).toString()}`;
+  $('labels-body').replaceChildren(...list.map((l) => el('tr', { 'data-testid': 'label-row', 'data-label-name': l.label },
+    el('td', { 'data-label': 'Label', class: l.label ? null : 'muted', text: l.label || '(no label)' }),
+    el('td', { class: 'num', 'data-label': 'Images', text: fmtInt(l.count) }),
+    el('td', { class: 'share', 'data-label': 'Share' }, el('span', { class: 'share-bar', style: `--w:${(100 * l.count / total).toFixed(1)}%` })),
+    el('td', { class: 'row-actions' }, el('a', { class: 'btn btn-small', href: browse(l.label), text: 'Browse' })))));
 }
 
 export function renderDetailButtons() {

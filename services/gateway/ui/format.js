@@ -56,3 +56,20 @@ export function extent(values) {
   }
   return [lo, hi];
 }
+
+// A training parameter as it was typed: floats travel as f32, so 0.001 comes back as
+// 0.0010000000474974513; six significant digits give the entered value back.
+export function fmtParam(v) {
+  if (typeof v !== 'number' || Number.isInteger(v)) return String(v);
+  return String(Number(v.toPrecision(6)));
+}
+
+// A server message fit for the page: people using the UI cannot read the server's logs, so
+// advice to read them is dropped, and an internal error says what the user can do.
+export function userMessage(message, code) {
+  const text = String(message || '').replace(/[;,.]?\s*(see|check|read) the [\w -]*?\blogs?\b[^;]*/gi, '').trim();
+  if (code === 'internal' || /^internal error$/i.test(text)) {
+    return 'The server failed on this request (internal error). Try again; if it fails again, tell whoever runs this server what you did.';
+  }
+  return text || String(message || '');
+}

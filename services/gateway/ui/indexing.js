@@ -3,7 +3,7 @@
 import { $, el, sleep } from './dom.js';
 import { api, enc } from './api.js';
 import { banner, reportError } from './status.js';
-import { fmtBytes, fmtInt, fmtSecs, IMAGE_EXT } from './format.js';
+import { fmtBytes, fmtInt, fmtSecs, IMAGE_EXT, plural, userMessage } from './format.js';
 import { BATCH_FILES, MAX_IN_FLIGHT, state, TERMINAL_JOB_STATES } from './state.js';
 import { loadCollections, refreshDetail, renderDetailButtons } from './collections.js';
 
@@ -86,18 +86,19 @@ function makeBatches(files, onTooLarge) {
   const batches = [];
   let cur = [];
   let bytes = 0;
-  for (const f of files) {
-    if ((maxImg && f.size > maxImg) || f.size > budget) {
-      onTooLarge(f, maxImg && f.size > maxImg ? maxImg : budget);
+  for (const e of files) {
+    const size = e.file.size;
+    if ((maxImg && size > maxImg) || size > budget) {
+      onTooLarge(e, maxImg && size > maxImg ? maxImg : budget);
       continue;
     }
-    if (cur.length && (cur.length >= maxFiles || bytes + f.size > budget)) {
+    if (cur.length && (cur.length >= maxFiles || bytes + size > budget)) {
       batches.push(cur);
       cur = [];
       bytes = 0;
     }
-    cur.push(f);
-    bytes += f.size;
+    cur.push(e);
+    bytes += size;
   }
   if (cur.length) batches.push(cur);
   return batches;
@@ -105,10 +106,41 @@ function makeBatches(files, onTooLarge) {
 
 let stopRequested = false;
 
+// Per-file progress: one row per file (the first MAX_FILE_ROWS drawn), updated as its batch is
+// sent and answered. The failed files are kept for "Retry failed files".
+const MAX_FILE_ROWS = 1000;
+const STATE_TEXT = { queued: 'waiting', sending: 'sending…', done: 'added', duplicate: 'already there', failed: 'failed' };
+let lastFailed = [];
+
+function fileRows(entries) {
+  const shown = entries.slice(0, MAX_FILE_ROWS);
+  for (const e of shown) {
+    e.row = el('li', { 'data-testid': 'progress-file', 'data-state': e.state, 'data-path': e.path },
+      el('span', { class: 'pf-name', title: e.path, text: e.path }), el('span', { class: 'pf-state', text: STATE_TEXT[e.state] }));
+  }
+  $('progress-files-list').replaceChildren(...shown.map((e) => e.row));
+  $('progress-files-more').textContent = entries.length > MAX_FILE_ROWS
+    ? `The first ${fmtInt(MAX_FILE_ROWS)} of ${fmtInt(entries.length)} files are listed; the counts above cover all.` : '';
+  $('progress-files').hidden = entries.length === 0;
+}
+
+function setFileState(e, st, reason) {
+  e.state = st;
+  e.reason = reason || '';
+  if (!e.row) return;
+  e.row.dataset.state = st;
+  const cell = e.row.querySelector('.pf-state');
+  cell.textContent = STATE_TEXT[st];
+  cell.title = e.reason;
+}
+
 // Sends one batch, retrying when the gateway asks to slow down; counts into `run`.
 async function sendBatch(run, batch) {
   const fd = new FormData();
-  for (const f of batch) fd.append('files', f, f.webkitRelativePath || f.name);
+  for (const e of batch) {
+    fd.append('files', e.file, e.path);
+    setFileState(e, 'sending');
+  }
   for (let attempt = 0; ; attempt += 1) {
     try {
       const data = await api(`/api/collections/${enc(run.coll)}/images`, { method: 'POST', body: fd });
@@ -122,7 +154,10 @@ async function sendBatch(run, batch) {
         continue;
       }
       run.failed += batch.length;
-      for (const f of batch) progress.addFailure(f.webkitRelativePath || f.name, err.message);
+      for (const e of batch) {
+        progress.addFailure(e.path, err.message);
+        setFileState(e, 'failed', err.message);
+      }
       reportError(err, 'upload', 'Upload failed');
       return;
     }
@@ -130,26 +165,29 @@ async function sendBatch(run, batch) {
 }
 
 function countResults(run, batch, results) {
-  const seen = new Set();
-  for (const r of results) {
-    if (r.path) seen.add(r.path);
+  const byPath = new Map(batch.map((e) => [e.path, e]));
+  const answered = new Set();
+  results.forEach((r, i) => {
+    // Results come in the order sent; the path names the file when the order cannot.
+    const e = byPath.get(r.path) || batch[i];
+    if (e) answered.add(e);
     if (r.error) {
       run.failed += 1;
-      progress.addFailure(r.path || r.file_name, r.error);
+      const reason = userMessage(r.error);
+      progress.addFailure(r.path || r.file_name, reason);
+      if (e) setFileState(e, 'failed', reason);
     } else {
       run.done += 1;
       if (r.created === false) run.duplicates += 1;
+      if (e) setFileState(e, r.created === false ? 'duplicate' : 'done');
     }
-  }
+  });
   // Files the gateway did not report on count as failures, so done + failed reaches total.
-  let missing = batch.length - results.length;
-  for (const f of batch) {
-    if (missing <= 0) break;
-    const p = f.webkitRelativePath || f.name;
-    if (seen.has(p)) continue;
+  for (const e of batch) {
+    if (answered.has(e)) continue;
     run.failed += 1;
-    missing -= 1;
-    progress.addFailure(p, 'the gateway returned no result for this file');
+    progress.addFailure(e.path, 'the gateway returned no result for this file');
+    setFileState(e, 'failed', 'no result');
   }
 }
 
@@ -169,27 +207,37 @@ function uploadSummary(run) {
 }
 
 async function uploadFolder(fileList) {
+  const all = Array.from(fileList || []);
+  if (!all.length) return;
+  const images = all.filter((f) => IMAGE_EXT.test(f.name));
+  const root = ((all[0].webkitRelativePath || '').split('/')[0]) || 'the folder';
+  await uploadFiles(images, all.length - images.length, (n, coll) => `Uploading ${fmtInt(n)} images from "${root}" into "${coll}"`);
+}
+
+// Sends files in batches, two requests at a time, with a row per file.
+async function uploadFiles(images, skipped, title) {
   const coll = state.current;
   if (!coll) {
     banner.show('Create or choose a collection before adding images.', 'upload');
     return;
   }
-  if (state.busy) return;
-  const all = Array.from(fileList || []);
-  if (!all.length) return;
-  const images = all.filter((f) => IMAGE_EXT.test(f.name));
-  const run = { coll, total: images.length, skipped: all.length - images.length, done: 0, failed: 0, duplicates: 0 };
-  const root = ((all[0].webkitRelativePath || '').split('/')[0]) || 'the folder';
+  if (state.busy || !images.length) return;
+  const entries = images.map((file) => ({ file, path: file.webkitRelativePath || file.name, state: 'queued', row: null }));
+  const run = { coll, total: entries.length, skipped, done: 0, failed: 0, duplicates: 0 };
   stopRequested = false;
   setBusy(true);
-  progress.start(`Uploading ${fmtInt(run.total)} images from "${root}" into "${coll}"`, run.total, run.skipped, true);
+  $('progress-retry').hidden = true;
+  progress.start(title(run.total, coll), run.total, run.skipped, true);
+  fileRows(entries);
   const tick = () => progress.update({
     done: run.done, failed: run.failed, total: run.total, ips: (run.done + run.failed) / Math.max(progress.elapsed(), 1e-3),
   });
 
-  const batches = makeBatches(images, (f, limit) => {
+  const batches = makeBatches(entries, (e, limit) => {
     run.failed += 1;
-    progress.addFailure(f.webkitRelativePath || f.name, `the file is ${fmtBytes(f.size)}, the gateway accepts at most ${fmtBytes(limit)}`);
+    const reason = `the file is ${fmtBytes(e.file.size)}, the gateway accepts at most ${fmtBytes(limit)}`;
+    progress.addFailure(e.path, reason);
+    setFileState(e, 'failed', reason);
   });
   tick();
 
@@ -207,6 +255,12 @@ async function uploadFolder(fileList) {
   await Promise.all(workers);
   tick();
 
+  // Failed files can be sent again, except those over the size limit: they would fail again.
+  const maxImg = Number(state.config.max_image_bytes) || 0;
+  lastFailed = entries.filter((e) => (e.state === 'failed' && !(maxImg && e.file.size > maxImg)) || e.state === 'queued').map((e) => e.file);
+  const retry = $('progress-retry');
+  retry.hidden = lastFailed.length === 0;
+  retry.textContent = `Retry ${plural(lastFailed.length, 'failed file')}`;
   progress.finish(uploadSummary(run));
   setBusy(false);
   await loadCollections().catch(() => {});
@@ -262,6 +316,8 @@ async function indexServerFolder() {
     return;
   }
   progress.start(`Indexing "${path}" on the server into "${coll}" (job ${job.id})`, job.total || 0, 0, false);
+  fileRows([]); // the server reads the folder: its failures are listed below
+  $('progress-retry').hidden = true;
   job = await followJob(job);
   if (!job) {
     setBusy(false);
@@ -287,6 +343,10 @@ export function wireIndexing() {
     await uploadFolder(files);
   });
   $('index-server-path').addEventListener('click', indexServerFolder);
+  $('progress-retry').addEventListener('click', () => {
+    const files = lastFailed;
+    if (files.length) uploadFiles(files, 0, (n, coll) => `Retrying ${plural(n, 'failed file')} into "${coll}"`);
+  });
   $('server-path').addEventListener('keydown', (e) => { if (e.key === 'Enter') indexServerFolder(); });
   $('progress-stop').addEventListener('click', () => {
     stopRequested = true;

@@ -1,7 +1,7 @@
 // How a training job reads: its progress, its message, its cells in the jobs table and its
 // details. Shared by the jobs table and the live progress panel.
 import { el } from './dom.js';
-import { fmtDuration, fmtInt, fmtPct, fmtTime, modelLabel, num, plural } from './format.js';
+import { fmtAcc, fmtDuration, fmtInt, fmtParam, fmtPct, fmtTime, isNum, modelLabel, num, plural } from './format.js';
 import { maint, TERMINAL_JOB_STATES } from './state.js';
 
 export const PARAM_LABELS = {
@@ -42,7 +42,7 @@ export function jobMessage(j) {
 export function paramsText(params) {
   const parts = Object.entries(params || {})
     .filter(([, v]) => v !== 0 && v !== false && v !== null && v !== '' && v !== '0' && v !== undefined)
-    .map(([k, v]) => `${PARAM_LABELS[k] || k} ${v === true ? 'yes' : v}`);
+    .map(([k, v]) => `${PARAM_LABELS[k] || k} ${v === true ? 'yes' : fmtParam(v)}`);
   return parts.length ? parts.join(' · ') : 'server defaults';
 }
 
@@ -96,12 +96,44 @@ export function jobCells(j) {
   };
 }
 
-export function livePhaseText(j) {
+// The jobs the trainer runs before this queued one (it runs one job at a time, oldest first).
+export function jobsAhead(j, jobs) {
+  return jobs.filter((x) => x.id !== j.id && (x.state === 'running'
+    || (x.state === 'queued' && num(x.created_at_ms) < num(j.created_at_ms)))).length;
+}
+
+// The epoch total is known once training starts (the feature extraction before it plans the
+// epochs of each stage): until then none is shown, so the total never jumps.
+export function epochTotal(j) {
+  const p = j.progress || {};
+  return num(p.iterations) > 0 ? num(p.epochs) : NaN;
+}
+
+// How a finished job's training went: all epochs, or stopped early (the validation accuracy
+// stopped improving), with the best validation accuracy measured.
+export function trainingOutcome(j, bestValidation) {
+  const p = j.progress || {};
+  const epoch = num(p.epoch);
+  const total = epochTotal(j);
+  const best = isNum(bestValidation) && bestValidation > 0 ? `, best validation accuracy ${fmtAcc(bestValidation)}` : '';
+  if (!(epoch > 0) || !(total > 0)) return '';
+  return epoch < total ? `stopped early at epoch ${fmtInt(epoch)} of ${fmtInt(total)}${best}`
+    : `all ${fmtInt(total)} epochs${best}`;
+}
+
+export function livePhaseText(j, bestValidation = NaN) {
   const p = j.progress || {};
   switch (j.state) {
-    case 'queued': return 'Queued: waiting for the trainer.';
-    case 'running': return p.phase ? `${p.phase[0].toUpperCase()}${p.phase.slice(1)}…` : 'Running…';
-    case 'succeeded': return `Finished: registered the model ${modelLabel(j.model)}.`;
+    case 'queued': {
+      const ahead = jobsAhead(j, maint.jobs);
+      return ahead ? `Queued: ${plural(ahead, 'job')} ahead of it; it starts when the trainer is free.`
+        : 'Queued: it starts as soon as the trainer picks it up.';
+    }
+    case 'running': return `Running: ${p.phase || 'starting'}…`;
+    case 'succeeded': {
+      const how = trainingOutcome(j, bestValidation);
+      return `Finished${how ? `: ${how}` : ''}. Registered the model ${modelLabel(j.model)}.`;
+    }
     case 'failed': return `Failed: ${j.message || 'no reason given'}`;
     case 'cancelled': return 'Cancelled.';
     default: return j.state || '';

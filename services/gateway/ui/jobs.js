@@ -5,7 +5,7 @@ import { api, enc, errorBody, parseJson, withKey } from './api.js';
 import { banner, reportError } from './status.js';
 import { extent, fmtAcc, fmtDuration, fmtInt, fmtLoss, isNum, modelLabel, num, plural } from './format.js';
 import { live, maint, TERMINAL_JOB_STATES } from './state.js';
-import { jobCells, jobDetails, jobDuration, jobFraction, livePhaseText } from './job-view.js';
+import { epochTotal, jobCells, jobDetails, jobDuration, jobFraction, livePhaseText } from './job-view.js';
 import { curvePoint, drawMetricsChart, drawTimeChart } from './charts.js';
 import { loadModels } from './models.js';
 
@@ -72,14 +72,14 @@ function jobRows(j) {
   const tr = el('tr', {
     'data-testid': 'job-row', 'data-key': j.id, 'data-id': j.id, 'data-state': j.state, class: watched ? 'watched' : null,
   },
-  el('td', {}, stateBadge(j.state)),
-  el('td', { class: 'strong', text: c.name }),
-  el('td', { class: 'clip', title: c.dataset, text: c.dataset }),
-  el('td', { class: 'num', title: c.classesTitle || null, text: c.classes }),
-  el('td', { class: 'num', title: c.imagesTitle, text: c.images }),
-  el('td', { class: 'nowrap', text: c.started }),
-  el('td', { class: 'num nowrap', text: c.duration }),
-  el('td', { class: `msg${j.state === 'failed' ? ' bad' : ''}`, text: c.message }),
+  el('td', { 'data-label': 'State' }, stateBadge(j.state)),
+  el('td', { class: 'strong', 'data-label': 'Name', text: c.name }),
+  el('td', { class: 'clip', 'data-label': 'Dataset', title: c.dataset, text: c.dataset }),
+  el('td', { class: 'num', 'data-label': 'Classes', title: c.classesTitle || null, text: c.classes }),
+  el('td', { class: 'num', 'data-label': 'Images', title: c.imagesTitle, text: c.images }),
+  el('td', { class: 'nowrap', 'data-label': 'Started', text: c.started }),
+  el('td', { class: 'num nowrap', 'data-label': 'Duration', text: c.duration }),
+  el('td', { class: `msg${j.state === 'failed' ? ' bad' : ''}`, 'data-label': 'Message', text: c.message }),
   el('td', { class: 'row-actions' },
     button(open ? 'Hide details' : 'Details', 'details', () => toggleOpen(maint.openJobs, j.id, renderJobs),
       { attrs: { 'aria-expanded': String(open), 'data-testid': 'job-details' } }),
@@ -283,7 +283,12 @@ export function renderLive() {
   const p = j.progress || {};
   const ended = TERMINAL_JOB_STATES.has(j.state);
   $('live-title').textContent = `Training "${j.name}"`;
-  $('live-phase').textContent = livePhaseText(j);
+  const best = live.points.reduce((b, pt) => {
+    const v = pt.validation_accuracy;
+    return isNum(v) && v > 0 && (!isNum(b) || v > b) ? v : b;
+  }, NaN);
+  const bestVal = isNum(best) ? best : num(p.validation_accuracy);
+  $('live-phase').textContent = livePhaseText(j, bestVal);
   $('live-phase').classList.toggle('bad', j.state === 'failed');
   const bar = $('live-progress');
   bar.classList.toggle('running', j.state === 'running');
@@ -291,7 +296,7 @@ export function renderLive() {
   bar.classList.toggle('has-failures', j.state === 'failed' || j.state === 'cancelled');
   $('live-fill').style.width = `${(jobFraction(j) * 100).toFixed(1)}%`;
   const of = (a, b) => (num(b) > 0 ? `${fmtInt(num(a) || 0)} / ${fmtInt(num(b))}` : '–');
-  $('live-epoch').textContent = of(p.epoch, p.epochs);
+  $('live-epoch').textContent = of(p.epoch, epochTotal(j));
   $('live-iteration').textContent = of(p.iteration, p.iterations);
   $('live-loss').textContent = num(p.iteration) > 0 ? fmtLoss(num(p.loss)) : '–';
   $('live-train-acc').textContent = num(p.iteration) > 0 ? fmtAcc(num(p.train_accuracy)) : '–';

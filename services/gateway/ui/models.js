@@ -43,10 +43,10 @@ function modelDetails(m) {
       el('thead', {}, el('tr', {}, el('th', { text: 'Class' }), el('th', { class: 'num', text: 'Validation images' }),
         el('th', { class: 'num', text: 'Accuracy' }), el('th', { class: 'share' }, el('span', { class: 'visually-hidden', text: 'Accuracy bar' })))),
       el('tbody', {}, ...per.map((c) => el('tr', {},
-        el('td', { text: c.class_name }),
-        el('td', { class: 'num', text: fmtInt(num(c.images)) }),
-        el('td', { class: 'num', text: fmtAcc(num(c.accuracy)) }),
-        el('td', { class: 'share' }, el('span', {
+        el('td', { 'data-label': 'Class', text: c.class_name }),
+        el('td', { class: 'num', 'data-label': 'Validation images', text: fmtInt(num(c.images)) }),
+        el('td', { class: 'num', 'data-label': 'Accuracy', text: fmtAcc(num(c.accuracy)) }),
+        el('td', { class: 'share', 'data-label': 'Accuracy bar' }, el('span', {
           class: `share-bar${num(c.accuracy) < 0.5 ? ' low' : ''}`,
           style: `--w:${Math.max(0, Math.min(1, num(c.accuracy) || 0)) * 100}%`,
         }))))))
@@ -62,18 +62,18 @@ function modelRows(m) {
     'data-testid': 'model-row', 'data-key': key, 'data-name': m.name, 'data-version': String(m.version),
     'data-active': String(!!m.active), class: m.active ? 'active-row' : null,
   },
-  el('td', { class: 'strong' },
+  el('td', { class: 'strong', 'data-label': 'Model' },
     el('span', { class: 'model-name' }, wrapAtColon(key)),
     m.active ? el('span', { class: 'badge badge-active', 'data-testid': 'active-badge', text: 'active' }) : null),
-  el('td', { text: m.trained_by || '–' }),
-  el('td', { class: 'nowrap', text: fmtTime(num(m.created_at_ms)) }),
-  el('td', { class: 'num nowrap', text: positive(m.duration_seconds, fmtDuration) }),
-  el('td', { class: 'num', text: positive(m.iterations, fmtInt) }),
-  el('td', { class: 'num', text: positive(m.epochs, fmtInt) }),
-  el('td', { class: 'num', text: positive(m.validation_accuracy, fmtAcc) }),
-  el('td', { class: 'num', text: classes ? fmtInt(classes) : '–' }),
-  el('td', { class: 'num nowrap', text: positive(m.weights_bytes, fmtBytes) }),
-  el('td', {}, wrapAtColon(baseModelText(m.base_model))),
+  el('td', { 'data-label': 'Trained by', text: m.trained_by || '–' }),
+  el('td', { class: 'nowrap', 'data-label': 'Created', text: fmtTime(num(m.created_at_ms)) }),
+  el('td', { class: 'num nowrap', 'data-label': 'Duration', text: positive(m.duration_seconds, fmtDuration) }),
+  el('td', { class: 'num', 'data-label': 'Iterations', text: positive(m.iterations, fmtInt) }),
+  el('td', { class: 'num', 'data-label': 'Epochs', text: positive(m.epochs, fmtInt) }),
+  el('td', { class: 'num', 'data-label': 'Val. acc.', text: positive(m.validation_accuracy, fmtAcc) }),
+  el('td', { class: 'num', 'data-label': 'Classes', text: classes ? fmtInt(classes) : '–' }),
+  el('td', { class: 'num nowrap', 'data-label': 'Weights', text: positive(m.weights_bytes, fmtBytes) }),
+  el('td', { 'data-label': 'Base model' }, wrapAtColon(baseModelText(m.base_model))),
   el('td', { class: 'row-actions' },
     button(open ? 'Hide details' : 'Details', 'details', () => toggleOpen(maint.openModels, key, renderModels),
       { attrs: { 'aria-expanded': String(open), 'data-testid': 'model-details' } }),
@@ -82,8 +82,11 @@ function modelRows(m) {
     }),
     button('Delete', 'delete', () => deleteModel(m), {
       cls: 'btn-danger',
-      // Left enabled for the active model: the server explains why it refuses.
-      attrs: { 'data-testid': 'model-delete', title: m.active ? 'The active model cannot be deleted: activate another first' : null },
+      // The server refuses to delete the active model (409): say why before anyone tries.
+      attrs: {
+        'data-testid': 'model-delete', disabled: !!m.active,
+        title: m.active ? 'The active model cannot be deleted: activate another one first' : null,
+      },
     })));
   if (!open) return [tr];
   return [tr, el('tr', { class: 'details-row', 'data-key': `${key}/details` }, el('td', { colspan: 11 }, modelDetails(m)))];

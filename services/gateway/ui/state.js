@@ -17,6 +17,9 @@ export const state = {
   current: null,            // selected collection name
   query: null,              // {kind:'file', file, url} | {kind:'id', id, thumb, name, label}
   searchSeq: 0,
+  routeHash: null,          // the address the tabs were last drawn for (app.js)
+  stats: null,              // GET /api/collections/{current}: counts per partition and label
+  statsStale: false,        // an image was relabelled or deleted since the stats were read
   busy: false,              // an upload or a server job is running
   gatewayUp: true,
   modelMissing: false,
@@ -62,6 +65,7 @@ export const activeModel = () => maint.models.find((m) => m.active) || null;
 
 // Lets a module redraw what another one changed without importing it (no import cycles).
 // 'collections': the collection list, the models or a rebuild changed.
+// 'collection': another collection was chosen. 'stats': its stats were read again.
 const listeners = new Map();
 export function on(event, fn) {
   if (!listeners.has(event)) listeners.set(event, []);

@@ -6,6 +6,7 @@ import { banner, reportError } from './status.js';
 import { fmtBytes, fmtDuration, fmtInt, num, plural } from './format.js';
 import { maint, state } from './state.js';
 import { buildTar, describeFolder } from './tar.js';
+import { checkDataset, nameProblem } from './dataset-check.js';
 import { PARAM_LABELS } from './job-view.js';
 import { loadJobs, setJobs, upsertJob, watchJob } from './jobs.js';
 
@@ -40,6 +41,15 @@ function onTrainFolder() {
   renderFolderSummary();
 }
 
+// The chosen folder checked here, before anything is sent: the classes with their image counts
+// against the minimum per class (the form's value or the server's default), and the name.
+function folderCheck() {
+  const f = maint.folder;
+  if (!f) return null;
+  const min = Number($('train-min-images').value) || 0;
+  return checkDataset(f.classes, min > 0 ? Math.floor(min) : 0, $('train-name').value);
+}
+
 function renderFolderSummary() {
   const f = maint.folder;
   const out = $('train-folder-summary');
@@ -47,18 +57,26 @@ function renderFolderSummary() {
     out.textContent = 'The folder is empty.';
     return;
   }
-  const classes = [...f.classes.entries()].sort((a, b) => a[0].localeCompare(b[0]));
+  const check = folderCheck();
   const lines = [el('strong', { text: `"${f.root}": ${plural(f.images.length, 'image')} (${fmtBytes(f.bytes)}) in ` +
-    `${plural(classes.length, 'class folder')}` })];
-  if (classes.length) {
-    const shown = classes.slice(0, 40).map(([n, k]) => `${n} (${fmtInt(k)})`).join(', ');
-    lines.push(el('span', { class: 'block', text: shown + (classes.length > 40 ? `, … ${fmtInt(classes.length - 40)} more` : '') }));
+    `${plural(check.classes.length, 'class folder')}` })];
+  if (check.classes.length) {
+    const shown = check.classes.slice(0, 60).map((c) => el('span', {
+      class: `class-count${c.low ? ' low' : ''}`, 'data-testid': 'train-class', 'data-class': c.name, 'data-count': String(c.count),
+      title: c.low ? `fewer than ${check.minPerClass} images` : null, text: `${c.name} · ${fmtInt(c.count)}`,
+    }));
+    if (check.classes.length > 60) shown.push(el('span', { class: 'muted', text: `… ${fmtInt(check.classes.length - 60)} more` }));
+    lines.push(el('span', { class: 'class-counts' }, ...shown));
   }
   if (f.ignored) lines.push(el('span', { class: 'block', text: `${plural(f.ignored, 'other file')} (not images, or hidden) left out.` }));
-  if (f.loose) lines.push(el('span', { class: 'block warn-text', text: `${plural(f.loose, 'image')} outside the class folders.` }));
-  if (classes.length < 2) {
-    lines.push(el('span', { class: 'block warn-text', text: 'Training needs at least two class folders, each holding images of one class.' }));
+  if (f.loose) lines.push(el('span', { class: 'block warn-text', text: `${plural(f.loose, 'image')} outside the class folders (left out).` }));
+  for (const p of check.problems) lines.push(el('span', { class: 'block warn-text', 'data-testid': 'train-problem', text: p }));
+  if (check.ok) {
+    lines.push(el('span', { class: 'block ok-text', 'data-testid': 'train-check-ok',
+      text: `Ready: every class has at least ${check.minPerClass} images.` }));
   }
+  out.classList.add('dataset-check');
+  out.dataset.ok = String(check.ok);
   out.replaceChildren(...lines);
 }
 
@@ -190,8 +208,9 @@ async function uploadDataset(source) {
 // The job request from the form, or null after saying in the banner what is missing.
 function readTrainingForm(source) {
   const name = $('train-name').value.trim();
-  if (!name) {
-    banner.show('Type a name for the model to train.', 'train');
+  const bad = nameProblem(name);
+  if (bad) {
+    banner.show(bad, 'train');
     $('train-name').focus();
     return null;
   }
@@ -215,6 +234,10 @@ function readTrainingForm(source) {
     body.server_path = path;
   } else if (source === 'folder' && !(maint.folder && maint.folder.images.length)) {
     banner.show('Choose a folder that holds one subfolder of images per class.', 'train');
+    return null;
+  } else if (source === 'folder' && !folderCheck().ok) {
+    // Nothing is uploaded that the training service would refuse: the summary says why.
+    banner.show(`The folder cannot be trained on yet: ${folderCheck().problems.join(' ')}`, 'train');
     return null;
   } else if (source === 'archive' && !maint.archive) {
     banner.show('Choose an archive file (.zip, .tar, .tar.gz or .tgz).', 'train');
@@ -255,4 +278,7 @@ export function wireTraining() {
   $('train-folder-input').addEventListener('change', onTrainFolder);
   $('train-archive-input').addEventListener('change', onTrainArchive);
   $('train-upload-stop').addEventListener('click', () => { if (maint.upload) maint.upload.abort(); });
+  for (const id of ['train-min-images', 'train-name']) {
+    $(id).addEventListener('input', () => { if (maint.folder) renderFolderSummary(); });
+  }
 }

@@ -1,6 +1,10 @@
 //! The web UI in a real browser (Debian chromium driven by Playwright):
-//! create a collection, upload a folder, search, click a result; then each
-//! service down in turn shows a clear error in the page, and recovery.
+//! create a collection, upload a folder, search, open a result and search
+//! with it; then the features of issue 15 (labels, filtered search with
+//! "load more", the viewer, the search in the URL, the gallery with relabel
+//! and delete, the duplicates review, upload retry) with screenshots at 1400
+//! and 400 px; the Maintenance tab; then each service down in turn shows a
+//! clear error in the page, and recovery.
 //!
 //! Needs `node`, `services/gateway/ui-tests/node_modules` (npm ci) and
 //! /usr/bin/chromium (or CHROMIUM): the test command installs them.
@@ -21,6 +25,30 @@ fn artifacts() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/e2e"));
     std::fs::create_dir_all(&dir).expect("artifacts dir");
     dir
+}
+
+/// Copies of three of `files` beside them, as a user's folder holds them:
+/// shrunk to 75% and recompressed (JPEG quality 50). The duplicates review
+/// must find them.
+fn add_copies(files: &[PathBuf]) -> usize {
+    let mut n = 0;
+    for src in [&files[1], &files[10], &files[25]] {
+        let img = image::open(src).expect("decode").to_rgb8();
+        let (w, h) = img.dimensions();
+        let small = image::imageops::resize(
+            &img,
+            w * 3 / 4,
+            h * 3 / 4,
+            image::imageops::FilterType::Triangle,
+        );
+        let stem = src.file_stem().expect("stem").to_string_lossy();
+        let mut out = Vec::new();
+        let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 50);
+        small.write_with_encoder(enc).expect("encode");
+        std::fs::write(src.with_file_name(format!("{stem}-copy.jpg")), out).expect("write");
+        n += 1;
+    }
+    n
 }
 
 fn run_phase(sys: &System, phase: &str, envs: &[(&str, String)]) {
@@ -63,6 +91,12 @@ async fn browser_indexes_a_folder_searches_and_shows_outages() {
         8,
     );
     let query = files[17].clone();
+    add_copies(&files);
+    // A file named like an image that is not one: its upload fails and the
+    // UI offers to retry it.
+    let broken = sys.dir.path().join("broken");
+    std::fs::create_dir_all(broken.join("rose")).expect("mkdir");
+    std::fs::write(broken.join("rose/not-an-image.jpg"), b"hello, I am text").expect("write");
     let shots = artifacts();
     let common = |phase: &str| {
         vec![
@@ -74,6 +108,8 @@ async fn browser_indexes_a_folder_searches_and_shows_outages() {
                 "CBIR_SCREENSHOT",
                 shots.join(format!("{phase}.png")).display().to_string(),
             ),
+            ("CBIR_ARTIFACTS", shots.display().to_string()),
+            ("CBIR_BROKEN_FOLDER", broken.display().to_string()),
         ]
     };
     let sys_ref = &sys;
@@ -107,5 +143,13 @@ async fn browser_indexes_a_folder_searches_and_shows_outages() {
     }
     assert!(shots.join("flow.png").is_file());
     assert!(shots.join("maintenance.png").is_file());
+    for page in ["maintenance"] {
+        for width in [1400, 400] {
+            assert!(
+                shots.join(format!("{page}-{width}.png")).is_file(),
+                "{page}-{width}.png"
+            );
+        }
+    }
     sys.shutdown().await;
 }

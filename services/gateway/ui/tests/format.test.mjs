@@ -59,3 +59,19 @@ test('numbers from the wire and their extent', () => {
   assert.deepEqual(f.extent([]), [Infinity, -Infinity]);
   assert.ok(f.IMAGE_EXT.test('a.JPEG') && f.IMAGE_EXT.test('b.tif') && !f.IMAGE_EXT.test('c.txt'));
 });
+
+test('parameters read as they were entered', () => {
+  assert.equal(f.fmtParam(0.0010000000474974513), '0.001');
+  assert.equal(f.fmtParam(0.10000000149011612), '0.1');
+  assert.equal(f.fmtParam(6), '6');
+  assert.equal(f.fmtParam(true), 'true');
+});
+
+test('server messages never send the user to a log', () => {
+  assert.equal(f.userMessage('internal error; see the gateway log', 'internal'),
+    'The server failed on this request (internal error). Try again; if it fails again, tell whoever runs this server what you did.');
+  assert.equal(f.userMessage('internal error; see the service log', 'error'), f.userMessage('x', 'internal'));
+  assert.equal(f.userMessage('bad archive; check the training logs for details', 'invalid_argument'), 'bad archive');
+  assert.equal(f.userMessage('not an image', 'invalid_argument'), 'not an image');
+  assert.ok(!/\blog\b/i.test(f.userMessage('x; see the index service log', 'unavailable')));
+});
