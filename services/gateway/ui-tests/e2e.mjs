@@ -400,6 +400,12 @@ async function featuresPhase(page) {
   const hash = new URL(page.url()).hash;
   check(hash.includes(`not=${enc(out.label)}`) && hash.includes(`k=${k}`) && hash.includes('q=upload'), `the address does not hold the search: ${hash}`);
   summary.filtered_results = all.length;
+  // The band reads at a glance; the raw distance shows on demand.
+  const band = await page.locator('[data-testid="result"] [data-testid="similarity-band"]').first().getAttribute('data-band');
+  check(['identical', 'very', 'similar', 'weak'].includes(band), `the first result has no similarity band (${band})`);
+  await byId(page, 'show-raw').check();
+  const raw = await page.locator('[data-testid="result-similarity"]').first().innerText();
+  check(/distance \d\.\d{3}/.test(raw), `"Show distances" shows "${raw}"`);
   await shoot(page, 'search-filtered');
 
   // The viewer: the second result opens, Escape closes it, the focus returns to that result.

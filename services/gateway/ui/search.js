@@ -331,11 +331,11 @@ function resultCard(r, i) {
     el('span', { class: 'rank', text: `#${rank}` }),
     mine ? el('span', { class: 'mine-badge', 'data-testid': 'your-image', text: 'your image' }) : null),
   el('span', { class: 'card-body' },
-    el('span', { class: 'sim-row' },
-      bandChip(r),
-      el('span', { class: 'label-chip', text: r.label || '—' })),
+    el('span', { class: 'sim-row' }, bandChip(r)),
     el('span', { class: 'raw small muted', 'data-testid': 'result-similarity', text: rawSimilarityText(r) }),
-    el('span', { class: 'fname', text: r.file_name })));
+    el('span', { class: 'meta-row' },
+      el('span', { class: 'label-chip', text: r.label || '—' }),
+      el('span', { class: 'fname', text: r.file_name }))));
   card.addEventListener('click', () => openViewer(r, {
     collection: r.collection,
     opener: card,
