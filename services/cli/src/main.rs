@@ -2,6 +2,7 @@
 
 mod classify;
 mod client;
+mod dupes;
 mod eval;
 mod image;
 mod progress;
@@ -72,6 +73,15 @@ enum Command {
     Image {
         #[command(subcommand)]
         command: image::ImageCommand,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Group a collection's near-duplicate images (resized, recompressed or
+    /// cropped copies); optionally keep the oldest of each group and delete
+    /// the others.
+    Dupes {
+        #[command(flatten)]
+        args: dupes::DupesArgs,
         #[command(flatten)]
         gateway: GatewayArgs,
     },
@@ -277,6 +287,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         } => classify::run(&inference, &images, json).await,
         Command::Index { command, gateway } => index(command, &gateway.gateway).await,
         Command::Image { command, gateway } => image::run(&gateway.gateway, command).await,
+        Command::Dupes { args, gateway } => dupes::run(&gateway.gateway, args).await,
         Command::Key {
             command: KeyCommand::New { name, role },
         } => new_key(&name, role),

@@ -180,9 +180,13 @@ impl SearchService for SearchGrpc {
         request: Request<pb::FindDuplicatesRequest>,
     ) -> Result<Response<pb::FindDuplicatesResponse>, Status> {
         self.allow(&request, Role::Index)?;
-        Err(Status::unimplemented(
-            "FindDuplicates is not implemented yet",
-        ))
+        let r = request.into_inner();
+        Ok(Response::new(pb::FindDuplicatesResponse {
+            operation_id: self
+                .gateway
+                .find_duplicates(&r.collection, r.min_similarity)
+                .await?,
+        }))
     }
 
     async fn list_duplicates(
@@ -190,8 +194,10 @@ impl SearchService for SearchGrpc {
         request: Request<pb::ListDuplicatesRequest>,
     ) -> Result<Response<pb::ListDuplicatesResponse>, Status> {
         self.allow(&request, Role::Search)?;
-        Err(Status::unimplemented(
-            "ListDuplicates is not implemented yet",
+        Ok(Response::new(
+            self.gateway
+                .list_duplicates(&request.into_inner().collection)
+                .await?,
         ))
     }
 
@@ -201,10 +207,23 @@ impl SearchService for SearchGrpc {
         &self,
         request: Request<pb::WatchOperationRequest>,
     ) -> Result<Response<Self::WatchOperationStream>, Status> {
+        use futures::StreamExt;
         self.allow(&request, Role::Search)?;
-        Err(Status::unimplemented(
-            "WatchOperation is not implemented yet",
-        ))
+        let mut stream = Box::pin(
+            self.gateway
+                .watch_operation(request.into_inner().operation_id),
+        );
+        // An unknown operation is refused as the call's status, not as an
+        // error inside an opened stream.
+        let first = match stream.next().await {
+            Some(Ok(p)) => p,
+            Some(Err(e)) => return Err(e.into()),
+            None => return Err(Status::internal("the operation's stream ended empty")),
+        };
+        let rest = stream.map(|r| r.map_err(Status::from));
+        Ok(Response::new(Box::pin(
+            futures::stream::once(async move { Ok(first) }).chain(rest),
+        )))
     }
 
     type ExportCollectionStream = BoxStream<pb::ExportChunk>;

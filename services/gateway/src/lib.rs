@@ -8,6 +8,7 @@
 //! - `upstream`: clients of the inference, index and training services.
 //! - `collections`: collection metadata, management, thumbnails, rebuilds.
 //! - `images`: one stored image: get, delete by id, relabel.
+//! - `duplicates`: near-duplicate runs, their groups, watching operations.
 //! - `search`: searching by image, stored image or vector.
 //! - `ingest`: adding images (uploads, gRPC `AddImages`, index jobs).
 //! - `index_jobs`: indexing a server folder in the background.
@@ -20,6 +21,7 @@
 
 pub mod auth;
 pub mod collections;
+pub mod duplicates;
 pub mod error;
 pub mod gateway;
 pub mod grpc;

@@ -8,6 +8,7 @@ mod cli;
 mod concurrency;
 mod datasets;
 mod deploy;
+mod dupes;
 mod gateway;
 mod images;
 mod index_jobs;

@@ -23,7 +23,7 @@ pub(super) fn routes() -> Vec<Route> {
 }
 
 #[derive(Serialize)]
-struct ImageJson {
+pub(super) struct ImageJson {
     id: u64,
     collection: String,
     file_name: String,

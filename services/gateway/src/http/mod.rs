@@ -5,6 +5,7 @@
 //! ([`extract`]); the answers are typed structs.
 
 mod collections;
+mod duplicates;
 pub mod extract;
 mod images;
 mod index_jobs;
@@ -41,6 +42,7 @@ fn routes() -> Vec<Route> {
         system::routes(),
         collections::routes(),
         images::routes(),
+        duplicates::routes(),
         ingest::routes(),
         index_jobs::routes(),
         search::routes(),

@@ -73,11 +73,34 @@ fn type_matches(t: &str, v: &Value) -> bool {
     }
 }
 
-/// The subset of JSON Schema the document uses: `$ref`, `oneOf`, `type`,
+/// The subset of JSON Schema the document uses: `$ref`, `allOf` (of
+/// objects), `oneOf`, `type`,
 /// `enum`, `properties` with `required` (and no properties besides those
 /// listed), `items`.
 fn check(doc: &Value, schema: &Value, v: &Value, at: &str, errors: &mut Vec<String>) {
     let schema = resolve(doc, schema);
+    if let Some(parts) = schema["allOf"].as_array() {
+        // One object with the properties of every part (an image and the
+        // fields a listing adds to it).
+        let mut properties = Map::new();
+        let mut required = Vec::new();
+        for part in parts {
+            let part = resolve(doc, part);
+            if let Some(p) = part["properties"].as_object() {
+                properties.extend(p.clone());
+            }
+            if let Some(r) = part["required"].as_array() {
+                required.extend(r.iter().cloned());
+            }
+        }
+        let merged = serde_json::json!({
+            "type": "object",
+            "properties": properties,
+            "required": required,
+        });
+        check(doc, &merged, v, at, errors);
+        return;
+    }
     if let Some(branches) = schema["oneOf"].as_array() {
         let fits = branches.iter().any(|b| {
             let mut e = Vec::new();

@@ -25,8 +25,15 @@ pub enum Linkage {
     /// two different images.
     Single,
     /// Only when every member of one is a near-duplicate of every member
-    /// of the other: no chaining.
+    /// of the other: no chaining, but two copies degraded differently
+    /// (a downscale and a crop) often fall below the threshold of each
+    /// other, and their original's group splits.
     Complete,
+    /// Only when every member of the joined group is a near-duplicate of
+    /// its first (oldest) member, the one a user keeps: a chain reaches
+    /// one step from it at most, and each member's listed similarity (to
+    /// the first) is at least the threshold.
+    Star,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -142,15 +149,23 @@ pub fn group(pairs: &[Pair], features: &HashMap<u64, Vec<f32>>, opts: &Options) 
         if ga == gb {
             continue;
         }
-        if opts.linkage == Linkage::Complete {
-            let all_near = groups[ga].iter().all(|x| {
+        let joins = match opts.linkage {
+            Linkage::Single => true,
+            Linkage::Complete => groups[ga].iter().all(|x| {
                 groups[gb]
                     .iter()
                     .all(|y| sim(&features[x], &features[y]) >= opts.min_similarity)
-            });
-            if !all_near {
-                continue;
+            }),
+            Linkage::Star => {
+                let all = || groups[ga].iter().chain(&groups[gb]);
+                let first = all().min().copied().unwrap_or(p.a);
+                all().all(|x| {
+                    *x == first || sim(&features[&first], &features[x]) >= opts.min_similarity
+                })
             }
+        };
+        if !joins {
+            continue;
         }
         let (big, small) = if groups[ga].len() >= groups[gb].len() {
             (ga, gb)

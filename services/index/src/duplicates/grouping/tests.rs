@@ -91,6 +91,8 @@ fn a_chain_joins_under_single_linkage_only() {
     assert_eq!(ids(&single), vec![vec![1, 2, 3]]);
     let complete = find_groups(&m, &opts(t, Linkage::Complete, Scan::Exact), rule);
     assert_eq!(ids(&complete), vec![vec![1, 2]]);
+    let star = find_groups(&m, &opts(t, Linkage::Star, Scan::Exact), rule);
+    assert_eq!(ids(&star), vec![vec![1, 2]]);
     // Similarities are to the first (oldest) member; the first has 1.
     let g = &complete[0].members;
     assert_eq!(g[0].1, 1.0);
@@ -129,7 +131,7 @@ fn groups_larger_than_the_neighbour_lists_stay_whole() {
         entries.push(entry(id, 0, random_unit(&mut rng)));
     }
     let m = index(&entries);
-    for linkage in [Linkage::Single, Linkage::Complete] {
+    for linkage in [Linkage::Single, Linkage::Complete, Linkage::Star] {
         let mut o = opts(0.9, linkage, Scan::Probe);
         o.neighbours = 4;
         let groups = find_groups(&m, &o, ProbeRule::default());
@@ -225,4 +227,24 @@ fn deleted_features_are_left_out() {
     // 3 was deleted: no feature.
     let groups = group(&pairs, &features, &opts(0.8, Linkage::Single, Scan::Exact));
     assert_eq!(ids(&groups), vec![vec![1, 2]]);
+}
+
+/// An original with a copy on each side of it: the copies are near the
+/// original but not near each other. Complete linkage splits the family,
+/// the star around the original (the oldest) keeps it whole.
+#[test]
+fn the_star_keeps_copies_degraded_two_ways() {
+    let t = 0.8;
+    assert!(sim_at(0.2) >= t && sim_at(0.4) < t);
+    let m = index(&[
+        entry(1, 0, at_angle(0.0, 1)),
+        entry(2, 0, at_angle(0.2, 1)),
+        entry(3, 0, at_angle(-0.2, 1)),
+    ]);
+    let rule = ProbeRule::default();
+    let star = find_groups(&m, &opts(t, Linkage::Star, Scan::Exact), rule);
+    assert_eq!(ids(&star), vec![vec![1, 2, 3]]);
+    assert!(star[0].members[1..].iter().all(|m| m.1 >= t));
+    let complete = find_groups(&m, &opts(t, Linkage::Complete, Scan::Exact), rule);
+    assert_eq!(complete[0].members.len(), 2);
 }
