@@ -311,3 +311,70 @@ async fn one_run_at_a_time(url: &str) {
     s.stop().await;
 }
 both_backends!(duplicates_one_run_at_a_time, one_run_at_a_time);
+
+/// A run while writers add and delete images: it succeeds, and the
+/// listing never shows an image deleted before it was asked for.
+async fn run_under_writes(url: &str) {
+    let s = Server::start(url).await;
+    let mut c = s.client.clone();
+    create(&mut c, "busy", DIMS as u32).await;
+    let families = fill(&mut c, "busy").await;
+    let writers: Vec<_> = (0..2u64)
+        .map(|w| {
+            let mut c = s.client.clone();
+            tokio::spawn(async move {
+                for i in 0..20u64 {
+                    let r = record(10_000 + w * 100 + i, (i % 3) as i32, DIMS);
+                    let id = c
+                        .upsert(pb::UpsertRequest {
+                            collection: "busy".into(),
+                            records: vec![r],
+                            replace: false,
+                        })
+                        .await
+                        .expect("upsert")
+                        .into_inner()
+                        .results[0]
+                        .id;
+                    if i % 2 == 0 {
+                        c.delete(pb::DeleteRequest {
+                            collection: "busy".into(),
+                            ids: vec![id],
+                        })
+                        .await
+                        .expect("delete");
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut ops = Vec::new();
+    for _ in 0..3 {
+        let op = start(&mut c, "busy", 0.9).await;
+        let last = watch(&mut c, &op).await.pop().expect("progress");
+        assert_eq!(last.state, State::Succeeded as i32, "{}", last.message);
+        ops.push(op);
+    }
+    for w in writers {
+        w.await.expect("writer");
+    }
+    // Deleted in the middle of the run or before: gone from the listing.
+    let first = families[0][1];
+    c.delete(pb::DeleteRequest {
+        collection: "busy".into(),
+        ids: vec![first],
+    })
+    .await
+    .expect("delete");
+    let listed = member_ids(&list(&mut c, "busy").await);
+    assert!(listed.iter().flatten().all(|id| *id != first));
+    let op = start(&mut c, "busy", 0.9).await;
+    assert!(!ops.contains(&op));
+    assert_eq!(
+        watch(&mut c, &op).await.pop().expect("progress").state,
+        State::Succeeded as i32
+    );
+    assert_eq!(list(&mut c, "busy").await.groups.len(), families.len());
+    s.stop().await;
+}
+both_backends!(duplicates_under_concurrent_writes, run_under_writes);
