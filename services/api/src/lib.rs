@@ -14,6 +14,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("cbir
 
 pub use v1::*;
 
+pub mod export_file;
 pub mod names;
 
 /// ImageNet-1k class names in index order (sorted-wnid order).

@@ -11,11 +11,14 @@ use parking_lot::RwLock;
 mod load;
 mod physical;
 mod search;
+mod transfer;
 mod write;
 
 use crate::error::{Error, Result};
 use crate::mem::{Hit, MemIndex, Mode, ProbeRule, Stats};
 use crate::store::{CollectionRow, Store, StoredImage};
+
+pub use transfer::{BackupCopy, Export, EXPORT_VERSION};
 
 /// Limits on what one request may carry.
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -99,6 +102,8 @@ pub struct Index {
     /// the follow loop must not sync the catalog from a snapshot taken
     /// before a local change. Taken before any collection's `write`.
     creating: tokio::sync::Mutex<()>,
+    /// Exports and backups running at once.
+    transfers: transfer::Transfers,
 }
 
 /// A record to upsert, as the API gives it.
@@ -171,6 +176,7 @@ impl Index {
             probe,
             default_mode: Mode::Probe,
             creating: tokio::sync::Mutex::new(()),
+            transfers: transfer::Transfers::default(),
         };
         let started = Instant::now();
         // Counters first: a write during the load shows as a moved counter.
@@ -260,15 +266,16 @@ impl Index {
             })
     }
 
-    pub async fn create_collection(
+    /// What a new collection must be: a valid name, a named model, bounded
+    /// texts and dimensions.
+    fn check_new_collection(
         &self,
         name: &str,
         model_name: &str,
         model_version: &str,
         dims: u32,
         description: &str,
-        if_not_exists: bool,
-    ) -> Result<Arc<Collection>> {
+    ) -> Result<()> {
         valid_name(name)?;
         if model_name.trim().is_empty() || model_version.trim().is_empty() {
             return Err(Error::InvalidArgument(
@@ -292,6 +299,19 @@ impl Index {
                 self.limits.max_dims
             )));
         }
+        Ok(())
+    }
+
+    pub async fn create_collection(
+        &self,
+        name: &str,
+        model_name: &str,
+        model_version: &str,
+        dims: u32,
+        description: &str,
+        if_not_exists: bool,
+    ) -> Result<Arc<Collection>> {
+        self.check_new_collection(name, model_name, model_version, dims, description)?;
         let _creating = self.creating.lock().await;
         if let Ok(existing) = self.resolve(name) {
             let same = existing.row.model_name == model_name

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use cbir_api::v1 as pb;
 use cbir_api::v1::index_service_server::IndexService;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::duplicates::Duplicates;
@@ -426,20 +426,55 @@ impl IndexService for IndexGrpc {
 
     async fn export_collection(
         &self,
-        _request: Request<pb::ExportCollectionRequest>,
+        request: Request<pb::ExportCollectionRequest>,
     ) -> Result<Response<Self::ExportCollectionStream>, Status> {
-        Err(Status::unimplemented(
-            "ExportCollection is not implemented yet",
-        ))
+        let r = request.into_inner();
+        let export = self.index.export(&r.collection, r.batch_size).await?;
+        let mut collection = collection_msg(&r.collection, &export.collection);
+        collection.count = export.count;
+        let header = pb::ExportChunk {
+            chunk: Some(pb::export_chunk::Chunk::Header(pb::ExportHeader {
+                version: crate::index::EXPORT_VERSION,
+                collection: Some(collection),
+                count: export.count,
+            })),
+            target_name: String::new(),
+        };
+        let batches = export.batches.map(|b| {
+            b.map(|records| pb::ExportChunk {
+                chunk: Some(pb::export_chunk::Chunk::Images(pb::ImageBatch { records })),
+                target_name: String::new(),
+            })
+            .map_err(Status::from)
+        });
+        Ok(Response::new(Box::pin(
+            futures::stream::once(async { Ok(header) }).chain(batches),
+        )))
     }
 
     async fn import_collection(
         &self,
-        _request: Request<tonic::Streaming<pb::ExportChunk>>,
+        request: Request<tonic::Streaming<pb::ExportChunk>>,
     ) -> Result<Response<pb::ImportCollectionResponse>, Status> {
-        Err(Status::unimplemented(
-            "ImportCollection is not implemented yet",
-        ))
+        let chunks = request.into_inner().map(|c| {
+            c.map_err(|s| {
+                crate::Error::Unavailable(format!(
+                    "the import stream broke ({}): nothing was imported",
+                    s.message()
+                ))
+            })
+        });
+        // A task of its own: a client that goes away mid-import cancels this
+        // handler, and the import must still see its stream break and drop
+        // the half-made collection.
+        let index = self.index.clone();
+        let (coll, name, imported) = tokio::spawn(async move { index.import(chunks).await })
+            .await
+            .map_err(|e| Status::internal(format!("import task: {e}")))??;
+        Ok(Response::new(pb::ImportCollectionResponse {
+            collection: Some(collection_msg(&name, &coll)),
+            imported,
+        }))
     }
 
     type BackupDatabaseStream =
@@ -449,8 +484,12 @@ impl IndexService for IndexGrpc {
         &self,
         _request: Request<pb::BackupDatabaseRequest>,
     ) -> Result<Response<Self::BackupDatabaseStream>, Status> {
-        Err(Status::unimplemented(
-            "BackupDatabase is not implemented yet",
-        ))
+        let copy = self.index.backup().await?;
+        let total_bytes = copy.bytes;
+        let chunks = copy.into_chunks().map(move |c| {
+            c.map(|data| pb::BackupChunk { data, total_bytes })
+                .map_err(Status::from)
+        });
+        Ok(Response::new(Box::pin(chunks)))
     }
 }

@@ -6,6 +6,7 @@ mod catalog;
 mod duplicates;
 mod images;
 mod read;
+mod transfer;
 
 pub use duplicates::{DuplicateRun, RunStart, RUN_LEASE_MS};
 
@@ -14,6 +15,8 @@ use cbir_index_migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement, Value};
 
 use crate::error::{Error, Result};
+
+pub use transfer::{ExportedImage, Snapshot};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CollectionRow {

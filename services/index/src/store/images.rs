@@ -69,7 +69,9 @@ impl Store {
         }
         // Sorted for a deterministic id order.
         fresh.sort_by_key(|img| last[img.content_hash.as_str()]);
-        self.insert_images(&tx, collection_id, &fresh, now).await?;
+        let created_at = vec![now; fresh.len()];
+        self.insert_images(&tx, collection_id, &fresh, &created_at)
+            .await?;
         if !fresh.is_empty() {
             let new_hashes: Vec<&str> = fresh.iter().map(|i| i.content_hash.as_str()).collect();
             let ids = self.ids_by_hash(&*tx, collection_id, &new_hashes).await?;
@@ -137,20 +139,24 @@ impl Store {
         Ok(())
     }
 
-    /// The rows of new images, many per statement.
-    async fn insert_images(
+    /// The rows of new images, many per statement; `created_at[i]` is
+    /// the creation time of `fresh[i]`.
+    pub(super) async fn insert_images(
         &self,
         tx: &DatabaseTransaction,
         collection_id: i64,
         fresh: &[&NewImage],
-        now: i64,
+        created_at: &[i64],
     ) -> Result<()> {
-        for chunk in fresh.chunks(ROWS_PER_STATEMENT) {
+        for (chunk, times) in fresh
+            .chunks(ROWS_PER_STATEMENT)
+            .zip(created_at.chunks(ROWS_PER_STATEMENT))
+        {
             let mut sql = String::from(
                 "INSERT INTO images (collection_id, predicted_class, content_hash, file_name, path, label, feature, created_at_ms) VALUES ",
             );
             let mut values = Vec::with_capacity(chunk.len() * 8);
-            for (i, img) in chunk.iter().enumerate() {
+            for (i, (img, created)) in chunk.iter().zip(times).enumerate() {
                 if i > 0 {
                     sql.push(',');
                 }
@@ -163,7 +169,7 @@ impl Store {
                     img.path.as_str().into(),
                     img.label.as_str().into(),
                     encode_feature(&img.feature).into(),
-                    now.into(),
+                    (*created).into(),
                 ]);
             }
             tx.execute(self.stmt(&sql, values)).await.map_err(|e| {
@@ -183,7 +189,7 @@ impl Store {
 
     /// The blobs of new images `(image id, image)`, in statements bounded by
     /// rows and by bytes.
-    async fn insert_blobs(
+    pub(super) async fn insert_blobs(
         &self,
         tx: &DatabaseTransaction,
         collection_id: i64,
@@ -224,7 +230,7 @@ impl Store {
         Ok(())
     }
 
-    async fn ids_by_hash<C: ConnectionTrait>(
+    pub(super) async fn ids_by_hash<C: ConnectionTrait>(
         &self,
         conn: &C,
         collection_id: i64,

@@ -22,7 +22,7 @@ impl Store {
             .unwrap_or(0) as u64)
     }
 
-    fn loaded_from_row(r: &sea_orm::QueryResult) -> Result<LoadedImage> {
+    pub(super) fn loaded_from_row(r: &sea_orm::QueryResult) -> Result<LoadedImage> {
         let blob: Vec<u8> = r.try_get("", "feature").map_err(db_err("feature"))?;
         Ok(LoadedImage {
             id: r.try_get::<i64>("", "id").map_err(db_err("id"))? as u64,
