@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use cbir_api::v1 as pb;
 use cbir_api::v1::search_service_server::SearchService;
+use futures::StreamExt;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{key_from_headers, Role};
@@ -233,9 +234,11 @@ impl SearchService for SearchGrpc {
         request: Request<pb::ExportCollectionRequest>,
     ) -> Result<Response<Self::ExportCollectionStream>, Status> {
         self.allow(&request, Role::Admin)?;
-        Err(Status::unimplemented(
-            "ExportCollection is not implemented yet",
-        ))
+        let chunks = self
+            .gateway
+            .export_collection(&request.into_inner().collection)
+            .await?;
+        Ok(Response::new(Box::pin(chunks)))
     }
 
     async fn import_collection(
@@ -243,9 +246,15 @@ impl SearchService for SearchGrpc {
         request: Request<tonic::Streaming<pb::ExportChunk>>,
     ) -> Result<Response<pb::ImportCollectionResponse>, Status> {
         self.allow(&request, Role::Admin)?;
-        Err(Status::unimplemented(
-            "ImportCollection is not implemented yet",
-        ))
+        let chunks = StreamExt::map(request.into_inner(), |c| {
+            c.map_err(|s| {
+                crate::Error::InvalidArgument(format!(
+                    "the import stream broke ({}): nothing was imported",
+                    s.message()
+                ))
+            })
+        });
+        Ok(Response::new(self.gateway.import_collection(chunks).await?))
     }
 
     type BackupDatabaseStream = BoxStream<pb::BackupChunk>;
@@ -255,9 +264,9 @@ impl SearchService for SearchGrpc {
         request: Request<pb::BackupDatabaseRequest>,
     ) -> Result<Response<Self::BackupDatabaseStream>, Status> {
         self.allow(&request, Role::Admin)?;
-        Err(Status::unimplemented(
-            "BackupDatabase is not implemented yet",
-        ))
+        Ok(Response::new(Box::pin(
+            self.gateway.backup_database().await?,
+        )))
     }
 }
 

@@ -13,6 +13,7 @@
 //! - `ingest`: adding images (uploads, gRPC `AddImages`, index jobs).
 //! - `index_jobs`: indexing a server folder in the background.
 //! - `training`: datasets, training jobs and the model registry.
+//! - `backups`: collection export and import, the index database's copy.
 //! - `http`: the REST API, one file per resource.
 //! - `ui`: the web UI's files.
 //! - `grpc`: the public gRPC `SearchService`.
@@ -20,6 +21,7 @@
 //! - `error`: the error type and its HTTP and gRPC mappings.
 
 pub mod auth;
+pub mod backups;
 pub mod collections;
 pub mod duplicates;
 pub mod error;
@@ -81,6 +83,9 @@ pub struct Limits {
     pub max_top_k: usize,
     /// Largest training dataset archive (streamed to the training service).
     pub max_dataset_bytes: u64,
+    /// Largest collection export accepted by the REST import (streamed
+    /// to the index, never held whole).
+    pub max_import_bytes: u64,
     /// Bytes that the images decoded at once (thumbnails and renditions)
     /// may hold together, per process (shared with the other services of
     /// `cbir up`); one image needing more is refused.
@@ -114,6 +119,7 @@ impl Default for Limits {
             max_request_bytes: 256 << 20,
             max_top_k: 10_000,
             max_dataset_bytes: 4 << 30,
+            max_import_bytes: 64 << 30,
             decode_memory_bytes: cbir_imaging::Limits::default().decode_memory_bytes,
             max_decodes: 0,
             decode_wait_ms: cbir_imaging::Limits::default().decode_wait_ms,

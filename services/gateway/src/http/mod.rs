@@ -4,6 +4,7 @@
 //! `Gateway` method. Authorisation is in the handlers' types
 //! ([`extract`]); the answers are typed structs.
 
+mod backups;
 mod collections;
 mod duplicates;
 pub mod extract;
@@ -48,6 +49,7 @@ fn routes() -> Vec<Route> {
         search::routes(),
         training::routes(),
         models::routes(),
+        backups::routes(),
     ]
     .concat()
 }
@@ -66,6 +68,7 @@ pub fn route_paths() -> Vec<&'static str> {
 pub fn router(gateway: Arc<Gateway>) -> Router {
     let body_limit = gateway.cfg.limits.max_request_bytes;
     let dataset_limit = gateway.cfg.limits.max_dataset_bytes;
+    let import_limit = gateway.cfg.limits.max_import_bytes;
     routes()
         .into_iter()
         .fold(crate::ui::routes(), |r, (path, handler)| {
@@ -77,9 +80,13 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn(
             move |req: Request, next: axum::middleware::Next| {
-                // Dataset archives stream through under their own limit.
-                let limit = if req.uri().path() == "/api/training/datasets" {
+                // Dataset archives and collection exports stream through
+                // under their own limits.
+                let path = req.uri().path();
+                let limit = if path == "/api/training/datasets" {
                     usize::try_from(dataset_limit).unwrap_or(usize::MAX)
+                } else if path.starts_with("/api/collections/") && path.ends_with("/import") {
+                    usize::try_from(import_limit).unwrap_or(usize::MAX)
                 } else {
                     body_limit
                 };
