@@ -1,5 +1,6 @@
 //! `cbir`: run the system and talk to it.
 
+mod backup;
 mod classify;
 mod client;
 mod dupes;
@@ -82,6 +83,21 @@ enum Command {
     Dupes {
         #[command(flatten)]
         args: dupes::DupesArgs,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Whole collections as files: export one, import one (also into
+    /// another system or database backend).
+    Collection {
+        #[command(subcommand)]
+        command: backup::CollectionCommand,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Copy the index's SQLite database to FILE while it serves (online,
+    /// consistent); on MySQL/MariaDB use mariadb-dump (docs/OPERATIONS.md).
+    Backup {
+        file: PathBuf,
         #[command(flatten)]
         gateway: GatewayArgs,
     },
@@ -288,6 +304,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Index { command, gateway } => index(command, &gateway.gateway).await,
         Command::Image { command, gateway } => image::run(&gateway.gateway, command).await,
         Command::Dupes { args, gateway } => dupes::run(&gateway.gateway, args).await,
+        Command::Collection { command, gateway } => {
+            backup::collection(&gateway.gateway, command).await
+        }
+        Command::Backup { file, gateway } => backup::backup(&gateway.gateway, &file).await,
         Command::Key {
             command: KeyCommand::New { name, role },
         } => new_key(&name, role),

@@ -403,8 +403,8 @@ async fn concurrent_uploads_rebuild_and_searches_on_mariadb() {
 
 /// A fresh database on the test MariaDB (`CBIR_TEST_MYSQL_URL`, default
 /// mysql://root@127.0.0.1:3306), dropped at the end.
-struct MariaDb {
-    url: String,
+pub struct MariaDb {
+    pub url: String,
     name: String,
 }
 
@@ -413,7 +413,7 @@ fn mysql_base() -> String {
 }
 
 impl MariaDb {
-    async fn create() -> Self {
+    pub async fn create() -> Self {
         use sea_orm::ConnectionTrait;
         let base = mysql_base();
         let admin = sea_orm::Database::connect(format!("{base}/mysql"))
@@ -435,7 +435,7 @@ impl MariaDb {
         }
     }
 
-    async fn drop_db(self) {
+    pub async fn drop_db(self) {
         use sea_orm::ConnectionTrait;
         if let Ok(admin) = sea_orm::Database::connect(format!("{}/mysql", mysql_base())).await {
             let _ = admin

@@ -3,6 +3,7 @@
 
 mod access;
 mod adversarial;
+mod backup;
 mod browser;
 mod cli;
 mod concurrency;
