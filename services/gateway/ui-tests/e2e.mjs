@@ -2,7 +2,7 @@
 //
 // Environment:
 //   CBIR_URL           gateway base URL (default http://127.0.0.1:8080)
-//   CBIR_PHASE         flow | features | error | recover | maintenance (default flow)
+//   CBIR_PHASE         flow | viewer | filters | gallery | dupes | error | recover | maintenance (default flow)
 //   CBIR_COLLECTION    collection name (default e2e); maintenance: the collection the flow phase created
 //   CBIR_FOLDER        flow: local folder with one subfolder per class of images
 //   CBIR_QUERY         an image file to search with
@@ -10,8 +10,8 @@
 //   CBIR_EXPECT_ERROR  error: substring expected in the error banner (case-insensitive)
 //   CBIR_MODEL         maintenance: the name of the active model (default efficientnet-lite0)
 //   CBIR_SCREENSHOT    optional png path; written at the end (also on failure)
-//   CBIR_ARTIFACTS     features, maintenance: folder for screenshots at 1400 and 400 px
-//   CBIR_BROKEN_FOLDER features: a folder with a file that is not an image (uploads fail, retry)
+//   CBIR_ARTIFACTS     folder for the screenshots of each page at 1400 and 400 px
+//   CBIR_BROKEN_FOLDER dupes: a folder with a file that is not an image (uploads fail, retry)
 //   CHROMIUM           chromium binary (default /usr/bin/chromium)
 // Prints one JSON line on stdout; exit 0 on success, 1 on failure.
 import fs from 'node:fs';
@@ -341,15 +341,24 @@ async function waitForCount(page, testid, n, timeout = 30000) {
   });
 }
 
-async function featuresPhase(page) {
-  const query = need('CBIR_QUERY');
+async function setup(page) {
   const dialogs = [];
   page.on('dialog', (d) => { dialogs.push(d.message()); d.accept().catch(() => {}); });
   const stats = (await getJson(`/api/collections/${enc(collection)}`)).body;
-  const count = stats.count;
   const labels = [...(stats.labels || [])].sort((a, b) => b.count - a.count);
+  return { dialogs, count: stats.count, labels };
+}
+
+function needLabels(labels) {
   check(labels.length >= 2, `the stats of "${collection}" list ${labels.length} labels, expected the class folders`);
   summary.labels = labels.length;
+}
+
+// The viewer (details, Escape, focus), the search in the address (reload, back), partition
+// mode's note, the similarity bands, and a change of collection re-running the search.
+async function viewerPhase(page) {
+  const query = need('CBIR_QUERY');
+  await setup(page);
   // A second collection of one image: switching to it must re-run the search there.
   const other = `${collection}-other`;
   const made = await getJson('/api/collections', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ name: other }) });
@@ -359,6 +368,81 @@ async function featuresPhase(page) {
   const put = await getJson(`/api/collections/${enc(other)}/images`, { method: 'POST', body: fd });
   check(put.status === 200, `adding an image to "${other}" answered HTTP ${put.status}`);
 
+  const k = 12;
+  await page.goto(`${base}/#search`);
+  await selectCollection(page, 'collection-select');
+  await byId(page, 'top-k').fill(String(k));
+  await byId(page, 'top-k').blur();
+  let prev = await resultsSeq(page);
+  await byId(page, 'query-input').setInputFiles(query);
+  let res = await waitForResults(page, prev);
+  check(res.length > 1, `the search shows ${res.length} results`);
+  // The band reads at a glance; the raw distance shows on demand.
+  const band = await page.locator('[data-testid="result"] [data-testid="similarity-band"]').first().getAttribute('data-band');
+  check(['identical', 'very', 'similar', 'weak'].includes(band), `the first result has no similarity band (${band})`);
+  await byId(page, 'show-raw').check();
+  const raw = await page.locator('[data-testid="result-similarity"]').first().innerText();
+  check(/distance \d\.\d{3}/.test(raw), `"Show distances" shows "${raw}"`);
+  await shoot(page, 'search');
+
+  // The viewer: the second result opens, Escape closes it, the focus returns to that result.
+  const second = page.locator('[data-testid="result"]').nth(1);
+  const secondId = await second.getAttribute('data-id');
+  await second.click();
+  await page.waitForFunction(() => document.getElementById('viewer').open);
+  await page.waitForFunction(() => document.querySelector('#viewer-details').textContent.includes('Added'));
+  const details = await byId(page, 'viewer-details').innerText();
+  for (const want of ['File', 'Path', 'Label', 'Partition', 'Similarity', 'Added']) {
+    check(details.toLowerCase().includes(want.toLowerCase()), `the viewer does not show "${want}": ${details}`);
+  }
+  await shoot(page, 'viewer');
+  await page.keyboard.press('Escape');
+  await page.waitForFunction(() => !document.getElementById('viewer').open);
+  const back = await page.evaluate(() => document.activeElement && document.activeElement.dataset.id);
+  check(back === secondId, `after Escape the focus is on ${JSON.stringify(back)}, not the result that opened the viewer (${secondId})`);
+
+  // Search with it from the viewer: the address names it; a reload gives the same search; the
+  // back button returns to the uploaded image's search.
+  prev = await resultsSeq(page);
+  await second.click();
+  await byId(page, 'viewer-search').click();
+  await waitForResults(page, prev, secondId);
+  check(new URL(page.url()).hash.includes(`q=${secondId}`), `the address does not name the query image: ${page.url()}`);
+  await page.reload();
+  res = await waitForResults(page, -1, secondId);
+  check(res.length > 0 && res.every((r) => r.id), 'the reloaded search shows no results');
+  await page.goBack();
+  await page.waitForFunction(() => {
+    const r = document.querySelector('[data-testid="results"]');
+    return r.dataset.state === 'done' && r.dataset.queryId === '' && location.hash.includes('q=upload');
+  }, null, { timeout: 60000 });
+
+  // Partition mode names the partition when it finds fewer than asked.
+  prev = await resultsSeq(page);
+  await byId(page, 'mode-select').selectOption('partition');
+  res = await waitForResults(page, prev);
+  if (res.length < k) {
+    const note = await byId(page, 'results-note').innerText();
+    check(/partition/i.test(note) && note.includes(String(res.length)), `partition mode found ${res.length} of ${k} without saying why: "${note}"`);
+  }
+  check((await byId(page, 'mode-hint').innerText()).toLowerCase().includes('partition'), 'the mode has no explanation');
+
+  // Changing the collection re-runs the search there.
+  prev = await resultsSeq(page);
+  await byId(page, 'collection-select').selectOption(other);
+  res = await waitForResults(page, prev);
+  check(res.length === 1 && new URL(page.url()).hash.includes(`c=${enc(other)}`), `the search did not follow the collection to "${other}" (${res.length} results)`);
+  prev = await resultsSeq(page);
+  await byId(page, 'collection-select').selectOption(collection);
+  await byId(page, 'mode-select').selectOption('probe');
+  await waitForResults(page, prev);
+}
+
+// Labels with counts, a filtered search with "load more", ranks, the filter in the address.
+async function filtersPhase(page) {
+  const query = need('CBIR_QUERY');
+  const { count, labels } = await setup(page);
+  needLabels(labels);
   // Index tab: the user's labels with their counts, most first.
   await page.goto(`${base}/#index`);
   await selectCollection(page, 'index-collection-select');
@@ -400,68 +484,22 @@ async function featuresPhase(page) {
   const hash = new URL(page.url()).hash;
   check(hash.includes(`not=${enc(out.label)}`) && hash.includes(`k=${k}`) && hash.includes('q=upload'), `the address does not hold the search: ${hash}`);
   summary.filtered_results = all.length;
-  // The band reads at a glance; the raw distance shows on demand.
-  const band = await page.locator('[data-testid="result"] [data-testid="similarity-band"]').first().getAttribute('data-band');
-  check(['identical', 'very', 'similar', 'weak'].includes(band), `the first result has no similarity band (${band})`);
-  await byId(page, 'show-raw').check();
-  const raw = await page.locator('[data-testid="result-similarity"]').first().innerText();
-  check(/distance \d\.\d{3}/.test(raw), `"Show distances" shows "${raw}"`);
   await shoot(page, 'search-filtered');
-
-  // The viewer: the second result opens, Escape closes it, the focus returns to that result.
-  const second = page.locator('[data-testid="result"]').nth(1);
-  const secondId = await second.getAttribute('data-id');
-  await second.click();
+  const best = page.locator('[data-testid="result"]').first();
+  await best.click();
   await page.waitForFunction(() => document.getElementById('viewer').open);
-  await page.waitForFunction(() => document.querySelector('#viewer-details').textContent.includes('Added'));
-  const details = await byId(page, 'viewer-details').innerText();
-  for (const want of ['File', 'Path', 'Label', 'Partition', 'Similarity', 'Rank', 'Added']) {
-    check(details.toLowerCase().includes(want.toLowerCase()), `the viewer does not show "${want}": ${details}`);
-  }
-  await shoot(page, 'viewer');
+  await page.waitForFunction(() => /rank/i.test(document.querySelector('#viewer-details').textContent));
   await page.keyboard.press('Escape');
-  await page.waitForFunction(() => !document.getElementById('viewer').open);
-  const back = await page.evaluate(() => document.activeElement && document.activeElement.dataset.id);
-  check(back === secondId, `after Escape the focus is on ${JSON.stringify(back)}, not the result that opened the viewer (${secondId})`);
-
-  // Search with it from the viewer: the address names it; a reload gives the same search; the
-  // back button returns to the uploaded image's search.
-  prev = await resultsSeq(page);
-  await second.click();
-  await byId(page, 'viewer-search').click();
-  await waitForResults(page, prev, secondId);
-  check(new URL(page.url()).hash.includes(`q=${secondId}`), `the address does not name the query image: ${page.url()}`);
   await page.reload();
-  res = await waitForResults(page, -1, secondId);
-  check(res.length > 0 && res.every((r) => r.id), 'the reloaded search shows no results');
+  await page.waitForFunction(() => document.querySelector('[data-testid="results"]').dataset.state === 'done', null, { timeout: 60000 });
   check(await page.locator(`[data-testid="filter-label"][data-label="${out.label}"][data-state="out"]`).count() === 1,
     'the reloaded search lost its label filter');
-  await page.goBack();
-  await page.waitForFunction(() => {
-    const r = document.querySelector('[data-testid="results"]');
-    return r.dataset.state === 'done' && r.dataset.queryId === '' && location.hash.includes('q=upload');
-  }, null, { timeout: 60000 });
+}
 
-  // Partition mode names the partition when it finds fewer than asked.
-  prev = await resultsSeq(page);
-  await byId(page, 'mode-select').selectOption('partition');
-  res = await waitForResults(page, prev);
-  if (res.length < k) {
-    const note = await byId(page, 'results-note').innerText();
-    check(/partition/i.test(note) && note.includes(String(res.length)), `partition mode found ${res.length} of ${k} without saying why: "${note}"`);
-  }
-  check((await byId(page, 'mode-hint').innerText()).toLowerCase().includes('partition'), 'the mode has no explanation');
-
-  // Changing the collection re-runs the search there.
-  prev = await resultsSeq(page);
-  await byId(page, 'collection-select').selectOption(other);
-  res = await waitForResults(page, prev);
-  check(res.length === 1 && new URL(page.url()).hash.includes(`c=${enc(other)}`), `the search did not follow the collection to "${other}" (${res.length} results)`);
-  prev = await resultsSeq(page);
-  await byId(page, 'collection-select').selectOption(collection);
-  await byId(page, 'mode-select').selectOption('probe');
-  await waitForResults(page, prev);
-
+// The gallery: paging, sort, the label filter, relabel and delete from the grid.
+async function galleryPhase(page) {
+  const { dialogs, count, labels } = await setup(page);
+  needLabels(labels);
   // The gallery: sorted by name, a page of 24 then "load more", a label filter with counts,
   // relabel two images and delete one from the grid.
   await page.goto(`${base}/#browse?c=${enc(collection)}&sort=name&order=asc`);
@@ -499,6 +537,11 @@ async function featuresPhase(page) {
   check((await getJson(`/api/collections/${enc(collection)}/images/${doomed}`)).status === 404, `image ${doomed} is still stored after its delete`);
   summary.gallery = { relabelled: ids, deleted: doomed };
 
+}
+
+// The duplicates review, and uploads that fail, are retried, and never point to a log.
+async function dupesPhase(page) {
+  await setup(page);
   // Duplicates: a run with progress, then keep one of a group and delete the others.
   await page.goto(`${base}/#dupes`);
   await selectCollection(page, 'dupes-collection');
@@ -526,8 +569,8 @@ async function featuresPhase(page) {
 
   // Uploads: a file that is not an image fails; the retry button offers it again; no message
   // sends the user to a server log.
-  const broken = env.CBIR_BROKEN_FOLDER;
-  if (broken) {
+  const broken = need('CBIR_BROKEN_FOLDER');
+  {
     await page.goto(`${base}/#index`);
     await selectCollection(page, 'index-collection-select');
     await byId(page, 'folder-input').setInputFiles(broken);
@@ -555,8 +598,11 @@ let browser;
 let page;
 let exitCode = 1;
 try {
-  const phases = { flow, features: featuresPhase, error: errorPhase, recover: recoverPhase, maintenance: maintenancePhase };
-  check(phases[phase], `CBIR_PHASE must be flow, features, error, recover or maintenance, got "${phase}"`);
+  const phases = {
+    flow, viewer: viewerPhase, filters: filtersPhase, gallery: galleryPhase, dupes: dupesPhase,
+    error: errorPhase, recover: recoverPhase, maintenance: maintenancePhase,
+  };
+  check(phases[phase], `CBIR_PHASE must be one of ${Object.keys(phases).join(', ')}, got "${phase}"`);
   browser = await chromium.launch({
     executablePath: env.CHROMIUM || '/usr/bin/chromium',
     args: ['--no-sandbox'],

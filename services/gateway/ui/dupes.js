@@ -160,6 +160,7 @@ async function start() {
     const r = await api(`/api/collections/${enc(coll)}/duplicates`, { method: 'POST', json: body });
     banner.clear('dupes');
     $('dupes-groups').replaceChildren();
+    $('dupes-groups').dataset.state = 'running'; // the groups of this run are not listed yet
     $('dupes-note').textContent = 'The groups show here when the run ends.';
     showProgress({ state: 'pending', done: 0, total: 0 });
     await follow(r.operation_id, coll);

@@ -99,8 +99,12 @@ async function restoreUpload() {
   let saved = null;
   try { saved = JSON.parse(sessionStorage.getItem(UPLOAD_KEY) || 'null'); } catch (_) { saved = null; }
   if (!saved || !saved.data) return null;
-  const blob = await (await fetch(saved.data)).blob();
-  return new File([blob], saved.name || 'query', { type: saved.type || blob.type });
+  // Decoded here: the page's CSP (connect-src 'self') refuses fetch() of a data: URL.
+  const comma = saved.data.indexOf(',');
+  const bin = atob(saved.data.slice(comma + 1));
+  const bytes = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i += 1) bytes[i] = bin.charCodeAt(i);
+  return new File([bytes], saved.name || 'query', { type: saved.type || 'application/octet-stream' });
 }
 
 function setQueryFile(file, { push = true } = {}) {
