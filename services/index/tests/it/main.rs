@@ -15,3 +15,4 @@ mod names;
 mod reupload;
 mod service;
 mod storage;
+mod transfer;
