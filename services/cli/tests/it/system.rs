@@ -134,6 +134,12 @@ impl TestTls {
         let ca_key = KeyPair::generate().expect("key");
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // Not rcgen's default name, which the leaves carry too: OpenSSL
+        // clients (Python's grpc, curl) take a leaf whose issuer is its
+        // own subject for self-signed and refuse it.
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "cbir test CA");
         let ca = ca_params.self_signed(&ca_key).expect("ca");
         let issue = |names: Vec<String>| {
             let key = KeyPair::generate().expect("key");
