@@ -146,6 +146,7 @@ async fn python_client_from_a_fresh_venv_against_a_running_system() {
         ("CBIR_TEST_INDEX_KEY", "secret-indexer".to_string()),
         ("CBIR_TEST_ADMIN_KEY", "secret-root".to_string()),
         ("CBIR_TEST_IMAGES", images),
+        ("CBIR_TEST_CLI", env!("CARGO_BIN_EXE_cbir").to_string()),
     ];
     let ignore_tls = "--ignore={tests}/test_tls.py";
     pytest(&py, work.path(), sys.url(), &["{tests}", ignore_tls], &keys).await;
