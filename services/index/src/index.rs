@@ -15,7 +15,7 @@ mod transfer;
 mod write;
 
 use crate::error::{Error, Result};
-use crate::mem::{Hit, MemIndex, Mode, ProbeRule, Stats};
+use crate::mem::{Filter, Hit, MemIndex, Mode, ProbeRule, Stats};
 use crate::store::{CollectionRow, Store, StoredImage};
 
 pub use transfer::{BackupCopy, Export, EXPORT_VERSION};
@@ -32,6 +32,10 @@ pub struct Limits {
     pub max_path_len: usize,
     pub max_label_len: usize,
     pub max_dims: u32,
+    /// Queries in one SearchBatch call.
+    pub max_batch_queries: usize,
+    /// Labels in each list of a search filter (in, not in).
+    pub max_filter_labels: usize,
 }
 
 impl Default for Limits {
@@ -45,6 +49,8 @@ impl Default for Limits {
             max_path_len: cbir_common::records::DEFAULT_TEXT_LIMITS.max_path,
             max_label_len: cbir_common::records::DEFAULT_TEXT_LIMITS.max_label,
             max_dims: 8192,
+            max_batch_queries: 64,
+            max_filter_labels: 100,
         }
     }
 }
@@ -131,10 +137,17 @@ pub struct SearchRequest {
     /// to another model refuses the search (its name may have switched to a
     /// rebuild for a new model since the caller looked).
     pub model: Option<(String, String)>,
+    /// Only images it admits are ranked.
+    pub filter: Filter,
+    /// Best hits to skip (paging): the answer is hits offset..offset+top_k
+    /// of the whole ranking.
+    pub offset: usize,
 }
 
 pub struct SearchResult {
     pub hits: Vec<Hit>,
+    /// Hits exist after these.
+    pub has_more: bool,
     pub stats: Stats,
     pub mode: Mode,
     pub took_us: u64,

@@ -3,6 +3,7 @@
 //! pass over large partitions), with the searches over them.
 
 mod cell;
+mod filter;
 mod search;
 mod split;
 
@@ -10,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 pub use cell::Cell;
+pub use filter::Filter;
 use split::nearest;
 
 /// What a result shows besides its distance.
@@ -19,6 +21,8 @@ pub struct Meta {
     pub file_name: String,
     pub path: String,
     pub label: String,
+    /// When the image was first stored (Unix ms), for time filters.
+    pub created_at_ms: i64,
 }
 
 /// One vector to add; `feature` must already be unit length.
@@ -80,6 +84,8 @@ pub struct Query<'a> {
     pub mode: Mode,
     pub min_similarity: f32,
     pub exclude_id: Option<u64>,
+    /// Only entries it admits are ranked.
+    pub filter: &'a Filter,
 }
 
 #[derive(Debug, Clone)]

@@ -9,8 +9,8 @@ use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::duplicates::Duplicates;
-use crate::index::{Collection, Index, Record, SearchRequest};
-use crate::mem::Mode;
+use crate::index::{Collection, Index, Record, SearchRequest, SearchResult};
+use crate::mem::{Filter, Mode};
 use crate::rebuild::Rebuilder;
 
 #[derive(Clone)]
@@ -50,6 +50,72 @@ pub fn mode_to(m: Mode) -> pb::SearchMode {
         Mode::Partition => pb::SearchMode::Partition,
         Mode::Probe => pb::SearchMode::Probe,
         Mode::Exact => pb::SearchMode::Exact,
+    }
+}
+
+/// A search as the domain takes it; the filter and mode checked on the way.
+fn search_request(r: pb::IndexSearchRequest) -> Result<SearchRequest, Status> {
+    let f = r.filter.unwrap_or_default();
+    Ok(SearchRequest {
+        mode: mode_from(r.mode)?,
+        collection: r.collection,
+        vector: r.vector,
+        predicted_class: (r.predicted_class >= 0).then_some(r.predicted_class),
+        top_k: r.top_k as usize,
+        min_similarity: r.min_similarity,
+        exclude_id: (r.exclude_id != 0).then_some(r.exclude_id),
+        model: r
+            .model
+            .filter(|m| !m.name.is_empty())
+            .map(|m| (m.name, m.version)),
+        filter: Filter {
+            labels_in: f.labels_in,
+            labels_not_in: f.labels_not_in,
+            path_prefix: f.path_prefix,
+            created_from_ms: f.created_from_ms,
+            created_to_ms: f.created_to_ms,
+        },
+        offset: r.offset as usize,
+    })
+}
+
+fn search_response(res: SearchResult) -> pb::IndexSearchResponse {
+    pb::IndexSearchResponse {
+        hits: res
+            .hits
+            .into_iter()
+            .map(|h| pb::SearchHit {
+                id: h.id,
+                file_name: h.meta.file_name.clone(),
+                path: h.meta.path.clone(),
+                label: h.meta.label.clone(),
+                distance: h.distance,
+                similarity: h.similarity,
+                partition: h.partition,
+                content_hash: h.meta.content_hash.clone(),
+                created_at_ms: h.meta.created_at_ms,
+            })
+            .collect(),
+        has_more: res.has_more,
+        stats: Some(pb::SearchStats {
+            partitions_searched: res.stats.partitions_searched,
+            partitions_total: res.stats.partitions_total,
+            vectors_scanned: res.stats.vectors_scanned,
+            vectors_total: res.stats.vectors_total,
+            took_us: res.took_us,
+        }),
+        mode: mode_to(res.mode) as i32,
+    }
+}
+
+/// One failed query of a batch, with the code a single search would answer.
+fn batch_error(status: &Status) -> pb::IndexSearchBatchItem {
+    pb::IndexSearchBatchItem {
+        response: None,
+        error: Some(pb::ItemError {
+            code: status.code() as i32,
+            message: status.message().to_string(),
+        }),
     }
 }
 
@@ -164,50 +230,9 @@ impl IndexService for IndexGrpc {
         &self,
         request: Request<pb::IndexSearchRequest>,
     ) -> Result<Response<pb::IndexSearchResponse>, Status> {
-        let r = request.into_inner();
-        let mode = mode_from(r.mode)?;
-        let res = self
-            .index
-            .search(SearchRequest {
-                collection: r.collection,
-                vector: r.vector,
-                predicted_class: (r.predicted_class >= 0).then_some(r.predicted_class),
-                top_k: r.top_k as usize,
-                mode,
-                min_similarity: r.min_similarity,
-                exclude_id: (r.exclude_id != 0).then_some(r.exclude_id),
-                model: r
-                    .model
-                    .filter(|m| !m.name.is_empty())
-                    .map(|m| (m.name, m.version)),
-            })
-            .await?;
-        Ok(Response::new(pb::IndexSearchResponse {
-            hits: res
-                .hits
-                .into_iter()
-                .map(|h| pb::SearchHit {
-                    id: h.id,
-                    file_name: h.meta.file_name.clone(),
-                    path: h.meta.path.clone(),
-                    label: h.meta.label.clone(),
-                    distance: h.distance,
-                    similarity: h.similarity,
-                    partition: h.partition,
-                    content_hash: h.meta.content_hash.clone(),
-                    created_at_ms: 0,
-                })
-                .collect(),
-            has_more: false,
-            stats: Some(pb::SearchStats {
-                partitions_searched: res.stats.partitions_searched,
-                partitions_total: res.stats.partitions_total,
-                vectors_scanned: res.stats.vectors_scanned,
-                vectors_total: res.stats.vectors_total,
-                took_us: res.took_us,
-            }),
-            mode: mode_to(res.mode) as i32,
-        }))
+        let req = search_request(request.into_inner())?;
+        let res = self.index.search(req).await?;
+        Ok(Response::new(search_response(res)))
     }
 
     async fn get_image(
@@ -393,9 +418,38 @@ impl IndexService for IndexGrpc {
 
     async fn search_batch(
         &self,
-        _request: Request<pb::IndexSearchBatchRequest>,
+        request: Request<pb::IndexSearchBatchRequest>,
     ) -> Result<Response<pb::IndexSearchBatchResponse>, Status> {
-        Err(Status::unimplemented("SearchBatch is not implemented yet"))
+        let queries = request.into_inner().queries;
+        self.index.check_search_batch(queries.len())?;
+        // A query that cannot even be read fails its own item only.
+        let mut items: Vec<Option<pb::IndexSearchBatchItem>> = Vec::with_capacity(queries.len());
+        let mut valid = Vec::new();
+        for q in queries {
+            match search_request(q) {
+                Ok(r) => {
+                    valid.push(r);
+                    items.push(None);
+                }
+                Err(status) => items.push(Some(batch_error(&status))),
+            }
+        }
+        let mut answers = self.index.search_batch(valid).await?.into_iter();
+        let items = items
+            .into_iter()
+            .map(|item| match item {
+                Some(failed) => failed,
+                None => match answers.next() {
+                    Some(Ok(res)) => pb::IndexSearchBatchItem {
+                        response: Some(search_response(res)),
+                        error: None,
+                    },
+                    Some(Err(e)) => batch_error(&Status::from(e)),
+                    None => batch_error(&Status::internal("a batch query went unanswered")),
+                },
+            })
+            .collect();
+        Ok(Response::new(pb::IndexSearchBatchResponse { items }))
     }
 
     async fn find_duplicates(

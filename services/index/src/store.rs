@@ -49,6 +49,8 @@ pub struct Upserted {
     pub created: bool,
     /// The class the entry had before, when it existed.
     pub previous_class: Option<i32>,
+    /// When the entry was first stored (kept by a replace).
+    pub created_at_ms: i64,
 }
 
 /// An image as loaded into memory.
@@ -61,6 +63,7 @@ pub struct LoadedImage {
     pub path: String,
     pub label: String,
     pub feature: Vec<f32>,
+    pub created_at_ms: i64,
 }
 
 #[derive(Debug, Clone)]

@@ -343,6 +343,7 @@ fn measure(set: &[Made], ids: &[u64], features: &HashMap<u64, (i32, Vec<f32>)>, 
                 file_name: String::new(),
                 path: String::new(),
                 label: String::new(),
+                created_at_ms: 0,
             }),
         })
         .collect();

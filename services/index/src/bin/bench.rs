@@ -1,6 +1,7 @@
 //! Index benchmark on synthetic clustered 1280-d vectors: search latency
 //! per mode, throughput with 2 concurrent clients, recall@10 of probe and
-//! partition against exact, memory per vector, and the time to load from
+//! partition against exact, the same with a label filter admitting 10% of
+//! the vectors ("+filter"), memory per vector, and the time to load from
 //! SQLite. Prints Markdown rows.
 //!
 //! cargo run --release -p cbir-index --bin index-bench -- --sizes 100000 --classes 20,1000
@@ -8,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use cbir_index::mem::{Entry, MemIndex, Meta, Mode, ProbeRule, Query};
+use cbir_index::mem::{Entry, Filter, MemIndex, Meta, Mode, ProbeRule, Query};
 use clap::Parser;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -151,12 +152,18 @@ fn main() -> anyhow::Result<()> {
 /// service leaves it after loading.
 fn build(rng: &mut SmallRng, gen: &Generator, n: usize, classes: usize, dims: usize) -> MemIndex {
     let mut idx = MemIndex::new(dims);
-    let meta = Arc::new(Meta {
-        content_hash: String::new(),
-        file_name: "synthetic.jpg".into(),
-        path: String::new(),
-        label: String::new(),
-    });
+    // Ten labels, one per id modulo 10: a filter on one admits 10%.
+    let metas: Vec<Arc<Meta>> = (0..LABELS)
+        .map(|l| {
+            Arc::new(Meta {
+                content_hash: String::new(),
+                file_name: "synthetic.jpg".into(),
+                path: String::new(),
+                label: format!("l{l}"),
+                created_at_ms: 0,
+            })
+        })
+        .collect();
     let mut id = 1u64;
     while (id as usize) <= n {
         let chunk: Vec<Entry> = (0..10_000.min(n + 1 - id as usize))
@@ -173,7 +180,7 @@ fn build(rng: &mut SmallRng, gen: &Generator, n: usize, classes: usize, dims: us
                         class as i32
                     },
                     feature: gen.sample(rng, class),
-                    meta: meta.clone(),
+                    meta: metas[id as usize % LABELS].clone(),
                 };
                 id += 1;
                 e
@@ -185,9 +192,30 @@ fn build(rng: &mut SmallRng, gen: &Generator, n: usize, classes: usize, dims: us
     idx
 }
 
+/// Labels of the synthetic vectors (see `build`).
+const LABELS: usize = 10;
+
 /// Prints one row per mode: latency, throughput of two clients, recall@10
 /// against exact search and the share of vectors read.
 fn measure(idx: &MemIndex, queries: &[(Vec<f32>, i32)], n: usize, classes: usize) {
+    for filter in [
+        Filter::default(),
+        Filter {
+            labels_in: vec!["l3".into()],
+            ..Filter::default()
+        },
+    ] {
+        measure_with(idx, queries, n, classes, &filter);
+    }
+}
+
+fn measure_with(
+    idx: &MemIndex,
+    queries: &[(Vec<f32>, i32)],
+    n: usize,
+    classes: usize,
+    filter: &Filter,
+) {
     let rule = ProbeRule::default();
     let run = |mode: Mode, q: &(Vec<f32>, i32)| {
         idx.search(
@@ -198,6 +226,7 @@ fn measure(idx: &MemIndex, queries: &[(Vec<f32>, i32)], n: usize, classes: usize
                 mode,
                 min_similarity: 0.0,
                 exclude_id: None,
+                filter,
             },
             rule,
         )
@@ -206,6 +235,7 @@ fn measure(idx: &MemIndex, queries: &[(Vec<f32>, i32)], n: usize, classes: usize
         .iter()
         .map(|q| run(Mode::Exact, q).0.iter().map(|h| h.id).collect())
         .collect();
+    let suffix = if filter.is_empty() { "" } else { "+filter" };
     for (name, mode) in [
         ("exact", Mode::Exact),
         ("probe", Mode::Probe),
@@ -235,7 +265,7 @@ fn measure(idx: &MemIndex, queries: &[(Vec<f32>, i32)], n: usize, classes: usize
         });
         let qps = queries.len() as f64 / t.elapsed().as_secs_f64();
         println!(
-            "| {n} | {classes} | {name} | {:.2} | {:.2} | {:.0} | {:.3} | {:.1}% |",
+            "| {n} | {classes} | {name}{suffix} | {:.2} | {:.2} | {:.0} | {:.3} | {:.1}% |",
             pct(&mut lat, 0.5),
             pct(&mut lat, 0.99),
             qps,

@@ -8,7 +8,7 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use cbir_index::mem::{Entry, MemIndex, Meta, Mode, ProbeRule, Query};
+use cbir_index::mem::{Entry, Filter, MemIndex, Meta, Mode, ProbeRule, Query};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -74,6 +74,7 @@ fn main() -> anyhow::Result<()> {
                 file_name: String::new(),
                 path: String::new(),
                 label: label.clone(),
+                created_at_ms: 0,
             }),
         })
         .collect();
@@ -116,6 +117,7 @@ fn main() -> anyhow::Result<()> {
                     mode,
                     min_similarity: 0.0,
                     exclude_id: Some(i as u64 + 1),
+                    filter: &Filter::default(),
                 },
                 rule,
             );

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use crate::kernels::{self, distance_from_dot, similarity};
-use crate::mem::{MemIndex, Mode, ProbeRule, Query};
+use crate::mem::{Filter, MemIndex, Mode, ProbeRule, Query};
 
 /// How the neighbours of each image are looked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +84,7 @@ pub fn pairs_of(mem: &MemIndex, id: u64, opts: &Options, rule: ProbeRule) -> Vec
             },
             min_similarity: opts.min_similarity,
             exclude_id: Some(id),
+            filter: &Filter::default(),
         },
         rule,
     );

@@ -61,6 +61,7 @@ impl Index {
                                     file_name: img.file_name,
                                     path: img.path,
                                     label: img.label,
+                                    created_at_ms: img.created_at_ms,
                                 }),
                             })
                             .collect();

@@ -2,10 +2,12 @@
 
 use std::time::Instant;
 
+use futures::StreamExt;
+
 use super::{Index, SearchRequest, SearchResult};
 use crate::error::{Error, Result};
 use crate::kernels;
-use crate::mem::{Mode, Query};
+use crate::mem::{Filter, Mode, Query};
 
 impl Index {
     pub async fn search(&self, req: SearchRequest) -> Result<SearchResult> {
@@ -29,6 +31,13 @@ impl Index {
                 self.limits.max_top_k, req.top_k
             )));
         }
+        if req.offset.saturating_add(req.top_k) > self.limits.max_top_k {
+            return Err(Error::InvalidArgument(format!(
+                "offset + top_k must be at most {} (the deepest result a search ranks), got offset {} + top_k {}",
+                self.limits.max_top_k, req.offset, req.top_k
+            )));
+        }
+        self.check_filter(&req.filter)?;
         if !(0.0..=1.0).contains(&req.min_similarity) {
             return Err(Error::InvalidArgument(format!(
                 "min_similarity must be between 0 and 1, got {}",
@@ -56,11 +65,13 @@ impl Index {
             ));
         }
         let rule = self.probe;
-        let (top_k, min_similarity, predicted_class, exclude_id) = (
+        let (top_k, offset, min_similarity, predicted_class, exclude_id, filter) = (
             req.top_k,
+            req.offset,
             req.min_similarity,
             req.predicted_class,
             req.exclude_id,
+            req.filter,
         );
         // Scans take milliseconds on large collections: off the runtime.
         let span = tracing::info_span!(
@@ -74,21 +85,28 @@ impl Index {
             let _span = span.enter();
             let started = Instant::now();
             let mem = coll.mem.read();
-            let (hits, stats) = mem.search(
+            // One more than the page shows tells whether another follows.
+            let (mut hits, stats) = mem.search(
                 &Query {
                     vector: &vector,
                     predicted_class,
-                    top_k,
+                    top_k: offset + top_k + 1,
                     mode,
                     min_similarity,
                     exclude_id,
+                    filter: &filter,
                 },
                 rule,
             );
+            drop(mem);
+            let has_more = hits.len() > offset + top_k;
+            hits.truncate(offset + top_k);
+            hits.drain(..offset.min(hits.len()));
             span.record("partitions_searched", stats.partitions_searched);
             span.record("vectors_scanned", stats.vectors_scanned);
             SearchResult {
                 hits,
+                has_more,
                 stats,
                 mode,
                 took_us: started.elapsed().as_micros() as u64,
@@ -96,5 +114,74 @@ impl Index {
         })
         .await
         .map_err(|e| Error::Internal(format!("search task: {e}")))
+    }
+
+    /// Many searches, each answered (or refused) on its own; at most
+    /// `limits.max_batch_queries`. A few run at once, each scan off the
+    /// runtime like a single search.
+    pub async fn search_batch(
+        &self,
+        reqs: Vec<SearchRequest>,
+    ) -> Result<Vec<Result<SearchResult>>> {
+        self.check_search_batch(reqs.len())?;
+        let at_once = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Ok(futures::stream::iter(reqs)
+            .map(|r| self.search(r))
+            .buffered(at_once)
+            .collect()
+            .await)
+    }
+
+    /// Refuses a batch of `n` queries over `limits.max_batch_queries`.
+    pub fn check_search_batch(&self, n: usize) -> Result<()> {
+        if n > self.limits.max_batch_queries {
+            return Err(Error::InvalidArgument(format!(
+                "a batch holds at most {} queries (limits.max_batch_queries), got {n}: split it",
+                self.limits.max_batch_queries
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuses a filter over the limits, naming the field.
+    fn check_filter(&self, f: &Filter) -> Result<()> {
+        let max = self.limits.max_filter_labels;
+        for (field, labels) in [
+            ("filter.labels_in", &f.labels_in),
+            ("filter.labels_not_in", &f.labels_not_in),
+        ] {
+            if labels.len() > max {
+                return Err(Error::InvalidArgument(format!(
+                    "{field} holds {} labels, the limit is {max}",
+                    labels.len()
+                )));
+            }
+            if let Some(l) = labels.iter().find(|l| l.len() > self.limits.max_label_len) {
+                return Err(Error::InvalidArgument(format!(
+                    "{field} holds a label of {} bytes, the limit is {} bytes",
+                    l.len(),
+                    self.limits.max_label_len
+                )));
+            }
+        }
+        if f.path_prefix.len() > self.limits.max_path_len {
+            return Err(Error::InvalidArgument(format!(
+                "filter.path_prefix is {} bytes, the limit is {} bytes",
+                f.path_prefix.len(),
+                self.limits.max_path_len
+            )));
+        }
+        if f.created_from_ms < 0 || f.created_to_ms < 0 {
+            return Err(Error::InvalidArgument(
+                "filter.created_from_ms and filter.created_to_ms are Unix milliseconds: 0 (no bound) or more".into(),
+            ));
+        }
+        if f.created_to_ms != 0 && f.created_from_ms > f.created_to_ms {
+            return Err(Error::InvalidArgument(format!(
+                "filter.created_from_ms ({}) is after filter.created_to_ms ({}): swap them",
+                f.created_from_ms, f.created_to_ms
+            )));
+        }
+        Ok(())
     }
 }

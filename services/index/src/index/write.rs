@@ -172,6 +172,7 @@ impl Index {
                     file_name: r.file_name,
                     path: r.path,
                     label: r.label,
+                    created_at_ms: o.created_at_ms,
                 }),
             })
             .collect();

@@ -74,26 +74,30 @@ impl TopK {
     }
 }
 
+/// What the scan of one cell did.
+#[derive(Debug, Clone, Copy, Default)]
+struct Scanned {
+    /// The top k changed.
+    changed: bool,
+    /// Entries the filter admitted (each was offered, or shortlisted).
+    admitted: u64,
+}
+
 impl MemIndex {
-    /// Offers every vector of `c` to `top`; true when the top k changed.
-    fn scan(
-        &self,
-        c: &Cell,
-        q: &[f32],
-        qcode: &[i8],
-        top: &mut TopK,
-        exclude: Option<u64>,
-    ) -> bool {
+    /// Offers every vector of `c` that `filter` admits to `top`. Rejected
+    /// entries are skipped before any distance, so they neither take a
+    /// place in the int8 shortlist nor in the top k.
+    fn scan(&self, c: &Cell, q: &Query<'_>, qcode: &[i8], top: &mut TopK) -> Scanned {
         let d = self.dims;
-        let mut changed = false;
+        let every = q.filter.is_empty();
+        let exclude = q.exclude_id;
+        let admits =
+            |slot: usize| Some(c.ids[slot]) != exclude && (every || q.filter.admits(&c.meta[slot]));
+        let mut out = Scanned::default();
         let mut offer = |slot: usize, dot: f32, top: &mut TopK| {
-            let id = c.ids[slot];
-            if Some(id) == exclude {
-                return;
-            }
-            changed |= top.offer(Cand {
+            out.changed |= top.offer(Cand {
                 dist: distance_from_dot(dot),
-                id,
+                id: c.ids[slot],
                 class: c.class,
                 slot,
             });
@@ -104,7 +108,9 @@ impl MemIndex {
             // distances decide among it.
             let mut short: BinaryHeap<(std::cmp::Reverse<i64>, usize)> =
                 BinaryHeap::with_capacity(want + 1);
-            for slot in 0..c.len() {
+            let mut admitted = 0;
+            for slot in (0..c.len()).filter(|&s| admits(s)) {
+                admitted += 1;
                 let approx = i64::from(kernels::dot_i8(qcode, &c.codes[slot * d..(slot + 1) * d]));
                 let key = (approx as f64 * f64::from(c.scales[slot]) * 1e6) as i64;
                 if short.len() < want {
@@ -118,16 +124,20 @@ impl MemIndex {
                 }
             }
             for (_, slot) in short {
-                let dot = kernels::dot(q, c.vector(slot));
+                let dot = kernels::dot(q.vector, c.vector(slot));
                 offer(slot, dot, top);
             }
+            out.admitted = admitted;
         } else {
-            for slot in 0..c.len() {
-                let dot = kernels::dot(q, c.vector(slot));
+            let mut admitted = 0;
+            for slot in (0..c.len()).filter(|&s| admits(s)) {
+                admitted += 1;
+                let dot = kernels::dot(q.vector, c.vector(slot));
                 offer(slot, dot, top);
             }
+            out.admitted = admitted;
         }
-        changed
+        out
     }
 
     /// Nearest neighbours of `q`, closest first.
@@ -166,13 +176,20 @@ impl MemIndex {
                 best_own.0 = f32::INFINITY;
             }
             order.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.class.cmp(&b.1.class)));
-            let mut quiet = 0;
+            // Cells without admitted entries change nothing, so "quiet"
+            // alone would stop a filtered search before it found k: it
+            // also waits until k admitted entries were seen.
+            let (mut quiet, mut admitted) = (0, 0u64);
             for (i, (_, c)) in order.iter().enumerate() {
-                let changed = self.scan(c, q.vector, &qcode, &mut top, q.exclude_id);
+                let scanned = self.scan(c, q, &qcode, &mut top);
                 stats.vectors_scanned += c.len() as u64;
+                admitted += scanned.admitted;
                 touched.push(c.class);
-                quiet = if changed { 0 } else { quiet + 1 };
-                if i + 1 >= rule.min_partitions && quiet >= rule.patience {
+                quiet = if scanned.changed { 0 } else { quiet + 1 };
+                if i + 1 >= rule.min_partitions
+                    && quiet >= rule.patience
+                    && admitted >= top.k as u64
+                {
                     break;
                 }
             }
@@ -188,12 +205,12 @@ impl MemIndex {
                     let h = s.spawn(|| {
                         let mut t = TopK::new(q.top_k, q.min_similarity);
                         for c in b {
-                            self.scan(c, q.vector, &qcode, &mut t, q.exclude_id);
+                            self.scan(c, q, &qcode, &mut t);
                         }
                         t
                     });
                     for c in a {
-                        self.scan(c, q.vector, &qcode, &mut top, q.exclude_id);
+                        self.scan(c, q, &qcode, &mut top);
                     }
                     h.join()
                 });
@@ -205,13 +222,13 @@ impl MemIndex {
                     }
                     Err(_) => {
                         for c in b {
-                            self.scan(c, q.vector, &qcode, &mut top, q.exclude_id);
+                            self.scan(c, q, &qcode, &mut top);
                         }
                     }
                 }
             } else {
                 for c in &chosen {
-                    self.scan(c, q.vector, &qcode, &mut top, q.exclude_id);
+                    self.scan(c, q, &qcode, &mut top);
                 }
             }
         }

@@ -27,6 +27,7 @@ fn entry(id: u64, class: i32, feature: Vec<f32>) -> Entry {
             file_name: format!("f{id}.jpg"),
             path: String::new(),
             label: format!("l{class}"),
+            created_at_ms: id as i64,
         }),
     }
 }
@@ -50,6 +51,14 @@ fn brute(entries: &[Entry], q: &[f32], k: usize) -> Vec<(u64, f32)> {
     all
 }
 
+static EVERYTHING: Filter = Filter {
+    labels_in: Vec::new(),
+    labels_not_in: Vec::new(),
+    path_prefix: String::new(),
+    created_from_ms: 0,
+    created_to_ms: 0,
+};
+
 fn query(v: &[f32], k: usize, mode: Mode) -> Query<'_> {
     Query {
         vector: v,
@@ -58,6 +67,7 @@ fn query(v: &[f32], k: usize, mode: Mode) -> Query<'_> {
         mode,
         min_similarity: 0.0,
         exclude_id: None,
+        filter: &EVERYTHING,
     }
 }
 
@@ -286,5 +296,93 @@ fn big_partitions_split_into_cells_and_stay_consistent() {
     assert_eq!(idx.cells().map(Cell::len).sum::<usize>(), 10_000);
     for e in entries.iter().skip(10_000).step_by(101) {
         assert_eq!(idx.feature(e.id).map(|f| f.1), Some(e.feature.clone()));
+    }
+}
+
+#[test]
+fn a_filter_applies_inside_the_scan_in_every_mode() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let dims = 32;
+    let noise = 0.7 / (dims as f32 / 3.0).sqrt();
+    let centres: Vec<Vec<f32>> = (0..8).map(|_| unit(&mut rng, dims, None)).collect();
+    // One partition split into cells (each above the int8 threshold) and
+    // small ones; every entry's label is l<class>, created_at_ms its id.
+    let mut entries: Vec<Entry> = (0..12_000u64)
+        .map(|i| {
+            entry(
+                i + 1,
+                5,
+                noisy(&mut rng, dims, Some(&centres[(i % 8) as usize]), noise),
+            )
+        })
+        .collect();
+    entries.extend(clustered(&mut rng, dims, 4, 50).into_iter().map(|mut e| {
+        e.id += 100_000;
+        e
+    }));
+    // Three rare ones far from most queries.
+    for (i, e) in entries.iter_mut().step_by(3001).take(3).enumerate() {
+        e.meta = Arc::new(Meta {
+            label: "rare".into(),
+            path: format!("rare/{i}.jpg"),
+            ..Meta::clone(&e.meta)
+        });
+    }
+    let mut idx = MemIndex::new(dims);
+    idx.upsert(&entries);
+    idx.refresh();
+    assert!(idx.partitions().iter().any(|p| p.cells > 1));
+    let filters = [
+        Filter {
+            labels_in: vec!["rare".into()],
+            ..Filter::default()
+        },
+        Filter {
+            path_prefix: "rare/".into(),
+            ..Filter::default()
+        },
+        Filter {
+            labels_not_in: vec!["l5".into()],
+            ..Filter::default()
+        },
+        Filter {
+            created_from_ms: 5_000,
+            created_to_ms: 5_040,
+            ..Filter::default()
+        },
+        Filter {
+            labels_in: vec!["l5".into(), "l1".into()],
+            created_from_ms: 11_990,
+            ..Filter::default()
+        },
+    ];
+    for (t, f) in filters.iter().enumerate() {
+        let matching: Vec<Entry> = entries
+            .iter()
+            .filter(|e| f.admits(&e.meta))
+            .cloned()
+            .collect();
+        for k in [1, 10, 60] {
+            let q = noisy(&mut rng, dims, Some(&centres[t % 8]), noise);
+            let want: Vec<u64> = brute(&matching, &q, k).iter().map(|b| b.0).collect();
+            let mut qq = query(&q, k, Mode::Exact);
+            qq.filter = f;
+            let (x, _) = idx.search(&qq, ProbeRule::default());
+            assert_eq!(
+                x.iter().map(|h| h.id).collect::<Vec<_>>(),
+                want,
+                "exact, filter {t}, k {k}"
+            );
+            qq.mode = Mode::Probe;
+            qq.predicted_class = Some(5);
+            let (p, _) = idx.search(&qq, ProbeRule::default());
+            assert_eq!(p.len(), k.min(matching.len()), "probe, filter {t}, k {k}");
+            assert!(p.iter().all(|h| f.admits(&h.meta)));
+            qq.mode = Mode::Partition;
+            let in_part = matching.iter().filter(|e| e.class == 5).count();
+            let (c, _) = idx.search(&qq, ProbeRule::default());
+            assert_eq!(c.len(), k.min(in_part), "partition, filter {t}, k {k}");
+            assert!(c.iter().all(|h| f.admits(&h.meta) && h.partition == 5));
+        }
     }
 }

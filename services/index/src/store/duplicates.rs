@@ -330,6 +330,7 @@ impl Store {
                         path: r.try_get("", "path").map_err(db_err("path"))?,
                         label: r.try_get("", "label").map_err(db_err("label"))?,
                         feature: Vec::new(),
+                        created_at_ms: r.try_get("", "created_at_ms").map_err(db_err("created"))?,
                     },
                     created_at_ms: r.try_get("", "created_at_ms").map_err(db_err("created"))?,
                     thumbnail: r.try_get("", "thumbnail").map_err(db_err("thumbnail"))?,

@@ -51,7 +51,7 @@ impl Store {
         let mut fresh: Vec<&NewImage> = Vec::new();
         for (&hash, &i) in &last {
             let img = &images[i];
-            let Some(&(id, class)) = existing.get(hash) else {
+            let Some(&(id, class, created_at_ms)) = existing.get(hash) else {
                 fresh.push(img);
                 continue;
             };
@@ -64,6 +64,7 @@ impl Store {
                     id,
                     created: false,
                     previous_class: Some(class),
+                    created_at_ms,
                 },
             );
         }
@@ -77,15 +78,17 @@ impl Store {
             let ids = self.ids_by_hash(&*tx, collection_id, &new_hashes).await?;
             let mut blob_rows: Vec<(i64, &NewImage)> = Vec::new();
             for img in &fresh {
-                let &(id, _) = ids.get(img.content_hash.as_str()).ok_or_else(|| {
-                    Error::Database("an inserted image cannot be read back".into())
-                })?;
+                let &(id, _, created_at_ms) =
+                    ids.get(img.content_hash.as_str()).ok_or_else(|| {
+                        Error::Database("an inserted image cannot be read back".into())
+                    })?;
                 outcome.insert(
                     img.content_hash.as_str(),
                     Upserted {
                         id,
                         created: true,
                         previous_class: None,
+                        created_at_ms,
                     },
                 );
                 blob_rows.push((id as i64, img));
@@ -235,7 +238,7 @@ impl Store {
         conn: &C,
         collection_id: i64,
         hashes: &[&str],
-    ) -> Result<HashMap<String, (u64, i32)>> {
+    ) -> Result<HashMap<String, (u64, i32, i64)>> {
         let mut out = HashMap::new();
         for chunk in hashes.chunks(ROWS_PER_STATEMENT * 2) {
             let marks = vec!["?"; chunk.len()].join(",");
@@ -244,7 +247,7 @@ impl Store {
             let rows = conn
                 .query_all(self.stmt(
                     &format!(
-                        "SELECT id, content_hash, predicted_class FROM images WHERE collection_id = ? AND content_hash IN ({marks})"
+                        "SELECT id, content_hash, predicted_class, created_at_ms FROM images WHERE collection_id = ? AND content_hash IN ({marks})"
                     ),
                     values,
                 ))
@@ -254,7 +257,8 @@ impl Store {
                 let id: i64 = r.try_get("", "id").map_err(db_err("id"))?;
                 let hash: String = r.try_get("", "content_hash").map_err(db_err("hash"))?;
                 let class: i32 = r.try_get("", "predicted_class").map_err(db_err("class"))?;
-                out.insert(hash, (id as u64, class));
+                let at: i64 = r.try_get("", "created_at_ms").map_err(db_err("created"))?;
+                out.insert(hash, (id as u64, class, at));
             }
         }
         Ok(out)

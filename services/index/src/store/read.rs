@@ -32,6 +32,7 @@ impl Store {
             path: r.try_get("", "path").map_err(db_err("path"))?,
             label: r.try_get("", "label").map_err(db_err("label"))?,
             feature: decode_feature(&blob)?,
+            created_at_ms: r.try_get("", "created_at_ms").map_err(db_err("created"))?,
         })
     }
 
@@ -45,7 +46,7 @@ impl Store {
         let rows = self
             .db
             .query_all(self.stmt(
-                "SELECT id, predicted_class, content_hash, file_name, path, label, feature FROM images WHERE collection_id = ? AND id > ? ORDER BY id LIMIT ?",
+                "SELECT id, predicted_class, content_hash, file_name, path, label, feature, created_at_ms FROM images WHERE collection_id = ? AND id > ? ORDER BY id LIMIT ?",
                 vec![collection_id.into(), (after as i64).into(), (limit as i64).into()],
             ))
             .await
@@ -81,7 +82,7 @@ impl Store {
         let rows = self
             .db
             .query_all(self.stmt(
-                "SELECT id, predicted_class, content_hash, file_name, path, label, feature FROM images WHERE collection_id = ? AND id > ? AND id <= ? ORDER BY id LIMIT ?",
+                "SELECT id, predicted_class, content_hash, file_name, path, label, feature, created_at_ms FROM images WHERE collection_id = ? AND id > ? AND id <= ? ORDER BY id LIMIT ?",
                 vec![
                     collection_id.into(),
                     (after as i64).into(),

@@ -74,7 +74,7 @@ impl Store {
                 .iter()
                 .map(|img| {
                     ids.get(img.content_hash.as_str())
-                        .map(|&(id, _)| (id as i64, img))
+                        .map(|&(id, _, _)| (id as i64, img))
                         .ok_or_else(|| {
                             Error::Database("an imported image cannot be read back".into())
                         })

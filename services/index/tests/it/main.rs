@@ -8,6 +8,7 @@ mod concurrency;
 mod db;
 mod duplicates;
 mod durability;
+mod filters;
 mod jobs;
 mod labels;
 mod mysql_restart;

@@ -18,6 +18,7 @@ fn entry(id: u64, class: i32, feature: Vec<f32>) -> Entry {
             file_name: format!("f{id}.jpg"),
             path: String::new(),
             label: String::new(),
+            created_at_ms: 0,
         }),
     }
 }
