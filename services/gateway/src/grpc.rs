@@ -173,7 +173,9 @@ impl SearchService for SearchGrpc {
         request: Request<pb::SearchBatchRequest>,
     ) -> Result<Response<pb::SearchBatchResponse>, Status> {
         self.allow(&request, Role::Search)?;
-        Err(Status::unimplemented("SearchBatch is not implemented yet"))
+        Ok(Response::new(
+            self.gateway.search_batch(request.into_inner()).await?,
+        ))
     }
 
     async fn find_duplicates(

@@ -9,7 +9,8 @@
 //! - `collections`: collection metadata, management, thumbnails, rebuilds.
 //! - `images`: one stored image: get, delete by id, relabel.
 //! - `duplicates`: near-duplicate runs, their groups, watching operations.
-//! - `search`: searching by image, stored image or vector.
+//! - `search`: searching by image, stored image or vector, filtered and paged.
+//! - `search_batch`: many searches in one call, their images embedded together.
 //! - `ingest`: adding images (uploads, gRPC `AddImages`, index jobs).
 //! - `index_jobs`: indexing a server folder in the background.
 //! - `training`: datasets, training jobs and the model registry.
@@ -34,6 +35,7 @@ pub mod index_jobs;
 pub mod ingest;
 pub mod rate;
 pub mod search;
+pub mod search_batch;
 pub mod training;
 pub mod ui;
 pub mod upstream;
@@ -79,8 +81,10 @@ pub struct Limits {
     pub max_files_per_request: usize,
     /// Largest request: an HTTP body, or a message of the public gRPC API.
     pub max_request_bytes: usize,
-    /// Most results one search may ask for.
+    /// Most results one search may ask for (offset + top_k when paging).
     pub max_top_k: usize,
+    /// Most queries in one batch search.
+    pub max_batch_queries: usize,
     /// Largest training dataset archive (streamed to the training service).
     pub max_dataset_bytes: u64,
     /// Largest collection export accepted by the REST import (streamed
@@ -118,6 +122,7 @@ impl Default for Limits {
             max_files_per_request: 64,
             max_request_bytes: 256 << 20,
             max_top_k: 10_000,
+            max_batch_queries: 64,
             max_dataset_bytes: 4 << 30,
             max_import_bytes: 64 << 30,
             decode_memory_bytes: cbir_imaging::Limits::default().decode_memory_bytes,

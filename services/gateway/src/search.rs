@@ -42,28 +42,35 @@ fn query_info(emb: &pb::Embedding) -> pb::QueryInfo {
 }
 
 /// A search request within the limits.
-struct Checked {
-    collection: String,
+pub(crate) struct Checked {
+    pub(crate) collection: String,
     top_k: u32,
     mode: pb::SearchMode,
     min_similarity: f32,
-    query: Query,
+    pub(crate) query: Query,
+    /// Checked by the index, which names the field at fault.
+    filter: Option<pb::ImageFilter>,
+    offset: u32,
 }
 
 /// The query as a vector, with the collection it searches.
-struct Resolved {
-    coll: pb::Collection,
+pub(crate) struct Resolved {
+    pub(crate) coll: pb::Collection,
     vector: Vec<f32>,
     predicted_class: i32,
     exclude_id: u64,
-    info: Option<pb::QueryInfo>,
+    pub(crate) info: Option<pb::QueryInfo>,
     /// The model of an embedded query, sent along so that the index
     /// refuses a collection rebuilt for another model meanwhile.
     model: Option<pb::ModelRef>,
 }
 
 impl Resolved {
-    fn embedded(coll: pb::Collection, emb: pb::Embedding, model: Option<pb::ModelRef>) -> Self {
+    pub(crate) fn embedded(
+        coll: pb::Collection,
+        emb: pb::Embedding,
+        model: Option<pb::ModelRef>,
+    ) -> Self {
         Self {
             coll,
             info: Some(query_info(&emb)),
@@ -75,6 +82,30 @@ impl Resolved {
     }
 }
 
+/// The index's request for a resolved query; refused when the collection
+/// holds nothing to search.
+pub(crate) fn index_request(c: &Checked, q: &Resolved) -> Result<pb::IndexSearchRequest> {
+    if q.coll.count == 0 {
+        return Err(Error::FailedPrecondition(format!(
+            "collection {:?} is empty: add images first (Index page, or `cbir index add`)",
+            c.collection
+        )));
+    }
+    Ok(pb::IndexSearchRequest {
+        collection: c.collection.clone(),
+        vector: q.vector.clone(),
+        predicted_class: q.predicted_class,
+        class_probabilities: Vec::new(),
+        top_k: c.top_k,
+        mode: c.mode as i32,
+        min_similarity: c.min_similarity,
+        exclude_id: q.exclude_id,
+        model: q.model.clone(),
+        filter: c.filter.clone(),
+        offset: c.offset,
+    })
+}
+
 impl Gateway {
     #[tracing::instrument(name = "gateway.search", skip_all)]
     pub async fn search(&self, req: pb::SearchRequest) -> Result<pb::SearchResponse> {
@@ -82,23 +113,36 @@ impl Gateway {
         let checked = self.check_search(req)?;
         let mut query = self.resolve_query(&checked).await?;
         let found = self.search_index(&checked, &mut query).await?;
-        let results = self.name_partitions(&query.coll, found.hits).await;
-        Ok(pb::SearchResponse {
+        Ok(self.answer(checked, query, found, started).await)
+    }
+
+    /// The public answer of an index search.
+    pub(crate) async fn answer(
+        &self,
+        checked: Checked,
+        query: Resolved,
+        found: pb::IndexSearchResponse,
+        started: Instant,
+    ) -> pb::SearchResponse {
+        let results = self
+            .name_partitions(&query.coll, found.hits, checked.offset)
+            .await;
+        pb::SearchResponse {
             results,
             query: query.info,
             stats: found.stats,
             took_ms: started.elapsed().as_secs_f64() * 1e3,
             collection: checked.collection,
-            has_more: false,
+            has_more: found.has_more,
             mode: if found.mode == 0 {
                 checked.mode as i32
             } else {
                 found.mode
             },
-        })
+        }
     }
 
-    fn check_search(&self, req: pb::SearchRequest) -> Result<Checked> {
+    pub(crate) fn check_search(&self, req: pb::SearchRequest) -> Result<Checked> {
         let collection = self.collection_name(&req.collection)?;
         let top_k = match req.top_k {
             0 => DEFAULT_TOP_K,
@@ -110,6 +154,13 @@ impl Gateway {
             }
             k => k,
         };
+        let max = self.cfg.limits.max_top_k;
+        if req.offset as usize + top_k as usize > max {
+            return Err(Error::InvalidArgument(format!(
+                "offset + top_k must be at most {max} (limits.max_top_k), got offset {} + top_k {top_k}: results that deep are not ranked",
+                req.offset
+            )));
+        }
         if !(0.0..=1.0).contains(&req.min_similarity) {
             return Err(Error::InvalidArgument(format!(
                 "min_similarity {} is outside 0..1",
@@ -127,23 +178,31 @@ impl Gateway {
             mode,
             min_similarity: req.min_similarity,
             query,
+            filter: req.filter,
+            offset: req.offset,
         })
     }
 
-    async fn resolve_query(&self, c: &Checked) -> Result<Resolved> {
+    /// Refuses an empty or oversized query image before it is sent.
+    pub(crate) fn check_query_image(&self, data: &[u8]) -> Result<()> {
+        if data.is_empty() {
+            return Err(Error::InvalidArgument("the query image is empty".into()));
+        }
+        if data.len() > self.cfg.limits.max_image_bytes {
+            return Err(Error::TooLarge(format!(
+                "the query image has {} bytes, the limit is {} bytes",
+                data.len(),
+                self.cfg.limits.max_image_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn resolve_query(&self, c: &Checked) -> Result<Resolved> {
         let collection = &c.collection;
         match &c.query {
             Query::Image(data) => {
-                if data.is_empty() {
-                    return Err(Error::InvalidArgument("the query image is empty".into()));
-                }
-                if data.len() > self.cfg.limits.max_image_bytes {
-                    return Err(Error::TooLarge(format!(
-                        "the query image has {} bytes, the limit is {} bytes",
-                        data.len(),
-                        self.cfg.limits.max_image_bytes
-                    )));
-                }
+                self.check_query_image(data)?;
                 // The collection first: the query is embedded with its model.
                 let coll = self.collection(collection).await?;
                 let (coll, emb, model) = self.embed_query(collection, coll, data).await?;
@@ -191,28 +250,15 @@ impl Gateway {
     /// The index's search. When it refuses an embedded query because the
     /// collection is now bound to another model (a rebuild switched it
     /// since it was cached), the query is embedded again with that model.
-    async fn search_index(&self, c: &Checked, q: &mut Resolved) -> Result<pb::IndexSearchResponse> {
+    pub(crate) async fn search_index(
+        &self,
+        c: &Checked,
+        q: &mut Resolved,
+    ) -> Result<pb::IndexSearchResponse> {
         let collection = &c.collection;
         let mut again = self.look_again(collection);
         loop {
-            if q.coll.count == 0 {
-                return Err(Error::FailedPrecondition(format!(
-                    "collection {collection:?} is empty: add images first (Index page, or `cbir index add`)"
-                )));
-            }
-            let msg = pb::IndexSearchRequest {
-                collection: collection.clone(),
-                vector: q.vector.clone(),
-                predicted_class: q.predicted_class,
-                class_probabilities: Vec::new(),
-                top_k: c.top_k,
-                mode: c.mode as i32,
-                min_similarity: c.min_similarity,
-                exclude_id: q.exclude_id,
-                model: q.model.clone(),
-                filter: None,
-                offset: 0,
-            };
+            let msg = index_request(c, q)?;
             let searched = self
                 .index_rpc(
                     "Search",
@@ -238,11 +284,13 @@ impl Gateway {
         }
     }
 
-    /// The results, each named after its partition's class.
+    /// The results, each named after its partition's class and ranked in
+    /// the whole list (the page starts after `offset` results).
     async fn name_partitions(
         &self,
         coll: &pb::Collection,
         hits: Vec<pb::SearchHit>,
+        offset: u32,
     ) -> Vec<pb::SearchResult> {
         let names = self.class_names(coll.model.as_ref()).await;
         let partition_name = |p: i32| -> String {
@@ -255,8 +303,8 @@ impl Gateway {
         hits.into_iter()
             .enumerate()
             .map(|(i, h)| pb::SearchResult {
-                rank: i as u32 + 1,
-                created_at_ms: 0,
+                rank: offset + i as u32 + 1,
+                created_at_ms: h.created_at_ms,
                 id: h.id,
                 partition_name: partition_name(h.partition),
                 file_name: h.file_name,
@@ -272,7 +320,7 @@ impl Gateway {
     /// Embeds a query image for collection `c` (as cached) with its model,
     /// looking again once when the inference service answers with another
     /// model (see [`crate::collections::LookAgain`]).
-    async fn embed_query(
+    pub(crate) async fn embed_query(
         &self,
         collection: &str,
         mut c: pb::Collection,

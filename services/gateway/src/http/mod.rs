@@ -31,7 +31,7 @@ use crate::error::Error;
 use crate::gateway::Gateway;
 
 pub use openapi::OPENAPI_JSON;
-pub use search::search_json;
+pub use search::{search_batch_json, search_json};
 
 type AppState = Arc<Gateway>;
 

@@ -1,7 +1,7 @@
 //! `POST /api/search`: a multipart upload (part `image`), a raw image body
 //! with the options in the query string, or JSON naming a stored image.
-
-use std::collections::HashMap;
+//! `POST /api/search/batch`: several `image` parts, or JSON naming stored
+//! images, with options applied to every query.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -21,7 +21,10 @@ use crate::gateway::Gateway;
 use crate::search::{mode_name, parse_mode};
 
 pub(super) fn routes() -> Vec<Route> {
-    vec![("/api/search", post(search))]
+    vec![
+        ("/api/search", post(search)),
+        ("/api/search/batch", post(search_batch)),
+    ]
 }
 
 #[derive(Serialize)]
@@ -32,10 +35,14 @@ struct SearchJson {
     took_ms: f64,
     collection: String,
     mode: &'static str,
+    /// More results follow: ask again with offset + top_k.
+    has_more: bool,
 }
 
 #[derive(Serialize)]
 struct HitJson {
+    /// 1-based place in the whole result list (offset included).
+    rank: u32,
     id: u64,
     file_name: String,
     path: String,
@@ -44,7 +51,9 @@ struct HitJson {
     similarity: f64,
     partition: i32,
     partition_name: String,
+    created_at_ms: i64,
     thumbnail_url: String,
+    original_url: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -93,6 +102,11 @@ impl From<pb::SearchResponse> for SearchJson {
                 .into_iter()
                 .map(|h| HitJson {
                     thumbnail_url: format!("/api/collections/{coll}/images/{}/thumbnail", h.id),
+                    // Uploads keep the file or its rendition; the route
+                    // answers 404 for an image stored without one.
+                    original_url: Some(format!("/api/collections/{coll}/images/{}/original", h.id)),
+                    rank: h.rank,
+                    created_at_ms: h.created_at_ms,
                     id: h.id,
                     file_name: h.file_name,
                     path: h.path,
@@ -126,6 +140,7 @@ impl From<pb::SearchResponse> for SearchJson {
             took_ms: r.took_ms,
             collection: r.collection,
             mode: mode_name(r.mode),
+            has_more: r.has_more,
         }
     }
 }
@@ -135,9 +150,13 @@ pub fn search_json(r: pb::SearchResponse) -> Value {
     serde_json::to_value(SearchJson::from(r)).unwrap_or(Value::Null)
 }
 
+/// A JSON search (`image_id`) or batch search (`queries`), with options.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct SearchBody {
+    #[serde(alias = "id")]
+    image_id: Option<u64>,
+    queries: Option<Vec<StoredJson>>,
     #[serde(default)]
     collection: String,
     #[serde(default)]
@@ -146,9 +165,65 @@ struct SearchBody {
     mode: String,
     #[serde(default)]
     min_similarity: f32,
-    image_id: Option<u64>,
     #[serde(default)]
     exclude_self: bool,
+    /// The label is one of these ("" is unlabelled).
+    #[serde(default)]
+    labels: Vec<String>,
+    #[serde(default)]
+    not_labels: Vec<String>,
+    #[serde(default)]
+    path_prefix: String,
+    #[serde(default)]
+    from_ms: i64,
+    #[serde(default)]
+    to_ms: i64,
+    #[serde(default)]
+    offset: u32,
+}
+
+/// A stored image as one query of a batch.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredJson {
+    id: u64,
+    /// Where the image is stored; the searched collection when empty.
+    #[serde(default)]
+    collection: String,
+}
+
+impl SearchBody {
+    /// Sets the options the body gives over those of the query string.
+    fn apply(self, o: &mut Options) {
+        if !self.collection.is_empty() {
+            o.req.collection = self.collection;
+        }
+        if self.top_k != 0 {
+            o.req.top_k = self.top_k;
+        }
+        if !self.mode.is_empty() {
+            o.mode = self.mode;
+        }
+        if self.min_similarity != 0.0 {
+            o.req.min_similarity = self.min_similarity;
+        }
+        if self.offset != 0 {
+            o.req.offset = self.offset;
+        }
+        let f = o.req.filter.get_or_insert_with(Default::default);
+        f.labels_in.extend(self.labels);
+        f.labels_not_in.extend(self.not_labels);
+        if !self.path_prefix.is_empty() {
+            f.path_prefix = self.path_prefix;
+        }
+        if self.from_ms != 0 {
+            f.created_from_ms = self.from_ms;
+        }
+        if self.to_ms != 0 {
+            f.created_to_ms = self.to_ms;
+        }
+        o.exclude_self |= self.exclude_self;
+    }
 }
 
 fn parse_num<T: std::str::FromStr>(field: &str, v: &str) -> Result<T> {
@@ -162,25 +237,60 @@ fn parse_num<T: std::str::FromStr>(field: &str, v: &str) -> Result<T> {
 struct Options {
     req: pb::SearchRequest,
     mode: String,
+    exclude_self: bool,
 }
 
 impl Options {
-    /// One option from the query string or a multipart text part.
+    /// One option from the query string or a multipart text part; `label`
+    /// and `not_label` may repeat.
     fn apply(&mut self, key: &str, value: &str) -> Result<()> {
+        let filter = || -> pb::ImageFilter { pb::ImageFilter::default() };
         match key {
             "collection" => self.req.collection = value.to_string(),
             "top_k" => self.req.top_k = parse_num("top_k", value)?,
             "mode" => self.mode = value.to_string(),
             "min_similarity" => self.req.min_similarity = parse_num("min_similarity", value)?,
+            "offset" => self.req.offset = parse_num("offset", value)?,
+            "label" => self
+                .req
+                .filter
+                .get_or_insert_with(filter)
+                .labels_in
+                .push(value.to_string()),
+            "not_label" => self
+                .req
+                .filter
+                .get_or_insert_with(filter)
+                .labels_not_in
+                .push(value.to_string()),
+            "path_prefix" => {
+                self.req.filter.get_or_insert_with(filter).path_prefix = value.to_string()
+            }
+            "from_ms" => {
+                self.req.filter.get_or_insert_with(filter).created_from_ms =
+                    parse_num("from_ms", value)?;
+            }
+            "to_ms" => {
+                self.req.filter.get_or_insert_with(filter).created_to_ms =
+                    parse_num("to_ms", value)?;
+            }
             _ => {}
         }
         Ok(())
+    }
+
+    /// The search as asked, for a query.
+    fn request(&self, query: pb::search_request::Query) -> Result<pb::SearchRequest> {
+        let mut req = self.req.clone();
+        req.mode = parse_mode(&self.mode)? as i32;
+        req.query = Some(query);
+        Ok(req)
     }
 }
 
 async fn search(
     State(gw): State<AppState>,
-    Query(params): Query<HashMap<String, String>>,
+    Query(params): Query<Vec<(String, String)>>,
     _: Reader,
     request: Request,
 ) -> Result<Json<SearchJson>> {
@@ -245,27 +355,22 @@ async fn read_json(gw: &Gateway, request: Request, o: &mut Options) -> Result<()
         .await
         .map_err(|e| body_error(&e, limit))?;
     let b: SearchBody = parse_json_content(&body)?;
+    if b.queries.is_some() {
+        return Err(Error::InvalidArgument(
+            "\"queries\" is for POST /api/search/batch; a single search names one \"image_id\""
+                .into(),
+        ));
+    }
     let id = b.image_id.ok_or_else(|| {
         Error::InvalidArgument(
             "a JSON search names a stored image: {\"image_id\": N}; upload an image as multipart/form-data instead".into(),
         )
     })?;
-    if !b.collection.is_empty() {
-        o.req.collection = b.collection;
-    }
-    if b.top_k != 0 {
-        o.req.top_k = b.top_k;
-    }
-    if !b.mode.is_empty() {
-        o.mode = b.mode;
-    }
-    if b.min_similarity != 0.0 {
-        o.req.min_similarity = b.min_similarity;
-    }
+    b.apply(o);
     o.req.query = Some(pb::search_request::Query::Stored(pb::StoredImageQuery {
         collection: String::new(),
         id,
-        exclude_self: b.exclude_self,
+        exclude_self: o.exclude_self,
     }));
     Ok(())
 }
@@ -304,4 +409,203 @@ fn body_error(e: &BytesRejection, limit: usize) -> Error {
     } else {
         Error::InvalidArgument(format!("cannot read the request body ({status})"))
     }
+}
+
+#[derive(Serialize)]
+struct BatchJson {
+    items: Vec<BatchItemJson>,
+}
+
+/// One query's answer: its search answer, or why it failed.
+#[derive(Serialize)]
+struct BatchItemJson {
+    file_name: Option<String>,
+    id: Option<u64>,
+    response: Option<SearchJson>,
+    error: Option<String>,
+}
+
+/// A batch search's answer as the REST API and `cbir search --json` give
+/// it: each item with its file name or stored id.
+pub fn search_batch_json(items: Vec<(Option<String>, Option<u64>, pb::SearchBatchItem)>) -> Value {
+    let items = items
+        .into_iter()
+        .map(|(file_name, id, item)| batch_item(file_name, id, Ok(item)))
+        .collect();
+    serde_json::to_value(BatchJson { items }).unwrap_or(Value::Null)
+}
+
+fn batch_item(
+    file_name: Option<String>,
+    id: Option<u64>,
+    item: std::result::Result<pb::SearchBatchItem, String>,
+) -> BatchItemJson {
+    let (response, error) = match item {
+        Err(e) => (None, Some(e)),
+        Ok(pb::SearchBatchItem {
+            response: Some(r), ..
+        }) => (Some(SearchJson::from(r)), None),
+        Ok(pb::SearchBatchItem { error: Some(e), .. }) => (None, Some(e.message)),
+        Ok(_) => (None, Some("the query went unanswered".into())),
+    };
+    BatchItemJson {
+        file_name,
+        id,
+        response,
+        error,
+    }
+}
+
+/// A batch query as read: what names it, and its search or why it cannot
+/// be sent (an image part over the size limit fails only its item).
+struct BatchQuery {
+    file_name: Option<String>,
+    id: Option<u64>,
+    query: std::result::Result<pb::search_request::Query, String>,
+}
+
+async fn search_batch(
+    State(gw): State<AppState>,
+    Query(params): Query<Vec<(String, String)>>,
+    _: Reader,
+    request: Request,
+) -> Result<Json<BatchJson>> {
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let mut o = Options::default();
+    for (k, v) in &params {
+        o.apply(k, v)?;
+    }
+    let queries = if content_type.starts_with("multipart/form-data") {
+        read_batch_multipart(&gw, request, &mut o).await?
+    } else if content_type.starts_with("application/json") {
+        read_batch_json(&gw, request, &mut o).await?
+    } else {
+        return Err(Error::UnsupportedMediaType(format!(
+            "unsupported content type {content_type:?}: upload the query images as multipart/form-data (parts \"image\"), or send JSON {{\"queries\": [{{\"id\": N}}]}}"
+        )));
+    };
+    let mut sent = Vec::new();
+    for q in &queries {
+        if let Ok(query) = &q.query {
+            sent.push(o.request(query.clone())?);
+        }
+    }
+    let mut answers = if sent.is_empty() {
+        Vec::new().into_iter()
+    } else {
+        gw.search_batch(pb::SearchBatchRequest {
+            queries: sent,
+            collection: String::new(),
+        })
+        .await?
+        .items
+        .into_iter()
+    };
+    let items = queries
+        .into_iter()
+        .map(|q| {
+            let item = match q.query {
+                Err(e) => Err(e),
+                Ok(_) => Ok(answers.next().unwrap_or_default()),
+            };
+            batch_item(q.file_name, q.id, item)
+        })
+        .collect();
+    Ok(Json(BatchJson { items }))
+}
+
+/// Refuses a batch over `limits.max_batch_queries` while it is read.
+fn check_batch_len(gw: &Gateway, n: usize) -> Result<()> {
+    let max = gw.cfg.limits.max_batch_queries;
+    if n > max {
+        return Err(Error::InvalidArgument(format!(
+            "a batch search holds at most {max} queries (limits.max_batch_queries): split it"
+        )));
+    }
+    Ok(())
+}
+
+async fn read_batch_multipart(
+    gw: &Gateway,
+    request: Request,
+    o: &mut Options,
+) -> Result<Vec<BatchQuery>> {
+    let limit = gw.cfg.limits.max_request_bytes;
+    let mut mp = Multipart::from_request(request, &())
+        .await
+        .map_err(|e| Error::InvalidArgument(format!("bad multipart upload: {}", e.body_text())))?;
+    let mut out = Vec::new();
+    while let Some(mut field) = mp
+        .next_field()
+        .await
+        .map_err(|e| multipart_error(&e, limit))?
+    {
+        let name = field.name().unwrap_or_default().to_string();
+        if name == "image" {
+            check_batch_len(gw, out.len() + 1)?;
+            let file_name = field.file_name().map(str::to_string);
+            let max = gw.cfg.limits.max_image_bytes;
+            let query = match read_part(&mut field, max, limit).await? {
+                Some(data) => Ok(pb::search_request::Query::Image(data)),
+                None => Err(query_too_large(max).to_string()),
+            };
+            out.push(BatchQuery {
+                file_name,
+                id: None,
+                query,
+            });
+        } else {
+            let text = field.text().await.map_err(|e| multipart_error(&e, limit))?;
+            o.apply(&name, &text)?;
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::InvalidArgument(
+            "no image in the upload: send each query as a multipart part named \"image\"".into(),
+        ));
+    }
+    Ok(out)
+}
+
+async fn read_batch_json(
+    gw: &Gateway,
+    request: Request,
+    o: &mut Options,
+) -> Result<Vec<BatchQuery>> {
+    let limit = gw.cfg.limits.max_request_bytes;
+    let body = Bytes::from_request(request, &())
+        .await
+        .map_err(|e| body_error(&e, limit))?;
+    let mut b: SearchBody = parse_json_content(&body)?;
+    if b.image_id.is_some() {
+        return Err(Error::InvalidArgument(
+            "a batch names its stored images in \"queries\": [{\"id\": N}, ...], not \"image_id\""
+                .into(),
+        ));
+    }
+    let queries = b.queries.take().unwrap_or_default();
+    if queries.is_empty() {
+        return Err(Error::InvalidArgument(
+            "no query: send \"queries\": [{\"id\": N}, ...] naming stored images".into(),
+        ));
+    }
+    check_batch_len(gw, queries.len())?;
+    b.apply(o);
+    Ok(queries
+        .into_iter()
+        .map(|q| BatchQuery {
+            file_name: None,
+            id: Some(q.id),
+            query: Ok(pb::search_request::Query::Stored(pb::StoredImageQuery {
+                collection: q.collection,
+                id: q.id,
+                exclude_self: o.exclude_self,
+            })),
+        })
+        .collect())
 }
