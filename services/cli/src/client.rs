@@ -1,5 +1,5 @@
-//! `cbir index ...` and `cbir search`: the gateway's public gRPC API from
-//! the command line.
+//! `cbir index ...`: the gateway's public gRPC API from the command line,
+//! and the connection every command shares.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -255,63 +255,6 @@ pub async fn index_add(
     } else {
         ExitCode::from(2)
     })
-}
-
-pub async fn search(
-    url: &str,
-    collection: &str,
-    image: &Path,
-    top_k: u32,
-    mode: &str,
-    as_json: bool,
-) -> anyhow::Result<ExitCode> {
-    let mut client = connect(url).await?;
-    let data = std::fs::read(image).with_context(|| format!("cannot read {}", image.display()))?;
-    let mode = cbir_gateway::search::parse_mode(mode).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let r = client
-        .search(pb::SearchRequest {
-            query: Some(pb::search_request::Query::Image(data)),
-            collection: collection.to_string(),
-            top_k,
-            min_similarity: 0.0,
-            mode: mode as i32,
-            ..Default::default()
-        })
-        .await
-        .map_err(|s| status_error("search", s))?
-        .into_inner();
-    if as_json {
-        println!("{}", cbir_gateway::http::search_json(r));
-        return Ok(ExitCode::SUCCESS);
-    }
-    if let Some(q) = &r.query {
-        println!(
-            "query: {} ({:.1}%), {} results in {:.1} ms",
-            q.predicted_name,
-            q.confidence * 100.0,
-            r.results.len(),
-            r.took_ms
-        );
-    }
-    println!(
-        "{:>4}  {:>7}  {:>8}  {:<20}  path",
-        "rank", "similar", "distance", "label"
-    );
-    for (i, h) in r.results.iter().enumerate() {
-        println!(
-            "{:>4}  {:>6.1}%  {:>8.4}  {:<20}  {}",
-            i + 1,
-            h.similarity * 100.0,
-            h.distance,
-            h.label,
-            if h.path.is_empty() {
-                &h.file_name
-            } else {
-                &h.path
-            }
-        );
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 pub async fn stats(url: &str, collection: &str, as_json: bool) -> anyhow::Result<ExitCode> {

@@ -7,6 +7,7 @@ mod dupes;
 mod eval;
 mod image;
 mod progress;
+mod search;
 mod train;
 mod up;
 
@@ -106,19 +107,12 @@ enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
-    /// Find the images most similar to IMAGE.
+    /// Find the images most similar to each IMAGE (several: one batch
+    /// search), optionally among those with some labels, under a path or
+    /// added in a time range; --offset pages.
     Search {
-        image: PathBuf,
-        /// How many results.
-        #[arg(short = 'k', long = "top-k", default_value_t = 20)]
-        top_k: u32,
-        /// probe (default), partition or exact.
-        #[arg(long, default_value = "probe")]
-        mode: String,
-        #[arg(long, short = 'c', default_value = "default")]
-        collection: String,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        args: search::SearchArgs,
         #[command(flatten)]
         gateway: GatewayArgs,
     },
@@ -311,14 +305,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Key {
             command: KeyCommand::New { name, role },
         } => new_key(&name, role),
-        Command::Search {
-            image,
-            top_k,
-            mode,
-            collection,
-            json,
-            gateway,
-        } => client::search(&gateway.gateway, &collection, &image, top_k, &mode, json).await,
+        Command::Search { args, gateway } => search::run(&gateway.gateway, &args).await,
         Command::Train {
             dir,
             name,
