@@ -10,6 +10,7 @@ mod concurrency;
 mod datasets;
 mod deploy;
 mod dupes;
+mod filters;
 mod gateway;
 mod images;
 mod index_jobs;
