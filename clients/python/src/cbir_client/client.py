@@ -32,6 +32,7 @@ __all__ = [
     "BatchItem",
     "CbirError",
     "Client",
+    "DuplicateReport",
     "Collection",
     "Image",
     "ImportResult",
@@ -175,6 +176,17 @@ class AddReport:
     #: The stored id of each added file, by its path as given.
     ids: Dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+
+
+@dataclass
+class DuplicateReport:
+    """The near-duplicate groups of the latest run on a collection."""
+
+    min_similarity: float
+    #: The run's state ("STATE_SUCCEEDED", ...); "" when none ran.
+    state: str
+    #: Largest first; each member as (image, similarity to the first).
+    groups: List[List[Tuple[Image, float]]]
 
 
 @dataclass(frozen=True)
@@ -696,6 +708,74 @@ class Client:
             if not page.next_cursor:
                 return
             req.cursor = page.next_cursor
+
+    # -- near-duplicates --------------------------------------------------
+
+    def find_duplicates(
+        self,
+        collection: Optional[str] = None,
+        min_similarity: float = 0.0,
+        wait: bool = True,
+        progress: Optional[Callable[[int, int], None]] = None,
+    ) -> str:
+        """Starts grouping the collection's near-duplicates (index role):
+        images whose similarity is at least `min_similarity` (0: the
+        server's documented default). With `wait`, follows the operation
+        until it ends, calling `progress(done, total)`, and raises
+        `CbirError` when it failed. The operation's id; `duplicates()`
+        lists the groups."""
+        r = self._call(
+            self._stub.FindDuplicates,
+            index_pb2.FindDuplicatesRequest(
+                collection=self._coll(collection), min_similarity=min_similarity
+            ),
+        )
+        if wait:
+            self._follow(r.operation_id, progress)
+        return r.operation_id
+
+    def _follow(self, operation_id: str, progress: Optional[Callable[[int, int], None]]) -> None:
+        states = common_pb2.OperationProgress
+        try:
+            stream = self._stub.WatchOperation(
+                index_pb2.WatchOperationRequest(operation_id=operation_id),
+                metadata=self._metadata,
+            )
+            for p in stream:
+                if progress is not None:
+                    progress(p.done, p.total)
+                if p.state == states.STATE_SUCCEEDED:
+                    return
+                if p.state in (states.STATE_FAILED, states.STATE_CANCELLED):
+                    raise CbirError(
+                        grpc.StatusCode.ABORTED if p.state == states.STATE_CANCELLED
+                        else grpc.StatusCode.INTERNAL,
+                        p.message or f"operation {operation_id} ended without success",
+                    )
+        except grpc.RpcError as e:
+            raise _error(e) from None
+        raise CbirError(
+            grpc.StatusCode.UNAVAILABLE,
+            f"the progress of operation {operation_id} stopped before it ended: watch it again",
+        )
+
+    def duplicates(self, collection: Optional[str] = None) -> DuplicateReport:
+        """The groups of the latest `find_duplicates` run, largest first;
+        each member with its similarity to the group's first image."""
+        r = self._call(
+            self._stub.ListDuplicates,
+            index_pb2.ListDuplicatesRequest(collection=self._coll(collection)),
+        )
+        coll = self._coll(collection)
+        return DuplicateReport(
+            min_similarity=r.min_similarity,
+            state=common_pb2.OperationProgress.State.Name(r.operation.state)
+            if r.HasField("operation")
+            else "",
+            groups=[
+                [(_image(m.image, coll), m.similarity) for m in g.members] for g in r.groups
+            ],
+        )
 
     # -- collections ------------------------------------------------------
 
