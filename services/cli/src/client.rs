@@ -287,6 +287,9 @@ pub async fn stats(url: &str, collection: &str, as_json: bool) -> anyhow::Result
                     "class_index": p.class_index, "class_name": p.class_name,
                     "count": p.count, "bytes_in_memory": p.bytes_in_memory,
                 })).collect::<Vec<_>>(),
+                "labels": s.labels.iter().map(|l| json!({
+                    "label": l.label, "count": l.count,
+                })).collect::<Vec<_>>(),
             })
         );
         return Ok(ExitCode::SUCCESS);
@@ -305,6 +308,18 @@ pub async fn stats(url: &str, collection: &str, as_json: bool) -> anyhow::Result
     }
     if parts.len() > 20 {
         println!("  ... and {} more partitions", parts.len() - 20);
+    }
+    println!("{} labels:", s.labels.len());
+    for l in s.labels.iter().take(20) {
+        let name = if l.label.is_empty() {
+            "(unlabelled)"
+        } else {
+            &l.label
+        };
+        println!("  {:>7}  {name}", l.count);
+    }
+    if s.labels.len() > 20 {
+        println!("  ... and {} more labels", s.labels.len() - 20);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -98,6 +98,7 @@ impl Gateway {
                                 created_at_ms: i.created_at_ms,
                                 content_hash: i.content_hash,
                                 collection: name.clone(),
+                                has_source: i.has_source,
                                 ..Default::default()
                             },
                         })

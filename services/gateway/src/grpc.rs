@@ -131,7 +131,7 @@ impl SearchService for SearchGrpc {
         let r = request.into_inner();
         Ok(Response::new(
             self.gateway
-                .image(&r.collection, r.id, r.include_thumbnail)
+                .image_with(&r.collection, r.id, r.include_thumbnail, r.include_source)
                 .await?,
         ))
     }
@@ -165,7 +165,9 @@ impl SearchService for SearchGrpc {
         request: Request<pb::ListImagesRequest>,
     ) -> Result<Response<pb::ListStoredImagesResponse>, Status> {
         self.allow(&request, Role::Search)?;
-        Err(Status::unimplemented("ListImages is not implemented yet"))
+        Ok(Response::new(
+            self.gateway.list_images(request.into_inner()).await?,
+        ))
     }
 
     async fn search_batch(

@@ -27,6 +27,18 @@ impl Gateway {
         id: u64,
         include_thumbnail: bool,
     ) -> Result<pb::StoredImage> {
+        self.image_with(collection, id, include_thumbnail, false)
+            .await
+    }
+
+    /// The image's metadata, with its thumbnail and kept source when asked.
+    pub async fn image_with(
+        &self,
+        collection: &str,
+        id: u64,
+        include_thumbnail: bool,
+        include_source: bool,
+    ) -> Result<pb::StoredImage> {
         let name = self.collection_name(collection)?;
         check_id(id)?;
         let coll = self.collection(&name).await?;
@@ -34,29 +46,53 @@ impl Gateway {
             collection: name.clone(),
             id,
             include_thumbnail,
+            include_source,
             ..Default::default()
         };
         let img = self.get_image(msg, self.admin_timeout()).await?;
-        let predicted_name = self
-            .class_names(coll.model.as_ref())
-            .await
-            .and_then(|names| {
-                let i = usize::try_from(img.predicted_class).ok()?;
-                names.get(i).cloned()
-            })
-            .unwrap_or_default();
-        Ok(pb::StoredImage {
-            id: img.id,
-            file_name: img.file_name,
-            path: img.path,
-            label: img.label,
-            predicted_class: img.predicted_class,
-            predicted_name,
-            created_at_ms: img.created_at_ms,
-            content_hash: img.content_hash,
-            thumbnail: img.thumbnail,
-            collection: name,
-            source_image: Vec::new(),
+        let names = self.class_names(coll.model.as_ref()).await;
+        Ok(stored_image(&name, img, names.as_deref()))
+    }
+
+    /// The kept original (or its rendition) of an image, with its media
+    /// type; NOT_FOUND when the collection keeps none for it.
+    pub async fn original(&self, collection: &str, id: u64) -> Result<(Vec<u8>, &'static str)> {
+        let img = self.image_with(collection, id, false, true).await?;
+        if img.source_image.is_empty() {
+            return Err(Error::NotFound(format!(
+                "image {id} of collection {:?} has no kept original (it was stored without one): its thumbnail is all there is",
+                img.collection
+            )));
+        }
+        let media = cbir_imaging::media_type(&img.source_image);
+        Ok((img.source_image, media))
+    }
+
+    /// A page of a collection's images (see `ListImagesRequest`).
+    pub async fn list_images(
+        &self,
+        mut req: pb::ListImagesRequest,
+    ) -> Result<pb::ListStoredImagesResponse> {
+        let name = self.collection_name(&req.collection)?;
+        req.collection.clone_from(&name);
+        let coll = self.collection(&name).await?;
+        let page = self
+            .index_rpc(
+                "ListImages",
+                self.admin_timeout(),
+                req,
+                |mut c, r| async move { c.list_images(r).await },
+            )
+            .await?;
+        let names = self.class_names(coll.model.as_ref()).await;
+        Ok(pb::ListStoredImagesResponse {
+            images: page
+                .images
+                .into_iter()
+                .map(|i| stored_image(&name, i, names.as_deref()))
+                .collect(),
+            next_cursor: page.next_cursor,
+            total: page.total,
         })
     }
 
@@ -111,5 +147,34 @@ impl Gateway {
         )
         .await?;
         self.image(&name, id, false).await
+    }
+}
+
+/// An index record as the public API shows it, named by `class_names`.
+fn stored_image(
+    collection: &str,
+    img: pb::ImageRecord,
+    class_names: Option<&Vec<String>>,
+) -> pb::StoredImage {
+    let predicted_name = class_names
+        .and_then(|names| {
+            names
+                .get(usize::try_from(img.predicted_class).ok()?)
+                .cloned()
+        })
+        .unwrap_or_default();
+    pb::StoredImage {
+        id: img.id,
+        file_name: img.file_name,
+        path: img.path,
+        label: img.label,
+        predicted_class: img.predicted_class,
+        predicted_name,
+        created_at_ms: img.created_at_ms,
+        content_hash: img.content_hash,
+        thumbnail: img.thumbnail,
+        collection: collection.to_string(),
+        has_source: img.has_source || !img.source_image.is_empty(),
+        source_image: img.source_image,
     }
 }

@@ -252,6 +252,13 @@ pub fn probe(bytes: &[u8], limits: &Limits) -> Result<Header> {
     })
 }
 
+/// The media type of an encoded image from its first bytes (`image/jpeg`,
+/// `image/png`, `image/webp`...), `application/octet-stream` when no format
+/// is recognised: what a kept original is served as.
+pub fn media_type(bytes: &[u8]) -> &'static str {
+    image::guess_format(bytes).map_or("application/octet-stream", |f| f.to_mime_type())
+}
+
 /// Decodes `bytes` into an upright 8-bit RGB image, enforcing `limits`.
 ///
 /// EXIF orientation is applied; grayscale, CMYK, 16-bit and palette images

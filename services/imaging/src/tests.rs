@@ -472,3 +472,13 @@ fn probe_reads_the_header_without_decoding() {
     let e = probe(&png_claiming(20_000, 20_000), &Limits::default()).unwrap_err();
     assert!(matches!(e, Error::TooManyPixels { .. }), "{e}");
 }
+
+#[test]
+fn media_types_are_sniffed() {
+    assert_eq!(media_type(&[0xFF, 0xD8, 0xFF, 0xE0, 0, 0]), "image/jpeg");
+    assert_eq!(media_type(b"\x89PNG\r\n\x1a\n...."), "image/png");
+    assert_eq!(media_type(b"RIFF\0\0\0\0WEBPVP8 "), "image/webp");
+    assert_eq!(media_type(b"GIF89a.."), "image/gif");
+    assert_eq!(media_type(b"not an image"), "application/octet-stream");
+    assert_eq!(media_type(&[]), "application/octet-stream");
+}

@@ -378,6 +378,7 @@ impl Duplicates {
                                 predicted_class: s.image.predicted_class,
                                 thumbnail: s.thumbnail.clone().unwrap_or_default(),
                                 created_at_ms: s.created_at_ms,
+                                has_source: s.has_source,
                                 ..Default::default()
                             }),
                             similarity,

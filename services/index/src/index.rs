@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use parking_lot::RwLock;
 
+mod browse;
 mod load;
 mod physical;
 mod search;
@@ -18,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::mem::{Filter, Hit, MemIndex, Mode, ProbeRule, Stats};
 use crate::store::{CollectionRow, Store, StoredImage};
 
+pub use browse::{LabelCount, ListRequest};
 pub use transfer::{BackupCopy, Export, EXPORT_VERSION};
 
 /// Limits on what one request may carry.

@@ -329,6 +329,17 @@ impl MemIndex {
         true
     }
 
+    /// Images per label.
+    pub fn label_counts(&self) -> HashMap<String, u64> {
+        let mut out: HashMap<&str, u64> = HashMap::new();
+        for c in self.cells.values() {
+            for m in &c.meta {
+                *out.entry(m.label.as_str()).or_default() += 1;
+            }
+        }
+        out.into_iter().map(|(l, n)| (l.to_string(), n)).collect()
+    }
+
     pub fn feature(&self, id: u64) -> Option<(i32, Vec<f32>)> {
         let (class, list, slot) = *self.locate.get(&id)?;
         let c = self.cells.get(&(class, list))?;

@@ -9,9 +9,10 @@ use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::duplicates::Duplicates;
-use crate::index::{Collection, Index, Record, SearchRequest, SearchResult};
+use crate::index::{Collection, Index, ListRequest, Record, SearchRequest, SearchResult};
 use crate::mem::{Filter, Mode};
 use crate::rebuild::Rebuilder;
+use crate::store::{ImageFilter, Sort};
 
 #[derive(Clone)]
 pub struct IndexGrpc {
@@ -42,6 +43,29 @@ pub fn mode_from(m: i32) -> Result<Option<Mode>, Status> {
         Ok(pb::SearchMode::Probe) => Ok(Some(Mode::Probe)),
         Ok(pb::SearchMode::Exact) => Ok(Some(Mode::Exact)),
         Err(_) => Err(Status::invalid_argument(format!("unknown search mode {m}"))),
+    }
+}
+
+pub fn sort_from(s: i32) -> Result<Sort, Status> {
+    match pb::ImageSort::try_from(s) {
+        Ok(pb::ImageSort::Unspecified | pb::ImageSort::Time) => Ok(Sort::Time),
+        Ok(pb::ImageSort::Name) => Ok(Sort::Name),
+        Ok(pb::ImageSort::Label) => Ok(Sort::Label),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "unknown sort {s}: use IMAGE_SORT_TIME, IMAGE_SORT_NAME or IMAGE_SORT_LABEL"
+        ))),
+    }
+}
+
+/// The listing's filter; no filter admits everything.
+pub fn filter_from(f: Option<pb::ImageFilter>) -> ImageFilter {
+    let f = f.unwrap_or_default();
+    ImageFilter {
+        labels_in: f.labels_in,
+        labels_not_in: f.labels_not_in,
+        path_prefix: f.path_prefix,
+        created_from_ms: f.created_from_ms,
+        created_to_ms: f.created_to_ms,
     }
 }
 
@@ -269,6 +293,7 @@ impl IndexService for IndexGrpc {
                 } else {
                     Vec::new()
                 },
+                has_source: img.has_source,
             }),
         }))
     }
@@ -293,7 +318,15 @@ impl IndexService for IndexGrpc {
         let c = self.index.resolve(&name)?;
         Ok(Response::new(pb::StatsResponse {
             collection: Some(collection_msg(&name, &c)),
-            labels: Vec::new(),
+            labels: self
+                .index
+                .label_counts(&name)?
+                .into_iter()
+                .map(|l| pb::LabelCount {
+                    label: l.label,
+                    count: l.count,
+                })
+                .collect(),
             partitions: s
                 .partitions
                 .iter()
@@ -411,9 +444,41 @@ impl IndexService for IndexGrpc {
 
     async fn list_images(
         &self,
-        _request: Request<pb::ListImagesRequest>,
+        request: Request<pb::ListImagesRequest>,
     ) -> Result<Response<pb::ListImagesResponse>, Status> {
-        Err(Status::unimplemented("ListImages is not implemented yet"))
+        let r = request.into_inner();
+        let page = self
+            .index
+            .list_images(ListRequest {
+                sort: sort_from(r.sort)?,
+                collection: r.collection,
+                descending: r.descending,
+                page_size: r.page_size,
+                cursor: r.cursor,
+                filter: filter_from(r.filter),
+                include_thumbnail: r.include_thumbnail,
+            })
+            .await?;
+        Ok(Response::new(pb::ListImagesResponse {
+            images: page
+                .images
+                .into_iter()
+                .map(|i| pb::ImageRecord {
+                    id: i.id,
+                    content_hash: i.content_hash,
+                    file_name: i.file_name,
+                    path: i.path,
+                    label: i.label,
+                    predicted_class: i.predicted_class,
+                    thumbnail: i.thumbnail.unwrap_or_default(),
+                    created_at_ms: i.created_at_ms,
+                    has_source: i.has_source,
+                    ..Default::default()
+                })
+                .collect(),
+            next_cursor: page.next_cursor,
+            total: page.total,
+        }))
     }
 
     async fn search_batch(

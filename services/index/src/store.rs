@@ -2,6 +2,7 @@
 //! or MySQL/MariaDB through sea-orm. The database is the source of truth;
 //! memory is rebuilt from it at start.
 
+pub mod browse;
 mod catalog;
 mod duplicates;
 mod images;
@@ -16,6 +17,7 @@ use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, S
 
 use crate::error::{Error, Result};
 
+pub use browse::{ImageFilter, ListPage, ListQuery, ListedImage, Sort, MAX_PAGE_SIZE};
 pub use transfer::{ExportedImage, Snapshot};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +74,8 @@ pub struct StoredImage {
     pub created_at_ms: i64,
     pub thumbnail: Option<Vec<u8>>,
     pub source: Option<Vec<u8>>,
+    /// The entry keeps a source image (known without reading it).
+    pub has_source: bool,
 }
 
 pub fn encode_feature(v: &[f32]) -> Vec<u8> {

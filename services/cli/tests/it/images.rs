@@ -16,7 +16,7 @@ use tonic::transport::Channel;
 
 use crate::system::{flowers_subset, System};
 
-fn key(name: &str, role: Role) -> ApiKey {
+pub(crate) fn key(name: &str, role: Role) -> ApiKey {
     ApiKey {
         name: name.into(),
         sha256: hash_key(&format!("secret-{name}")),
@@ -24,15 +24,15 @@ fn key(name: &str, role: Role) -> ApiKey {
     }
 }
 
-struct Api {
-    http: reqwest::Client,
-    base: String,
+pub(crate) struct Api {
+    pub http: reqwest::Client,
+    pub base: String,
 }
 
 impl Api {
     /// `method path` with `body` as JSON and `key` as x-api-key; the
     /// answer (checked against openapi.json for `template`) and its status.
-    async fn call(
+    pub async fn call(
         &self,
         method: Method,
         template: &str,
@@ -88,7 +88,7 @@ impl Api {
     }
 }
 
-fn cbir(sys: &System, key: Option<&str>, args: &[&str]) -> (bool, String, String) {
+pub(crate) fn cbir(sys: &System, key: Option<&str>, args: &[&str]) -> (bool, String, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cbir"));
     cmd.args(args).env("CBIR_GATEWAY_URL", sys.url());
     match key {
@@ -104,7 +104,7 @@ fn cbir(sys: &System, key: Option<&str>, args: &[&str]) -> (bool, String, String
 }
 
 /// Uploads `files` into collection `img`; their ids, in order.
-async fn upload(api: &Api, files: &[std::path::PathBuf]) -> Vec<u64> {
+pub(crate) async fn upload(api: &Api, files: &[std::path::PathBuf]) -> Vec<u64> {
     let mut form = reqwest::multipart::Form::new();
     for f in files {
         let class = f.parent().and_then(|p| p.file_name()).expect("class");

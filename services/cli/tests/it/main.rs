@@ -4,6 +4,7 @@
 mod access;
 mod adversarial;
 mod backup;
+mod browse;
 mod browser;
 mod cli;
 mod concurrency;

@@ -105,6 +105,14 @@ struct Stats {
     bytes_in_memory: u64,
     dims: u32,
     count: u64,
+    /// The user's labels, most images first.
+    labels: Vec<LabelJson>,
+}
+
+#[derive(Serialize)]
+struct LabelJson {
+    label: String,
+    count: u64,
 }
 
 #[derive(Serialize)]
@@ -136,6 +144,14 @@ async fn collection_stats(
         bytes_in_memory: s.bytes_in_memory,
         dims: s.dims,
         count: s.count,
+        labels: s
+            .labels
+            .into_iter()
+            .map(|l| LabelJson {
+                label: l.label,
+                count: l.count,
+            })
+            .collect(),
     }))
 }
 

@@ -4,7 +4,6 @@
 use axum::extract::multipart::{Field, MultipartError};
 use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::StatusCode;
-use axum::routing::post;
 use axum::Json;
 use cbir_api::v1 as pb;
 use serde::{Deserialize, Serialize};
@@ -15,7 +14,11 @@ use crate::error::{Error, Result};
 use crate::gateway::{file_name_of, label_from_path};
 
 pub(super) fn routes() -> Vec<Route> {
-    vec![("/api/collections/{name}/images", post(add_images))]
+    // One path, two resources: the listing lives with the images.
+    vec![(
+        "/api/collections/{name}/images",
+        super::images::list_route().post(add_images),
+    )]
 }
 
 pub(super) fn multipart_error(e: &MultipartError, limit: usize) -> Error {

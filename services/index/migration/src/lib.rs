@@ -21,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000003_write_seq::Migration),
             Box::new(m20261202_000004_index_jobs::Migration),
             Box::new(m20261202_000010_duplicates::Migration),
+            Box::new(m20261202_000011_browse::Migration),
         ]
     }
 }
@@ -357,6 +358,75 @@ mod m20261202_000010_duplicates {
                     .await?;
             }
             Ok(())
+        }
+    }
+}
+
+/// Browsing a collection page by page (ListImages) in time, name or label
+/// order: an index per order, so that a page is a range read, not a sort
+/// of the whole collection; and the size of each kept source, so that a
+/// listing tells which images have one without reading the blobs.
+///
+/// MySQL/MariaDB index at most 3072 bytes of a key and `file_name` holds
+/// up to 4096 (1024 utf8mb4 characters): its indexes are prefix indexes,
+/// which bound the range a page reads but cannot give its order, so name
+/// and label pages sort what remains of the range after the cursor.
+/// SQLite has no such limit and reads every order from its index.
+mod m20261202_000011_browse {
+    use super::*;
+
+    pub struct Migration;
+
+    impl MigrationName for Migration {
+        fn name(&self) -> &str {
+            "m20261202_000011_browse"
+        }
+    }
+
+    const MYSQL: &[&str] = &[
+        "CREATE INDEX idx_images_time ON images (collection_id, created_at_ms, id)",
+        "CREATE INDEX idx_images_name ON images (collection_id, file_name(255), id)",
+        "CREATE INDEX idx_images_label ON images (collection_id, label, file_name(200))",
+        "ALTER TABLE image_blobs ADD COLUMN source_bytes BIGINT NOT NULL DEFAULT 0",
+        "UPDATE image_blobs SET source_bytes = LENGTH(source)",
+    ];
+
+    const SQLITE: &[&str] = &[
+        "CREATE INDEX idx_images_time ON images (collection_id, created_at_ms, id)",
+        "CREATE INDEX idx_images_name ON images (collection_id, file_name, id)",
+        "CREATE INDEX idx_images_label ON images (collection_id, label, file_name, id)",
+        "ALTER TABLE image_blobs ADD COLUMN source_bytes INTEGER NOT NULL DEFAULT 0",
+        "UPDATE image_blobs SET source_bytes = length(source)",
+    ];
+
+    #[async_trait::async_trait]
+    impl MigrationTrait for Migration {
+        async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            let stmts = match manager.get_database_backend() {
+                DatabaseBackend::MySql => MYSQL,
+                _ => SQLITE,
+            };
+            let db = manager.get_connection();
+            for s in stmts {
+                db.execute_unprepared(s).await?;
+            }
+            Ok(())
+        }
+
+        async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+            let mysql = manager.get_database_backend() == DatabaseBackend::MySql;
+            let db = manager.get_connection();
+            for index in ["idx_images_time", "idx_images_name", "idx_images_label"] {
+                let sql = if mysql {
+                    format!("DROP INDEX {index} ON images")
+                } else {
+                    format!("DROP INDEX IF EXISTS {index}")
+                };
+                db.execute_unprepared(&sql).await?;
+            }
+            db.execute_unprepared("ALTER TABLE image_blobs DROP COLUMN source_bytes")
+                .await
+                .map(|_| ())
         }
     }
 }

@@ -121,6 +121,7 @@ fn record_of(e: ExportedImage) -> pb::ImageRecord {
         thumbnail: e.thumbnail,
         created_at_ms: e.created_at_ms,
         class_probabilities: Vec::new(),
+        has_source: !e.source.is_empty(),
         source_image: e.source,
     }
 }

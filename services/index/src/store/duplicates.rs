@@ -310,7 +310,8 @@ impl Store {
                 .db
                 .query_all(self.stmt(
                     &format!(
-                        "SELECT i.id, i.predicted_class, i.content_hash, i.file_name, i.path, i.label, i.created_at_ms, b.thumbnail \
+                        "SELECT i.id, i.predicted_class, i.content_hash, i.file_name, i.path, i.label, i.created_at_ms, b.thumbnail, \
+                         COALESCE(b.source_bytes, 0) AS source_bytes \
                          FROM images i LEFT JOIN image_blobs b ON b.image_id = i.id \
                          WHERE i.collection_id = ? AND i.id IN ({marks})"
                     ),
@@ -335,6 +336,10 @@ impl Store {
                     created_at_ms: r.try_get("", "created_at_ms").map_err(db_err("created"))?,
                     thumbnail: r.try_get("", "thumbnail").map_err(db_err("thumbnail"))?,
                     source: None,
+                    has_source: r
+                        .try_get::<i64>("", "source_bytes")
+                        .map_err(db_err("source_bytes"))?
+                        > 0,
                 });
             }
         }

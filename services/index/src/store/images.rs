@@ -130,10 +130,11 @@ impl Store {
         .await
         .map_err(db_err("updating an image"))?;
         tx.execute(self.stmt(
-            "UPDATE image_blobs SET thumbnail = ?, source = ? WHERE image_id = ?",
+            "UPDATE image_blobs SET thumbnail = ?, source = ?, source_bytes = ? WHERE image_id = ?",
             vec![
                 img.thumbnail.clone().into(),
                 img.source.clone().into(),
+                (img.source.len() as i64).into(),
                 (id as i64).into(),
             ],
         ))
@@ -210,19 +211,20 @@ impl Store {
                 end += 1;
             }
             let mut sql = String::from(
-                "INSERT INTO image_blobs (image_id, collection_id, thumbnail, source) VALUES ",
+                "INSERT INTO image_blobs (image_id, collection_id, thumbnail, source, source_bytes) VALUES ",
             );
             let mut values = Vec::new();
             for (i, (id, img)) in blob_rows[start..end].iter().enumerate() {
                 if i > 0 {
                     sql.push(',');
                 }
-                sql.push_str("(?, ?, ?, ?)");
+                sql.push_str("(?, ?, ?, ?, ?)");
                 values.extend([
                     (*id).into(),
                     collection_id.into(),
                     img.thumbnail.clone().into(),
                     img.source.clone().into(),
+                    (img.source.len() as i64).into(),
                 ]);
             }
             tx.execute(self.stmt(&sql, values))

@@ -120,7 +120,7 @@ impl Store {
         let Some(r) = self
             .db
             .query_one(self.stmt(
-                "SELECT id, predicted_class, content_hash, file_name, path, label, feature, created_at_ms FROM images WHERE collection_id = ? AND id = ?",
+                "SELECT i.id, i.predicted_class, i.content_hash, i.file_name, i.path, i.label, i.feature, i.created_at_ms, COALESCE(b.source_bytes, 0) AS source_bytes FROM images i LEFT JOIN image_blobs b ON b.image_id = i.id WHERE i.collection_id = ? AND i.id = ?",
                 vec![collection_id.into(), (id as i64).into()],
             ))
             .await
@@ -130,6 +130,9 @@ impl Store {
         };
         let image = Self::loaded_from_row(&r)?;
         let created_at_ms = r.try_get("", "created_at_ms").map_err(db_err("created"))?;
+        let source_bytes: i64 = r
+            .try_get("", "source_bytes")
+            .map_err(db_err("source_bytes"))?;
         let (thumbnail, source) = if with_blobs {
             match self
                 .db
@@ -154,6 +157,7 @@ impl Store {
             created_at_ms,
             thumbnail,
             source,
+            has_source: source_bytes > 0,
         }))
     }
 }

@@ -4,6 +4,7 @@
 // Helpers shared by macro-generated tests are not #[test] functions.
 #![allow(clippy::unwrap_used, clippy::field_reassign_with_default)]
 
+mod browse;
 mod concurrency;
 mod db;
 mod duplicates;

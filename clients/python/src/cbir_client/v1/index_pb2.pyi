@@ -252,7 +252,7 @@ class DeleteCollectionResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class ImageRecord(_message.Message):
-    __slots__ = ("id", "content_hash", "file_name", "path", "label", "predicted_class", "feature", "thumbnail", "created_at_ms", "class_probabilities", "source_image")
+    __slots__ = ("id", "content_hash", "file_name", "path", "label", "predicted_class", "feature", "thumbnail", "created_at_ms", "class_probabilities", "source_image", "has_source")
     ID_FIELD_NUMBER: _ClassVar[int]
     CONTENT_HASH_FIELD_NUMBER: _ClassVar[int]
     FILE_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -264,6 +264,7 @@ class ImageRecord(_message.Message):
     CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     CLASS_PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
     SOURCE_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    HAS_SOURCE_FIELD_NUMBER: _ClassVar[int]
     id: int
     content_hash: str
     file_name: str
@@ -275,7 +276,8 @@ class ImageRecord(_message.Message):
     created_at_ms: int
     class_probabilities: _containers.RepeatedScalarFieldContainer[float]
     source_image: bytes
-    def __init__(self, id: _Optional[int] = ..., content_hash: _Optional[str] = ..., file_name: _Optional[str] = ..., path: _Optional[str] = ..., label: _Optional[str] = ..., predicted_class: _Optional[int] = ..., feature: _Optional[_Iterable[float]] = ..., thumbnail: _Optional[bytes] = ..., created_at_ms: _Optional[int] = ..., class_probabilities: _Optional[_Iterable[float]] = ..., source_image: _Optional[bytes] = ...) -> None: ...
+    has_source: bool
+    def __init__(self, id: _Optional[int] = ..., content_hash: _Optional[str] = ..., file_name: _Optional[str] = ..., path: _Optional[str] = ..., label: _Optional[str] = ..., predicted_class: _Optional[int] = ..., feature: _Optional[_Iterable[float]] = ..., thumbnail: _Optional[bytes] = ..., created_at_ms: _Optional[int] = ..., class_probabilities: _Optional[_Iterable[float]] = ..., source_image: _Optional[bytes] = ..., has_source: _Optional[bool] = ...) -> None: ...
 
 class UpsertRequest(_message.Message):
     __slots__ = ("collection", "records", "replace")

@@ -53,7 +53,7 @@ class GetStoredImageRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., id: _Optional[int] = ..., include_thumbnail: _Optional[bool] = ..., include_source: _Optional[bool] = ...) -> None: ...
 
 class StoredImage(_message.Message):
-    __slots__ = ("id", "file_name", "path", "label", "predicted_class", "predicted_name", "created_at_ms", "content_hash", "thumbnail", "collection", "source_image")
+    __slots__ = ("id", "file_name", "path", "label", "predicted_class", "predicted_name", "created_at_ms", "content_hash", "thumbnail", "collection", "source_image", "has_source")
     ID_FIELD_NUMBER: _ClassVar[int]
     FILE_NAME_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +65,7 @@ class StoredImage(_message.Message):
     THUMBNAIL_FIELD_NUMBER: _ClassVar[int]
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     SOURCE_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    HAS_SOURCE_FIELD_NUMBER: _ClassVar[int]
     id: int
     file_name: str
     path: str
@@ -76,7 +77,8 @@ class StoredImage(_message.Message):
     thumbnail: bytes
     collection: str
     source_image: bytes
-    def __init__(self, id: _Optional[int] = ..., file_name: _Optional[str] = ..., path: _Optional[str] = ..., label: _Optional[str] = ..., predicted_class: _Optional[int] = ..., predicted_name: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., content_hash: _Optional[str] = ..., thumbnail: _Optional[bytes] = ..., collection: _Optional[str] = ..., source_image: _Optional[bytes] = ...) -> None: ...
+    has_source: bool
+    def __init__(self, id: _Optional[int] = ..., file_name: _Optional[str] = ..., path: _Optional[str] = ..., label: _Optional[str] = ..., predicted_class: _Optional[int] = ..., predicted_name: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., content_hash: _Optional[str] = ..., thumbnail: _Optional[bytes] = ..., collection: _Optional[str] = ..., source_image: _Optional[bytes] = ..., has_source: _Optional[bool] = ...) -> None: ...
 
 class CreateGatewayCollectionRequest(_message.Message):
     __slots__ = ("name", "description", "if_not_exists")
