@@ -1,6 +1,7 @@
 //! Rebuilding a collection for another model through the inference service,
 //! with searches answered throughout and the name switched atomically.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -17,8 +18,17 @@ async fn channel(addr: std::net::SocketAddr) -> Channel {
         .connect_lazy()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rebuild_switches_model_while_searches_keep_working() {
+type Inference = InferenceServiceClient<Channel>;
+
+/// Inference and an index on a temporary SQLite file, with collection
+/// `flowers`: 36 real flowers embedded by the served model, in the order
+/// of the records returned.
+async fn flowers_index() -> (
+    tempfile::TempDir,
+    Inference,
+    IndexServiceClient<Channel>,
+    Vec<pb::ImageRecord>,
+) {
     cbir_common::telemetry::init_for_tests();
     let dir = tempfile::tempdir().expect("tempdir");
     // Inference.
@@ -133,6 +143,47 @@ async fn rebuild_switches_model_while_searches_keep_working() {
     .await
     .expect("upsert");
 
+    (dir, inf, idx, records)
+}
+
+/// Serves "v2": the same weights under a new version.
+async fn load_v2(inf: &mut Inference) {
+    inf.load_model(pb::LoadModelRequest {
+        model: Some(pb::ModelRef {
+            name: "efficientnet-lite0".into(),
+            version: "v2".into(),
+        }),
+        class_names: vec![],
+        weights: Some(pb::load_model_request::Weights::Path(
+            cbir_inference::test_weights_path().display().to_string(),
+        )),
+        weights_sha256: cbir_inference::backend::sha256_hex(
+            &std::fs::read(cbir_inference::test_weights_path()).expect("weights"),
+        ),
+        ..Default::default()
+    })
+    .await
+    .expect("load v2");
+}
+
+/// A rebuild for "v2" of `flowers`; its operation id.
+async fn start_rebuild(idx: &mut IndexServiceClient<Channel>) -> String {
+    idx.rebuild(pb::RebuildRequest {
+        collection: "flowers".into(),
+        model: Some(pb::ModelRef {
+            name: "efficientnet-lite0".into(),
+            version: "v2".into(),
+        }),
+    })
+    .await
+    .expect("rebuild")
+    .into_inner()
+    .operation_id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuild_switches_model_while_searches_keep_working() {
+    let (_dir, mut inf, mut idx, records) = flowers_index().await;
     // Rebuilding for a model the inference service does not serve is refused.
     let err = idx
         .rebuild(pb::RebuildRequest {
@@ -152,22 +203,7 @@ async fn rebuild_switches_model_while_searches_keep_working() {
     );
 
     // Serve "v2" (the same weights under a new version), then rebuild.
-    inf.load_model(pb::LoadModelRequest {
-        model: Some(pb::ModelRef {
-            name: "efficientnet-lite0".into(),
-            version: "v2".into(),
-        }),
-        class_names: vec![],
-        weights: Some(pb::load_model_request::Weights::Path(
-            cbir_inference::test_weights_path().display().to_string(),
-        )),
-        weights_sha256: cbir_inference::backend::sha256_hex(
-            &std::fs::read(cbir_inference::test_weights_path()).expect("weights"),
-        ),
-        ..Default::default()
-    })
-    .await
-    .expect("load v2");
+    load_v2(&mut inf).await;
     let before = idx
         .get_collection(pb::GetCollectionRequest {
             name: "flowers".into(),
@@ -177,18 +213,7 @@ async fn rebuild_switches_model_while_searches_keep_working() {
         .into_inner()
         .collection
         .expect("collection");
-    let op = idx
-        .rebuild(pb::RebuildRequest {
-            collection: "flowers".into(),
-            model: Some(pb::ModelRef {
-                name: "efficientnet-lite0".into(),
-                version: "v2".into(),
-            }),
-        })
-        .await
-        .expect("rebuild")
-        .into_inner()
-        .operation_id;
+    let op = start_rebuild(&mut idx).await;
     // Searches keep answering, with complete results, during the rebuild.
     let mut searcher = idx.clone();
     let query = records[0].feature.clone();
@@ -271,4 +296,118 @@ async fn rebuild_switches_model_while_searches_keep_working() {
         .map(|c| c.physical_name)
         .collect();
     assert_eq!(names, vec![after.physical_name.clone()]);
+}
+
+/// Labels set while a rebuild runs are the rebuilt collection's: set before
+/// an image is copied they travel with it, set after it they are carried
+/// over at the switch (`carry_labels`); once the name points at the new
+/// collection the old ids are gone, which ends the relabelling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labels_set_during_a_rebuild_survive_it() {
+    let (_dir, mut inf, mut idx, records) = flowers_index().await;
+    load_v2(&mut inf).await;
+    let listed = idx
+        .list_images(pb::ListImagesRequest {
+            collection: "flowers".into(),
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    let ids: Vec<(u64, String)> = listed
+        .images
+        .iter()
+        .map(|i| (i.id, i.content_hash.clone()))
+        .collect();
+    assert_eq!(ids.len(), 36);
+    let op = start_rebuild(&mut idx).await;
+    let mut relabeler = idx.clone();
+    let relabels = tokio::spawn(async move {
+        // Content hash -> the last label acknowledged.
+        let mut last: HashMap<String, String> = HashMap::new();
+        let mut rounds = 0;
+        loop {
+            for (id, hash) in &ids {
+                let label = format!("round {rounds}");
+                match relabeler
+                    .update_label(pb::UpdateLabelRequest {
+                        collection: "flowers".into(),
+                        id: *id,
+                        label: label.clone(),
+                    })
+                    .await
+                {
+                    Ok(_) => {
+                        last.insert(hash.clone(), label);
+                    }
+                    // The name points at the rebuilt collection now: the
+                    // old ids are gone (or changed under a waiting write).
+                    Err(s)
+                        if matches!(
+                            s.code(),
+                            tonic::Code::NotFound | tonic::Code::FailedPrecondition
+                        ) =>
+                    {
+                        return (last, rounds)
+                    }
+                    Err(s) => panic!("relabel of {id}: {s:?}"),
+                }
+            }
+            rounds += 1;
+        }
+    });
+    let mut watch = idx
+        .watch_operation(pb::WatchOperationRequest { operation_id: op })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut state = 0;
+    while let Some(p) = watch.message().await.expect("progress") {
+        state = p.state;
+    }
+    assert_eq!(state, pb::operation_progress::State::Succeeded as i32);
+    let (last, rounds) = relabels.await.expect("relabeller");
+    assert!(
+        rounds >= 1,
+        "every image was relabelled at least once during the rebuild"
+    );
+    // The database of the rebuilt collection...
+    let after = idx
+        .list_images(pb::ListImagesRequest {
+            collection: "flowers".into(),
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .expect("list after")
+        .into_inner();
+    assert_eq!(after.images.len(), 36);
+    for img in &after.images {
+        assert_eq!(
+            Some(&img.label),
+            last.get(&img.content_hash),
+            "image {} lost its last label",
+            img.file_name
+        );
+    }
+    // ...and its memory, which searches read.
+    for r in &records {
+        let hit = idx
+            .search(pb::IndexSearchRequest {
+                collection: "flowers".into(),
+                vector: r.feature.clone(),
+                predicted_class: -1,
+                top_k: 1,
+                mode: pb::SearchMode::Exact as i32,
+                ..Default::default()
+            })
+            .await
+            .expect("search")
+            .into_inner()
+            .hits
+            .remove(0);
+        assert_eq!(hit.content_hash, r.content_hash);
+        assert_eq!(Some(&hit.label), last.get(&r.content_hash));
+    }
 }
