@@ -80,6 +80,7 @@ export function currentCollection() {
 }
 
 let detailInFlight = null;
+let detailFor = null;
 export async function refreshDetail() {
   const name = state.current;
   renderDetailButtons();
@@ -93,8 +94,10 @@ export async function refreshDetail() {
     $('partitions-note').textContent = '';
     return;
   }
-  if (detailInFlight) return detailInFlight;
-  detailInFlight = (async () => {
+  // A read for another collection (just switched away from) does not answer for this one.
+  if (detailInFlight && detailFor === name) return detailInFlight;
+  detailFor = name;
+  const run = (async () => {
     try {
       const d = await api(`/api/collections/${enc(name)}`);
       banner.clear('detail');
@@ -110,10 +113,11 @@ export async function refreshDetail() {
       }
       reportError(err, 'detail', `Could not read collection "${name}"`);
     } finally {
-      detailInFlight = null;
+      if (detailInFlight === run) detailInFlight = null;
     }
   })();
-  return detailInFlight;
+  detailInFlight = run;
+  return run;
 }
 
 function renderDetail(d) {
