@@ -1,8 +1,9 @@
 //! The web UI in a real browser (Debian chromium driven by Playwright):
 //! create a collection, upload a folder, search, open a result and search
 //! with it; then the features of issue 15 (the viewer, the search in the
-//! URL, the duplicates review, upload retry) with screenshots at 1400 and
-//! 400 px; the Maintenance tab; then each service down in turn shows a
+//! URL, labels, a filtered search with "load more", the gallery with
+//! relabel and delete, the duplicates review, upload retry) with
+//! screenshots at 1400 and 400 px; the Maintenance tab; then each service down in turn shows a
 //! clear error in the page, and recovery.
 //!
 //! Needs `node`, `services/gateway/ui-tests/node_modules` (npm ci) and
@@ -114,9 +115,11 @@ async fn browser_indexes_a_folder_searches_and_shows_outages() {
     let sys_ref = &sys;
     tokio::task::block_in_place(|| run_phase(sys_ref, "flow", &common("flow")));
     // The viewer and focus, the search in the address, partition mode's
-    // note, the bands, a change of collection; then the duplicates review
-    // and upload retry; each page shot at 1400 and 400 px.
-    for phase in ["viewer", "dupes"] {
+    // note, the bands, a change of collection; labels with counts and a
+    // filtered search with "load more"; the gallery with relabel and delete;
+    // then the duplicates review and upload retry; each page shot at 1400
+    // and 400 px.
+    for phase in ["viewer", "filters", "gallery", "dupes"] {
         tokio::task::block_in_place(|| run_phase(sys_ref, phase, &common(phase)));
     }
     // The Maintenance tab: the registry lists the pretrained model as
@@ -148,7 +151,15 @@ async fn browser_indexes_a_folder_searches_and_shows_outages() {
     }
     assert!(shots.join("flow.png").is_file());
     assert!(shots.join("maintenance.png").is_file());
-    for page in ["search", "viewer", "dupes", "maintenance"] {
+    for page in [
+        "search",
+        "viewer",
+        "index",
+        "search-filtered",
+        "browse",
+        "dupes",
+        "maintenance",
+    ] {
         for width in [1400, 400] {
             assert!(
                 shots.join(format!("{page}-{width}.png")).is_file(),
