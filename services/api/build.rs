@@ -7,7 +7,10 @@ fn main() {
         // SAFETY-free: build scripts are single threaded.
         std::env::set_var("PROTOC", protoc);
     }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Read at run time, not baked in with env!: a build script binary can be
+    // reused for a checkout at another path (worktrees sharing a target dir).
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR is set by cargo");
+    let root = PathBuf::from(manifest).join("../../proto");
     let files = ["common", "inference", "index", "training", "search"]
         .map(|f| root.join(format!("cbir/v1/{f}.proto")));
     for f in &files {
