@@ -288,12 +288,12 @@ impl Options {
     }
 }
 
-async fn search(
-    State(gw): State<AppState>,
-    Query(params): Query<Vec<(String, String)>>,
-    _: Reader,
-    request: Request,
-) -> Result<Json<SearchJson>> {
+/// The request's content type (lower case) and the options of its query
+/// string, which the body's own options then add to.
+fn content_type_and_options(
+    request: &Request,
+    params: &[(String, String)],
+) -> Result<(String, Options)> {
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -301,9 +301,19 @@ async fn search(
         .unwrap_or("")
         .to_ascii_lowercase();
     let mut o = Options::default();
-    for (k, v) in &params {
+    for (k, v) in params {
         o.apply(k, v)?;
     }
+    Ok((content_type, o))
+}
+
+async fn search(
+    State(gw): State<AppState>,
+    Query(params): Query<Vec<(String, String)>>,
+    _: Reader,
+    request: Request,
+) -> Result<Json<SearchJson>> {
+    let (content_type, mut o) = content_type_and_options(&request, &params)?;
     if content_type.starts_with("multipart/form-data") {
         read_multipart(&gw, request, &mut o).await?;
     } else if content_type.starts_with("application/json") {
@@ -470,16 +480,7 @@ async fn search_batch(
     _: Reader,
     request: Request,
 ) -> Result<Json<BatchJson>> {
-    let content_type = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let mut o = Options::default();
-    for (k, v) in &params {
-        o.apply(k, v)?;
-    }
+    let (content_type, mut o) = content_type_and_options(&request, &params)?;
     let queries = if content_type.starts_with("multipart/form-data") {
         read_batch_multipart(&gw, request, &mut o).await?
     } else if content_type.starts_with("application/json") {
