@@ -61,6 +61,7 @@ pub const ASSETS: &[Asset] = assets![
     "maintenance.js" => JS,
     "models.js" => JS,
     "operations.js" => JS,
+    "query-file.js" => JS,
     "search.js" => JS,
     "similarity.js" => JS,
     "state.js" => JS,
