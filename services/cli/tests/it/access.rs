@@ -3,19 +3,12 @@
 
 use cbir_api::v1 as pb;
 use cbir_api::v1::search_service_client::SearchServiceClient;
-use cbir_gateway::auth::{hash_key, ApiKey, Role};
+use cbir_gateway::auth::Role;
 use serde_json::{json, Value};
 use tonic::transport::Channel;
 
+use crate::images::key;
 use crate::system::{flowers_subset, System};
-
-fn key(name: &str, role: Role) -> ApiKey {
-    ApiKey {
-        name: name.into(),
-        sha256: hash_key(&format!("secret-{name}")),
-        role,
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_with_roles_guard_every_protocol() {

@@ -17,7 +17,7 @@ use std::time::Duration;
 use cbir_api::v1 as pb;
 use cbir_api::v1::index_service_client::IndexServiceClient;
 use cbir_api::v1::search_service_client::SearchServiceClient;
-use cbir_gateway::auth::{hash_key, ApiKey, Role};
+use cbir_gateway::auth::Role;
 use cbir_gateway::http::openapi::{check_answer, document};
 use cbir_index::duplicates::grouping::{self, Linkage, Options, Scan};
 use cbir_index::mem::{Entry, MemIndex, Meta, ProbeRule};
@@ -27,6 +27,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tonic::transport::Channel;
 
+use crate::images::key;
 use crate::system::{shared_data, System};
 
 const FLOWERS: &[&str] = &["daisy", "rose", "tulip"];
@@ -145,14 +146,6 @@ fn make_set(dest: &Path, per_class: usize) -> Vec<Made> {
         }
     }
     originals.into_iter().chain(copies).collect()
-}
-
-fn key(name: &str, role: Role) -> ApiKey {
-    ApiKey {
-        name: name.into(),
-        sha256: hash_key(&format!("secret-{name}")),
-        role,
-    }
 }
 
 struct Api {

@@ -9,25 +9,18 @@ use std::process::Command;
 
 use cbir_api::v1 as pb;
 use cbir_api::v1::search_service_client::SearchServiceClient;
-use cbir_gateway::auth::{hash_key, ApiKey, Role};
+use cbir_gateway::auth::Role;
 use cbir_gateway::http::openapi::{check_answer, document};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tonic::transport::Channel;
 
+use crate::images::key;
 use crate::system::{flowers_subset, System};
 
 const READER: &str = "secret-reader";
 const CLASSES: [&str; 3] = ["daisy", "rose", "tulip"];
 const PER_CLASS: usize = 4;
-
-fn key(name: &str, role: Role) -> ApiKey {
-    ApiKey {
-        name: name.into(),
-        sha256: hash_key(&format!("secret-{name}")),
-        role,
-    }
-}
 
 struct Api {
     http: reqwest::Client,
