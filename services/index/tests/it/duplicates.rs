@@ -12,7 +12,7 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::both_backends;
-use crate::service::{create, record, unit, Server};
+use crate::service::{create, record, unit, wait_for_collection, Server};
 
 const DIMS: usize = 16;
 
@@ -138,6 +138,7 @@ async fn run_and_list(url: &str) {
     let op = start(&mut ca, "dups", 0.9).await;
     // B did not run it, yet follows it to the end from the database.
     let seen = watch(&mut cb, &op).await;
+    wait_for_collection(&cb, "dups", 35).await;
     let last = seen.last().expect("some progress");
     assert_eq!(last.state, State::Succeeded as i32, "{}", last.message);
     assert_eq!((last.done, last.total), (35, 35));

@@ -10,7 +10,7 @@ use cbir_api::v1::index_service_client::IndexServiceClient;
 use tonic::transport::Channel;
 
 use crate::both_backends;
-use crate::service::{create, record, unit, Server};
+use crate::service::{create, record, unit, wait_for_collection, Server};
 
 const DIMS: usize = 16;
 const WRITERS: u64 = 6;
@@ -112,7 +112,7 @@ async fn relabels(url: &str) {
         .map(|r| r.id)
         .collect();
     // B must know the collection before writing to it.
-    wait_for_collection(&b.client).await;
+    wait_for_collection(&b.client, "c", 0).await;
     let mut tasks = Vec::new();
     for t in 0..WRITERS {
         let server = if t % 2 == 0 { &a } else { &b };
@@ -152,21 +152,6 @@ async fn relabels(url: &str) {
     b.stop().await;
 }
 both_backends!(concurrent_relabels_on_two_replicas, relabels);
-
-async fn wait_for_collection(c: &IndexServiceClient<Channel>) {
-    for _ in 0..200 {
-        let found = c
-            .clone()
-            .get_collection(pb::GetCollectionRequest { name: "c".into() })
-            .await
-            .is_ok();
-        if found {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("the replica does not see collection c");
-}
 
 /// Over-long and control-character labels, unknown ids and collections.
 async fn refusals(c: &mut IndexServiceClient<Channel>, id: u64) {

@@ -113,6 +113,28 @@ pub async fn create(client: &mut IndexServiceClient<Channel>, name: &str, dims: 
         .expect("create collection");
 }
 
+/// Waits until a replica that follows the database holds `name` with at
+/// least `count` images in memory: replicas catch up every `follow_ms`,
+/// and a loaded CI machine can take a while.
+pub async fn wait_for_collection(c: &IndexServiceClient<Channel>, name: &str, count: u64) {
+    let mut last = None;
+    for _ in 0..400 {
+        let got = c
+            .clone()
+            .get_collection(pb::GetCollectionRequest { name: name.into() })
+            .await
+            .ok()
+            .and_then(|r| r.into_inner().collection)
+            .map(|c| c.count);
+        if got.is_some_and(|n| n >= count) {
+            return;
+        }
+        last = got;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("after 20 s the replica holds {name:?} with {last:?} images, not {count}");
+}
+
 fn search(
     collection: &str,
     vector: Vec<f32>,
