@@ -16,11 +16,12 @@ mod transfer;
 mod write;
 
 use crate::error::{Error, Result};
-use crate::mem::{Filter, Hit, MemIndex, Mode, ProbeRule, Stats};
+use crate::mem::{Filter, Hit, MemIndex, Mode, ProbeRule, Refine, Stats};
 use crate::store::{CollectionRow, Store, StoredImage};
 
 pub use browse::{LabelCount, ListRequest};
 pub use transfer::{BackupCopy, Export, EXPORT_VERSION};
+pub(crate) use write::augment_now;
 
 /// Limits on what one request may carry.
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -83,6 +84,11 @@ impl Collection {
         }
     }
 
+    /// True once no name may write here any more (deleted or replaced).
+    pub fn is_retired(&self) -> bool {
+        self.retired()
+    }
+
     fn retired(&self) -> bool {
         self.retired.load(std::sync::atomic::Ordering::SeqCst)
     }
@@ -105,6 +111,8 @@ pub struct Index {
     pub limits: Limits,
     pub probe: ProbeRule,
     pub default_mode: Mode,
+    /// Parameters of refined ranking, the same for every collection.
+    pub refine: Refine,
     /// Changes to the set of collections and names, one at a time: the
     /// existence check and the insert of a create must not interleave, and
     /// the follow loop must not sync the catalog from a snapshot taken
@@ -183,13 +191,19 @@ fn valid_name(name: &str) -> Result<()> {
 
 impl Index {
     /// Loads every collection from the store into memory.
-    pub async fn open(store: Store, limits: Limits, probe: ProbeRule) -> Result<Self> {
+    pub async fn open(
+        store: Store,
+        limits: Limits,
+        probe: ProbeRule,
+        refine: Refine,
+    ) -> Result<Self> {
         let index = Self {
             store,
             catalog: RwLock::new(Catalog::default()),
             limits,
             probe,
-            default_mode: Mode::Probe,
+            default_mode: Mode::Refined,
+            refine,
             creating: tokio::sync::Mutex::new(()),
             transfers: transfer::Transfers::default(),
         };
@@ -245,8 +259,24 @@ impl Index {
                     }
                     let fresh = self.load_collection(coll.row.clone()).await?;
                     let dims = coll.row.dims as usize;
-                    let mem = std::mem::replace(&mut *fresh.mem.write(), MemIndex::new(dims));
+                    let mut mem = std::mem::replace(&mut *fresh.mem.write(), MemIndex::new(dims));
                     let n = mem.len();
+                    // Augmented vectors of unchanged images carry over; only
+                    // what changed waits for its neighbours.
+                    let (c, rule) = (coll.clone(), self.probe);
+                    let mem = tokio::task::spawn_blocking(move || {
+                        let old = c.mem.read();
+                        let removed: Vec<(u64, Vec<(u64, f32)>)> = old
+                            .ids()
+                            .into_iter()
+                            .filter(|id| !mem.contains(*id))
+                            .map(|id| (id, old.affected_by_removal(id, rule)))
+                            .collect();
+                        mem.adopt_augmented(&old, &removed);
+                        mem
+                    })
+                    .await
+                    .map_err(|e| Error::Internal(format!("reload task: {e}")))?;
                     *coll.mem.write() = mem;
                     coll.seen_seq.store(seq, Ordering::SeqCst);
                     tracing::info!(collection = %coll.row.name, vectors = n, "reloaded a collection other replicas changed");
@@ -258,6 +288,13 @@ impl Index {
         cat.collections.retain(|id, _| live.contains(id));
         cat.aliases = aliases;
         Ok(())
+    }
+
+    /// An empty in-memory index with this service's ranking parameters.
+    pub(crate) fn new_mem(&self, dims: usize) -> MemIndex {
+        let mut m = MemIndex::new(dims);
+        m.set_refine(self.refine);
+        m
     }
 
     pub fn store(&self) -> &Store {
@@ -345,7 +382,7 @@ impl Index {
             .store
             .create_collection(name, name, model_name, model_version, dims, description)
             .await?;
-        let coll = Arc::new(Collection::new(row, MemIndex::new(dims as usize)));
+        let coll = Arc::new(Collection::new(row, self.new_mem(dims as usize)));
         let mut cat = self.catalog.write();
         cat.collections.insert(coll.row.id, coll.clone());
         cat.aliases.insert(name.to_string(), coll.row.id);

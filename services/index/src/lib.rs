@@ -8,6 +8,7 @@ pub mod jobs;
 pub mod kernels;
 pub mod mem;
 pub mod rebuild;
+pub mod refine;
 pub mod service;
 pub mod store;
 
@@ -23,6 +24,7 @@ use tokio::net::TcpListener;
 pub use duplicates::DuplicatesConfig;
 pub use error::{Error, Result};
 pub use index::{Index, Limits};
+pub use refine::RefinedConfig;
 pub use store::Store;
 
 /// The names the service kit needs (binary, environment, health check).
@@ -59,6 +61,11 @@ pub struct Config {
     pub inference_url: Option<String>,
     pub limits: Limits,
     pub probe: ProbeConfig,
+    /// The mode of searches that name none: `refined` (default), `probe`,
+    /// `exact` or `partition`.
+    pub default_mode: mem::Mode,
+    /// Refined ranking: its parameters and when its upkeep runs.
+    pub refined: RefinedConfig,
     /// Near-duplicate runs: the default threshold and the bounds.
     pub duplicates: DuplicatesConfig,
     pub max_message_bytes: usize,
@@ -87,6 +94,8 @@ impl Default for Config {
             inference_url: Some("http://127.0.0.1:50051".into()),
             limits: Limits::default(),
             probe: ProbeConfig::default(),
+            default_mode: mem::Mode::Refined,
+            refined: RefinedConfig::default(),
             duplicates: DuplicatesConfig::default(),
             max_message_bytes: cbir_common::grpc::DEFAULT_MAX_MESSAGE_BYTES,
             metrics_listen: None,
@@ -149,18 +158,21 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let kit = GrpcKit::check(&SPEC, &cfg, &listener)?;
     cfg.duplicates.check()?;
+    cfg.refined.check()?;
     let store = Store::connect(&cfg.database_url, cfg.max_connections).await?;
-    let index = Arc::new(
-        Index::open(
-            store,
-            cfg.limits,
-            mem::ProbeRule {
-                min_partitions: cfg.probe.min_partitions,
-                patience: cfg.probe.patience,
-            },
-        )
-        .await?,
-    );
+    let mut index = Index::open(
+        store,
+        cfg.limits,
+        mem::ProbeRule {
+            min_partitions: cfg.probe.min_partitions,
+            patience: cfg.probe.patience,
+        },
+        cfg.refined.params(),
+    )
+    .await?;
+    index.default_mode = cfg.default_mode;
+    let index = Arc::new(index);
+    let refresher = refine::Refresher::start(&index, &cfg.refined);
     if cfg.follow_ms > 0 {
         let weak = Arc::downgrade(&index);
         let every = std::time::Duration::from_millis(cfg.follow_ms);
@@ -183,6 +195,7 @@ pub async fn serve(
             cfg.duplicates.clone(),
         )?),
         index,
+        refresher,
         rebuilder: Arc::new(rebuild::Rebuilder::new(cfg.inference_url.clone())),
     };
     let svc = IndexServiceServer::new(grpc)
@@ -210,5 +223,7 @@ mod tests {
         assert_eq!(cfg.limits, super::Limits::default());
         assert_eq!(cfg.probe, super::ProbeConfig::default());
         assert_eq!(cfg.duplicates, super::DuplicatesConfig::default());
+        assert_eq!(cfg.refined, super::RefinedConfig::default());
+        assert_eq!(cfg.default_mode, super::mem::Mode::Refined);
     }
 }

@@ -4,6 +4,7 @@
 
 mod cell;
 mod filter;
+mod refine;
 mod search;
 mod split;
 
@@ -12,6 +13,7 @@ use std::sync::Arc;
 
 pub use cell::Cell;
 pub use filter::Filter;
+pub use refine::{Augmented, Refine, RefineState};
 use split::nearest;
 
 /// What a result shows besides its distance.
@@ -68,11 +70,14 @@ pub struct PartitionSummary {
     pub bytes: usize,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Mode {
     Partition,
     Probe,
     Exact,
+    /// Probe over the augmented vectors with an expanded query.
+    Refined,
 }
 
 #[derive(Debug, Clone)]
@@ -91,8 +96,13 @@ pub struct Query<'a> {
 #[derive(Debug, Clone)]
 pub struct Hit {
     pub id: u64,
+    /// Between the query and the stored (raw) vector, in every mode.
     pub distance: f32,
+    /// 1/(1+distance): what a person is shown.
     pub similarity: f32,
+    /// What ordered the hits, higher first: the similarity, or in refined
+    /// mode the cosine of the expanded query and the augmented vector.
+    pub score: f32,
     pub partition: i32,
     pub meta: Arc<Meta>,
 }
@@ -131,6 +141,8 @@ pub struct MemIndex {
     classes: HashMap<i32, ClassInfo>,
     locate: HashMap<u64, (i32, u32, usize)>,
     dirty: Vec<i32>,
+    refine: Refine,
+    upkeep: refine::Upkeep,
 }
 
 impl MemIndex {
@@ -141,6 +153,8 @@ impl MemIndex {
             classes: HashMap::new(),
             locate: HashMap::new(),
             dirty: Vec::new(),
+            refine: Refine::default(),
+            upkeep: refine::Upkeep::default(),
         }
     }
 
@@ -197,7 +211,13 @@ impl MemIndex {
                 .sum::<usize>()
     }
 
-    /// Inserts or replaces entries (by id).
+    /// Bytes of the augmented copies (part of `bytes`).
+    pub fn augmented_bytes(&self) -> usize {
+        self.cells.values().map(Cell::augmented_bytes).sum()
+    }
+
+    /// Inserts or replaces entries (by id); each is fresh until its
+    /// augmented vector is computed.
     pub fn upsert(&mut self, entries: &[Entry]) {
         for e in entries {
             debug_assert_eq!(e.feature.len(), self.dims);
@@ -220,6 +240,7 @@ impl MemIndex {
             let slot = cell.push(e.id, &e.feature, e.meta.clone());
             self.locate.insert(e.id, (e.class, list, slot));
             self.dirty.push(e.class);
+            self.upkeep.mark(e.id, true);
         }
     }
 
@@ -228,6 +249,7 @@ impl MemIndex {
         let Some((class, list, slot)) = self.locate.remove(&id) else {
             return false;
         };
+        self.upkeep.forget(id);
         if let Some(c) = self.cells.get_mut(&(class, list)) {
             if let Some(moved) = c.swap_remove(slot) {
                 self.locate.insert(moved, (class, list, slot));
@@ -251,12 +273,21 @@ impl MemIndex {
         self.classes.clear();
         self.locate.clear();
         self.dirty.clear();
+        self.upkeep.clear();
     }
 
     /// Moves everything of `other` (built from disjoint ids, not yet
     /// refreshed) into this index; used to load in parallel.
     pub fn merge(&mut self, other: MemIndex) {
-        let MemIndex { cells, classes, .. } = other;
+        let MemIndex {
+            cells,
+            classes,
+            upkeep,
+            ..
+        } = other;
+        for (id, _) in upkeep.stale {
+            self.upkeep.mark(id, upkeep.fresh.contains_key(&id));
+        }
         for ((class, list), cell) in cells {
             // Unsplit indexes have one cell per class: list 0.
             let dims = self.dims;
@@ -349,3 +380,6 @@ impl MemIndex {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod refine_tests;

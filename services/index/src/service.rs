@@ -22,6 +22,7 @@ pub struct IndexGrpc {
     pub index: Arc<Index>,
     pub rebuilder: Arc<Rebuilder>,
     pub duplicates: Arc<Duplicates>,
+    pub refresher: Arc<crate::refine::Refresher>,
 }
 
 #[tonic::async_trait]
@@ -221,6 +222,14 @@ impl IndexService for IndexGrpc {
             bytes_in_memory: s.bytes,
             dims: s.row.dims,
             count: s.count,
+            refinement: Some({
+                let mem = c.mem.read();
+                pb::Refinement {
+                    stale: mem.refine_state().stale as u64,
+                    operation_id: self.refresher.running(c.row.id).unwrap_or_default(),
+                    bytes: mem.augmented_bytes() as u64,
+                }
+            }),
         }))
     }
 
@@ -256,10 +265,13 @@ impl IndexService for IndexGrpc {
     ) -> Result<Response<Self::WatchOperationStream>, Status> {
         use futures::StreamExt;
         let id = request.into_inner().operation_id;
-        // A rebuild lives in the memory of the replica running it; a
-        // near-duplicates run in the database, for every replica.
+        // A rebuild or a refresh lives in the memory of the replica running
+        // it; a near-duplicates run in the database, for every replica.
         let mut rx = match self.rebuilder.watch(&id) {
             Ok(rx) => rx,
+            Err(crate::Error::NotFound(_)) if self.refresher.watch(&id).is_some() => {
+                self.refresher.watch(&id).expect("checked")
+            }
             Err(crate::Error::NotFound(msg)) => {
                 let first = self
                     .duplicates
@@ -285,6 +297,17 @@ impl IndexService for IndexGrpc {
             }
         };
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn refine_collection(
+        &self,
+        request: Request<pb::RefineCollectionRequest>,
+    ) -> Result<Response<pb::RefineCollectionResponse>, Status> {
+        let operation_id = self
+            .refresher
+            .request(&request.into_inner().collection)
+            .await?;
+        Ok(Response::new(pb::RefineCollectionResponse { operation_id }))
     }
 
     async fn save_index_job(

@@ -320,8 +320,13 @@ async fn db_load(args: &Args) -> anyhow::Result<()> {
     drop(store);
     let store = cbir_index::Store::connect(&url, 4).await?;
     let t = Instant::now();
-    let index =
-        cbir_index::Index::open(store, cbir_index::Limits::default(), ProbeRule::default()).await?;
+    let index = cbir_index::Index::open(
+        store,
+        cbir_index::Limits::default(),
+        ProbeRule::default(),
+        cbir_index::mem::Refine::default(),
+    )
+    .await?;
     let load_s = t.elapsed().as_secs_f64();
     let stats = index.stats("bench")?;
     println!();

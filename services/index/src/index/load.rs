@@ -12,7 +12,7 @@ use crate::store::CollectionRow;
 impl Index {
     pub(super) async fn load_collection(&self, row: CollectionRow) -> Result<Arc<Collection>> {
         let dims = row.dims as usize;
-        let mut mem = MemIndex::new(dims);
+        let mut mem = self.new_mem(dims);
         let Some((lo, hi)) = self.store.id_range(row.id).await? else {
             return Ok(Arc::new(Collection::new(row, mem)));
         };
@@ -90,8 +90,13 @@ impl Index {
             .await
             .map_err(|e| Error::Internal(format!("load task: {e}")))?;
         }
+        let refine = self.refine;
         let mem = tokio::task::spawn_blocking(move || {
             mem.refresh();
+            // Every augmented vector is computed by the next refresh, from
+            // all the others; until then refined searches use raw vectors.
+            mem.set_refine(refine);
+            mem.mark_all_stale();
             mem
         })
         .await

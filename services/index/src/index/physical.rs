@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use super::{Collection, Index, Record, LOAD_PAGE};
 use crate::error::Result;
-use crate::mem::MemIndex;
 
 impl Index {
     /// A collection no name points at yet (the target of a rebuild).
@@ -23,7 +22,7 @@ impl Index {
             .store
             .create_collection("", physical, model_name, model_version, dims, description)
             .await?;
-        let coll = Arc::new(Collection::new(row, MemIndex::new(dims as usize)));
+        let coll = Arc::new(Collection::new(row, self.new_mem(dims as usize)));
         self.catalog
             .write()
             .collections
@@ -110,6 +109,9 @@ impl Index {
             self.delete_locked(new, &gone).await?;
         }
         self.carry_labels(old, new, &live, copied).await?;
+        // Images added early in the rebuild were augmented from fewer
+        // neighbours than the collection holds now: all are refreshed.
+        new.mem.write().mark_all_stale();
         self.store.switch_alias(alias, new.row.id).await?;
         old.retire();
         self.catalog

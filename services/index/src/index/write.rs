@@ -176,7 +176,8 @@ impl Index {
                 }),
             })
             .collect();
-        let c = coll.clone();
+        let ids: Vec<u64> = entries.iter().map(|e| e.id).collect();
+        let (c, rule) = (coll.clone(), self.probe);
         tokio::task::spawn_blocking(move || {
             // A short write lock per batch: append and refresh centroids.
             let split = {
@@ -194,6 +195,7 @@ impl Index {
                 mem.apply_splits(plans);
                 mem.refresh_centroids();
             }
+            augment_now(&c, &ids, rule);
         })
         .await
         .map_err(|e| Error::Internal(format!("memory update task: {e}")))?;
@@ -221,11 +223,27 @@ impl Index {
         let gone = self.store.delete(coll.row.id, ids).await?;
         coll.seen_seq
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let mut mem = coll.mem.write();
-        for (id, _) in &gone {
-            mem.remove(*id);
-        }
-        mem.refresh_centroids();
+        let (c, rule) = (coll.clone(), self.probe);
+        let gone_ids: Vec<u64> = gone.iter().map(|(id, _)| *id).collect();
+        tokio::task::spawn_blocking(move || {
+            // The augmented vectors that summed a deleted image go stale:
+            // found by its neighbours before it leaves memory.
+            let affected: Vec<(u64, Vec<(u64, f32)>)> = {
+                let mem = c.mem.read();
+                gone_ids
+                    .iter()
+                    .map(|id| (*id, mem.affected_by_removal(*id, rule)))
+                    .collect()
+            };
+            let mut mem = c.mem.write();
+            for (id, near) in &affected {
+                mem.remove(*id);
+                mem.mark_removed(*id, near);
+            }
+            mem.refresh_centroids();
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("memory update task: {e}")))?;
         Ok(gone.len() as u64)
     }
 
@@ -267,5 +285,22 @@ impl Index {
             coll.mem.write().clear();
             return Ok(n);
         }
+    }
+}
+
+/// Gives the entries `ids` (just added) their augmented vectors: one
+/// neighbour search each under the read lock, then a short write lock.
+/// The neighbours they change are marked stale for the next refresh.
+pub(crate) fn augment_now(c: &Collection, ids: &[u64], rule: crate::mem::ProbeRule) {
+    let (started, done) = {
+        let mem = c.mem.read();
+        let started = mem.mark_counter();
+        let done: Vec<crate::mem::Augmented> =
+            ids.iter().filter_map(|id| mem.augment(*id, rule)).collect();
+        (started, done)
+    };
+    let mut mem = c.mem.write();
+    for a in &done {
+        mem.apply_augmented(a, started);
     }
 }

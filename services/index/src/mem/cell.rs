@@ -1,5 +1,6 @@
 //! A cell's storage: ids, f32 vectors, int8 codes and metadata side by side,
-//! so that a scan reads one contiguous buffer.
+//! so that a scan reads one contiguous buffer; beside them the augmented
+//! (database-side augmentation) copies that refined searches rank by.
 
 use std::sync::Arc;
 
@@ -19,6 +20,15 @@ pub struct Cell {
     pub(super) meta: Vec<Arc<Meta>>,
     pub(super) sum: Vec<f32>,
     pub(super) centroid: Vec<f32>,
+    /// Augmented vectors (unit length), their int8 codes and scales. A new
+    /// entry starts with its raw vector until its neighbours are known.
+    pub(super) aug: Vec<f32>,
+    pub(super) aug_codes: Vec<i8>,
+    pub(super) aug_scales: Vec<f32>,
+    /// The dot product of each entry with the last neighbour its augmented
+    /// vector sums (`f32::NEG_INFINITY` until computed): a new vector
+    /// closer than this changes that augmented vector.
+    pub(super) kth: Vec<f32>,
 }
 
 impl Cell {
@@ -33,6 +43,10 @@ impl Cell {
             meta: Vec::new(),
             sum: vec![0.0; dims],
             centroid: vec![0.0; dims],
+            aug: Vec::new(),
+            aug_codes: Vec::new(),
+            aug_scales: Vec::new(),
+            kth: Vec::new(),
         }
     }
 
@@ -51,6 +65,10 @@ impl Cell {
         self.codes.append(&mut other.codes);
         self.scales.append(&mut other.scales);
         self.meta.append(&mut other.meta);
+        self.aug.append(&mut other.aug);
+        self.aug_codes.append(&mut other.aug_codes);
+        self.aug_scales.append(&mut other.aug_scales);
+        self.kth.append(&mut other.kth);
         for (a, b) in self.sum.iter_mut().zip(&other.sum) {
             *a += b;
         }
@@ -83,10 +101,34 @@ impl Cell {
                 })
                 .sum::<usize>()
             + (self.sum.len() * 4 + self.centroid.len() * 4)
+            + self.aug.len() * 4
+            + self.aug_codes.len()
+            + self.aug_scales.len() * 4
+            + self.kth.len() * 4
+    }
+
+    /// Bytes of the augmented copies alone (what refined ranking adds).
+    pub fn augmented_bytes(&self) -> usize {
+        self.aug.len() * 4 + self.aug_codes.len() + self.aug_scales.len() * 4 + self.kth.len() * 4
     }
 
     pub(super) fn vector(&self, slot: usize) -> &[f32] {
         &self.vecs[slot * self.dims..(slot + 1) * self.dims]
+    }
+
+    pub(super) fn augmented(&self, slot: usize) -> &[f32] {
+        &self.aug[slot * self.dims..(slot + 1) * self.dims]
+    }
+
+    /// Gives entry `slot` its augmented vector (unit length) and the dot
+    /// product of its last neighbour.
+    pub(super) fn set_augmented(&mut self, slot: usize, aug: &[f32], kth: f32) {
+        let d = self.dims;
+        self.aug[slot * d..(slot + 1) * d].copy_from_slice(aug);
+        let mut code = Vec::with_capacity(d);
+        self.aug_scales[slot] = kernels::quantize(aug, &mut code);
+        self.aug_codes[slot * d..(slot + 1) * d].copy_from_slice(&code);
+        self.kth[slot] = kth;
     }
 
     pub(super) fn refresh_centroid(&mut self) {
@@ -101,9 +143,14 @@ impl Cell {
     pub(super) fn push(&mut self, id: u64, feature: &[f32], meta: Arc<Meta>) -> usize {
         self.ids.push(id);
         self.vecs.extend_from_slice(feature);
+        let n = self.codes.len();
         let s = kernels::quantize(feature, &mut self.codes);
         self.scales.push(s);
         self.meta.push(meta);
+        self.aug.extend_from_slice(feature);
+        self.aug_codes.extend_from_slice(&self.codes[n..]);
+        self.aug_scales.push(s);
+        self.kth.push(f32::NEG_INFINITY);
         for (acc, x) in self.sum.iter_mut().zip(feature) {
             *acc += *x;
         }
@@ -120,6 +167,11 @@ impl Cell {
             .extend_from_slice(&other.codes[slot * d..(slot + 1) * d]);
         self.scales.push(other.scales[slot]);
         self.meta.push(other.meta[slot].clone());
+        self.aug.extend_from_slice(other.augmented(slot));
+        self.aug_codes
+            .extend_from_slice(&other.aug_codes[slot * d..(slot + 1) * d]);
+        self.aug_scales.push(other.aug_scales[slot]);
+        self.kth.push(other.kth[slot]);
         for (acc, x) in self.sum.iter_mut().zip(v) {
             *acc += *x;
         }
@@ -132,6 +184,10 @@ impl Cell {
         self.codes.reserve(n * self.dims);
         self.scales.reserve(n);
         self.meta.reserve(n);
+        self.aug.reserve(n * self.dims);
+        self.aug_codes.reserve(n * self.dims);
+        self.aug_scales.reserve(n);
+        self.kth.reserve(n);
     }
 
     /// Removes `slot` by moving the last entry into it; returns the id that
@@ -149,12 +205,19 @@ impl Cell {
         self.ids.swap_remove(slot);
         self.scales.swap_remove(slot);
         self.meta.swap_remove(slot);
+        self.aug_scales.swap_remove(slot);
+        self.kth.swap_remove(slot);
         if slot != last {
             self.vecs.copy_within(last * d..(last + 1) * d, slot * d);
             self.codes.copy_within(last * d..(last + 1) * d, slot * d);
+            self.aug.copy_within(last * d..(last + 1) * d, slot * d);
+            self.aug_codes
+                .copy_within(last * d..(last + 1) * d, slot * d);
         }
         self.vecs.truncate(last * d);
         self.codes.truncate(last * d);
+        self.aug.truncate(last * d);
+        self.aug_codes.truncate(last * d);
         (slot != last).then(|| self.ids[slot])
     }
 }

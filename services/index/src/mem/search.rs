@@ -10,13 +10,22 @@ use crate::kernels::{self, distance_from_dot, similarity};
 /// Total vectors above which an exact search is split over two threads.
 const PARALLEL_MIN: usize = 200_000;
 
+/// Which copy of the vectors a scan ranks by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Space {
+    /// The vectors as stored.
+    Raw,
+    /// The augmented copies (refined ranking).
+    Augmented,
+}
+
 /// A candidate in the top-k heap, worst (largest distance) on top.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct Cand {
-    dist: f32,
-    id: u64,
+pub(super) struct Cand {
+    pub(super) dist: f32,
+    pub(super) id: u64,
     class: i32,
-    slot: usize,
+    pub(super) slot: usize,
 }
 
 impl Eq for Cand {}
@@ -87,8 +96,13 @@ impl MemIndex {
     /// Offers every vector of `c` that `filter` admits to `top`. Rejected
     /// entries are skipped before any distance, so they neither take a
     /// place in the int8 shortlist nor in the top k.
-    fn scan(&self, c: &Cell, q: &Query<'_>, qcode: &[i8], top: &mut TopK) -> Scanned {
+    fn scan(&self, c: &Cell, q: &Query<'_>, qcode: &[i8], top: &mut TopK, space: Space) -> Scanned {
         let d = self.dims;
+        let (vecs, codes, scales) = match space {
+            Space::Raw => (&c.vecs, &c.codes, &c.scales),
+            Space::Augmented => (&c.aug, &c.aug_codes, &c.aug_scales),
+        };
+        let vector = |slot: usize| &vecs[slot * d..(slot + 1) * d];
         let every = q.filter.is_empty();
         let exclude = q.exclude_id;
         let admits =
@@ -111,8 +125,8 @@ impl MemIndex {
             let mut admitted = 0;
             for slot in (0..c.len()).filter(|&s| admits(s)) {
                 admitted += 1;
-                let approx = i64::from(kernels::dot_i8(qcode, &c.codes[slot * d..(slot + 1) * d]));
-                let key = (approx as f64 * f64::from(c.scales[slot]) * 1e6) as i64;
+                let approx = i64::from(kernels::dot_i8(qcode, &codes[slot * d..(slot + 1) * d]));
+                let key = (approx as f64 * f64::from(scales[slot]) * 1e6) as i64;
                 if short.len() < want {
                     short.push((std::cmp::Reverse(key), slot));
                 } else if short
@@ -124,7 +138,7 @@ impl MemIndex {
                 }
             }
             for (_, slot) in short {
-                let dot = kernels::dot(q.vector, c.vector(slot));
+                let dot = kernels::dot(q.vector, vector(slot));
                 offer(slot, dot, top);
             }
             out.admitted = admitted;
@@ -132,7 +146,7 @@ impl MemIndex {
             let mut admitted = 0;
             for slot in (0..c.len()).filter(|&s| admits(s)) {
                 admitted += 1;
-                let dot = kernels::dot(q.vector, c.vector(slot));
+                let dot = kernels::dot(q.vector, vector(slot));
                 offer(slot, dot, top);
             }
             out.admitted = admitted;
@@ -140,8 +154,121 @@ impl MemIndex {
         out
     }
 
-    /// Nearest neighbours of `q`, closest first.
+    /// Nearest neighbours of `q`, closest first. Refined mode ranks by
+    /// alpha query expansion over the augmented vectors; its hits show the
+    /// raw query-to-image distance, and `score` is what ordered them.
     pub fn search(&self, q: &Query<'_>, rule: ProbeRule) -> (Vec<Hit>, Stats) {
+        if q.mode != Mode::Refined {
+            let (cands, stats) = self.ranked(q, rule, Space::Raw);
+            let hits = cands
+                .into_iter()
+                .filter_map(|c| {
+                    let s = similarity(c.dist);
+                    self.hit(c.id, c.dist, s)
+                })
+                .collect();
+            return (hits, stats);
+        }
+        let r = self.refine;
+        // Pass 1, raw vectors, as a probe search for the same results: the
+        // nearest image by distance, and the neighbours that expand the
+        // query (the images the filter admits: a filtered search expands
+        // within what it may return).
+        let first = Query {
+            mode: Mode::Probe,
+            top_k: q.top_k.max(r.qe_k),
+            min_similarity: 0.0,
+            ..q.clone()
+        };
+        let (near, mut stats) = self.ranked(&first, rule, Space::Raw);
+        let mut expanded = q.vector.to_vec();
+        for c in near.iter().take(r.qe_k) {
+            let Some(cell) = self.cells.get(&self.cell_key(c.id)) else {
+                continue;
+            };
+            let a = cell.augmented(c.slot);
+            let w = kernels::dot(q.vector, a).max(0.0).powf(r.qe_alpha);
+            for (e, x) in expanded.iter_mut().zip(a) {
+                *e += w * x;
+            }
+        }
+        if !kernels::normalize(&mut expanded) {
+            expanded.copy_from_slice(q.vector);
+        }
+        // Pass 2: the expanded query against the augmented vectors.
+        let second = Query {
+            vector: &expanded,
+            mode: Mode::Probe,
+            min_similarity: 0.0,
+            ..q.clone()
+        };
+        let (mut ranked, s2) = self.ranked(&second, rule, Space::Augmented);
+        stats.vectors_scanned += s2.vectors_scanned;
+        stats.partitions_searched = stats.partitions_searched.max(s2.partitions_searched);
+        // The nearest image by distance stays first: expansion lifts the
+        // many images like the query's neighbours, but the one closest to
+        // the query itself is the best single answer (P@1 stays probe's).
+        if let Some(first) = near.first() {
+            ranked.retain(|c| c.id != first.id);
+            let score = self
+                .cells
+                .get(&self.cell_key(first.id))
+                .map_or(0.0, |cell| {
+                    kernels::dot(&expanded, cell.augmented(first.slot))
+                });
+            ranked.insert(
+                0,
+                Cand {
+                    dist: distance_from_dot(score),
+                    ..*first
+                },
+            );
+            ranked.truncate(q.top_k);
+        }
+        let max_dist = if q.min_similarity > 0.0 {
+            1.0 / q.min_similarity - 1.0
+        } else {
+            f32::INFINITY
+        };
+        let hits = ranked
+            .into_iter()
+            .filter_map(|c| {
+                let cell = self.cells.get(&self.cell_key(c.id))?;
+                let raw = distance_from_dot(kernels::dot(q.vector, cell.vector(c.slot)));
+                // The user's threshold is on the similarity they see.
+                (raw <= max_dist).then(|| self.hit(c.id, raw, 1.0 - c.dist * c.dist / 2.0))?
+            })
+            .collect();
+        (hits, stats)
+    }
+
+    fn cell_key(&self, id: u64) -> (i32, u32) {
+        self.locate
+            .get(&id)
+            .map_or((i32::MIN, 0), |&(class, list, _)| (class, list))
+    }
+
+    fn hit(&self, id: u64, distance: f32, score: f32) -> Option<Hit> {
+        let (class, list, slot) = *self.locate.get(&id)?;
+        let cell = self.cells.get(&(class, list))?;
+        Some(Hit {
+            id,
+            distance,
+            similarity: similarity(distance),
+            score,
+            partition: class,
+            meta: cell.meta[slot].clone(),
+        })
+    }
+
+    /// The candidates nearest `q` in `space`, closest first (`q.mode` is
+    /// exact, partition or probe).
+    pub(super) fn ranked(
+        &self,
+        q: &Query<'_>,
+        rule: ProbeRule,
+        space: Space,
+    ) -> (Vec<Cand>, Stats) {
         let mut stats = Stats {
             partitions_total: self.classes.len() as u32,
             vectors_total: self.len() as u64,
@@ -157,10 +284,10 @@ impl MemIndex {
                 .values()
                 .filter(|c| Some(c.class) == q.predicted_class)
                 .collect(),
-            Mode::Probe => Vec::new(),
+            Mode::Probe | Mode::Refined => Vec::new(),
         };
         let mut top = TopK::new(q.top_k, q.min_similarity);
-        if q.mode == Mode::Probe {
+        if q.mode != Mode::Exact && q.mode != Mode::Partition {
             // Promise: the query's own class's nearest cell first, then cells
             // by the similarity of their centroid to the query.
             let mut order: Vec<(f32, &Cell)> = self
@@ -181,7 +308,7 @@ impl MemIndex {
             // also waits until k admitted entries were seen.
             let (mut quiet, mut admitted) = (0, 0u64);
             for (i, (_, c)) in order.iter().enumerate() {
-                let scanned = self.scan(c, q, &qcode, &mut top);
+                let scanned = self.scan(c, q, &qcode, &mut top, space);
                 stats.vectors_scanned += c.len() as u64;
                 admitted += scanned.admitted;
                 touched.push(c.class);
@@ -205,12 +332,12 @@ impl MemIndex {
                     let h = s.spawn(|| {
                         let mut t = TopK::new(q.top_k, q.min_similarity);
                         for c in b {
-                            self.scan(c, q, &qcode, &mut t);
+                            self.scan(c, q, &qcode, &mut t, space);
                         }
                         t
                     });
                     for c in a {
-                        self.scan(c, q, &qcode, &mut top);
+                        self.scan(c, q, &qcode, &mut top, space);
                     }
                     h.join()
                 });
@@ -222,13 +349,13 @@ impl MemIndex {
                     }
                     Err(_) => {
                         for c in b {
-                            self.scan(c, q, &qcode, &mut top);
+                            self.scan(c, q, &qcode, &mut top, space);
                         }
                     }
                 }
             } else {
                 for c in &chosen {
-                    self.scan(c, q, &qcode, &mut top);
+                    self.scan(c, q, &qcode, &mut top, space);
                 }
             }
         }
@@ -237,20 +364,6 @@ impl MemIndex {
         stats.partitions_searched = touched.len() as u32;
         let mut cands = top.heap.into_vec();
         cands.sort();
-        let hits = cands
-            .into_iter()
-            .filter_map(|c| {
-                let (class, list, slot) = *self.locate.get(&c.id)?;
-                let cell = self.cells.get(&(class, list))?;
-                Some(Hit {
-                    id: c.id,
-                    distance: c.dist,
-                    similarity: similarity(c.dist),
-                    partition: class,
-                    meta: cell.meta[slot].clone(),
-                })
-            })
-            .collect();
-        (hits, stats)
+        (cands, stats)
     }
 }

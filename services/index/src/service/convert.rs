@@ -28,6 +28,7 @@ pub fn mode_from(m: i32) -> Result<Option<Mode>, Status> {
         Ok(pb::SearchMode::Partition) => Ok(Some(Mode::Partition)),
         Ok(pb::SearchMode::Probe) => Ok(Some(Mode::Probe)),
         Ok(pb::SearchMode::Exact) => Ok(Some(Mode::Exact)),
+        Ok(pb::SearchMode::Refined) => Ok(Some(Mode::Refined)),
         Err(_) => Err(Status::invalid_argument(format!("unknown search mode {m}"))),
     }
 }
@@ -60,6 +61,14 @@ pub fn mode_to(m: Mode) -> pb::SearchMode {
         Mode::Partition => pb::SearchMode::Partition,
         Mode::Probe => pb::SearchMode::Probe,
         Mode::Exact => pb::SearchMode::Exact,
+        Mode::Refined => pb::SearchMode::Refined,
+    }
+}
+
+pub fn ranked_by(m: Mode) -> pb::RankedBy {
+    match m {
+        Mode::Partition | Mode::Probe | Mode::Exact => pb::RankedBy::Distance,
+        Mode::Refined => pb::RankedBy::RefinedScore,
     }
 }
 
@@ -104,9 +113,11 @@ pub(super) fn search_response(res: SearchResult) -> pb::IndexSearchResponse {
                 partition: h.partition,
                 content_hash: h.meta.content_hash.clone(),
                 created_at_ms: h.meta.created_at_ms,
+                score: h.score,
             })
             .collect(),
         has_more: res.has_more,
+        ranked_by: ranked_by(res.mode) as i32,
         stats: Some(pb::SearchStats {
             partitions_searched: res.stats.partitions_searched,
             partitions_total: res.stats.partitions_total,

@@ -14,6 +14,7 @@ mod jobs;
 mod labels;
 mod mysql_restart;
 mod names;
+mod refined;
 mod reupload;
 mod service;
 mod storage;

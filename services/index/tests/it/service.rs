@@ -135,7 +135,7 @@ pub async fn wait_for_collection(c: &IndexServiceClient<Channel>, name: &str, co
     panic!("after 20 s the replica holds {name:?} with {last:?} images, not {count}");
 }
 
-fn search(
+pub fn search(
     collection: &str,
     vector: Vec<f32>,
     k: u32,
@@ -213,7 +213,13 @@ async fn upsert_search_delete(url: &str) {
         assert!(r.hits[0].distance < 1e-3);
         assert_eq!(r.hits[0].file_name, "img42.jpg");
         assert_eq!(r.hits[0].label, "label0");
-        assert!(r.hits.windows(2).all(|w| w[0].distance <= w[1].distance));
+        if r.ranked_by == pb::RankedBy::Distance as i32 {
+            assert!(r.hits.windows(2).all(|w| w[0].distance <= w[1].distance));
+        } else {
+            // The default, refined: the nearest first, then by score.
+            assert_eq!(r.mode, pb::SearchMode::Refined as i32);
+            assert!(r.hits[1..].windows(2).all(|w| w[0].score >= w[1].score));
+        }
         for h in &r.hits {
             assert_eq!(
                 h.similarity,

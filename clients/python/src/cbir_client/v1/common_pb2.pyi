@@ -19,6 +19,13 @@ class SearchMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SEARCH_MODE_PARTITION: _ClassVar[SearchMode]
     SEARCH_MODE_PROBE: _ClassVar[SearchMode]
     SEARCH_MODE_EXACT: _ClassVar[SearchMode]
+    SEARCH_MODE_REFINED: _ClassVar[SearchMode]
+
+class RankedBy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RANKED_BY_UNSPECIFIED: _ClassVar[RankedBy]
+    RANKED_BY_DISTANCE: _ClassVar[RankedBy]
+    RANKED_BY_REFINED_SCORE: _ClassVar[RankedBy]
 PRIORITY_UNSPECIFIED: Priority
 PRIORITY_INTERACTIVE: Priority
 PRIORITY_BULK: Priority
@@ -26,6 +33,10 @@ SEARCH_MODE_UNSPECIFIED: SearchMode
 SEARCH_MODE_PARTITION: SearchMode
 SEARCH_MODE_PROBE: SearchMode
 SEARCH_MODE_EXACT: SearchMode
+SEARCH_MODE_REFINED: SearchMode
+RANKED_BY_UNSPECIFIED: RankedBy
+RANKED_BY_DISTANCE: RankedBy
+RANKED_BY_REFINED_SCORE: RankedBy
 
 class ModelRef(_message.Message):
     __slots__ = ("name", "version")

@@ -346,7 +346,7 @@ class IndexSearchRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., predicted_class: _Optional[int] = ..., class_probabilities: _Optional[_Iterable[float]] = ..., top_k: _Optional[int] = ..., mode: _Optional[_Union[_common_pb2.SearchMode, str]] = ..., min_similarity: _Optional[float] = ..., exclude_id: _Optional[int] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., filter: _Optional[_Union[ImageFilter, _Mapping]] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class SearchHit(_message.Message):
-    __slots__ = ("id", "file_name", "path", "label", "distance", "similarity", "partition", "content_hash", "created_at_ms")
+    __slots__ = ("id", "file_name", "path", "label", "distance", "similarity", "partition", "content_hash", "created_at_ms", "score")
     ID_FIELD_NUMBER: _ClassVar[int]
     FILE_NAME_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
@@ -356,6 +356,7 @@ class SearchHit(_message.Message):
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     CONTENT_HASH_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
     id: int
     file_name: str
     path: str
@@ -365,7 +366,8 @@ class SearchHit(_message.Message):
     partition: int
     content_hash: str
     created_at_ms: int
-    def __init__(self, id: _Optional[int] = ..., file_name: _Optional[str] = ..., path: _Optional[str] = ..., label: _Optional[str] = ..., distance: _Optional[float] = ..., similarity: _Optional[float] = ..., partition: _Optional[int] = ..., content_hash: _Optional[str] = ..., created_at_ms: _Optional[int] = ...) -> None: ...
+    score: float
+    def __init__(self, id: _Optional[int] = ..., file_name: _Optional[str] = ..., path: _Optional[str] = ..., label: _Optional[str] = ..., distance: _Optional[float] = ..., similarity: _Optional[float] = ..., partition: _Optional[int] = ..., content_hash: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., score: _Optional[float] = ...) -> None: ...
 
 class SearchStats(_message.Message):
     __slots__ = ("partitions_searched", "partitions_total", "vectors_scanned", "vectors_total", "took_us")
@@ -382,16 +384,18 @@ class SearchStats(_message.Message):
     def __init__(self, partitions_searched: _Optional[int] = ..., partitions_total: _Optional[int] = ..., vectors_scanned: _Optional[int] = ..., vectors_total: _Optional[int] = ..., took_us: _Optional[int] = ...) -> None: ...
 
 class IndexSearchResponse(_message.Message):
-    __slots__ = ("hits", "stats", "mode", "has_more")
+    __slots__ = ("hits", "stats", "mode", "has_more", "ranked_by")
     HITS_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     HAS_MORE_FIELD_NUMBER: _ClassVar[int]
+    RANKED_BY_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[SearchHit]
     stats: SearchStats
     mode: _common_pb2.SearchMode
     has_more: bool
-    def __init__(self, hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., stats: _Optional[_Union[SearchStats, _Mapping]] = ..., mode: _Optional[_Union[_common_pb2.SearchMode, str]] = ..., has_more: _Optional[bool] = ...) -> None: ...
+    ranked_by: _common_pb2.RankedBy
+    def __init__(self, hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., stats: _Optional[_Union[SearchStats, _Mapping]] = ..., mode: _Optional[_Union[_common_pb2.SearchMode, str]] = ..., has_more: _Optional[bool] = ..., ranked_by: _Optional[_Union[_common_pb2.RankedBy, str]] = ...) -> None: ...
 
 class GetImageRequest(_message.Message):
     __slots__ = ("collection", "id", "include_feature", "include_thumbnail", "include_source")
@@ -454,20 +458,44 @@ class LabelCount(_message.Message):
     def __init__(self, label: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("collection", "partitions", "bytes_in_memory", "dims", "count", "labels")
+    __slots__ = ("collection", "partitions", "bytes_in_memory", "dims", "count", "labels", "refinement")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     PARTITIONS_FIELD_NUMBER: _ClassVar[int]
     BYTES_IN_MEMORY_FIELD_NUMBER: _ClassVar[int]
     DIMS_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    REFINEMENT_FIELD_NUMBER: _ClassVar[int]
     collection: Collection
     partitions: _containers.RepeatedCompositeFieldContainer[PartitionStats]
     bytes_in_memory: int
     dims: int
     count: int
     labels: _containers.RepeatedCompositeFieldContainer[LabelCount]
-    def __init__(self, collection: _Optional[_Union[Collection, _Mapping]] = ..., partitions: _Optional[_Iterable[_Union[PartitionStats, _Mapping]]] = ..., bytes_in_memory: _Optional[int] = ..., dims: _Optional[int] = ..., count: _Optional[int] = ..., labels: _Optional[_Iterable[_Union[LabelCount, _Mapping]]] = ...) -> None: ...
+    refinement: Refinement
+    def __init__(self, collection: _Optional[_Union[Collection, _Mapping]] = ..., partitions: _Optional[_Iterable[_Union[PartitionStats, _Mapping]]] = ..., bytes_in_memory: _Optional[int] = ..., dims: _Optional[int] = ..., count: _Optional[int] = ..., labels: _Optional[_Iterable[_Union[LabelCount, _Mapping]]] = ..., refinement: _Optional[_Union[Refinement, _Mapping]] = ...) -> None: ...
+
+class Refinement(_message.Message):
+    __slots__ = ("stale", "operation_id", "bytes")
+    STALE_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_ID_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    stale: int
+    operation_id: str
+    bytes: int
+    def __init__(self, stale: _Optional[int] = ..., operation_id: _Optional[str] = ..., bytes: _Optional[int] = ...) -> None: ...
+
+class RefineCollectionRequest(_message.Message):
+    __slots__ = ("collection",)
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    def __init__(self, collection: _Optional[str] = ...) -> None: ...
+
+class RefineCollectionResponse(_message.Message):
+    __slots__ = ("operation_id",)
+    OPERATION_ID_FIELD_NUMBER: _ClassVar[int]
+    operation_id: str
+    def __init__(self, operation_id: _Optional[str] = ...) -> None: ...
 
 class ClearRequest(_message.Message):
     __slots__ = ("collection",)

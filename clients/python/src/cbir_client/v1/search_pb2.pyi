@@ -201,7 +201,7 @@ class SearchRequest(_message.Message):
     def __init__(self, image: _Optional[bytes] = ..., stored: _Optional[_Union[StoredImageQuery, _Mapping]] = ..., vector: _Optional[_Union[VectorQuery, _Mapping]] = ..., collection: _Optional[str] = ..., top_k: _Optional[int] = ..., min_similarity: _Optional[float] = ..., mode: _Optional[_Union[_common_pb2.SearchMode, str]] = ..., filter: _Optional[_Union[_index_pb2.ImageFilter, _Mapping]] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class SearchResult(_message.Message):
-    __slots__ = ("id", "file_name", "path", "label", "distance", "similarity", "partition", "partition_name", "created_at_ms", "rank")
+    __slots__ = ("id", "file_name", "path", "label", "distance", "similarity", "partition", "partition_name", "created_at_ms", "rank", "score")
     ID_FIELD_NUMBER: _ClassVar[int]
     FILE_NAME_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
@@ -212,6 +212,7 @@ class SearchResult(_message.Message):
     PARTITION_NAME_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
     id: int
     file_name: str
     path: str
@@ -222,7 +223,8 @@ class SearchResult(_message.Message):
     partition_name: str
     created_at_ms: int
     rank: int
-    def __init__(self, id: _Optional[int] = ..., file_name: _Optional[str] = ..., path: _Optional[str] = ..., label: _Optional[str] = ..., distance: _Optional[float] = ..., similarity: _Optional[float] = ..., partition: _Optional[int] = ..., partition_name: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., rank: _Optional[int] = ...) -> None: ...
+    score: float
+    def __init__(self, id: _Optional[int] = ..., file_name: _Optional[str] = ..., path: _Optional[str] = ..., label: _Optional[str] = ..., distance: _Optional[float] = ..., similarity: _Optional[float] = ..., partition: _Optional[int] = ..., partition_name: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., rank: _Optional[int] = ..., score: _Optional[float] = ...) -> None: ...
 
 class QueryInfo(_message.Message):
     __slots__ = ("predicted_class", "predicted_name", "confidence", "top5")
@@ -237,7 +239,7 @@ class QueryInfo(_message.Message):
     def __init__(self, predicted_class: _Optional[int] = ..., predicted_name: _Optional[str] = ..., confidence: _Optional[float] = ..., top5: _Optional[_Iterable[_Union[_common_pb2.ClassScore, _Mapping]]] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("results", "query", "stats", "took_ms", "collection", "mode", "has_more")
+    __slots__ = ("results", "query", "stats", "took_ms", "collection", "mode", "has_more", "ranked_by")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
@@ -245,6 +247,7 @@ class SearchResponse(_message.Message):
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     HAS_MORE_FIELD_NUMBER: _ClassVar[int]
+    RANKED_BY_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[SearchResult]
     query: QueryInfo
     stats: _index_pb2.SearchStats
@@ -252,4 +255,5 @@ class SearchResponse(_message.Message):
     collection: str
     mode: _common_pb2.SearchMode
     has_more: bool
-    def __init__(self, results: _Optional[_Iterable[_Union[SearchResult, _Mapping]]] = ..., query: _Optional[_Union[QueryInfo, _Mapping]] = ..., stats: _Optional[_Union[_index_pb2.SearchStats, _Mapping]] = ..., took_ms: _Optional[float] = ..., collection: _Optional[str] = ..., mode: _Optional[_Union[_common_pb2.SearchMode, str]] = ..., has_more: _Optional[bool] = ...) -> None: ...
+    ranked_by: _common_pb2.RankedBy
+    def __init__(self, results: _Optional[_Iterable[_Union[SearchResult, _Mapping]]] = ..., query: _Optional[_Union[QueryInfo, _Mapping]] = ..., stats: _Optional[_Union[_index_pb2.SearchStats, _Mapping]] = ..., took_ms: _Optional[float] = ..., collection: _Optional[str] = ..., mode: _Optional[_Union[_common_pb2.SearchMode, str]] = ..., has_more: _Optional[bool] = ..., ranked_by: _Optional[_Union[_common_pb2.RankedBy, str]] = ...) -> None: ...

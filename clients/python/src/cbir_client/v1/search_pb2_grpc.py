@@ -124,6 +124,11 @@ class SearchServiceStub:
                 request_serializer=cbir_dot_v1_dot_index__pb2.WatchOperationRequest.SerializeToString,
                 response_deserializer=cbir_dot_v1_dot_common__pb2.OperationProgress.FromString,
                 _registered_method=True)
+        self.RefineCollection = channel.unary_unary(
+                '/cbir.v1.SearchService/RefineCollection',
+                request_serializer=cbir_dot_v1_dot_index__pb2.RefineCollectionRequest.SerializeToString,
+                response_deserializer=cbir_dot_v1_dot_index__pb2.RefineCollectionResponse.FromString,
+                _registered_method=True)
         self.ExportCollection = channel.unary_stream(
                 '/cbir.v1.SearchService/ExportCollection',
                 request_serializer=cbir_dot_v1_dot_index__pb2.ExportCollectionRequest.SerializeToString,
@@ -263,6 +268,13 @@ class SearchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RefineCollection(self, request, context):
+        """Admin: recompute a collection's augmented vectors (refined ranking).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ExportCollection(self, request, context):
         """Backup (admin role): the collection whole, streamed.
         """
@@ -372,6 +384,11 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     servicer.WatchOperation,
                     request_deserializer=cbir_dot_v1_dot_index__pb2.WatchOperationRequest.FromString,
                     response_serializer=cbir_dot_v1_dot_common__pb2.OperationProgress.SerializeToString,
+            ),
+            'RefineCollection': grpc.unary_unary_rpc_method_handler(
+                    servicer.RefineCollection,
+                    request_deserializer=cbir_dot_v1_dot_index__pb2.RefineCollectionRequest.FromString,
+                    response_serializer=cbir_dot_v1_dot_index__pb2.RefineCollectionResponse.SerializeToString,
             ),
             'ExportCollection': grpc.unary_stream_rpc_method_handler(
                     servicer.ExportCollection,
@@ -851,6 +868,33 @@ class SearchService:
             '/cbir.v1.SearchService/WatchOperation',
             cbir_dot_v1_dot_index__pb2.WatchOperationRequest.SerializeToString,
             cbir_dot_v1_dot_common__pb2.OperationProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RefineCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cbir.v1.SearchService/RefineCollection',
+            cbir_dot_v1_dot_index__pb2.RefineCollectionRequest.SerializeToString,
+            cbir_dot_v1_dot_index__pb2.RefineCollectionResponse.FromString,
             options,
             channel_credentials,
             insecure,
