@@ -171,8 +171,9 @@ enum Command {
         /// Cut-offs of precision@K.
         #[arg(short = 'k', value_delimiter = ',', default_value = "1,5,10")]
         k: Vec<usize>,
-        /// Search modes to measure, comma-separated: probe, partition, exact.
-        #[arg(long, value_delimiter = ',', default_value = "probe")]
+        /// Search modes to measure, comma-separated: refined, probe,
+        /// exact, partition.
+        #[arg(long, value_delimiter = ',', default_value = "refined")]
         mode: Vec<String>,
         /// Index into this collection instead of a fresh temporary one.
         #[arg(long)]

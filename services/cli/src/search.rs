@@ -18,8 +18,9 @@ pub struct SearchArgs {
     /// How many results.
     #[arg(short = 'k', long = "top-k", default_value_t = 20)]
     pub top_k: u32,
-    /// probe (default), partition or exact.
-    #[arg(long, default_value = "probe")]
+    /// refined, probe, exact or partition; the service's default
+    /// (refined) when left out.
+    #[arg(long, default_value = "")]
     pub mode: String,
     #[arg(long, short = 'c', default_value = "default")]
     pub collection: String,

@@ -333,4 +333,19 @@ impl Gateway {
             .await?;
         Ok(r.operation_id)
     }
+
+    /// Recomputes every augmented vector of a collection (refined
+    /// ranking) on the index replica that answers; the operation id.
+    pub async fn refine(&self, collection: &str) -> Result<String> {
+        let name = self.collection_name(collection)?;
+        let r = self
+            .index_rpc(
+                "RefineCollection",
+                self.admin_timeout(),
+                pb::RefineCollectionRequest { collection: name },
+                |mut c, r| async move { c.refine_collection(r).await },
+            )
+            .await?;
+        Ok(r.operation_id)
+    }
 }

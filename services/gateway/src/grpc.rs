@@ -180,6 +180,17 @@ impl SearchService for SearchGrpc {
         ))
     }
 
+    async fn refine_collection(
+        &self,
+        request: Request<pb::RefineCollectionRequest>,
+    ) -> Result<Response<pb::RefineCollectionResponse>, Status> {
+        self.allow(&request, Role::Admin)?;
+        let r = request.into_inner();
+        Ok(Response::new(pb::RefineCollectionResponse {
+            operation_id: self.gateway.refine(&r.collection).await?,
+        }))
+    }
+
     async fn find_duplicates(
         &self,
         request: Request<pb::FindDuplicatesRequest>,

@@ -17,17 +17,30 @@ pub fn mode_name(mode: i32) -> &'static str {
     match pb::SearchMode::try_from(mode).unwrap_or(pb::SearchMode::Unspecified) {
         pb::SearchMode::Partition => "partition",
         pb::SearchMode::Exact => "exact",
-        pb::SearchMode::Probe | pb::SearchMode::Unspecified => "probe",
+        pb::SearchMode::Probe => "probe",
+        // The index always names the mode it used; unspecified is its default.
+        pb::SearchMode::Refined | pb::SearchMode::Unspecified => "refined",
     }
 }
 
+/// What ordered the results, as the REST API names it.
+pub fn ranked_by_name(r: i32) -> &'static str {
+    match pb::RankedBy::try_from(r).unwrap_or(pb::RankedBy::Unspecified) {
+        pb::RankedBy::RefinedScore => "refined_score",
+        pb::RankedBy::Distance | pb::RankedBy::Unspecified => "distance",
+    }
+}
+
+/// A mode by name; empty means the index service's default (refined).
 pub fn parse_mode(s: &str) -> Result<pb::SearchMode> {
     match s.trim().to_ascii_lowercase().as_str() {
-        "" | "probe" => Ok(pb::SearchMode::Probe),
+        "" => Ok(pb::SearchMode::Unspecified),
+        "refined" => Ok(pb::SearchMode::Refined),
+        "probe" => Ok(pb::SearchMode::Probe),
         "partition" => Ok(pb::SearchMode::Partition),
         "exact" => Ok(pb::SearchMode::Exact),
         other => Err(Error::InvalidArgument(format!(
-            "unknown search mode {other:?}: use probe, partition or exact"
+            "unknown search mode {other:?}: use refined, probe, exact or partition"
         ))),
     }
 }
@@ -134,6 +147,7 @@ impl Gateway {
             took_ms: started.elapsed().as_secs_f64() * 1e3,
             collection: checked.collection,
             has_more: found.has_more,
+            ranked_by: found.ranked_by,
             mode: if found.mode == 0 {
                 checked.mode as i32
             } else {
@@ -313,6 +327,7 @@ impl Gateway {
                 distance: h.distance,
                 similarity: h.similarity,
                 partition: h.partition,
+                score: h.score,
             })
             .collect()
     }

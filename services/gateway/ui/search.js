@@ -12,6 +12,7 @@ import { keepUpload, looksLikeImage, restoreUpload, sha256Hex } from './query-fi
 import { dateToMs, nextPage, parseRoute, searchFromParams, searchToHash } from './url-state.js';
 
 const MODE_HINTS = {
+  refined: 'Refined: the closest image first, then images ranked by what the query and its closest matches have in common. The best ranking of whole categories; the similarity shown is still the query\'s own.',
   probe: 'Probe: the query\'s own class first, then the nearest other parts of the collection until the best matches stop changing. Fast, and almost always the true best matches.',
   partition: 'Partition: only the images of the class the network predicts for the query. Fastest, but it never finds images put in another class.',
   exact: 'Exact: compares the query with every image of the collection. Slowest on large collections; always the true best matches.',
@@ -49,7 +50,7 @@ function currentSearch() {
   const q = state.query;
   return {
     collection: state.current,
-    mode: $('mode-select').value || 'probe',
+    mode: $('mode-select').value || 'refined',
     k: topK(),
     minSim: minSimilarity(),
     labels,
@@ -336,7 +337,8 @@ function renderCounts() {
   $('results-more-note').textContent = more ? `${plural(n, 'result')} shown of up to ${fmtInt(shown.k)}` : '';
   const data = shown.data || {};
   const modeText = data.mode || shown.search.mode;
-  $('results-summary').textContent = n ? `${plural(n, 'result')} in "${data.collection || shown.coll}" · ${modeText} mode` : '';
+  const order = data.ranked_by === 'refined_score' ? ' · the closest image first, then by refined score' : '';
+  $('results-summary').textContent = n ? `${plural(n, 'result')} in "${data.collection || shown.coll}" · ${modeText} mode${order}` : '';
   renderPartitionNote();
 }
 
@@ -354,7 +356,7 @@ function renderPartitionNote() {
   const pname = (shown.items[0] && shown.items[0].partition_name) || (data.query && data.query.predicted_name) || 'predicted';
   const why = filtered(s) || s.minSim ? ' that match the filters' : '';
   note.textContent = `Only ${plural(n, 'image')}${why} in the "${pname}" partition, fewer than the ${fmtInt(shown.k)} asked for: `
-    + 'partition mode searches the query\'s predicted class only. Probe or exact mode search the whole collection.';
+    + 'partition mode searches the query\'s predicted class only. Refined, probe or exact mode search the whole collection.';
   note.hidden = false;
 }
 

@@ -10,7 +10,7 @@
 // image for this browser tab only (sessionStorage).
 
 export const TABS = ['search', 'browse', 'dupes', 'index', 'maintenance'];
-export const MODES = ['probe', 'partition', 'exact'];
+export const MODES = ['refined', 'probe', 'exact', 'partition'];
 export const SORTS = ['time', 'name', 'label'];
 // Results shown per page; "load more" asks the server for the next page (offset).
 export const PAGE_SIZE = 24;

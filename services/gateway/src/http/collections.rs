@@ -29,6 +29,7 @@ pub(super) fn routes() -> Vec<Route> {
             get(thumbnail),
         ),
         ("/api/collections/{name}/rebuild", post(rebuild_collection)),
+        ("/api/collections/{name}/refine", post(refine_collection)),
         ("/api/operations/{id}", get(operation)),
     ]
 }
@@ -107,6 +108,18 @@ struct Stats {
     count: u64,
     /// The user's labels, most images first.
     labels: Vec<LabelJson>,
+    /// Refined ranking's augmented vectors on the index replica that answered.
+    refinement: RefinementJson,
+}
+
+#[derive(Serialize)]
+struct RefinementJson {
+    /// Images whose augmented vector waits for a refresh.
+    stale: u64,
+    /// The refresh running now, if any (`/api/operations/{id}`).
+    operation_id: Option<String>,
+    /// Bytes the augmented vectors take (part of bytes_in_memory).
+    bytes: u64,
 }
 
 #[derive(Serialize)]
@@ -129,7 +142,13 @@ async fn collection_stats(
     _: Reader,
 ) -> Result<Json<Stats>> {
     let s = gw.stats(&name).await?;
+    let r = s.refinement.unwrap_or_default();
     Ok(Json(Stats {
+        refinement: RefinementJson {
+            stale: r.stale,
+            operation_id: (!r.operation_id.is_empty()).then_some(r.operation_id),
+            bytes: r.bytes,
+        },
         collection: s.collection.map(CollectionJson::from),
         partitions: s
             .partitions
@@ -209,6 +228,17 @@ async fn rebuild_collection(
     _: Admin,
 ) -> Result<Json<Rebuilding>> {
     let operation_id = gw.rebuild(&name).await?;
+    Ok(Json(Rebuilding { operation_id }))
+}
+
+/// Recomputes the collection's augmented vectors now (they are kept up to
+/// date on their own; this is for after changing `refined.*` settings).
+async fn refine_collection(
+    State(gw): State<AppState>,
+    Path(name): Path<String>,
+    _: Admin,
+) -> Result<Json<Rebuilding>> {
+    let operation_id = gw.refine(&name).await?;
     Ok(Json(Rebuilding { operation_id }))
 }
 

@@ -17,7 +17,7 @@ use super::ingest::{multipart_error, read_part};
 use super::{AppState, Route};
 use crate::error::{Error, Result};
 use crate::gateway::Gateway;
-use crate::search::{mode_name, parse_mode};
+use crate::search::{mode_name, parse_mode, ranked_by_name};
 
 mod batch;
 
@@ -38,6 +38,9 @@ struct SearchJson {
     took_ms: f64,
     collection: String,
     mode: &'static str,
+    /// What ordered the results: `distance` (closest first) or
+    /// `refined_score` (refined mode: highest `score` first).
+    ranked_by: &'static str,
     /// More results follow: ask again with offset + top_k.
     has_more: bool,
 }
@@ -50,8 +53,11 @@ struct HitJson {
     file_name: String,
     path: String,
     label: String,
+    /// Query-to-image, in every mode.
     distance: f64,
     similarity: f64,
+    /// What ordered the results (see `ranked_by`), higher first.
+    score: f64,
     partition: i32,
     partition_name: String,
     created_at_ms: i64,
@@ -116,6 +122,7 @@ impl From<pb::SearchResponse> for SearchJson {
                     label: h.label,
                     distance: f64::from(h.distance),
                     similarity: f64::from(h.similarity),
+                    score: f64::from(h.score),
                     partition: h.partition,
                     partition_name: h.partition_name,
                 })
@@ -143,6 +150,7 @@ impl From<pb::SearchResponse> for SearchJson {
             took_ms: r.took_ms,
             collection: r.collection,
             mode: mode_name(r.mode),
+            ranked_by: ranked_by_name(r.ranked_by),
             has_more: r.has_more,
         }
     }
