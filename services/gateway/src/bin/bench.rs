@@ -31,6 +31,10 @@ struct Args {
     /// The index service, for seeding synthetic vectors.
     #[arg(long, default_value = "http://127.0.0.1:50052")]
     index: String,
+    /// The data folder of `cbir up`, whose internal token the seeding
+    /// calls to the index service carry (CBIR_INTERNAL_TOKEN overrides it).
+    #[arg(long, default_value = "data")]
+    data_dir: PathBuf,
     /// A folder-per-class image set: queries and seed images.
     #[arg(long, default_value = "../shared/data/caltech101")]
     images: PathBuf,
@@ -245,7 +249,9 @@ async fn seed(
         .connect()
         .await
         .with_context(|| format!("cannot reach the index service at {}", args.index))?;
-    let mut index = IndexServiceClient::new(channel)
+    // The index service takes calls from the cbir services only: the
+    // internal token goes with every one.
+    let mut index = IndexServiceClient::with_interceptor(channel, with_token as TokenFn)
         .max_encoding_message_size(256 << 20)
         .max_decoding_message_size(256 << 20);
     let mut feats = Vec::with_capacity(ids.len());
@@ -280,7 +286,7 @@ async fn seed(
 /// `count` before.
 async fn write_neighbours(
     args: &Args,
-    index: &mut IndexServiceClient<tonic::transport::Channel>,
+    index: &mut IndexClient,
     feats: &[(Vec<f32>, i32, String)],
     count: usize,
     missing: usize,
@@ -358,9 +364,26 @@ fn report(label: &str, r: &Run) -> serde_json::Value {
     })
 }
 
+type TokenFn = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
+type IndexClient = IndexServiceClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, TokenFn>,
+>;
+
+fn with_token(mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    cbir_common::grpc::attach_internal_token(req.metadata_mut());
+    Ok(req)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Seeding writes to the index service directly, with the internal
+    // token: CBIR_INTERNAL_TOKEN, else the one `cbir up` keeps in --data-dir.
+    let token = match std::env::var("CBIR_INTERNAL_TOKEN") {
+        Ok(t) => Some(t),
+        Err(_) => cbir_common::token::read(&args.data_dir).map_err(anyhow::Error::msg)?,
+    };
+    cbir_common::grpc::set_outgoing_internal_token(token.as_deref()).map_err(anyhow::Error::msg)?;
     let files = list_images(&args.images)?;
     anyhow::ensure!(
         !files.is_empty(),
