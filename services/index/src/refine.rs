@@ -247,12 +247,13 @@ impl Refresher {
                 }
             }
         }
-        tracing::info!(
-            collection = %coll.row.name,
-            vectors = done,
-            took_ms = started.elapsed().as_millis() as u64,
-            "augmented vectors refreshed"
-        );
+        let took_ms = started.elapsed().as_millis() as u64;
+        // Small refreshes follow every few batches of a bulk add.
+        if done >= 1000 || took_ms >= 1000 {
+            tracing::info!(collection = %coll.row.name, vectors = done, took_ms, "augmented vectors refreshed");
+        } else {
+            tracing::debug!(collection = %coll.row.name, vectors = done, took_ms, "augmented vectors refreshed");
+        }
         Ok(done)
     }
 
