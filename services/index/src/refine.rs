@@ -184,7 +184,27 @@ impl Refresher {
         let Some(index) = self.index.upgrade() else {
             return Ok(());
         };
-        for (name, coll) in index.collections() {
+        let collections = index.collections();
+        // A refresh asked for a collection deleted (or rebuilt) since ends.
+        let gone: Vec<(i64, String)> = {
+            let ops = self.ops.lock();
+            ops.wanted
+                .iter()
+                .filter(|id| !collections.iter().any(|(_, c)| c.row.id == **id))
+                .filter_map(|id| ops.running.get(id).map(|op| (*id, op.clone())))
+                .collect()
+        };
+        for (coll_id, op) in gone {
+            self.finish(
+                coll_id,
+                &op,
+                "the collection",
+                Err(Error::NotFound(
+                    "it was deleted or rebuilt before the refresh started".into(),
+                )),
+            );
+        }
+        for (name, coll) in collections {
             let state = coll.mem.read().refine_state();
             let len = coll.mem.read().len();
             let wanted = self.ops.lock().wanted.contains(&coll.row.id);

@@ -56,6 +56,7 @@ _BATCH_BYTES = 64 << 20
 _MAX_MESSAGE = 256 << 20
 
 _MODES = {
+    "refined": common_pb2.SEARCH_MODE_REFINED,
     "partition": common_pb2.SEARCH_MODE_PARTITION,
     "probe": common_pb2.SEARCH_MODE_PROBE,
     "exact": common_pb2.SEARCH_MODE_EXACT,
@@ -105,6 +106,8 @@ class SearchResult:
     created_at_ms: int = 0
     partition: int = 0
     partition_name: str = ""
+    #: What ordered the results (`SearchResults.ranked_by`), higher first.
+    score: float = 0.0
 
 
 class SearchResults(List[SearchResult]):
@@ -115,8 +118,16 @@ class SearchResults(List[SearchResult]):
         #: More results follow: ask again with `offset=offset + k`.
         self.has_more: bool = response.has_more
         self.collection: str = response.collection
-        #: "partition", "probe" or "exact": the mode the search ran in.
+        #: "refined", "probe", "exact" or "partition": the mode the search ran in.
         self.mode: str = _MODE_NAMES.get(response.mode, "")
+        #: "distance" (closest first) or "refined_score" (refined mode: the
+        #: nearest image first, then by `score`); `similarity` is always
+        #: the query-to-image one.
+        self.ranked_by: str = (
+            "refined_score"
+            if response.ranked_by == common_pb2.RANKED_BY_REFINED_SCORE
+            else "distance"
+        )
         self.took_ms: float = response.took_ms
         #: The class the network sees in the query image ("" for a vector).
         self.predicted_name: str = response.query.predicted_name
@@ -237,6 +248,7 @@ def _results(r: Any) -> SearchResults:
                 created_at_ms=h.created_at_ms,
                 partition=h.partition,
                 partition_name=h.partition_name,
+                score=h.score,
             )
             for h in r.results
         ),
