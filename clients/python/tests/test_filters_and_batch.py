@@ -37,9 +37,17 @@ def test_filtered_search_is_exact_search_then_filter(url, keys, images: Path, in
             ),
         ]
         for opts, keep in cases:
-            for mode in ("exact", None):
+            for mode in ("exact", "probe"):
                 got = c.search(query, k=3, mode=mode, **opts)
                 assert [r.id for r in got] == best(keep, 3), (opts, mode)
+            # The default, refined: the nearest admitted image first, then
+            # admitted images by refined score.
+            got = c.search(query, k=3, **opts)
+            assert got.mode == "refined" and got.ranked_by == "refined_score"
+            assert len(got) == min(3, len(best(keep, n))), opts
+            assert got[0].id == best(keep, 1)[0], opts
+            assert all(keep(r) for r in got), opts
+            assert [r.score for r in got[1:]] == sorted((r.score for r in got[1:]), reverse=True)
         # Every image was created before now and after the epoch.
         newest = max(r.created_at_ms for r in everything)
         assert newest > 0

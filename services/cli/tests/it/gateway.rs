@@ -74,17 +74,45 @@ async fn expect_error(r: reqwest::Response, status: u16, needle: &str) -> Value 
     e
 }
 
-fn assert_ranked(results: &[Value]) {
-    let mut last = -1.0f64;
+/// A search answer's results in the order its `ranked_by` names:
+/// distance, or (refined) the nearest first and then by score.
+fn assert_ranked(answer: &Value) {
+    let results = answer["results"].as_array().expect("results");
+    let by_score = match answer["ranked_by"].as_str() {
+        Some("distance") => false,
+        Some("refined_score") => true,
+        other => panic!("ranked_by {other:?}"),
+    };
+    let d = |r: &Value| r["distance"].as_f64().expect("distance");
+    let score = |r: &Value| r["score"].as_f64().expect("score");
     for r in results {
-        let d = r["distance"].as_f64().expect("distance");
         let s = r["similarity"].as_f64().expect("similarity");
-        assert!(d >= last - 1e-6, "sorted by distance: {d} after {last}");
         assert!(
-            (s - 1.0 / (1.0 + d)).abs() < 1e-5,
-            "similarity {s} = 1/(1+{d})"
+            (s - 1.0 / (1.0 + d(r))).abs() < 1e-5,
+            "similarity {s} = 1/(1+{})",
+            d(r)
         );
-        last = d;
+    }
+    if by_score {
+        assert!(
+            results.iter().all(|r| d(r) >= d(&results[0]) - 1e-6),
+            "the nearest first"
+        );
+        for w in results[1..].windows(2) {
+            assert!(
+                score(&w[0]) >= score(&w[1]) - 1e-6,
+                "sorted by score: {:?}",
+                w
+            );
+        }
+    } else {
+        for w in results.windows(2) {
+            assert!(d(&w[1]) >= d(&w[0]) - 1e-6, "sorted by distance: {:?}", w);
+            assert_eq!(
+                score(&w[0]),
+                w[0]["similarity"].as_f64().expect("similarity")
+            );
+        }
     }
 }
 
@@ -141,7 +169,8 @@ async fn rest_and_grpc_agree_and_server_folders_index() {
     let rest: Value = r.json().await.expect("json");
     let rest_hits = rest["results"].as_array().expect("results").clone();
     assert_eq!(rest_hits.len(), 10);
-    assert_ranked(&rest_hits);
+    assert_eq!(rest["mode"], "refined", "the default mode");
+    assert_ranked(&rest);
     assert_eq!(rest_hits[0]["similarity"], 1.0, "the image itself first");
     assert!(!rest["query"]["predicted_name"]
         .as_str()
