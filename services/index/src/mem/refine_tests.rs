@@ -5,6 +5,7 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use super::tests::entry;
 use super::*;
 use crate::kernels;
 
@@ -32,21 +33,6 @@ fn unit(rng: &mut StdRng, centre: Option<&[f32]>, noise: f32) -> Vec<f32> {
         .collect();
     assert!(kernels::normalize(&mut v));
     v
-}
-
-fn entry(id: u64, class: i32, feature: Vec<f32>) -> Entry {
-    Entry {
-        id,
-        class,
-        feature,
-        meta: Arc::new(Meta {
-            content_hash: format!("h{id}"),
-            file_name: format!("f{id}.jpg"),
-            path: String::new(),
-            label: format!("l{class}"),
-            created_at_ms: id as i64,
-        }),
-    }
 }
 
 /// A rule that reads every cell: the neighbour lists are exact.

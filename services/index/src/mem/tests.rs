@@ -17,7 +17,7 @@ fn noisy(rng: &mut StdRng, dims: usize, center: Option<&[f32]>, noise: f32) -> V
     v
 }
 
-fn entry(id: u64, class: i32, feature: Vec<f32>) -> Entry {
+pub(super) fn entry(id: u64, class: i32, feature: Vec<f32>) -> Entry {
     Entry {
         id,
         class,
