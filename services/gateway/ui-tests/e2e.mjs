@@ -377,6 +377,11 @@ async function viewerPhase(page) {
   await byId(page, 'query-input').setInputFiles(query);
   let res = await waitForResults(page, prev);
   check(res.length > 1, `the search shows ${res.length} results`);
+  // The default mode is refined, explained, and the summary says what ordered the list.
+  check(await byId(page, 'mode-select').inputValue() === 'refined', 'the default mode is not refined');
+  check((await byId(page, 'mode-hint').innerText()).toLowerCase().includes('refined'), 'refined mode has no explanation');
+  const summaryText = await byId(page, 'results-summary').innerText();
+  check(/refined mode.*refined score/.test(summaryText), `the summary does not say the list is ordered by refined score: "${summaryText}"`);
   // The band reads at a glance; the raw distance shows on demand.
   const band = await page.locator('[data-testid="result"] [data-testid="similarity-band"]').first().getAttribute('data-band');
   check(['identical', 'very', 'similar', 'weak'].includes(band), `the first result has no similarity band (${band})`);
