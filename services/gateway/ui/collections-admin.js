@@ -46,6 +46,10 @@ function collectionRow(c, active) {
         if (note) setCollectionsNote(note);
       }, { cls: 'btn-warn', attrs: { 'data-testid': 'collection-clear', disabled: busy } }),
       button('Rebuild', 'rebuild', () => rebuildCollection(c), { attrs: { 'data-testid': 'collection-rebuild', disabled: busy } }),
+      button('Refine', 'refine', () => refineCollection(c), {
+        attrs: { 'data-testid': 'collection-refine', disabled: busy,
+          title: 'Recompute the vectors refined search ranks by (they keep up by themselves; this is for after changing the refined settings)' },
+      }),
       button('Delete', 'delete', async () => {
         const note = await deleteCollectionNamed(c, 'maint-collections');
         if (note) setCollectionsNote(note);
@@ -57,6 +61,27 @@ function renderMaintCollections() {
   const active = activeModel();
   $('maint-collections-empty').hidden = state.collections.length > 0;
   preserveFocus(body, () => body.replaceChildren(...state.collections.map((c) => collectionRow(c, active))));
+}
+
+// Recomputes the augmented vectors of refined ranking now, with progress.
+async function refineCollection(c) {
+  let r;
+  try {
+    r = await api(`/api/collections/${enc(c.name)}/refine`, { method: 'POST' });
+    banner.clear('maint-collections');
+  } catch (err) {
+    reportError(err, 'maint-collections', `Could not refresh the refined ranking of "${c.name}"`);
+    return;
+  }
+  if (!r || !r.operation_id) return;
+  setCollectionsNote(`Refreshing the refined ranking of "${c.name}": progress below.`);
+  // Not tied to the row: its status column tells about rebuilds.
+  const t = trackOperation(r.operation_id, `Refreshing the refined ranking of "${c.name}"`);
+  const d = await t.finished;
+  setCollectionsNote(d.state === 'succeeded'
+    ? `The refined ranking of "${c.name}" is up to date.`
+    : `Refreshing the refined ranking of "${c.name}" ended: ${d.state}.`);
+  refreshDetail();
 }
 
 async function rebuildCollection(c) {

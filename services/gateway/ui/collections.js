@@ -3,7 +3,7 @@
 import { $, el } from './dom.js';
 import { api, enc } from './api.js';
 import { banner, reportError } from './status.js';
-import { fmtBytes, fmtInt } from './format.js';
+import { fmtBytes, fmtInt, refinementText } from './format.js';
 import { emit, LS_COLLECTION, state } from './state.js';
 
 export const selects = () => [$('collection-select'), $('index-collection-select'), $('browse-collection'), $('dupes-collection')];
@@ -135,6 +135,7 @@ function renderDetail(d) {
   $('detail-dims').textContent = String(d.dims ?? c.dims ?? '–');
   $('detail-model').textContent = c.model ? `${c.model.name} ${c.model.version}` : '–';
   $('detail-bytes').textContent = fmtBytes(d.bytes_in_memory);
+  $('detail-refined').textContent = refinementText(d.refinement);
   const parts = [...(d.partitions || [])].sort((a, b) => b.count - a.count);
   const top = parts.slice(0, 20);
   const total = count || 1;

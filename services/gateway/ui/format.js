@@ -73,3 +73,11 @@ export function userMessage(message, code) {
   }
   return text || String(message || '');
 }
+
+// Where a collection's refined ranking stands (the stats' `refinement`), in a few words.
+export function refinementText(r) {
+  if (!r || typeof r !== 'object') return '–';
+  if (r.operation_id) return 'refreshing…';
+  const stale = num(r.stale) || 0;
+  return stale > 0 ? `${plural(stale, 'image')} to refresh` : 'up to date';
+}

@@ -19,6 +19,7 @@ mod internal;
 mod openapi;
 mod python_client;
 mod rebuild;
+mod refined;
 mod requests;
 mod reupload;
 mod system;

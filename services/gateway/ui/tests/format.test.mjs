@@ -75,3 +75,11 @@ test('server messages never send the user to a log', () => {
   assert.equal(f.userMessage('not an image', 'invalid_argument'), 'not an image');
   assert.ok(!/\blog\b/i.test(f.userMessage('x; see the index service log', 'unavailable')));
 });
+
+test('the refined ranking state in a few words', () => {
+  assert.equal(f.refinementText({ stale: 0, operation_id: null, bytes: 10 }), 'up to date');
+  assert.equal(f.refinementText({ stale: 1, operation_id: null }), '1 image to refresh');
+  assert.equal(f.refinementText({ stale: 1234, operation_id: null }), '1,234 images to refresh');
+  assert.equal(f.refinementText({ stale: 5, operation_id: 'op' }), 'refreshing…');
+  assert.equal(f.refinementText(undefined), '–');
+});
