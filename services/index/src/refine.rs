@@ -157,6 +157,8 @@ impl Refresher {
 
     /// Registers a refresh of `coll` as running; answers its id.
     fn begin(&self, coll: &Collection, name: &str) -> String {
+        // Read before the ops lock: no memory lock is ever taken under it.
+        let total = coll.mem.read().refine_state().stale as u64;
         let mut ops = self.ops.lock();
         if let Some(id) = ops.running.get(&coll.row.id) {
             return id.clone();
@@ -166,7 +168,7 @@ impl Refresher {
         let (tx, _) = watch::channel(pb::OperationProgress {
             operation_id: id.clone(),
             state: pb::operation_progress::State::Running as i32,
-            total: coll.mem.read().refine_state().stale as u64,
+            total,
             started_at_ms: now,
             updated_at_ms: now,
             message: format!("refreshing the augmented vectors of {name} (refined ranking)"),

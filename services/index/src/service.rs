@@ -223,10 +223,11 @@ impl IndexService for IndexGrpc {
             dims: s.row.dims,
             count: s.count,
             refinement: Some({
+                let operation_id = self.refresher.running(c.row.id).unwrap_or_default();
                 let mem = c.mem.read();
                 pb::Refinement {
                     stale: mem.refine_state().stale as u64,
-                    operation_id: self.refresher.running(c.row.id).unwrap_or_default(),
+                    operation_id,
                     bytes: mem.augmented_bytes() as u64,
                 }
             }),
