@@ -97,6 +97,8 @@ async function waitForResults(page, prevSeq, queryId = null, timeout = 60000) {
   check(st === 'done', `the search failed; banner: "${await bannerText(page)}"`);
   return page.$$eval('[data-testid="result"]', (els) => els.map((e) => ({
     id: e.getAttribute('data-id'), similarity: Number(e.getAttribute('data-similarity')),
+    score: Number(e.getAttribute('data-score')),
+    rankedBy: e.closest('[data-testid="results"]').dataset.rankedBy,
   })));
 }
 
@@ -165,10 +167,18 @@ async function flow(page) {
   const results = await waitForResults(page, prev);
   const want = Math.min(topK, count);
   check(results.length === want, `got ${results.length} results, expected min(top_k=${topK}, count=${count}) = ${want}`);
+  // Refined (the default) keeps the most similar image first, then orders by refined score;
+  // the other modes order by similarity.
   results.forEach((r, i) => {
     check(r.similarity > 0 && r.similarity <= 1, `result ${i} has similarity ${r.similarity}, not in (0, 1]`);
-    if (i > 0) check(r.similarity <= results[i - 1].similarity, `result ${i} (${r.similarity}) ranks above result ${i - 1} (${results[i - 1].similarity})`);
+    if (r.rankedBy === 'refined_score') {
+      check(r.similarity <= results[0].similarity, `result ${i} (${r.similarity}) is more similar than the first (${results[0].similarity})`);
+      if (i > 1) check(r.score <= results[i - 1].score, `result ${i} (score ${r.score}) ranks above result ${i - 1} (score ${results[i - 1].score})`);
+    } else if (i > 0) {
+      check(r.similarity <= results[i - 1].similarity, `result ${i} (${r.similarity}) ranks above result ${i - 1} (${results[i - 1].similarity})`);
+    }
   });
+  check(results.length < 2 || results[0].rankedBy === 'refined_score', `the default search is ranked by "${results[0] && results[0].rankedBy}", not refined_score`);
   const qclass = (await byId(page, 'query-class').innerText()).trim();
   check(qclass.length > 0, 'query-class is empty');
   Object.assign(summary, { results: results.length, top_similarity: results[0].similarity, query_class: qclass,

@@ -283,6 +283,7 @@ function resultCard(r, i) {
     'data-id': String(r.id),
     'data-rank': String(rank),
     'data-similarity': String(r.similarity),
+    'data-score': String(r.score ?? r.similarity),
     'data-label': r.label || '',
     'data-focus-key': `result:${r.id}`,
     'aria-label': `#${rank} ${r.file_name}: open it in the viewer`,
@@ -380,6 +381,7 @@ function renderSearch(data, seq, sq) {
   renderCounts();
   results.classList.remove('loading');
   results.dataset.seq = String(seq);
+  results.dataset.rankedBy = data.ranked_by || 'distance';
   results.dataset.queryId = sq.kind === 'id' ? String(sq.id) : '';
   results.dataset.state = 'done';
 }
