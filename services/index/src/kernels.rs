@@ -103,6 +103,13 @@ pub fn distance_from_dot(dot: f32) -> f32 {
     (2.0 - 2.0 * dot).max(0.0).sqrt()
 }
 
+/// The dot product of two unit vectors from their Euclidean distance (the
+/// inverse of `distance_from_dot`).
+#[inline]
+pub fn dot_from_distance(distance: f32) -> f32 {
+    1.0 - distance * distance / 2.0
+}
+
 /// The similarity users see.
 #[inline]
 pub fn similarity(distance: f32) -> f32 {

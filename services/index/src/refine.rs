@@ -207,8 +207,10 @@ impl Refresher {
             );
         }
         for (name, coll) in collections {
-            let state = coll.mem.read().refine_state();
-            let len = coll.mem.read().len();
+            let (state, len) = {
+                let mem = coll.mem.read();
+                (mem.refine_state(), mem.len())
+            };
             let wanted = self.ops.lock().wanted.contains(&coll.row.id);
             let due = state.stale > 0
                 && (state.changed as f64) >= f64::from(self.share) * len.max(1) as f64;

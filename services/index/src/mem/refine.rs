@@ -197,7 +197,7 @@ impl MemIndex {
         );
         cands
             .into_iter()
-            .map(|c| (c.id, 1.0 - c.dist * c.dist / 2.0))
+            .map(|c| (c.id, kernels::dot_from_distance(c.dist)))
             .collect()
     }
 

@@ -236,7 +236,8 @@ impl MemIndex {
                 let cell = self.cells.get(&self.cell_key(c.id))?;
                 let raw = distance_from_dot(kernels::dot(q.vector, cell.vector(c.slot)));
                 // The user's threshold is on the similarity they see.
-                (raw <= max_dist).then(|| self.hit(c.id, raw, 1.0 - c.dist * c.dist / 2.0))?
+                (raw <= max_dist)
+                    .then(|| self.hit(c.id, raw, kernels::dot_from_distance(c.dist)))?
             })
             .collect();
         (hits, stats)
