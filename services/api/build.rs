@@ -20,6 +20,15 @@ fn main() {
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR is set by cargo"));
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("cbir_descriptor.bin"))
-        .compile_protos(&files, &[root])
+        .compile_protos(&files, std::slice::from_ref(&root))
         .expect("compiling proto/cbir/v1");
+    // ONNX's IR, for the graphs the inference service writes: messages
+    // only, kept out of the reflection descriptor of the cbir services.
+    let onnx = root.join("onnx/onnx.proto");
+    println!("cargo:rerun-if-changed={}", onnx.display());
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(false)
+        .compile_protos(&[onnx], &[root])
+        .expect("compiling proto/onnx");
 }

@@ -14,6 +14,13 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("cbir
 
 pub use v1::*;
 
+/// The ONNX IR messages (a subset of `onnx/onnx.proto`) the inference
+/// service writes its serving graphs with.
+pub mod onnx {
+    #![allow(clippy::all)]
+    tonic::include_proto!("onnx");
+}
+
 pub mod export_file;
 pub mod names;
 

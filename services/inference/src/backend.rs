@@ -11,7 +11,25 @@ use crate::error::{Error, Result};
 use crate::model::{input_from_nhwc_u8, EfficientNetLite0, FusedEfficientNet, Output};
 use cbir_imaging::INPUT_SIZE;
 
-/// Where the network runs and in which precision.
+/// Which engine runs the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// libtorch through tch (CPU and CUDA, f32/f16/bf16).
+    Tch,
+    /// ONNX Runtime on the CPU (f32).
+    Onnx,
+}
+
+impl Engine {
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Tch => "tch",
+            Engine::Onnx => "onnxruntime",
+        }
+    }
+}
+
+/// Where the network runs, on which engine and in which precision.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeviceConfig {
@@ -26,6 +44,17 @@ pub struct DeviceConfig {
     /// Serve a copy with BatchNorm folded into the convolutions and NHWC
     /// activations (same outputs, faster); off runs the trainable module.
     pub fuse: bool,
+    /// `auto`, `tch` or `onnx`. `auto` runs ONNX Runtime on a CPU with f32
+    /// and a fused network when its library loads (it is the faster there,
+    /// docs/BENCHMARKS.md), tch otherwise (CUDA, f16/bf16, unfused).
+    pub backend: String,
+    /// libonnxruntime to load; found in the setup's Python environment when
+    /// unset (see `onnx::find_library`).
+    pub onnxruntime_library: Option<PathBuf>,
+    /// Let ONNX Runtime's threads spin between passes: a little lower
+    /// batch-1 latency, but the cores stay busy while nothing runs, which
+    /// slows image decoding on small machines.
+    pub spin_wait: bool,
 }
 
 impl Default for DeviceConfig {
@@ -36,11 +65,57 @@ impl Default for DeviceConfig {
             channels_last: true,
             torch_threads: 0,
             fuse: true,
+            backend: "auto".into(),
+            onnxruntime_library: None,
+            spin_wait: false,
         }
     }
 }
 
 impl DeviceConfig {
+    /// Intra-op threads of one model instance.
+    pub fn threads(&self) -> usize {
+        if self.torch_threads > 0 {
+            self.torch_threads
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+
+    /// The engine this configuration runs on; `auto` tries to load ONNX
+    /// Runtime where it would run (CPU, f32, fused).
+    pub fn engine(&self) -> Result<Engine> {
+        match self.backend.as_str() {
+            "tch" => Ok(Engine::Tch),
+            "onnx" => {
+                crate::onnx::available(self)?;
+                Ok(Engine::Onnx)
+            }
+            "auto" => {
+                let (device, kind) = self.resolve()?;
+                if device != Device::Cpu || kind != Kind::Float || !self.fuse {
+                    return Ok(Engine::Tch);
+                }
+                match crate::onnx::available(self) {
+                    Ok(()) => Ok(Engine::Onnx),
+                    Err(e) => {
+                        static ONCE: std::sync::Once = std::sync::Once::new();
+                        ONCE.call_once(|| {
+                            tracing::warn!(
+                                error = %e,
+                                "ONNX Runtime is not available; serving on tch (slower on a CPU)"
+                            )
+                        });
+                        Ok(Engine::Tch)
+                    }
+                }
+            }
+            other => Err(Error::Config(format!(
+                "device.backend {other:?} is not one of auto, tch, onnx"
+            ))),
+        }
+    }
+
     pub fn resolve(&self) -> Result<(Device, Kind)> {
         let device = match self.device.as_str() {
             "cpu" => Device::Cpu,
@@ -92,6 +167,19 @@ pub struct ModelSpec {
     /// Empty means the ImageNet classes.
     pub class_names: Vec<String>,
     pub weights: PathBuf,
+}
+
+/// A model instance on the configured engine, from the bytes of its
+/// weights file.
+pub fn build_backend(
+    spec: &ModelSpec,
+    weights: &[u8],
+    cfg: &DeviceConfig,
+) -> Result<Box<dyn Backend>> {
+    Ok(match cfg.engine()? {
+        Engine::Tch => Box::new(TchBackend::from_bytes(spec, weights, cfg)?),
+        Engine::Onnx => Box::new(crate::onnx::OrtBackend::from_bytes(spec, weights, cfg)?),
+    })
 }
 
 /// Hex SHA-256 of a weights file's bytes.
@@ -228,6 +316,7 @@ impl TchBackend {
             embedding_dim: net.embedding_dim() as usize,
             device: format!("{device:?}").to_lowercase(),
             dtype: cfg.dtype.clone(),
+            backend: Engine::Tch.name().into(),
             source: spec.weights.display().to_string(),
             weights_sha256: sha256_hex(weights),
             loaded_at_ms: now_ms(),
@@ -269,18 +358,9 @@ pub use cbir_common::time::now_ms;
 impl Backend for TchBackend {
     fn infer(&mut self, inputs: &[&[u8]]) -> std::result::Result<Vec<RawOutput>, String> {
         let side = INPUT_SIZE as usize;
-        let per = side * side * 3;
         let n = inputs.len();
-        let mut buf = Vec::with_capacity(n * per);
-        for (i, input) in inputs.iter().enumerate() {
-            if input.len() != per {
-                return Err(format!(
-                    "input {i} has {} bytes, expected {per}",
-                    input.len()
-                ));
-            }
-            buf.extend_from_slice(input);
-        }
+        crate::onnx::check_inputs(inputs)?;
+        let buf = inputs.concat();
         tch::no_grad(|| {
             let t = Tensor::f_from_slice(&buf)
                 .and_then(|t| t.f_view([n as i64, side as i64, side as i64, 3]))
@@ -322,5 +402,12 @@ impl Backend for TchBackend {
 
     fn meta(&self) -> Arc<ModelMeta> {
         self.meta.clone()
+    }
+
+    /// On a CPU the fused tch path is fastest per image at batch 2 and
+    /// slower from 4 on (inference-bench, docs/BENCHMARKS.md); a GPU gains
+    /// up to large batches, so the configuration decides there.
+    fn useful_batch(&self) -> Option<usize> {
+        (self.device == Device::Cpu).then_some(2)
     }
 }

@@ -30,6 +30,8 @@ pub struct ModelMeta {
     pub embedding_dim: usize,
     pub device: String,
     pub dtype: String,
+    /// The engine running it: `tch` or `onnxruntime`.
+    pub backend: String,
     pub source: String,
     /// Hex SHA-256 of the weights bytes the network was built from.
     pub weights_sha256: String,
@@ -50,6 +52,12 @@ pub trait Backend: Send + 'static {
     /// Runs one forward pass over `inputs` (each 224x224x3 RGB bytes).
     fn infer(&mut self, inputs: &[&[u8]]) -> std::result::Result<Vec<RawOutput>, String>;
     fn meta(&self) -> Arc<ModelMeta>;
+    /// The largest batch that still raises throughput on this engine and
+    /// device; the batcher forms no larger ones. None: only the
+    /// configuration's `max_batch_size` bounds them.
+    fn useful_batch(&self) -> Option<usize> {
+        None
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -191,6 +199,17 @@ impl Batcher {
             ));
         }
         cfg.workers = backends.len();
+        if let Some(limit) = backends[0].useful_batch() {
+            if limit < cfg.max_batch_size {
+                tracing::info!(
+                    configured = cfg.max_batch_size,
+                    limit,
+                    backend = %backends[0].meta().backend,
+                    "batches capped where this engine stops gaining throughput"
+                );
+                cfg.max_batch_size = limit.max(1);
+            }
+        }
         cfg.preferred_batch_sizes
             .retain(|&s| s > 0 && s <= cfg.max_batch_size);
         cfg.preferred_batch_sizes.sort_unstable();

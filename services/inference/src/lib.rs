@@ -6,6 +6,7 @@ pub mod batcher;
 pub mod engine;
 pub mod error;
 pub mod model;
+pub mod onnx;
 pub mod priority;
 pub mod service;
 pub mod swap;
@@ -21,10 +22,11 @@ use cbir_imaging::Limits;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
-pub use backend::{DeviceConfig, ModelSpec, TchBackend};
+pub use backend::{build_backend, DeviceConfig, Engine, ModelSpec, TchBackend};
 pub use batcher::{Backend, Batcher, BatcherConfig};
 pub use engine::Inference;
 pub use error::{Error, Result};
+pub use onnx::OrtBackend;
 pub use priority::Priority;
 
 /// The names the service kit needs (binary, environment, health check).
@@ -165,10 +167,7 @@ pub fn start_batcher(cfg: &Config) -> Result<(Arc<Batcher>, ModelSpec)> {
     // Read once: every worker is built from the same (hashed) bytes.
     let weights = backend::read_weights(&spec.weights)?;
     let backends = (0..workers)
-        .map(|_| {
-            TchBackend::from_bytes(&spec, &weights, &cfg.device)
-                .map(|b| Box::new(b) as Box<dyn Backend>)
-        })
+        .map(|_| build_backend(&spec, &weights, &cfg.device))
         .collect::<Result<Vec<_>>>()?;
     Ok((
         Arc::new(Batcher::start(cfg.batcher.clone(), backends)?),

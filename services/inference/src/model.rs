@@ -343,7 +343,7 @@ fn fold(conv: &SameConv, bn: &nn::BatchNorm) -> (Tensor, Tensor) {
 
 /// A convolution with its BatchNorm folded in, laid out for NHWC inference.
 #[derive(Debug)]
-enum FusedConv {
+pub(crate) enum FusedConv {
     /// 1x1, stride 1: a matrix product over the channel axis, `wt` is
     /// `[cin, cout]`.
     Pointwise { wt: Tensor, b: Tensor },
@@ -423,11 +423,11 @@ impl FusedConv {
 }
 
 #[derive(Debug)]
-struct FusedBlock {
-    expand: Option<FusedConv>,
-    depthwise: FusedConv,
-    project: FusedConv,
-    residual: bool,
+pub(crate) struct FusedBlock {
+    pub(crate) expand: Option<FusedConv>,
+    pub(crate) depthwise: FusedConv,
+    pub(crate) project: FusedConv,
+    pub(crate) residual: bool,
 }
 
 /// The network prepared for inference only: every BatchNorm folded into its
@@ -436,14 +436,14 @@ struct FusedBlock {
 /// twice as fast on a CPU.
 #[derive(Debug)]
 pub struct FusedEfficientNet {
-    stem: FusedConv,
-    blocks: Vec<FusedBlock>,
-    head: FusedConv,
+    pub(crate) stem: FusedConv,
+    pub(crate) blocks: Vec<FusedBlock>,
+    pub(crate) head: FusedConv,
     /// `_embed` weight and bias, when the model has the layer.
-    embed: Option<(Tensor, Tensor)>,
-    fc_w: Tensor,
+    pub(crate) embed: Option<(Tensor, Tensor)>,
+    pub(crate) fc_w: Tensor,
     /// None: a cosine classifier (`fc_w` rows already unit length).
-    fc_b: Option<Tensor>,
+    pub(crate) fc_b: Option<Tensor>,
 }
 
 impl FusedEfficientNet {

@@ -86,6 +86,7 @@ fn model_info(meta: &ModelMeta, include_class_names: bool) -> pb::ModelInfo {
         loaded_at_ms: meta.loaded_at_ms,
         source: meta.source.clone(),
         weights_sha256: meta.weights_sha256.clone(),
+        backend: meta.backend.clone(),
     }
 }
 

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::backend::{read_weights, sha256_hex, ModelSpec, TchBackend};
-use crate::batcher::{Backend, Batcher, ModelMeta};
+use crate::backend::{build_backend, read_weights, sha256_hex, ModelSpec};
+use crate::batcher::{Batcher, ModelMeta};
 use crate::engine::{release, Inference, ModelId, Retained};
 use crate::error::{Error, Result};
 
@@ -212,10 +212,7 @@ impl Inference {
         let load = spec.clone();
         let (instances, kept) = tokio::task::spawn_blocking(move || {
             let instances = (0..workers)
-                .map(|_| {
-                    TchBackend::from_bytes(&load, &weights, &device)
-                        .map(|b| Box::new(b) as Box<dyn Backend>)
-                })
+                .map(|_| build_backend(&load, &weights, &device))
                 .collect::<Result<Vec<_>>>()?;
             let kept = retain
                 .map(|p| {
@@ -231,7 +228,7 @@ impl Inference {
                                 ))
                             }
                         })
-                        .and_then(|w| TchBackend::from_bytes(&p, &w, &device))
+                        .and_then(|w| build_backend(&p, &w, &device))
                         .map_err(|e| {
                             let cause = match e {
                                 Error::ModelLoad(m) => m,
@@ -254,7 +251,7 @@ impl Inference {
                 spec: previous,
                 batcher: Arc::new(Batcher::start(
                     self.batcher.config().clone(),
-                    vec![Box::new(backend)],
+                    vec![backend],
                 )?),
             }),
             None => None,

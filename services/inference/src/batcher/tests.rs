@@ -22,6 +22,7 @@ fn meta(name: &str) -> Arc<ModelMeta> {
         embedding_dim: 2,
         device: "cpu".into(),
         dtype: "f32".into(),
+        backend: "fake".into(),
         source: "test".into(),
         weights_sha256: String::new(),
         loaded_at_ms: 0,

@@ -4,6 +4,7 @@
 
 mod failover;
 mod harness;
+mod onnx;
 mod parity;
 mod service;
 mod weights;
