@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use cbir_api::v1 as pb;
-use cbir_inference::{Backend, Config, DeviceConfig, ModelSpec, TchBackend};
+use cbir_inference::{build_backend, Config, DeviceConfig, ModelSpec};
 use clap::Parser;
 use hdrhistogram::Histogram;
 
@@ -40,6 +40,23 @@ struct Args {
     /// Also measure the unfused trainable module at these batch sizes.
     #[arg(long, value_delimiter = ',', default_value = "1")]
     unfused_batch_sizes: Vec<usize>,
+    /// Engines of the network-only rows: tch (fused), onnx (ONNX Runtime).
+    #[arg(long, value_delimiter = ',', default_value = "tch,onnx")]
+    backends: Vec<String>,
+    /// Engine of the service rows: auto, tch or onnx.
+    #[arg(long, default_value = "auto")]
+    service_backend: String,
+    /// Intra-op threads (libtorch and ONNX Runtime); 0 = one per core.
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Let ONNX Runtime's threads spin between passes (its Python
+    /// default; `device.spin_wait` of the service).
+    #[arg(long)]
+    spin_wait: bool,
+    /// Write the served network's ONNX graph here and exit (for
+    /// `scripts/bench_onnxruntime.py --model`).
+    #[arg(long)]
+    write_onnx: Option<PathBuf>,
     /// Skip the end-to-end service rows.
     #[arg(long)]
     model_only: bool,
@@ -68,25 +85,35 @@ fn jpegs(data: &std::path::Path) -> anyhow::Result<Vec<Vec<u8>>> {
         .collect()
 }
 
-fn model_rows(
-    args: &Args,
-    images: &[Vec<u8>],
-    fuse: bool,
-    sizes: &[usize],
-) -> anyhow::Result<Vec<Row>> {
-    let spec = ModelSpec {
+fn spec(args: &Args) -> ModelSpec {
+    ModelSpec {
         name: "efficientnet-lite0".into(),
         version: "imagenet".into(),
         class_names: vec![],
         weights: args.weights.clone(),
-    };
+    }
+}
+
+fn model_rows(
+    args: &Args,
+    images: &[Vec<u8>],
+    engine: &str,
+    fuse: bool,
+    sizes: &[usize],
+) -> anyhow::Result<Vec<Row>> {
+    let spec = spec(args);
     let dev = DeviceConfig {
         device: args.device.clone(),
         dtype: args.dtype.clone(),
         fuse,
+        backend: engine.to_string(),
+        torch_threads: args.threads,
+        spin_wait: args.spin_wait,
         ..Default::default()
     };
-    let mut backend = TchBackend::load(&spec, &dev)?;
+    let weights = std::fs::read(&spec.weights)?;
+    let mut backend = build_backend(&spec, &weights, &dev)?;
+    let engine_name = backend.meta().backend.clone();
     let crops: Vec<Vec<u8>> = images
         .iter()
         .take(64)
@@ -113,7 +140,7 @@ fn model_rows(
         let secs = start.elapsed().as_secs_f64();
         rows.push(Row {
             what: format!(
-                "network only ({}, {}{})",
+                "network only ({engine_name}, {}, {}{})",
                 args.device,
                 args.dtype,
                 if fuse { ", fused" } else { ", unfused module" }
@@ -137,6 +164,9 @@ async fn service_rows(
     cfg.model.weights = args.weights.clone();
     cfg.device.device = args.device.clone();
     cfg.device.dtype = args.dtype.clone();
+    cfg.device.backend = args.service_backend.clone();
+    cfg.device.torch_threads = args.threads;
+    cfg.device.spin_wait = args.spin_wait;
     if batching {
         cfg.batcher.max_batch_size = 32;
         cfg.batcher.max_queue_delay_us = 2_000;
@@ -202,7 +232,8 @@ async fn service_rows(
         anyhow::ensure!(errors == 0, "{errors} requests failed");
         rows.push(Row {
             what: format!(
-                "gRPC EmbedImage, JPEG decode included, batching {}",
+                "gRPC EmbedImage ({}), JPEG decode included, batching {}",
+                args.service_backend,
                 if batching { "on (max 32, 2 ms)" } else { "off" }
             ),
             batch: format!("{clients} clients"),
@@ -243,6 +274,16 @@ fn main() -> anyhow::Result<()> {
         "weights {} not found: run scripts/setup.sh or pass --weights",
         args.weights.display()
     );
+    if let Some(out) = &args.write_onnx {
+        let weights = std::fs::read(&args.weights)?;
+        let graph = cbir_inference::onnx::graph_of_weights(&spec(&args), &weights)?;
+        std::fs::write(out, &graph).with_context(|| out.display().to_string())?;
+        println!("wrote {} ({} bytes)", out.display(), graph.len());
+        return Ok(());
+    }
+    if args.threads > 0 {
+        tch::set_num_threads(args.threads as i32);
+    }
     let images = Arc::new(jpegs(&args.data)?);
     println!(
         "libtorch threads: {}, cores: {}",
@@ -251,9 +292,11 @@ fn main() -> anyhow::Result<()> {
     );
     println!("| what | batch | images/s | p50 ms | p99 ms |");
     println!("|---|---|---|---|---|");
-    model_rows(&args, &images, true, &args.batch_sizes)?;
+    for engine in &args.backends {
+        model_rows(&args, &images, engine, true, &args.batch_sizes)?;
+    }
     if !args.unfused_batch_sizes.is_empty() {
-        model_rows(&args, &images, false, &args.unfused_batch_sizes)?;
+        model_rows(&args, &images, "tch", false, &args.unfused_batch_sizes)?;
     }
     if !args.model_only {
         let rt = tokio::runtime::Builder::new_multi_thread()
