@@ -51,9 +51,10 @@ pub struct DeviceConfig {
     /// libonnxruntime to load; found in the setup's Python environment when
     /// unset (see `onnx::find_library`).
     pub onnxruntime_library: Option<PathBuf>,
-    /// Let ONNX Runtime's threads spin between passes: a little lower
-    /// batch-1 latency, but the cores stay busy while nothing runs, which
-    /// slows image decoding on small machines.
+    /// Let ONNX Runtime's threads spin briefly between passes (its own
+    /// default): a batch-1 pass takes 4.6 ms instead of 6 on 2 cores, and
+    /// ingest measured 137 against 143 images/s without (docs/BENCHMARKS.md);
+    /// off gives the cores back sooner when other work shares them.
     pub spin_wait: bool,
 }
 
@@ -67,7 +68,7 @@ impl Default for DeviceConfig {
             fuse: true,
             backend: "auto".into(),
             onnxruntime_library: None,
-            spin_wait: false,
+            spin_wait: true,
         }
     }
 }

@@ -37,7 +37,8 @@ struct Args {
     batch_sizes: Vec<usize>,
     #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
     clients: Vec<usize>,
-    /// Also measure the unfused trainable module at these batch sizes.
+    /// Also measure the unfused trainable module at these batch sizes
+    /// (0: not at all).
     #[arg(long, value_delimiter = ',', default_value = "1")]
     unfused_batch_sizes: Vec<usize>,
     /// Engines of the network-only rows: tch (fused), onnx (ONNX Runtime).
@@ -49,9 +50,9 @@ struct Args {
     /// Intra-op threads (libtorch and ONNX Runtime); 0 = one per core.
     #[arg(long, default_value_t = 0)]
     threads: usize,
-    /// Let ONNX Runtime's threads spin between passes (its Python
-    /// default; `device.spin_wait` of the service).
-    #[arg(long)]
+    /// Let ONNX Runtime's threads spin between passes (`device.spin_wait`
+    /// of the service, and ONNX Runtime's own default).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     spin_wait: bool,
     /// Write the served network's ONNX graph here and exit (for
     /// `scripts/bench_onnxruntime.py --model`).
@@ -295,8 +296,14 @@ fn main() -> anyhow::Result<()> {
     for engine in &args.backends {
         model_rows(&args, &images, engine, true, &args.batch_sizes)?;
     }
-    if !args.unfused_batch_sizes.is_empty() {
-        model_rows(&args, &images, "tch", false, &args.unfused_batch_sizes)?;
+    let unfused: Vec<usize> = args
+        .unfused_batch_sizes
+        .iter()
+        .copied()
+        .filter(|&b| b > 0)
+        .collect();
+    if !unfused.is_empty() {
+        model_rows(&args, &images, "tch", false, &unfused)?;
     }
     if !args.model_only {
         let rt = tokio::runtime::Builder::new_multi_thread()

@@ -116,21 +116,60 @@ fn ort_err(what: &str) -> impl Fn(ort::Error) -> Error + '_ {
     move |e| Error::ModelLoad(format!("{what}: {e}"))
 }
 
-/// A session over the encoded ONNX model `graph`, on the CPU with
-/// `threads` intra-op threads.
+/// Execution providers for `device` in `kind`, besides the CPU: none on
+/// the CPU; on CUDA, TensorRT (f16 when asked; skipped when the library
+/// lacks it) and then CUDA itself, which must load: a GPU configuration
+/// never runs on the CPU unnoticed.
+fn providers(
+    device: tch::Device,
+    kind: tch::Kind,
+) -> Result<Vec<ort::ep::ExecutionProviderDispatch>> {
+    match (device, kind) {
+        (tch::Device::Cpu, tch::Kind::Float) => Ok(Vec::new()),
+        #[cfg(feature = "cuda")]
+        (tch::Device::Cuda(n), tch::Kind::Float | tch::Kind::Half) => Ok(vec![
+            ort::ep::TensorRT::default()
+                .with_device_id(n as i32)
+                .with_fp16(kind == tch::Kind::Half)
+                .build(),
+            ort::ep::CUDA::default()
+                .with_device_id(n as i32)
+                .build()
+                .error_on_failure(),
+        ]),
+        (device, kind) => Err(Error::Config(format!(
+            "the onnx backend runs f32 on the CPU{} (asked: {device:?}, {kind:?}); use \
+             device.backend = \"tch\" for this device and dtype",
+            if cfg!(feature = "cuda") {
+                " and f32/f16 on CUDA"
+            } else {
+                " in this build (CUDA needs the cuda feature)"
+            }
+        ))),
+    }
+}
+
+/// A session over the encoded ONNX model `graph` with `threads` intra-op
+/// threads, on the configured device.
 pub fn session(cfg: &DeviceConfig, graph: &[u8], threads: usize) -> Result<Session> {
     let env = environment(cfg)?;
-    let builder = Session::builder(env).map_err(ort_err("creating an ONNX Runtime session"))?;
-    let builder = builder
+    let (device, kind) = cfg.resolve()?;
+    let eps = providers(device, kind)?;
+    let setting = |e: ort::Error<ort::session::builder::SessionBuilder>| {
+        Error::ModelLoad(format!("configuring the ONNX Runtime session: {e}"))
+    };
+    Session::builder(env)
+        .map_err(ort_err("creating an ONNX Runtime session"))?
+        .with_execution_providers(eps)
+        .map_err(setting)?
         .with_optimization_level(GraphOptimizationLevel::All)
-        .and_then(|b| b.with_intra_threads(threads))
-        .and_then(|b| b.with_inter_threads(1))
-        // Spinning keeps a batch-1 pass a little quicker but burns the
-        // cores that decoding needs between passes.
-        .and_then(|b| b.with_intra_op_spinning(cfg.spin_wait))
-        .map_err(|e| Error::ModelLoad(format!("configuring the ONNX Runtime session: {e}")))?;
-    let mut builder = builder;
-    builder
+        .map_err(setting)?
+        .with_intra_threads(threads)
+        .map_err(setting)?
+        .with_inter_threads(1)
+        .map_err(setting)?
+        .with_intra_op_spinning(cfg.spin_wait)
+        .map_err(setting)?
         .commit_from_memory(graph)
         .map_err(ort_err("ONNX Runtime refused the written graph"))
 }
@@ -167,6 +206,7 @@ pub struct OrtBackend {
     session: Session,
     /// The scaled NCHW input of the current pass.
     input: Vec<f32>,
+    on_cpu: bool,
     meta: Arc<ModelMeta>,
 }
 
@@ -179,14 +219,8 @@ impl OrtBackend {
     /// Builds the network from the bytes of its weights file, folds it,
     /// writes its ONNX graph and opens a session on it.
     pub fn from_bytes(spec: &ModelSpec, weights: &[u8], cfg: &DeviceConfig) -> Result<Self> {
-        let (device, _) = cfg.resolve()?;
-        if device != tch::Device::Cpu || cfg.dtype != "f32" {
-            return Err(Error::Config(format!(
-                "the onnx backend runs f32 on the CPU here (device {:?}, dtype {:?} asked); \
-                 use device.backend = \"tch\" for CUDA and f16/bf16",
-                cfg.device, cfg.dtype
-            )));
-        }
+        let (device, kind) = cfg.resolve()?;
+        providers(device, kind)?;
         let sha = sha256_hex(weights);
         let (graph, class_names, dim) = write_graph(spec, weights, &sha)?;
         let session = session(cfg, &graph, cfg.threads())?;
@@ -196,8 +230,8 @@ impl OrtBackend {
             architecture: "efficientnet-lite0".into(),
             class_names: Arc::new(class_names),
             embedding_dim: dim,
-            device: "cpu".into(),
-            dtype: "f32".into(),
+            device: format!("{device:?}").to_lowercase(),
+            dtype: cfg.dtype.clone(),
             backend: "onnxruntime".into(),
             source: spec.weights.display().to_string(),
             weights_sha256: sha,
@@ -206,6 +240,7 @@ impl OrtBackend {
         Ok(Self {
             session,
             input: Vec::new(),
+            on_cpu: device == tch::Device::Cpu,
             meta,
         })
     }
@@ -272,8 +307,8 @@ impl Backend for OrtBackend {
 
     /// On a CPU ONNX Runtime runs as many images per second at batch 1 as
     /// at 32 (inference-bench, docs/BENCHMARKS.md): batches above 4 only
-    /// add latency.
+    /// add latency. A GPU gains from large ones.
     fn useful_batch(&self) -> Option<usize> {
-        Some(4)
+        self.on_cpu.then_some(4)
     }
 }

@@ -38,6 +38,15 @@ async fn top1_accuracy_on_imagenet_sample_300() {
     let labels = imagenet_labels();
     assert_eq!(labels.len(), 300);
     let mut client = server.client.clone();
+    // The default engine on a CPU (`auto`) is ONNX Runtime.
+    let info = client
+        .get_model_info(pb::GetModelInfoRequest::default())
+        .await
+        .expect("info")
+        .into_inner()
+        .info
+        .expect("model info");
+    assert_eq!(info.backend, "onnxruntime");
     let mut correct = 0;
     let mut top5 = 0;
     let started = Instant::now();
