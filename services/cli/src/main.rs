@@ -1,6 +1,7 @@
 //! `cbir`: run the system and talk to it.
 
 mod backup;
+mod bench;
 mod classify;
 mod client;
 mod dupes;
@@ -41,6 +42,14 @@ struct GatewayArgs {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Benchmark ingest: each stage of `cbir index add` alone (rate and CPU
+    /// per image), then the whole path through a running system.
+    BenchIngest {
+        #[command(flatten)]
+        args: bench::BenchArgs,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
     /// Start the whole system on embedded defaults and stay in the
     /// foreground until Ctrl-C.
     Up(up::UpArgs),
@@ -332,6 +341,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Model { command, gateway } => train::model(&gateway.gateway, command.into()).await,
         Command::Dataset { command, gateway } => {
             train::dataset(&gateway.gateway, command.into()).await
+        }
+        Command::BenchIngest { args, gateway } => {
+            bench::run(&gateway.gateway, args).await?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Eval {
             dir,
