@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The GPU benchmark: the network alone on CUDA, batch 1 to 256, in f32,
+# bf16 and f16 on tch, and on ONNX Runtime's TensorRT / CUDA providers when
+# the machine has an onnxruntime-gpu library. Prints one Markdown table
+# (docs/BENCHMARKS.md, "GPU").
+#
+# Two steps, because the GPU machine is lent for minutes and has no cargo:
+#   scripts/bench_gpu.sh build          here: CUDA build of inference-bench
+#                                       into dist/gpu/ (carry that folder)
+#   scripts/bench_gpu.sh run [SECONDS]  there: uses the machine's own torch
+#                                       (its torch/lib on LD_LIBRARY_PATH)
+#   scripts/bench_gpu.sh check          syntax and arguments only (CI)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BATCHES="1,8,32,64,128,256"
+OUT_DIR="${BENCH_GPU_DIR:-dist/gpu}"
+
+# rows BENCH WEIGHTS DEVICE ENGINE DTYPE BATCHES SECONDS: one engine's rows.
+rows() {
+  "$1" --weights "$2" --device "$3" --backends "$4" --dtype "$5" --batch-sizes "$6" \
+    --unfused-batch-sizes 0 --seconds "$7" --model-only | grep '^| network'
+}
+
+case "${1:-}" in
+  build)
+    source scripts/env.sh
+    cargo build --release --locked --features cuda -p cbir-inference --bin inference-bench
+    mkdir -p "$OUT_DIR"
+    cp target/release/inference-bench "$OUT_DIR/"
+    cp data/models/efficientnet-lite0-imagenet.safetensors "$OUT_DIR/"
+    echo "bench_gpu: built $OUT_DIR (carry it with the run)"
+    ;;
+  run)
+    seconds="${2:-3}"
+    python="${PYTHON:-python3}"
+    torch_lib="$("$python" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
+    export LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    # onnxruntime-gpu, when installed, brings the CUDA and TensorRT providers.
+    ort_lib="$("$python" - <<'PY' 2>/dev/null || true
+import glob, os
+import onnxruntime
+print(sorted(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), "capi", "libonnxruntime.so*")))[-1])
+PY
+)"
+    bench="$OUT_DIR/inference-bench"
+    weights="$OUT_DIR/efficientnet-lite0-imagenet.safetensors"
+    [[ -x "$bench" ]] || { echo "bench_gpu: $bench missing: run 'scripts/bench_gpu.sh build' first" >&2; exit 1; }
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+    echo "| what | batch | images/s | p50 ms | p99 ms |"
+    echo "|---|---|---|---|---|"
+    for dtype in f32 bf16 f16; do
+      rows "$bench" "$weights" cuda tch "$dtype" "$BATCHES" "$seconds" \
+        || echo "| tch $dtype | failed | | | |"
+    done
+    if [[ -n "$ort_lib" ]]; then
+      for dtype in f32 f16; do
+        ORT_DYLIB_PATH="$ort_lib" rows "$bench" "$weights" cuda onnx "$dtype" "$BATCHES" "$seconds" \
+          || echo "| onnxruntime $dtype | failed | | | |"
+      done
+    else
+      echo "bench_gpu: no onnxruntime package here; ONNX Runtime rows skipped" >&2
+    fi
+    ;;
+  check)
+    # The script parses, and the bench accepts the arguments it passes
+    # (on the CPU, both engines, a moment each).
+    bash -n "$0"
+    source scripts/env.sh
+    bench="${BENCH:-target/release/inference-bench}"
+    weights="${CBIR_WEIGHTS:-data/models/efficientnet-lite0-imagenet.safetensors}"
+    rows "$bench" "$weights" cpu tch f32 1,2 0.2
+    rows "$bench" "$weights" cpu onnx f32 1,2 0.2
+    echo "bench_gpu: syntax and arguments ok"
+    ;;
+  *)
+    echo "usage: scripts/bench_gpu.sh build | run [SECONDS] | check" >&2
+    exit 2
+    ;;
+esac
