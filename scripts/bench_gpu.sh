@@ -68,6 +68,8 @@ PY
     bash -n "$0"
     source scripts/env.sh
     bench="${BENCH:-target/release/inference-bench}"
+    [[ -x "$bench" ]] || bench=target/debug/inference-bench
+    export LD_LIBRARY_PATH="$("$CBIR_VENV/bin/python" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     weights="${CBIR_WEIGHTS:-data/models/efficientnet-lite0-imagenet.safetensors}"
     rows "$bench" "$weights" cpu tch f32 1,2 0.2
     rows "$bench" "$weights" cpu onnx f32 1,2 0.2

@@ -98,3 +98,8 @@ else
   echo "test: cargo-nextest not found, using cargo test"
   cargo test --workspace --locked --no-fail-fast "$@"
 fi
+
+# 4. The GPU benchmark script (run on a lent GPU machine): it parses, and
+# the bench takes its arguments (on the CPU, with the test build).
+echo "test: scripts/bench_gpu.sh check"
+scripts/bench_gpu.sh check

@@ -123,3 +123,60 @@ async fn cli_indexes_searches_and_evaluates() {
     assert_eq!(names, ["cli"]);
     sys.shutdown().await;
 }
+
+/// `cbir bench-ingest` measures every stage, runs the files through the
+/// running system as `cbir index add` does, and removes its collection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_ingest_reports_each_stage_and_the_whole_path() {
+    let sys = System::start(|_| {}).await;
+    let set = sys.dir.path().join("set");
+    flowers_subset(&set, &["daisy", "tulip"], 6);
+    let set_s = set.display().to_string();
+    let weights = cbir_inference::test_weights_path().display().to_string();
+    let out = tokio::task::block_in_place(|| {
+        let (ok, out, err) = cbir(
+            &sys,
+            &["bench-ingest", &set_s, "--sample", "8", "--weights", &weights],
+        );
+        assert!(ok, "{out}\n{err}");
+        out
+    });
+    for stage in [
+        "read the files",
+        "content hash",
+        "decode + crop to 224",
+        "thumbnail + rendition",
+        "network, onnxruntime",
+        "index upsert",
+    ] {
+        let row = out
+            .lines()
+            .find(|l| l.contains(stage))
+            .unwrap_or_else(|| panic!("no {stage} row in\n{out}"));
+        let cols: Vec<&str> = row.split('|').map(str::trim).collect();
+        assert_eq!(cols[2], "8", "{row}");
+        let rate: f64 = cols[3].parse().expect("a rate");
+        assert!(rate > 0.0, "{row}");
+    }
+    assert!(out.contains("2 cores") || out.contains("cores can ingest"), "{out}");
+    let e2e = out
+        .lines()
+        .find(|l| l.starts_with("end to end"))
+        .unwrap_or_else(|| panic!("no end-to-end line in\n{out}"));
+    assert!(e2e.contains("12 of 12 images"), "{e2e}");
+    assert!(e2e.contains("(0 failed)"), "{e2e}");
+    // The benchmark's collection is gone.
+    let collections: Value = sys
+        .http()
+        .get(format!("{}/api/collections", sys.url()))
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        !collections.to_string().contains("bench-ingest-"),
+        "{collections}"
+    );
+}
