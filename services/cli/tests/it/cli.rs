@@ -136,7 +136,14 @@ async fn bench_ingest_reports_each_stage_and_the_whole_path() {
     let out = tokio::task::block_in_place(|| {
         let (ok, out, err) = cbir(
             &sys,
-            &["bench-ingest", &set_s, "--sample", "8", "--weights", &weights],
+            &[
+                "bench-ingest",
+                &set_s,
+                "--sample",
+                "8",
+                "--weights",
+                &weights,
+            ],
         );
         assert!(ok, "{out}\n{err}");
         out
@@ -158,7 +165,11 @@ async fn bench_ingest_reports_each_stage_and_the_whole_path() {
         let rate: f64 = cols[3].parse().expect("a rate");
         assert!(rate > 0.0, "{row}");
     }
-    assert!(out.contains("2 cores") || out.contains("cores can ingest"), "{out}");
+    let bound = out
+        .lines()
+        .find(|l| l.starts_with("CPU per image, all stages"))
+        .unwrap_or_else(|| panic!("no CPU bound line in\n{out}"));
+    assert!(bound.contains("images/s if nothing waits"), "{bound}");
     let e2e = out
         .lines()
         .find(|l| l.starts_with("end to end"))
