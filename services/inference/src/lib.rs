@@ -286,7 +286,8 @@ pub async fn serve(
         .max_encoding_message_size(cfg.max_message_bytes);
     let metrics = batcher_metrics(
         &batcher,
-        cfg.batcher.max_batch_size,
+        // What the batcher forms: the engine may cap the configured size.
+        batcher.config().max_batch_size,
         cfg.batcher.max_queue_interactive + cfg.batcher.max_queue_bulk,
     )?;
     let _metrics_server =

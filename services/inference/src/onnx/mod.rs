@@ -41,9 +41,16 @@ pub fn find_library(configured: Option<&Path>) -> Result<PathBuf> {
         };
     }
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from) {
-        if p.is_file() {
-            return Ok(p);
-        }
+        // Set on purpose: a wrong path is an error, not a reason to load
+        // another library.
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(Error::Config(format!(
+                "ORT_DYLIB_PATH {} does not exist: point it at libonnxruntime.so or unset it",
+                p.display()
+            )))
+        };
     }
     let venv = std::env::var_os("CBIR_VENV")
         .map(PathBuf::from)
