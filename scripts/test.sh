@@ -88,7 +88,37 @@ rendered="$(mktemp -d)"
 "$CBIR_HELM" template cbir helm/cbir --set inference.device=cpu --set training.device=cpu \
   --set training.images.existingClaim=datasets --set training.data.sizeLimit= >"$rendered/cpu.yaml"
 "$CBIR_HELM" template cbir helm/cbir --set training.enabled=false >"$rendered/no-training.yaml"
+"$CBIR_HELM" template cbir helm/cbir --set inference.autoscaling.enabled=true \
+  --set inference.autoscaling.provider=hpa >"$rendered/hpa.yaml"
+# KEDA's ScaledObject is not a built-in kind: it is taken out of the
+# manifests and checked against KEDA's CRD schema (@kubernetes-models/keda).
+"$CBIR_VENV/bin/python" - "$rendered" <<'PY'
+import json, pathlib, sys, yaml
+out = pathlib.Path(sys.argv[1])
+found = 0
+for f in sorted(out.glob("*.yaml")):
+    docs = [d for d in yaml.safe_load_all(f.read_text()) if d]
+    keep = []
+    for d in docs:
+        if d.get("apiVersion", "").startswith("keda.sh/"):
+            found += 1
+            (out / f"{f.stem}-{d['kind']}-{found}.keda.json").write_text(json.dumps(d))
+        else:
+            keep.append(d)
+    f.write_text(yaml.safe_dump_all(keep))
+if found == 0:
+    sys.exit("test: the chart rendered no KEDA ScaledObject with autoscaling on")
+PY
 "$CBIR_VENV/bin/kubernetes-validate" --strict --quiet -k 1.30.0 "$rendered"/*.yaml
+echo "test: KEDA ScaledObject against the KEDA CRD schema"
+(cd scripts/keda-check && npm ci --no-audit --no-fund --silent)
+node scripts/keda-check/validate.mjs "$rendered"/*.keda.json
+# The check can fail: a replica count given as text is refused.
+"$CBIR_VENV/bin/python" -c 'import json,sys; d=json.load(open(sys.argv[1])); d["spec"]["maxReplicaCount"]="8"; json.dump(d, open(sys.argv[2], "w"))' \
+  "$rendered"/all-ScaledObject-1.keda.json "$rendered/bad.json"
+if node scripts/keda-check/validate.mjs "$rendered/bad.json" 2>/dev/null; then
+  echo "test: the KEDA schema check accepted a bad ScaledObject" >&2; exit 1
+fi
 rm -rf "$rendered"
 
 # 3. The test suite.
