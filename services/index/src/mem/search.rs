@@ -95,7 +95,9 @@ struct Scanned {
 impl MemIndex {
     /// Offers every vector of `c` that `filter` admits to `top`. Rejected
     /// entries are skipped before any distance, so they neither take a
-    /// place in the int8 shortlist nor in the top k.
+    /// place in the int8 shortlist nor in the top k. Exact mode compares
+    /// every admitted vector in f32; the other modes take an int8 shortlist
+    /// of large cells first.
     fn scan(&self, c: &Cell, q: &Query<'_>, qcode: &[i8], top: &mut TopK, space: Space) -> Scanned {
         let d = self.dims;
         let (vecs, codes, scales) = match space {
@@ -117,7 +119,9 @@ impl MemIndex {
             });
         };
         let want = top.k.saturating_mul(4).saturating_add(64);
-        if c.len() > want.saturating_mul(2) {
+        // Exact is the yardstick every other mode's recall is measured
+        // against: no approximation in it, whatever the cell's size.
+        if q.mode != Mode::Exact && c.len() > want.saturating_mul(2) {
             // An int8 first pass keeps a generous shortlist; exact f32
             // distances decide among it.
             let mut short: BinaryHeap<(std::cmp::Reverse<i64>, usize)> =
@@ -160,13 +164,17 @@ impl MemIndex {
     pub fn search(&self, q: &Query<'_>, rule: ProbeRule) -> (Vec<Hit>, Stats) {
         if q.mode != Mode::Refined {
             let (cands, stats) = self.ranked(q, rule, Space::Raw);
-            let hits = cands
+            let mut hits: Vec<Hit> = cands
                 .into_iter()
                 .filter_map(|c| {
-                    let s = similarity(c.dist);
-                    self.hit(c.id, c.dist, s)
+                    let cell = self.cells.get(&self.cell_key(c.id))?;
+                    let d = kernels::distance(q.vector, cell.vector(c.slot));
+                    self.hit(c.id, d, similarity(d))
                 })
                 .collect();
+            // The exact distances may swap neighbours the dot ranked within
+            // its rounding.
+            hits.sort_by(|a, b| a.distance.total_cmp(&b.distance).then(a.id.cmp(&b.id)));
             return (hits, stats);
         }
         let r = self.refine;
@@ -234,7 +242,7 @@ impl MemIndex {
             .into_iter()
             .filter_map(|c| {
                 let cell = self.cells.get(&self.cell_key(c.id))?;
-                let raw = distance_from_dot(kernels::dot(q.vector, cell.vector(c.slot)));
+                let raw = kernels::distance(q.vector, cell.vector(c.slot));
                 // The user's threshold is on the similarity they see.
                 (raw <= max_dist)
                     .then(|| self.hit(c.id, raw, kernels::dot_from_distance(c.dist)))?

@@ -124,6 +124,49 @@ fn exact_search_equals_brute_force() {
     }
 }
 
+/// Near-duplicates closer to each other than int8 can tell apart, in one
+/// cell far above the shortlist's size: an int8 first pass keeps an
+/// arbitrary part of them, so only a full f32 scan finds the true top 10.
+/// Exact is what every recall is measured against: it must be that scan.
+#[test]
+fn exact_is_a_full_f32_scan_even_where_int8_cannot_rank() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let center = unit(&mut rng, 64, None);
+    let entries: Vec<Entry> = (0..4000)
+        .map(|i| entry(i, 1, noisy(&mut rng, 64, Some(&center), 3e-3)))
+        .collect();
+    let mut idx = MemIndex::new(64);
+    idx.upsert(&entries);
+    idx.refresh();
+    let mut probe_misses = 0;
+    for t in 0..10 {
+        let q = noisy(&mut rng, 64, Some(&center), 3e-3);
+        let truth = brute(&entries, &q, 10);
+        let want: Vec<u64> = truth.iter().map(|w| w.0).collect();
+        let (hits, stats) = idx.search(&query(&q, 10, Mode::Exact), ProbeRule::default());
+        assert_eq!(hits.len(), 10);
+        assert_eq!(stats.vectors_scanned, 4000);
+        // The index ranks by 2 - 2 dot, the truth by summed squares: near
+        // duplicates may swap within rounding (about 3e-6 here), never by
+        // more. An int8 shortlist's top 10 lies about 3e-3 further out.
+        for (i, (h, w)) in hits.iter().zip(&truth).enumerate() {
+            assert!(
+                (h.distance - w.1).abs() < 2e-5,
+                "query {t}, rank {i}: exact found distance {} where the truth is {}",
+                h.distance,
+                w.1
+            );
+        }
+        // The approximate modes keep their shortlist (and may miss here).
+        let (p, _) = idx.search(&query(&q, 10, Mode::Probe), ProbeRule::default());
+        probe_misses += want
+            .iter()
+            .filter(|id| !p.iter().any(|h| h.id == **id))
+            .count();
+    }
+    println!("probe missed {probe_misses} of 100 true neighbours among near-duplicates");
+}
+
 #[test]
 fn partition_mode_reads_one_partition() {
     let mut rng = StdRng::seed_from_u64(1);
