@@ -3,6 +3,7 @@
 //! context travels in gRPC metadata), exported here to memory.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
 
@@ -103,23 +104,36 @@ async fn one_search_is_one_trace_across_services() {
         .send()
         .await
         .expect("add");
-    let _ = provider.force_flush();
-    let spans = exporter.get_finished_spans().expect("spans");
-    let root = spans
-        .iter()
-        .find(|s| s.name == "POST /api/collections/*/images")
-        .expect("upload span");
-    let names: HashSet<String> = spans
-        .iter()
-        .filter(|s| s.span_context.trace_id() == root.span_context.trace_id())
-        .map(|s| s.name.to_string())
-        .collect();
-    for expected in [
+    let expected = [
         "gateway.add_images",
         "POST /cbir.v1.InferenceService/Embed",
         "POST /cbir.v1.IndexService/Upsert",
         "db.upsert",
-    ] {
+    ];
+    // A server's span ends after its response is on the wire, so the
+    // client can have its answer a moment before the last span is
+    // exported: wait for them (up to 5 s) rather than race them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let names = loop {
+        let _ = provider.force_flush();
+        let spans = exporter.get_finished_spans().expect("spans");
+        let names: HashSet<String> = spans
+            .iter()
+            .find(|s| s.name == "POST /api/collections/*/images")
+            .map(|root| {
+                spans
+                    .iter()
+                    .filter(|s| s.span_context.trace_id() == root.span_context.trace_id())
+                    .map(|s| s.name.to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if expected.iter().all(|e| names.contains(*e)) || std::time::Instant::now() > deadline {
+            break names;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for expected in expected {
         assert!(names.contains(expected), "{expected} missing: {names:?}");
     }
     sys.shutdown().await;

@@ -254,7 +254,14 @@ async fn mysql_killed_and_restarted_under_load() {
     db.kill();
     let killed_at = acks.load(Ordering::SeqCst);
     let searches_before = searches_ok.load(Ordering::SeqCst);
+    // Down for 3 s, and on a loaded machine (the whole suite in parallel)
+    // until a writer has seen the outage, up to 30 s: a write waiting for
+    // a pooled connection only fails when its wait runs out.
+    let down = Instant::now();
     tokio::time::sleep(Duration::from_secs(3)).await;
+    while outcomes.lock().failed.is_empty() && down.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let during = acks.load(Ordering::SeqCst) - killed_at;
     let searches_during = searches_ok.load(Ordering::SeqCst) - searches_before;
     db.start().await;
