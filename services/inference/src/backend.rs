@@ -390,14 +390,7 @@ impl Backend for TchBackend {
                 Vec::try_from(feats.flatten(0, -1)).map_err(|e: tch::TchError| e.to_string())?;
             let probs: Vec<f32> =
                 Vec::try_from(probs.flatten(0, -1)).map_err(|e: tch::TchError| e.to_string())?;
-            let d = feats.len() / n;
-            let c = probs.len() / n;
-            Ok((0..n)
-                .map(|i| RawOutput {
-                    feature: feats[i * d..(i + 1) * d].to_vec(),
-                    probabilities: probs[i * c..(i + 1) * c].to_vec(),
-                })
-                .collect())
+            Ok(RawOutput::split(&feats, &probs, n))
         })
     }
 

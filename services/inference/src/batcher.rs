@@ -47,6 +47,21 @@ pub struct RawOutput {
     pub probabilities: Vec<f32>,
 }
 
+impl RawOutput {
+    /// One output per image from a pass's row-major features and
+    /// probabilities of `n` images.
+    pub fn split(features: &[f32], probabilities: &[f32], n: usize) -> Vec<RawOutput> {
+        let d = features.len() / n.max(1);
+        let c = probabilities.len() / n.max(1);
+        (0..n)
+            .map(|i| RawOutput {
+                feature: features[i * d..(i + 1) * d].to_vec(),
+                probabilities: probabilities[i * c..(i + 1) * c].to_vec(),
+            })
+            .collect()
+    }
+}
+
 /// A model instance owned by one worker thread.
 pub trait Backend: Send + 'static {
     /// Runs one forward pass over `inputs` (each 224x224x3 RGB bytes).

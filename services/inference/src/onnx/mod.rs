@@ -296,16 +296,8 @@ pub(crate) fn check_inputs(inputs: &[&[u8]]) -> std::result::Result<(), String> 
 
 impl Backend for OrtBackend {
     fn infer(&mut self, inputs: &[&[u8]]) -> std::result::Result<Vec<RawOutput>, String> {
-        let n = inputs.len();
         let (feats, probs, _) = self.run(inputs).map_err(|e| e.to_string())?;
-        let d = feats.len() / n.max(1);
-        let c = probs.len() / n.max(1);
-        Ok((0..n)
-            .map(|i| RawOutput {
-                feature: feats[i * d..(i + 1) * d].to_vec(),
-                probabilities: probs[i * c..(i + 1) * c].to_vec(),
-            })
-            .collect())
+        Ok(RawOutput::split(&feats, &probs, inputs.len()))
     }
 
     fn meta(&self) -> Arc<ModelMeta> {
