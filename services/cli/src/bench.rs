@@ -183,7 +183,7 @@ pub async fn run(gateway: &str, args: BenchArgs) -> anyhow::Result<()> {
             .collect::<anyhow::Result<Vec<Vec<u8>>>>()
     });
     let images = images?;
-    let (hash, _) = measure("content hash (1 thread)", n, || {
+    let (hash, hashes) = measure("content hash (1 thread)", n, || {
         images
             .iter()
             .map(|b| cbir_imaging::content_hash(b))
@@ -257,8 +257,9 @@ pub async fn run(gateway: &str, args: BenchArgs) -> anyhow::Result<()> {
         .into_iter()
         .zip(stored)
         .zip(&images)
+        .zip(hashes)
         .zip(&sample)
-        .map(|(((o, forms), bytes), path)| {
+        .map(|((((o, forms), bytes), content_hash), path)| {
             let predicted = o
                 .probabilities
                 .iter()
@@ -266,7 +267,7 @@ pub async fn run(gateway: &str, args: BenchArgs) -> anyhow::Result<()> {
                 .max_by(|a, b| a.1.total_cmp(b.1))
                 .map_or(0, |(i, _)| i as i32);
             pb::ImageRecord {
-                content_hash: cbir_imaging::content_hash(bytes),
+                content_hash,
                 file_name: path
                     .file_name()
                     .map(|f| f.to_string_lossy().to_string())

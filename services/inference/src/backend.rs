@@ -360,7 +360,7 @@ impl Backend for TchBackend {
     fn infer(&mut self, inputs: &[&[u8]]) -> std::result::Result<Vec<RawOutput>, String> {
         let side = INPUT_SIZE as usize;
         let n = inputs.len();
-        crate::onnx::check_inputs(inputs)?;
+        crate::batcher::check_inputs(inputs)?;
         let buf = inputs.concat();
         tch::no_grad(|| {
             let t = Tensor::f_from_slice(&buf)

@@ -62,6 +62,19 @@ impl RawOutput {
     }
 }
 
+/// Checks that each input is one 224x224 RGB crop.
+pub(crate) fn check_inputs(inputs: &[&[u8]]) -> std::result::Result<(), String> {
+    let side = cbir_imaging::INPUT_SIZE as usize;
+    let per = side * side * 3;
+    match inputs.iter().position(|i| i.len() != per) {
+        Some(i) => Err(format!(
+            "input {i} has {} bytes, expected {per}",
+            inputs[i].len()
+        )),
+        None => Ok(()),
+    }
+}
+
 /// A model instance owned by one worker thread.
 pub trait Backend: Send + 'static {
     /// Runs one forward pass over `inputs` (each 224x224x3 RGB bytes).

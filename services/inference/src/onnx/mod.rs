@@ -255,7 +255,7 @@ impl OrtBackend {
     /// Raw outputs of one pass over 224x224 RGB crops: (unit features,
     /// probabilities, logits), each row-major with one row per crop.
     pub fn run(&mut self, crops: &[&[u8]]) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
-        check_inputs(crops).map_err(Error::InvalidRequest)?;
+        crate::batcher::check_inputs(crops).map_err(Error::InvalidRequest)?;
         let side = INPUT_SIZE as usize;
         let n = crops.len();
         // Into a buffer kept between passes: a fresh one would be mapped
@@ -278,19 +278,6 @@ impl OrtBackend {
             take(export::PROBABILITIES)?,
             take(export::LOGITS)?,
         ))
-    }
-}
-
-/// Checks that each input is one 224x224 RGB crop.
-pub(crate) fn check_inputs(inputs: &[&[u8]]) -> std::result::Result<(), String> {
-    let side = INPUT_SIZE as usize;
-    let per = side * side * 3;
-    match inputs.iter().position(|i| i.len() != per) {
-        Some(i) => Err(format!(
-            "input {i} has {} bytes, expected {per}",
-            inputs[i].len()
-        )),
-        None => Ok(()),
     }
 }
 
