@@ -360,15 +360,28 @@ impl Store {
         ))
         .await
         .map_err(db_err("clearing blobs"))?;
-        let n = tx
-            .execute(self.stmt(
-                "DELETE FROM images WHERE collection_id = ?",
+        // Counted, not taken from the DELETE's affected rows: a Spider
+        // table partitioned over several servers (docs/OPERATIONS.md,
+        // "Sharding the image table") deletes the rows but reports none.
+        // The collection's row, locked above, holds off every other writer.
+        let n: i64 = tx
+            .query_one(self.stmt(
+                "SELECT COUNT(*) AS n FROM images WHERE collection_id = ?",
                 vec![collection_id.into()],
             ))
             .await
-            .map_err(db_err("clearing images"))?
-            .rows_affected();
+            .map_err(db_err("counting images"))?
+            .map(|r| r.try_get("", "n"))
+            .transpose()
+            .map_err(db_err("count"))?
+            .unwrap_or(0);
+        tx.execute(self.stmt(
+            "DELETE FROM images WHERE collection_id = ?",
+            vec![collection_id.into()],
+        ))
+        .await
+        .map_err(db_err("clearing images"))?;
         tx.commit().await.map_err(db_err("commit"))?;
-        Ok(n)
+        Ok(n as u64)
     }
 }
