@@ -12,6 +12,7 @@ mod durability;
 mod filters;
 mod jobs;
 mod labels;
+mod mariadb;
 mod mysql_restart;
 mod names;
 mod refined;

@@ -4,13 +4,10 @@
 //! from memory; afterwards the pool reconnects by itself, and after a
 //! restart of the index every acknowledged image is there, exactly once.
 //!
-//! A private MariaDB server (`mariadbd` from the machine, or
-//! `CBIR_TEST_MARIADBD`) in a temporary folder, so that the shared server
+//! A private MariaDB server (`crate::mariadb`), so that the shared server
 //! other tests use is never disturbed.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,126 +16,11 @@ use cbir_api::v1 as pb;
 use sea_orm::{ConnectionTrait, Database};
 
 use crate::durability::{connect, free_port, held, spawn};
+use crate::mariadb::Mariadb;
 use crate::service::{create, record};
 
 const DIMS: usize = 32;
 const BATCH: u64 = 20;
-
-fn find(names: &[&str]) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let dirs = std::env::split_paths(&path).chain(["/usr/sbin".into(), "/usr/bin".into()]);
-    for d in dirs {
-        for n in names {
-            let p = d.join(n);
-            if p.is_file() {
-                return Some(p);
-            }
-        }
-    }
-    None
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
-struct Mariadb {
-    dir: tempfile::TempDir,
-    port: u16,
-    server: PathBuf,
-    child: Option<Child>,
-}
-
-impl Mariadb {
-    fn new() -> Self {
-        let server = std::env::var_os("CBIR_TEST_MARIADBD")
-            .map(PathBuf::from)
-            .or_else(|| find(&["mariadbd", "mysqld"]))
-            .expect(
-                "no MariaDB server binary (mariadbd): install the mariadb-server package \
-                 or set CBIR_TEST_MARIADBD",
-            );
-        let install = find(&["mariadb-install-db", "mysql_install_db"])
-            .expect("no mariadb-install-db: install the mariadb-server package");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let data = dir.path().join("data");
-        let mut cmd = Command::new(install);
-        cmd.arg("--no-defaults")
-            .arg(format!("--datadir={}", data.display()))
-            .arg("--auth-root-authentication-method=normal")
-            .arg("--skip-test-db")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if is_root() {
-            cmd.arg("--user=root");
-        }
-        let ok = cmd.status().expect("run mariadb-install-db").success();
-        assert!(ok, "mariadb-install-db failed in {}", data.display());
-        Self {
-            dir,
-            port: free_port(),
-            server,
-            child: None,
-        }
-    }
-
-    fn url(&self, db: &str) -> String {
-        format!("mysql://root@127.0.0.1:{}/{db}", self.port)
-    }
-
-    async fn start(&mut self) {
-        let d = self.dir.path();
-        let mut cmd = Command::new(&self.server);
-        cmd.arg("--no-defaults")
-            .arg(format!("--datadir={}", d.join("data").display()))
-            .arg(format!("--socket={}", d.join("sock").display()))
-            .arg(format!("--pid-file={}", d.join("pid").display()))
-            .arg(format!("--port={}", self.port))
-            .arg("--bind-address=127.0.0.1")
-            .arg("--skip-grant-tables")
-            .arg("--innodb-buffer-pool-size=32M")
-            .arg("--innodb-log-file-size=16M")
-            .arg("--skip-log-bin")
-            .arg(format!("--log-error={}", d.join("error.log").display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if is_root() {
-            cmd.arg("--user=root");
-        }
-        self.child = Some(cmd.spawn().expect("start mariadbd"));
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(db) = Database::connect(self.url("mysql")).await {
-                if db.execute_unprepared("SELECT 1").await.is_ok() {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the private MariaDB did not start: see {}",
-                d.join("error.log").display()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().expect("SIGKILL mariadbd");
-            c.wait().expect("reap mariadbd");
-        }
-    }
-}
-
-impl Drop for Mariadb {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 fn seeds_of(first: u64) -> impl Iterator<Item = String> {
     (first..first + BATCH).map(|s| format!("{s:064x}"))
