@@ -43,6 +43,17 @@ if ! mysql_up; then
   for _ in $(seq 60); do mysql_up && break; sleep 1; done
   mysql_up || { echo "test: MariaDB did not start on 127.0.0.1:3306" >&2; exit 1; }
 fi
+# Every index storage test runs once more through a Spider head whose image
+# table is sharded over three private MariaDB servers: the Spider engine of
+# the installed server's version (the package pins it), required, so that
+# those tests fail instead of passing without it.
+if ! dpkg -s mariadb-plugin-spider >/dev/null 2>&1; then
+  echo "test: installing mariadb-plugin-spider"
+  server_version="$(dpkg-query -W -f='${Version}' mariadb-server 2>/dev/null || true)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+    "mariadb-plugin-spider${server_version:+=$server_version}" >/dev/null
+fi
+export CBIR_REQUIRE_SPIDER=1
 
 # The browser test drives Debian's chromium with playwright-core.
 if [[ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]]; then

@@ -58,7 +58,9 @@ impl TestDb {
     }
 }
 
-/// Runs `$body(url)` once on SQLite and once on MariaDB.
+/// Runs `$body(url)` once on SQLite, once on MariaDB, and once through a
+/// Spider head whose image table is sharded over three MariaDB backends
+/// (`crate::spider`; after the body, each class is on one backend).
 #[macro_export]
 macro_rules! both_backends {
     ($name:ident, $body:ident) => {
@@ -75,6 +77,16 @@ macro_rules! both_backends {
                 let db = $crate::db::TestDb::mysql().await;
                 super::$body(&db.url).await;
                 db.drop_db().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn spider() {
+                let Some(spider) = $crate::spider::Spider::start().await else {
+                    return;
+                };
+                let url = spider.sharded("cbir", &[]).await;
+                super::$body(&url).await;
+                spider.placement("cbir").await;
             }
         }
     };
