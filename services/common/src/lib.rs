@@ -12,6 +12,7 @@ pub mod images;
 pub mod metrics;
 pub mod records;
 pub mod service;
+pub mod shard;
 pub mod shutdown;
 pub mod telemetry;
 pub mod time;
