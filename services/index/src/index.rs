@@ -16,8 +16,9 @@ mod transfer;
 mod write;
 
 use crate::error::{Error, Result};
-use crate::mem::{Filter, Hit, MemIndex, Mode, ProbeRule, Refine, Stats};
+use crate::mem::{Filter, Hit, MemIndex, Mode, ProbeRule, Refine, Stats, Storage};
 use crate::store::{CollectionRow, Store, StoredImage};
+pub use cbir_common::shard::Shard;
 
 pub use browse::{LabelCount, ListRequest};
 pub use transfer::{BackupCopy, Export, EXPORT_VERSION};
@@ -113,6 +114,11 @@ pub struct Index {
     pub default_mode: Mode,
     /// Parameters of refined ranking, the same for every collection.
     pub refine: Refine,
+    /// What memory keeps per vector.
+    pub storage: Storage,
+    /// The class partitions this service holds in memory (all unless
+    /// sharded); the database holds every partition.
+    pub shard: Shard,
     /// Changes to the set of collections and names, one at a time: the
     /// existence check and the insert of a create must not interleave, and
     /// the follow loop must not sync the catalog from a snapshot taken
@@ -177,6 +183,14 @@ pub struct CollectionStats {
     pub partitions: Vec<PartitionStat>,
 }
 
+/// How this service holds vectors: what memory keeps of each, and which
+/// class partitions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Layout {
+    pub storage: Storage,
+    pub shard: Shard,
+}
+
 /// Rows per page when loading a collection into memory.
 const LOAD_PAGE: u64 = 5_000;
 /// Parallel readers when loading a collection.
@@ -196,7 +210,9 @@ impl Index {
         limits: Limits,
         probe: ProbeRule,
         refine: Refine,
+        layout: Layout,
     ) -> Result<Self> {
+        layout.shard.check().map_err(Error::Config)?;
         let index = Self {
             store,
             catalog: RwLock::new(Catalog::default()),
@@ -204,6 +220,8 @@ impl Index {
             probe,
             default_mode: Mode::Refined,
             refine,
+            storage: layout.storage,
+            shard: layout.shard,
             creating: tokio::sync::Mutex::new(()),
             transfers: transfer::Transfers::default(),
         };
@@ -259,7 +277,7 @@ impl Index {
                     }
                     let fresh = self.load_collection(coll.row.clone()).await?;
                     let dims = coll.row.dims as usize;
-                    let mut mem = std::mem::replace(&mut *fresh.mem.write(), MemIndex::new(dims));
+                    let mut mem = std::mem::replace(&mut *fresh.mem.write(), self.new_mem(dims));
                     let n = mem.len();
                     // Augmented vectors of unchanged images carry over; only
                     // what changed waits for its neighbours.
@@ -292,7 +310,7 @@ impl Index {
 
     /// An empty in-memory index with this service's ranking parameters.
     pub(crate) fn new_mem(&self, dims: usize) -> MemIndex {
-        let mut m = MemIndex::new(dims);
+        let mut m = MemIndex::with_storage(dims, self.storage);
         m.set_refine(self.refine);
         m
     }

@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 
 pub use duplicates::DuplicatesConfig;
 pub use error::{Error, Result};
-pub use index::{Index, Limits};
+pub use index::{Index, Layout, Limits};
 pub use refine::RefinedConfig;
 pub use store::Store;
 
@@ -66,6 +66,14 @@ pub struct Config {
     pub default_mode: mem::Mode,
     /// Refined ranking: its parameters and when its upkeep runs.
     pub refined: RefinedConfig,
+    /// What memory keeps per vector: `full` (default; f32, int8 codes and
+    /// augmented copies, about 13 KB per 1280-d vector) or `compact` (int8
+    /// codes, about 1.5 KB; short lists re-ranked with vectors read from
+    /// the database).
+    pub storage: mem::Storage,
+    /// Shard `id` of `count`: the class partitions this service loads and
+    /// searches (the gateway sends each write to the owner). Default 0 of 1.
+    pub shard: cbir_common::shard::Shard,
     /// Near-duplicate runs: the default threshold and the bounds.
     pub duplicates: DuplicatesConfig,
     pub max_message_bytes: usize,
@@ -95,6 +103,8 @@ impl Default for Config {
             limits: Limits::default(),
             probe: ProbeConfig::default(),
             default_mode: mem::Mode::Refined,
+            storage: mem::Storage::Full,
+            shard: cbir_common::shard::Shard::default(),
             refined: RefinedConfig::default(),
             duplicates: DuplicatesConfig::default(),
             max_message_bytes: cbir_common::grpc::DEFAULT_MAX_MESSAGE_BYTES,
@@ -168,6 +178,10 @@ pub async fn serve(
             patience: cfg.probe.patience,
         },
         cfg.refined.params(),
+        index::Layout {
+            storage: cfg.storage,
+            shard: cfg.shard,
+        },
     )
     .await?;
     index.default_mode = cfg.default_mode;

@@ -14,6 +14,7 @@ use std::sync::Arc;
 pub use cell::Cell;
 pub use filter::Filter;
 pub use refine::{Augmented, Refine, RefineState};
+pub use search::{ScanBatch, VectorSource};
 use split::nearest;
 
 /// What a result shows besides its distance.
@@ -68,6 +69,21 @@ pub struct PartitionSummary {
     pub len: usize,
     pub cells: usize,
     pub bytes: usize,
+}
+
+/// What a collection keeps in memory per vector.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    /// f32 vectors, int8 codes and the augmented copies of refined ranking
+    /// (about 13 KB per 1280-d vector): every distance from memory.
+    #[default]
+    Full,
+    /// The int8 codes only (about 1.5 KB per 1280-d vector): scans rank by
+    /// the codes and a short list is re-ranked with the f32 vectors read
+    /// from a [`VectorSource`] (the database). Refined ranking expands the
+    /// query over raw vectors, without augmented copies.
+    Compact,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -137,6 +153,7 @@ impl Default for ProbeRule {
 #[derive(Debug)]
 pub struct MemIndex {
     dims: usize,
+    storage: Storage,
     cells: HashMap<(i32, u32), Cell>,
     classes: HashMap<i32, ClassInfo>,
     locate: HashMap<u64, (i32, u32, usize)>,
@@ -147,8 +164,13 @@ pub struct MemIndex {
 
 impl MemIndex {
     pub fn new(dims: usize) -> Self {
+        Self::with_storage(dims, Storage::Full)
+    }
+
+    pub fn with_storage(dims: usize, storage: Storage) -> Self {
         Self {
             dims,
+            storage,
             cells: HashMap::new(),
             classes: HashMap::new(),
             locate: HashMap::new(),
@@ -160,6 +182,14 @@ impl MemIndex {
 
     pub fn dims(&self) -> usize {
         self.dims
+    }
+
+    pub fn storage(&self) -> Storage {
+        self.storage
+    }
+
+    fn compact(&self) -> bool {
+        self.storage == Storage::Compact
     }
 
     pub fn len(&self) -> usize {
@@ -232,15 +262,18 @@ impl MemIndex {
                 nearest(&info.lists, &e.feature) as u32
             };
             info.count += 1;
-            let dims = self.dims;
+            let (dims, compact) = (self.dims, self.compact());
             let cell = self
                 .cells
                 .entry((e.class, list))
-                .or_insert_with(|| Cell::new(e.class, dims));
+                .or_insert_with(|| Cell::new(e.class, dims, compact));
             let slot = cell.push(e.id, &e.feature, e.meta.clone());
             self.locate.insert(e.id, (e.class, list, slot));
             self.dirty.push(e.class);
-            self.upkeep.mark(e.id, true);
+            // Compact storage keeps no augmented copies to bring up to date.
+            if !compact {
+                self.upkeep.mark(e.id, true);
+            }
         }
     }
 
@@ -279,6 +312,7 @@ impl MemIndex {
     /// Moves everything of `other` (built from disjoint ids, not yet
     /// refreshed) into this index; used to load in parallel.
     pub fn merge(&mut self, other: MemIndex) {
+        debug_assert_eq!(self.storage, other.storage);
         let MemIndex {
             cells,
             classes,
@@ -290,11 +324,11 @@ impl MemIndex {
         }
         for ((class, list), cell) in cells {
             // Unsplit indexes have one cell per class: list 0.
-            let dims = self.dims;
+            let (dims, compact) = (self.dims, self.compact());
             let target = self
                 .cells
                 .entry((class, list))
-                .or_insert_with(|| Cell::new(class, dims));
+                .or_insert_with(|| Cell::new(class, dims, compact));
             for (id, slot) in target.append(cell) {
                 self.locate.insert(id, (class, list, slot));
             }
@@ -371,10 +405,12 @@ impl MemIndex {
         out.into_iter().map(|(l, n)| (l.to_string(), n)).collect()
     }
 
+    /// The class and vector of `id` as memory holds it: exact in full
+    /// storage, decoded from the int8 code in compact storage.
     pub fn feature(&self, id: u64) -> Option<(i32, Vec<f32>)> {
         let (class, list, slot) = *self.locate.get(&id)?;
         let c = self.cells.get(&(class, list))?;
-        Some((class, c.vector(slot).to_vec()))
+        Some((class, c.approx(slot).into_owned()))
     }
 }
 
@@ -383,3 +419,6 @@ mod tests;
 
 #[cfg(test)]
 mod refine_tests;
+
+#[cfg(test)]
+mod compact_tests;

@@ -325,6 +325,7 @@ async fn db_load(args: &Args) -> anyhow::Result<()> {
         cbir_index::Limits::default(),
         ProbeRule::default(),
         cbir_index::mem::Refine::default(),
+        cbir_index::Layout::default(),
     )
     .await?;
     let load_s = t.elapsed().as_secs_f64();

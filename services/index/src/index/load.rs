@@ -29,8 +29,9 @@ impl Index {
             }
             let store = self.store.clone();
             let id = row.id;
+            let (storage, shard) = (self.storage, self.shard);
             parts.push(tokio::spawn(async move {
-                let mut part = MemIndex::new(dims);
+                let mut part = MemIndex::with_storage(dims, storage);
                 let mut after = start;
                 let mut pending = Some(tokio::spawn({
                     let store = store.clone();
@@ -51,7 +52,9 @@ impl Index {
                     part = tokio::task::spawn_blocking(move || {
                         let entries: Vec<Entry> = page
                             .into_iter()
-                            .filter(|img| img.feature.len() == dims)
+                            .filter(|img| {
+                                img.feature.len() == dims && shard.owns(img.predicted_class)
+                            })
                             .map(|img| Entry {
                                 id: img.id,
                                 class: img.predicted_class,

@@ -7,7 +7,47 @@ use futures::StreamExt;
 use super::{Index, SearchRequest, SearchResult};
 use crate::error::{Error, Result};
 use crate::kernels;
-use crate::mem::{Filter, Mode, Query};
+use crate::mem::{Filter, Mode, Query, ScanBatch, VectorSource};
+use crate::store::Store;
+
+/// The database as the source of exact vectors for compact storage.
+struct StoreVectors {
+    store: Store,
+    collection_id: i64,
+    rt: tokio::runtime::Handle,
+}
+
+impl VectorSource for StoreVectors {
+    fn fetch(&self, ids: &[u64]) -> std::result::Result<Vec<(u64, Vec<f32>)>, String> {
+        self.rt
+            .block_on(self.store.features(self.collection_id, ids))
+            .map_err(|e| e.to_string())
+    }
+
+    fn scan(&self, each: &mut ScanBatch<'_>) -> std::result::Result<(), String> {
+        let mut after = 0;
+        loop {
+            let page = self
+                .rt
+                .block_on(
+                    self.store
+                        .load_page(self.collection_id, after, super::LOAD_PAGE),
+                )
+                .map_err(|e| e.to_string())?;
+            let Some(last) = page.last() else {
+                return Ok(());
+            };
+            after = last.id;
+            let full = page.len() as u64 == super::LOAD_PAGE;
+            let batch: Vec<(u64, Vec<f32>)> =
+                page.into_iter().map(|img| (img.id, img.feature)).collect();
+            each(&batch);
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+}
 
 impl Index {
     pub async fn search(&self, req: SearchRequest) -> Result<SearchResult> {
@@ -81,12 +121,17 @@ impl Index {
             partitions_searched = tracing::field::Empty,
             vectors_scanned = tracing::field::Empty,
         );
+        let source = StoreVectors {
+            store: self.store.clone(),
+            collection_id: coll.row.id,
+            rt: tokio::runtime::Handle::current(),
+        };
         tokio::task::spawn_blocking(move || {
             let _span = span.enter();
             let started = Instant::now();
             let mem = coll.mem.read();
             // One more than the page shows tells whether another follows.
-            let (mut hits, stats) = mem.search(
+            let (mut hits, stats) = mem.search_with(
                 &Query {
                     vector: &vector,
                     predicted_class,
@@ -97,23 +142,29 @@ impl Index {
                     filter: &filter,
                 },
                 rule,
-            );
+                &source,
+            )
+            .map_err(|e| {
+                Error::Unavailable(format!(
+                    "reading the exact vectors of a compact collection from the database failed: {e}; retry once the database is reachable"
+                ))
+            })?;
             drop(mem);
             let has_more = hits.len() > offset + top_k;
             hits.truncate(offset + top_k);
             hits.drain(..offset.min(hits.len()));
             span.record("partitions_searched", stats.partitions_searched);
             span.record("vectors_scanned", stats.vectors_scanned);
-            SearchResult {
+            Ok(SearchResult {
                 hits,
                 has_more,
                 stats,
                 mode,
                 took_us: started.elapsed().as_micros() as u64,
-            }
+            })
         })
         .await
-        .map_err(|e| Error::Internal(format!("search task: {e}")))
+        .map_err(|e| Error::Internal(format!("search task: {e}")))?
     }
 
     /// Many searches, each answered (or refused) on its own; at most

@@ -13,7 +13,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{Collection, Index, Record};
 use crate::error::{Error, Result};
-use crate::mem::MemIndex;
 use crate::store::{now_ms, ExportedImage, NewImage};
 
 /// Exports at once: each holds a database connection for its snapshot.
@@ -353,7 +352,7 @@ impl Index {
         let fresh = self.load_collection(coll.row.clone()).await?;
         let mem = std::mem::replace(
             &mut *fresh.mem.write(),
-            MemIndex::new(coll.row.dims as usize),
+            self.new_mem(coll.row.dims as usize),
         );
         *coll.mem.write() = mem;
         let seq = self.store.write_seqs().await?;

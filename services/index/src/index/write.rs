@@ -158,11 +158,19 @@ impl Index {
         let outcome = self.store.upsert(coll.row.id, &new, replace).await?;
         coll.seen_seq
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        // Entries that existed and were kept stay as memory has them.
+        // Entries that existed and were kept stay as memory has them. A
+        // partition of another shard is stored, and held there: that shard
+        // follows the database (the gateway routes writes to the owner).
+        let elsewhere: Vec<u64> = records
+            .iter()
+            .zip(&outcome)
+            .filter(|(r, o)| (o.created || replace) && !self.shard.owns(r.predicted_class))
+            .map(|(_, o)| o.id)
+            .collect();
         let entries: Vec<Entry> = records
             .into_iter()
             .zip(&outcome)
-            .filter(|(_, o)| o.created || replace)
+            .filter(|(r, o)| (o.created || replace) && self.shard.owns(r.predicted_class))
             .map(|(r, o)| Entry {
                 id: o.id,
                 class: r.predicted_class,
@@ -182,6 +190,10 @@ impl Index {
             // A short write lock per batch: append and refresh centroids.
             let split = {
                 let mut mem = c.mem.write();
+                // A replaced image whose class moved to another shard.
+                for id in &elsewhere {
+                    mem.remove(*id);
+                }
                 mem.upsert(&entries);
                 mem.refresh_centroids();
                 mem.needs_split()

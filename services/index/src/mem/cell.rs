@@ -13,6 +13,9 @@ use crate::kernels;
 pub struct Cell {
     pub class: i32,
     pub(super) dims: usize,
+    /// Compact storage: no f32 vectors and no augmented copies here, only
+    /// the int8 codes (exact vectors come from a [`super::VectorSource`]).
+    pub(super) compact: bool,
     pub(super) ids: Vec<u64>,
     pub(super) vecs: Vec<f32>,
     pub(super) codes: Vec<i8>,
@@ -32,10 +35,11 @@ pub struct Cell {
 }
 
 impl Cell {
-    pub(super) fn new(class: i32, dims: usize) -> Self {
+    pub(super) fn new(class: i32, dims: usize, compact: bool) -> Self {
         Self {
             class,
             dims,
+            compact,
             ids: Vec::new(),
             vecs: Vec::new(),
             codes: Vec::new(),
@@ -112,8 +116,27 @@ impl Cell {
         self.aug.len() * 4 + self.aug_codes.len() + self.aug_scales.len() * 4 + self.kth.len() * 4
     }
 
+    /// The f32 vector of `slot`; full storage only (see `approx`).
     pub(super) fn vector(&self, slot: usize) -> &[f32] {
+        debug_assert!(!self.compact, "compact cells hold no f32 vectors");
         &self.vecs[slot * self.dims..(slot + 1) * self.dims]
+    }
+
+    /// The vector of `slot` as stored here: exact in full storage, decoded
+    /// from its int8 code in compact storage (error about 1e-3 per unit).
+    pub(super) fn approx(&self, slot: usize) -> std::borrow::Cow<'_, [f32]> {
+        if self.compact {
+            let d = self.dims;
+            let s = self.scales[slot];
+            std::borrow::Cow::Owned(
+                self.codes[slot * d..(slot + 1) * d]
+                    .iter()
+                    .map(|&c| f32::from(c) * s)
+                    .collect(),
+            )
+        } else {
+            std::borrow::Cow::Borrowed(self.vector(slot))
+        }
     }
 
     pub(super) fn augmented(&self, slot: usize) -> &[f32] {
@@ -142,15 +165,17 @@ impl Cell {
 
     pub(super) fn push(&mut self, id: u64, feature: &[f32], meta: Arc<Meta>) -> usize {
         self.ids.push(id);
-        self.vecs.extend_from_slice(feature);
         let n = self.codes.len();
         let s = kernels::quantize(feature, &mut self.codes);
         self.scales.push(s);
         self.meta.push(meta);
-        self.aug.extend_from_slice(feature);
-        self.aug_codes.extend_from_slice(&self.codes[n..]);
-        self.aug_scales.push(s);
-        self.kth.push(f32::NEG_INFINITY);
+        if !self.compact {
+            self.vecs.extend_from_slice(feature);
+            self.aug.extend_from_slice(feature);
+            self.aug_codes.extend_from_slice(&self.codes[n..]);
+            self.aug_scales.push(s);
+            self.kth.push(f32::NEG_INFINITY);
+        }
         for (acc, x) in self.sum.iter_mut().zip(feature) {
             *acc += *x;
         }
@@ -160,19 +185,21 @@ impl Cell {
     /// Copies entry `slot` of `other` (codes included, no re-quantising).
     pub(super) fn push_from(&mut self, other: &Cell, slot: usize) -> usize {
         let d = self.dims;
-        let v = other.vector(slot);
+        let v = other.approx(slot);
         self.ids.push(other.ids[slot]);
-        self.vecs.extend_from_slice(v);
         self.codes
             .extend_from_slice(&other.codes[slot * d..(slot + 1) * d]);
         self.scales.push(other.scales[slot]);
         self.meta.push(other.meta[slot].clone());
-        self.aug.extend_from_slice(other.augmented(slot));
-        self.aug_codes
-            .extend_from_slice(&other.aug_codes[slot * d..(slot + 1) * d]);
-        self.aug_scales.push(other.aug_scales[slot]);
-        self.kth.push(other.kth[slot]);
-        for (acc, x) in self.sum.iter_mut().zip(v) {
+        if !self.compact {
+            self.vecs.extend_from_slice(&v);
+            self.aug.extend_from_slice(other.augmented(slot));
+            self.aug_codes
+                .extend_from_slice(&other.aug_codes[slot * d..(slot + 1) * d]);
+            self.aug_scales.push(other.aug_scales[slot]);
+            self.kth.push(other.kth[slot]);
+        }
+        for (acc, x) in self.sum.iter_mut().zip(v.iter()) {
             *acc += *x;
         }
         self.ids.len() - 1
@@ -180,44 +207,47 @@ impl Cell {
 
     pub(super) fn reserve(&mut self, n: usize) {
         self.ids.reserve(n);
-        self.vecs.reserve(n * self.dims);
         self.codes.reserve(n * self.dims);
         self.scales.reserve(n);
         self.meta.reserve(n);
-        self.aug.reserve(n * self.dims);
-        self.aug_codes.reserve(n * self.dims);
-        self.aug_scales.reserve(n);
-        self.kth.reserve(n);
+        if !self.compact {
+            self.vecs.reserve(n * self.dims);
+            self.aug.reserve(n * self.dims);
+            self.aug_codes.reserve(n * self.dims);
+            self.aug_scales.reserve(n);
+            self.kth.reserve(n);
+        }
     }
 
     /// Removes `slot` by moving the last entry into it; returns the id that
     /// moved there, if any.
     pub(super) fn swap_remove(&mut self, slot: usize) -> Option<u64> {
         let d = self.dims;
-        for (acc, x) in self
-            .sum
-            .iter_mut()
-            .zip(&self.vecs[slot * d..(slot + 1) * d])
-        {
+        let gone = self.approx(slot).into_owned();
+        for (acc, x) in self.sum.iter_mut().zip(&gone) {
             *acc -= *x;
         }
         let last = self.ids.len() - 1;
         self.ids.swap_remove(slot);
         self.scales.swap_remove(slot);
         self.meta.swap_remove(slot);
-        self.aug_scales.swap_remove(slot);
-        self.kth.swap_remove(slot);
         if slot != last {
-            self.vecs.copy_within(last * d..(last + 1) * d, slot * d);
             self.codes.copy_within(last * d..(last + 1) * d, slot * d);
-            self.aug.copy_within(last * d..(last + 1) * d, slot * d);
-            self.aug_codes
-                .copy_within(last * d..(last + 1) * d, slot * d);
         }
-        self.vecs.truncate(last * d);
         self.codes.truncate(last * d);
-        self.aug.truncate(last * d);
-        self.aug_codes.truncate(last * d);
+        if !self.compact {
+            self.aug_scales.swap_remove(slot);
+            self.kth.swap_remove(slot);
+            if slot != last {
+                self.vecs.copy_within(last * d..(last + 1) * d, slot * d);
+                self.aug.copy_within(last * d..(last + 1) * d, slot * d);
+                self.aug_codes
+                    .copy_within(last * d..(last + 1) * d, slot * d);
+            }
+            self.vecs.truncate(last * d);
+            self.aug.truncate(last * d);
+            self.aug_codes.truncate(last * d);
+        }
         (slot != last).then(|| self.ids[slot])
     }
 }

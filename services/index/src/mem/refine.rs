@@ -144,6 +144,9 @@ impl MemIndex {
     /// on demand): computing each from all the others accounts for all.
     pub fn mark_all_stale(&mut self) {
         self.upkeep.fresh.clear();
+        if self.compact() {
+            return;
+        }
         let ids = self.ids();
         for id in ids {
             self.upkeep.mark(id, false);
@@ -203,6 +206,9 @@ impl MemIndex {
 
     /// The augmented vector of stored entry `id`; None when it is gone.
     pub fn augment(&self, id: u64, rule: ProbeRule) -> Option<Augmented> {
+        if self.compact() {
+            return None;
+        }
         let (_, raw) = self.feature(id)?;
         let k = self.refine.dba_k.max(1);
         let fresh = self.upkeep.fresh.contains_key(&id);
@@ -257,7 +263,7 @@ impl MemIndex {
         let Some(cell) = self.cells.get_mut(&(class, list)) else {
             return 0;
         };
-        if cell.vector(slot) != a.raw.as_slice() {
+        if cell.compact || cell.vector(slot) != a.raw.as_slice() {
             return 0;
         }
         cell.set_augmented(slot, &a.aug, a.kth);
@@ -297,6 +303,9 @@ impl MemIndex {
     /// Before `id` is removed: the entries whose augmented vector holds it
     /// (found by its raw neighbours), to mark stale once it is gone.
     pub fn affected_by_removal(&self, id: u64, rule: ProbeRule) -> Vec<(u64, f32)> {
+        if self.compact() {
+            return Vec::new();
+        }
         let Some((_, raw)) = self.feature(id) else {
             return Vec::new();
         };
@@ -318,6 +327,9 @@ impl MemIndex {
     /// since (`removed`, from `old.affected_by_removal`) stale.
     pub fn adopt_augmented(&mut self, old: &MemIndex, removed: &[(u64, Vec<(u64, f32)>)]) {
         self.upkeep.clear();
+        if self.compact() || old.compact() {
+            return;
+        }
         self.upkeep.marks = old.upkeep.marks;
         let ids = self.ids();
         for id in ids {

@@ -74,7 +74,9 @@ impl MemIndex {
                     .map(|&class| {
                         let mut data = Vec::new();
                         for c in cells.values().filter(|c| c.class == class) {
-                            data.extend_from_slice(&c.vecs);
+                            for slot in 0..c.len() {
+                                data.extend_from_slice(&c.approx(slot));
+                            }
                         }
                         let n = data.len() / dims;
                         let lists = kmeans(&data, dims, (n / CELL_TARGET).max(2), 6);
@@ -140,7 +142,7 @@ impl MemIndex {
             .collect();
         let old: Vec<Cell> = keys.iter().filter_map(|k| self.cells.remove(k)).collect();
         let n: usize = old.iter().map(Cell::len).sum();
-        let dims = self.dims;
+        let (dims, compact) = (self.dims, self.compact());
         // Where each vector goes; vectors added since the plan was made are
         // placed now.
         let targets: Vec<Vec<u32>> = old
@@ -151,7 +153,7 @@ impl MemIndex {
                         assign
                             .get(&c.ids[slot])
                             .copied()
-                            .unwrap_or_else(|| nearest(&lists, c.vector(slot)) as u32)
+                            .unwrap_or_else(|| nearest(&lists, &c.approx(slot)) as u32)
                     })
                     .collect()
             })
@@ -164,7 +166,7 @@ impl MemIndex {
             let cell = self
                 .cells
                 .entry((class, list))
-                .or_insert_with(|| Cell::new(class, dims));
+                .or_insert_with(|| Cell::new(class, dims, compact));
             cell.reserve(size);
         }
         for (c, t) in old.iter().zip(&targets) {
@@ -172,7 +174,7 @@ impl MemIndex {
                 let cell = self
                     .cells
                     .entry((class, list))
-                    .or_insert_with(|| Cell::new(class, dims));
+                    .or_insert_with(|| Cell::new(class, dims, compact));
                 let new_slot = cell.push_from(c, slot);
                 self.locate.insert(c.ids[slot], (class, list, new_slot));
             }

@@ -54,6 +54,35 @@ impl Store {
         rows.iter().map(Self::loaded_from_row).collect()
     }
 
+    /// The stored features of `ids` (those of the collection; any order):
+    /// what compact storage re-ranks by.
+    #[tracing::instrument(name = "db.features", skip_all, fields(n = ids.len()))]
+    pub async fn features(&self, collection_id: i64, ids: &[u64]) -> Result<Vec<(u64, Vec<f32>)>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let marks = vec!["?"; ids.len()].join(",");
+        let mut values: Vec<sea_orm::Value> = vec![collection_id.into()];
+        values.extend(ids.iter().map(|&id| sea_orm::Value::from(id as i64)));
+        let rows = self
+            .db
+            .query_all(self.stmt(
+                &format!(
+                    "SELECT id, feature FROM images WHERE collection_id = ? AND id IN ({marks})"
+                ),
+                values,
+            ))
+            .await
+            .map_err(db_err("reading features to re-rank"))?;
+        rows.iter()
+            .map(|r| {
+                let id = r.try_get::<i64>("", "id").map_err(db_err("id"))? as u64;
+                let blob: Vec<u8> = r.try_get("", "feature").map_err(db_err("feature"))?;
+                Ok((id, decode_feature(&blob)?))
+            })
+            .collect()
+    }
+
     /// Smallest and largest image id of a collection.
     pub async fn id_range(&self, collection_id: i64) -> Result<Option<(u64, u64)>> {
         let row = self

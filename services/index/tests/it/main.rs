@@ -14,6 +14,7 @@ mod durability;
 mod filters;
 mod jobs;
 mod labels;
+mod layout;
 mod mariadb;
 mod mysql_restart;
 mod names;
