@@ -239,5 +239,21 @@ mod tests {
         assert_eq!(cfg.duplicates, super::DuplicatesConfig::default());
         assert_eq!(cfg.refined, super::RefinedConfig::default());
         assert_eq!(cfg.default_mode, super::mem::Mode::Refined);
+        assert_eq!(cfg.storage, super::mem::Storage::Full);
+        assert_eq!(cfg.shard, cbir_common::shard::Shard::default());
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn storage_and_shard_come_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("INDEX_STORAGE", "compact");
+            jail.set_env("INDEX_SHARD__ID", "1");
+            jail.set_env("INDEX_SHARD__COUNT", "3");
+            let cfg = super::Config::load(None).expect("loads");
+            assert_eq!(cfg.storage, super::mem::Storage::Compact);
+            assert_eq!(cfg.shard, cbir_common::shard::Shard { id: 1, count: 3 });
+            Ok(())
+        });
     }
 }

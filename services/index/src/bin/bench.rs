@@ -9,7 +9,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use cbir_index::mem::{Entry, Filter, MemIndex, Meta, Mode, ProbeRule, Query};
+use std::collections::HashMap;
+
+use cbir_index::mem::{
+    Entry, Filter, MemIndex, Meta, Mode, ProbeRule, Query, ScanBatch, Storage, VectorSource,
+};
 use clap::Parser;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -34,6 +38,36 @@ struct Args {
     /// time the load.
     #[arg(long)]
     db_keep: bool,
+    /// `full` or `compact` (int8 codes in memory; the exact vectors a
+    /// search re-ranks by are read from a copy the bench keeps, standing
+    /// for the database).
+    #[arg(long, default_value = "full")]
+    storage: String,
+}
+
+/// The exact vectors, as the database holds them.
+struct Exact(HashMap<u64, Vec<f32>>);
+
+impl VectorSource for Exact {
+    fn fetch(&self, ids: &[u64]) -> Result<Vec<(u64, Vec<f32>)>, String> {
+        Ok(ids
+            .iter()
+            .filter_map(|id| Some((*id, self.0.get(id)?.clone())))
+            .collect())
+    }
+
+    fn scan(&self, each: &mut ScanBatch<'_>) -> Result<(), String> {
+        let mut batch = Vec::with_capacity(1000);
+        for (id, v) in &self.0 {
+            batch.push((*id, v.clone()));
+            if batch.len() == 1000 {
+                each(&batch);
+                batch.clear();
+            }
+        }
+        each(&batch);
+        Ok(())
+    }
 }
 
 fn normalize(v: &mut [f32]) {
@@ -117,7 +151,12 @@ fn main() -> anyhow::Result<()> {
             let mut rng = SmallRng::seed_from_u64(42);
             let gen = Generator::new(&mut rng, classes, args.dims);
             let build_started = Instant::now();
-            let idx = build(&mut rng, &gen, n, classes, args.dims);
+            let storage = if args.storage == "compact" {
+                Storage::Compact
+            } else {
+                Storage::Full
+            };
+            let (idx, exact) = build(&mut rng, &gen, n, classes, args.dims, storage);
             let build_s = build_started.elapsed().as_secs_f64();
             memory_rows.push(format!(
                 "| {n} | {classes} | {:.0} bytes | {:.1} s |",
@@ -130,7 +169,7 @@ fn main() -> anyhow::Result<()> {
                     (gen.sample(&mut rng, class), class as i32)
                 })
                 .collect();
-            measure(&idx, &queries, n, classes);
+            measure(&idx, &exact, &queries, n, classes);
         }
     }
     println!();
@@ -150,8 +189,16 @@ fn main() -> anyhow::Result<()> {
 
 /// An index of `n` vectors of `classes` classes, refreshed (split) as the
 /// service leaves it after loading.
-fn build(rng: &mut SmallRng, gen: &Generator, n: usize, classes: usize, dims: usize) -> MemIndex {
-    let mut idx = MemIndex::new(dims);
+fn build(
+    rng: &mut SmallRng,
+    gen: &Generator,
+    n: usize,
+    classes: usize,
+    dims: usize,
+    storage: Storage,
+) -> (MemIndex, Exact) {
+    let mut idx = MemIndex::with_storage(dims, storage);
+    let mut exact = Exact(HashMap::new());
     // Ten labels, one per id modulo 10: a filter on one admits 10%.
     let metas: Vec<Arc<Meta>> = (0..LABELS)
         .map(|l| {
@@ -187,9 +234,12 @@ fn build(rng: &mut SmallRng, gen: &Generator, n: usize, classes: usize, dims: us
             })
             .collect();
         idx.upsert(&chunk);
+        if storage == Storage::Compact {
+            exact.0.extend(chunk.into_iter().map(|e| (e.id, e.feature)));
+        }
     }
     idx.refresh();
-    idx
+    (idx, exact)
 }
 
 /// Labels of the synthetic vectors (see `build`).
@@ -197,7 +247,7 @@ const LABELS: usize = 10;
 
 /// Prints one row per mode: latency, throughput of two clients, recall@10
 /// against exact search and the share of vectors read.
-fn measure(idx: &MemIndex, queries: &[(Vec<f32>, i32)], n: usize, classes: usize) {
+fn measure(idx: &MemIndex, exact: &Exact, queries: &[(Vec<f32>, i32)], n: usize, classes: usize) {
     for filter in [
         Filter::default(),
         Filter {
@@ -205,12 +255,13 @@ fn measure(idx: &MemIndex, queries: &[(Vec<f32>, i32)], n: usize, classes: usize
             ..Filter::default()
         },
     ] {
-        measure_with(idx, queries, n, classes, &filter);
+        measure_with(idx, exact, queries, n, classes, &filter);
     }
 }
 
 fn measure_with(
     idx: &MemIndex,
+    exact_src: &Exact,
     queries: &[(Vec<f32>, i32)],
     n: usize,
     classes: usize,
@@ -218,7 +269,7 @@ fn measure_with(
 ) {
     let rule = ProbeRule::default();
     let run = |mode: Mode, q: &(Vec<f32>, i32)| {
-        idx.search(
+        idx.search_with(
             &Query {
                 vector: &q.0,
                 predicted_class: Some(q.1),
@@ -229,7 +280,9 @@ fn measure_with(
                 filter,
             },
             rule,
+            exact_src,
         )
+        .expect("the bench's vectors are in memory")
     };
     let exact: Vec<Vec<u64>> = queries
         .iter()
