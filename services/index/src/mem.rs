@@ -3,6 +3,7 @@
 //! pass over large partitions), with the searches over them.
 
 mod cell;
+mod compact;
 mod filter;
 mod refine;
 mod search;
@@ -12,9 +13,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 pub use cell::Cell;
+pub use compact::{ScanBatch, VectorSource};
 pub use filter::Filter;
 pub use refine::{Augmented, Refine, RefineState};
-pub use search::{ScanBatch, VectorSource};
 use split::nearest;
 
 /// What a result shows besides its distance.

@@ -4,53 +4,9 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
-use std::collections::HashMap;
-
+use super::compact::{Decoded, VectorSource};
 use super::{Cell, Hit, MemIndex, Mode, ProbeRule, Query, Stats};
 use crate::kernels::{self, distance_from_dot, similarity};
-
-/// Receives the batches of [`VectorSource::scan`]: (id, vector) pairs.
-pub type ScanBatch<'a> = dyn FnMut(&[(u64, Vec<f32>)]) + 'a;
-
-/// Where compact storage reads the exact (f32) vectors it re-ranks by:
-/// the database in the service.
-pub trait VectorSource: Sync {
-    /// The stored unit vectors of `ids`, in any order; ids it does not
-    /// hold are left out.
-    fn fetch(&self, ids: &[u64]) -> Result<Vec<(u64, Vec<f32>)>, String>;
-    /// Calls `each` with every stored vector, in batches (exact search).
-    fn scan(&self, each: &mut ScanBatch<'_>) -> Result<(), String>;
-}
-
-/// The vectors decoded from memory's own codes: what `search` re-ranks by
-/// in compact storage when no source is given (tools and tests).
-struct Decoded<'a>(&'a MemIndex);
-
-impl VectorSource for Decoded<'_> {
-    fn fetch(&self, ids: &[u64]) -> Result<Vec<(u64, Vec<f32>)>, String> {
-        Ok(ids
-            .iter()
-            .filter_map(|&id| self.0.feature(id).map(|(_, v)| (id, v)))
-            .collect())
-    }
-
-    fn scan(&self, each: &mut ScanBatch<'_>) -> Result<(), String> {
-        for c in self.0.cells.values() {
-            let batch: Vec<(u64, Vec<f32>)> = (0..c.len())
-                .map(|slot| (c.ids[slot], c.approx(slot).into_owned()))
-                .collect();
-            each(&batch);
-        }
-        Ok(())
-    }
-}
-
-/// Candidates compact storage re-ranks with exact vectors for a top k:
-/// int8 distances are within about 1e-3 of the exact ones, so a margin of
-/// k (at least 32, at most 1024) holds the true top k.
-fn rerank_depth(k: usize) -> usize {
-    k.saturating_add(k.clamp(32, 1024))
-}
 
 /// Total vectors above which an exact search is split over two threads.
 const PARALLEL_MIN: usize = 200_000;
@@ -69,7 +25,7 @@ pub(super) enum Space {
 pub(super) struct Cand {
     pub(super) dist: f32,
     pub(super) id: u64,
-    class: i32,
+    pub(super) class: i32,
     pub(super) slot: usize,
 }
 
@@ -89,14 +45,14 @@ impl PartialOrd for Cand {
     }
 }
 
-struct TopK {
-    k: usize,
+pub(super) struct TopK {
+    pub(super) k: usize,
     max_dist: f32,
-    heap: BinaryHeap<Cand>,
+    pub(super) heap: BinaryHeap<Cand>,
 }
 
 impl TopK {
-    fn new(k: usize, min_similarity: f32) -> Self {
+    pub(super) fn new(k: usize, min_similarity: f32) -> Self {
         // similarity >= s  <=>  distance <= 1/s - 1
         let max_dist = if min_similarity > 0.0 {
             1.0 / min_similarity - 1.0
@@ -111,7 +67,7 @@ impl TopK {
     }
 
     /// True when the candidate entered the top k.
-    fn offer(&mut self, c: Cand) -> bool {
+    pub(super) fn offer(&mut self, c: Cand) -> bool {
         if self.k == 0 || c.dist > self.max_dist {
             return false;
         }
@@ -337,186 +293,13 @@ impl MemIndex {
         (hits, stats)
     }
 
-    /// Compact storage: the codes rank a short list, exact vectors from
-    /// `source` decide within it. Exact mode reads every vector there.
-    fn search_compact(
-        &self,
-        q: &Query<'_>,
-        rule: ProbeRule,
-        source: &dyn VectorSource,
-    ) -> Result<(Vec<Hit>, Stats), String> {
-        let max_dist = if q.min_similarity > 0.0 {
-            1.0 / q.min_similarity - 1.0
-        } else {
-            f32::INFINITY
-        };
-        if q.mode == Mode::Refined {
-            let (mut scored, stats) = self.refined_compact(q, rule, source)?;
-            scored.truncate(q.top_k);
-            // Refined scores by the expanded query: the distance shown is
-            // the raw one, computed for the hits only.
-            let ids: Vec<u64> = scored.iter().map(|s| s.0).collect();
-            let raw: HashMap<u64, f32> = source
-                .fetch(&ids)?
-                .into_iter()
-                .map(|(id, v)| (id, kernels::distance(q.vector, &v)))
-                .collect();
-            let hits = scored
-                .into_iter()
-                .filter_map(|(id, score)| {
-                    let d = *raw.get(&id)?;
-                    (d <= max_dist).then(|| self.hit(id, d, score))?
-                })
-                .collect();
-            return Ok((hits, stats));
-        }
-        let (mut near, stats) = if q.mode == Mode::Exact {
-            self.exact_from(q, source)?
-        } else {
-            let (cands, stats) = self.shortlist(q, q.vector, q.top_k, rule)?;
-            let vecs = fetch_map(source, &cands)?;
-            let near = cands
-                .iter()
-                .filter_map(|c| Some((c.id, kernels::distance(q.vector, vecs.get(&c.id)?))))
-                .collect();
-            (near, stats)
-        };
-        near.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
-        near.truncate(q.top_k);
-        let hits = near
-            .into_iter()
-            .filter_map(|(id, d)| (d <= max_dist).then(|| self.hit(id, d, similarity(d)))?)
-            .collect();
-        Ok((hits, stats))
-    }
-
-    /// The codes' nearest `k` (plus the re-rank margin) to `vector`, by
-    /// the mode of `q`, without a similarity bound (that applies to exact
-    /// distances).
-    fn shortlist(
-        &self,
-        q: &Query<'_>,
-        vector: &[f32],
-        k: usize,
-        rule: ProbeRule,
-    ) -> Result<(Vec<Cand>, Stats), String> {
-        let wide = Query {
-            vector,
-            top_k: rerank_depth(k),
-            min_similarity: 0.0,
-            mode: if q.mode == Mode::Partition {
-                Mode::Partition
-            } else {
-                Mode::Probe
-            },
-            ..q.clone()
-        };
-        Ok(self.ranked(&wide, rule, Space::Raw))
-    }
-
-    /// A true brute force over the source's f32 vectors of the entries
-    /// held here: (id, distance), nearest first.
-    fn exact_from(
-        &self,
-        q: &Query<'_>,
-        source: &dyn VectorSource,
-    ) -> Result<(Vec<(u64, f32)>, Stats), String> {
-        let mut top = TopK::new(q.top_k, 0.0);
-        let every = q.filter.is_empty();
-        let mut scanned = 0u64;
-        let mut touched = std::collections::HashSet::new();
-        source.scan(&mut |batch| {
-            for (id, v) in batch {
-                // The source may hold more than this index (other shards).
-                let Some(&(class, list, slot)) = self.locate.get(id) else {
-                    continue;
-                };
-                if Some(*id) == q.exclude_id {
-                    continue;
-                }
-                let Some(cell) = self.cells.get(&(class, list)) else {
-                    continue;
-                };
-                if !every && !q.filter.admits(&cell.meta[slot]) {
-                    continue;
-                }
-                scanned += 1;
-                touched.insert(class);
-                top.offer(Cand {
-                    dist: kernels::distance(q.vector, v),
-                    id: *id,
-                    class,
-                    slot,
-                });
-            }
-        })?;
-        let mut cands = top.heap.into_vec();
-        cands.sort();
-        let stats = Stats {
-            partitions_searched: touched.len() as u32,
-            partitions_total: self.classes.len() as u32,
-            vectors_scanned: scanned,
-            vectors_total: self.len() as u64,
-        };
-        Ok((cands.into_iter().map(|c| (c.id, c.dist)).collect(), stats))
-    }
-
-    /// Refined ranking in compact storage: alpha query expansion over the
-    /// exact raw vectors of the query's nearest images, then the expanded
-    /// query ranks (there are no augmented copies). (id, score), best
-    /// first, the nearest image by distance kept first.
-    fn refined_compact(
-        &self,
-        q: &Query<'_>,
-        rule: ProbeRule,
-        source: &dyn VectorSource,
-    ) -> Result<(Vec<(u64, f32)>, Stats), String> {
-        let r = self.refine;
-        let (cands, mut stats) = self.shortlist(q, q.vector, q.top_k.max(r.qe_k), rule)?;
-        let mut vecs = fetch_map(source, &cands)?;
-        let mut near: Vec<(u64, f32)> = cands
-            .iter()
-            .filter_map(|c| Some((c.id, kernels::dot(q.vector, vecs.get(&c.id)?))))
-            .collect();
-        near.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        let mut expanded = q.vector.to_vec();
-        for &(id, dot) in near.iter().take(r.qe_k) {
-            let w = dot.max(0.0).powf(r.qe_alpha);
-            for (e, x) in expanded.iter_mut().zip(&vecs[&id]) {
-                *e += w * x;
-            }
-        }
-        if !kernels::normalize(&mut expanded) {
-            expanded.copy_from_slice(q.vector);
-        }
-        let (second, s2) = self.shortlist(q, &expanded, q.top_k, rule)?;
-        stats.vectors_scanned += s2.vectors_scanned;
-        stats.partitions_searched = stats.partitions_searched.max(s2.partitions_searched);
-        let missing: Vec<Cand> = second
-            .iter()
-            .filter(|c| !vecs.contains_key(&c.id))
-            .copied()
-            .collect();
-        vecs.extend(fetch_map(source, &missing)?);
-        let mut ranked: Vec<(u64, f32)> = second
-            .iter()
-            .filter_map(|c| Some((c.id, kernels::dot(&expanded, vecs.get(&c.id)?))))
-            .collect();
-        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        if let Some(&(first, _)) = near.first() {
-            ranked.retain(|c| c.0 != first);
-            ranked.insert(0, (first, kernels::dot(&expanded, &vecs[&first])));
-        }
-        Ok((ranked, stats))
-    }
-
     fn cell_key(&self, id: u64) -> (i32, u32) {
         self.locate
             .get(&id)
             .map_or((i32::MIN, 0), |&(class, list, _)| (class, list))
     }
 
-    fn hit(&self, id: u64, distance: f32, score: f32) -> Option<Hit> {
+    pub(super) fn hit(&self, id: u64, distance: f32, score: f32) -> Option<Hit> {
         let (class, list, slot) = *self.locate.get(&id)?;
         let cell = self.cells.get(&(class, list))?;
         Some(Hit {
@@ -635,10 +418,4 @@ impl MemIndex {
         cands.sort();
         (cands, stats)
     }
-}
-
-/// The source's vectors of `cands`, by id.
-fn fetch_map(source: &dyn VectorSource, cands: &[Cand]) -> Result<HashMap<u64, Vec<f32>>, String> {
-    let ids: Vec<u64> = cands.iter().map(|c| c.id).collect();
-    Ok(source.fetch(&ids)?.into_iter().collect())
 }
