@@ -383,6 +383,9 @@ impl Index {
     ) -> Result<Arc<Collection>> {
         self.check_new_collection(name, model_name, model_version, dims, description)?;
         let _creating = self.creating.lock().await;
+        if self.resolve(name).is_err() {
+            self.adopt(name).await?;
+        }
         if let Ok(existing) = self.resolve(name) {
             let same = existing.row.model_name == model_name
                 && existing.row.model_version == model_version
@@ -405,6 +408,47 @@ impl Index {
         cat.collections.insert(coll.row.id, coll.clone());
         cat.aliases.insert(name.to_string(), coll.row.id);
         Ok(coll)
+    }
+
+    /// Loads collection `name` when another replica or shard on the same
+    /// database created it and the follow loop has not seen it yet: the
+    /// gateway creates a collection on every shard, and the second one must
+    /// take the first one's collection rather than refuse it.
+    async fn adopt(&self, name: &str) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        let Some(id) = self.store.aliases().await?.get(name).copied() else {
+            return Ok(());
+        };
+        let known = self.catalog.read().collections.get(&id).cloned();
+        let coll = match known {
+            Some(c) => c,
+            None => {
+                let Some(row) = self
+                    .store
+                    .collections()
+                    .await?
+                    .into_iter()
+                    .find(|r| r.id == id)
+                else {
+                    return Ok(());
+                };
+                let seq = self
+                    .store
+                    .write_seqs()
+                    .await?
+                    .get(&id)
+                    .copied()
+                    .unwrap_or(0);
+                let coll = self.load_collection(row).await?;
+                coll.seen_seq.store(seq, Ordering::SeqCst);
+                tracing::info!(collection = %name, vectors = coll.mem.read().len(), "loaded a collection another replica or shard created");
+                coll
+            }
+        };
+        let mut cat = self.catalog.write();
+        cat.collections.insert(id, coll);
+        cat.aliases.insert(name.to_string(), id);
+        Ok(())
     }
 
     pub fn collections(&self) -> Vec<(String, Arc<Collection>)> {

@@ -199,6 +199,12 @@ pub async fn serve(
                 }
             }
         });
+    } else if !cfg.shard.is_whole() {
+        tracing::warn!(
+            shard = cfg.shard.id,
+            shards = cfg.shard.count,
+            "follow_ms is 0 on a sharded index: collections imported or rebuilt through another shard stay unknown here until a restart; set follow_ms (1000, say)"
+        );
     }
     let metrics = index_metrics(&index)?;
     let _metrics_server =

@@ -236,14 +236,19 @@ impl Index {
         coll.seen_seq
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let (c, rule) = (coll.clone(), self.probe);
-        let gone_ids: Vec<u64> = gone.iter().map(|(id, _)| *id).collect();
+        // Every requested id leaves memory, not only those this call took
+        // out of the database: on a sharded index the gateway sends a
+        // delete to every shard, and the first one to commit removes the
+        // rows the others still hold in memory.
+        let requested = ids.to_vec();
         tokio::task::spawn_blocking(move || {
             // The augmented vectors that summed a deleted image go stale:
             // found by its neighbours before it leaves memory.
             let affected: Vec<(u64, Vec<(u64, f32)>)> = {
                 let mem = c.mem.read();
-                gone_ids
+                requested
                     .iter()
+                    .filter(|id| mem.contains(**id))
                     .map(|id| (*id, mem.affected_by_removal(*id, rule)))
                     .collect()
             };
