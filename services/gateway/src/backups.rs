@@ -96,26 +96,32 @@ impl Gateway {
         // A stream can be sent once: no retry on another replica.
         let body = Mutex::new(Some(body));
         let max = self.max_msg();
-        let call = self
-            .index
-            .call("ImportCollection", TRANSFER_DEADLINE, false, |ch, t| {
-                let s = body.lock().take();
-                async move {
-                    let s = s.ok_or_else(|| {
-                        tonic::Status::unavailable("the import cannot be sent twice: import again")
-                    })?;
-                    IndexClient::on(ch, max)
-                        .import_collection(request(s, t))
-                        .await
-                        .map(tonic::Response::into_inner)
-                }
-            });
+        // The first shard imports into the shared database; the others are
+        // told of the new collection below.
+        let call =
+            self.index
+                .pool(0)
+                .call("ImportCollection", TRANSFER_DEADLINE, false, |ch, t| {
+                    let s = body.lock().take();
+                    async move {
+                        let s = s.ok_or_else(|| {
+                            tonic::Status::unavailable(
+                                "the import cannot be sent twice: import again",
+                            )
+                        })?;
+                        IndexClient::on(ch, max)
+                            .import_collection(request(s, t))
+                            .await
+                            .map(tonic::Response::into_inner)
+                    }
+                });
         let r = tokio::select! {
             r = call => r?,
             Ok(e) = fail_rx => return Err(e),
         };
         if let Some(c) = &r.collection {
             self.forget_collection(&c.name);
+            self.announce_collection(c, self.admin_timeout()).await?;
         }
         Ok(r)
     }

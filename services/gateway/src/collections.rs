@@ -81,27 +81,12 @@ impl Gateway {
     }
 
     async fn list_collections_within(&self, timeout: Duration) -> Result<Vec<pb::Collection>> {
-        let r = self
-            .index_rpc(
-                "ListCollections",
-                timeout,
-                pb::ListCollectionsRequest {},
-                |mut c, r| async move { c.list_collections(r).await },
-            )
-            .await?;
-        Ok(r.collections)
+        self.index_list_collections(timeout).await
     }
 
     pub(crate) async fn fetch_collection(&self, name: &str) -> Result<pb::Collection> {
-        let r = self
-            .index_rpc(
-                "GetCollection",
-                self.admin_timeout(),
-                pb::GetCollectionRequest {
-                    name: name.to_string(),
-                },
-                |mut c, r| async move { c.get_collection(r).await },
-            )
+        let c = self
+            .index_get_collection(name, self.admin_timeout())
             .await
             .map_err(|e| match e {
                 Error::NotFound(_) => Error::NotFound(format!(
@@ -109,9 +94,6 @@ impl Gateway {
                 )),
                 e => e,
             })?;
-        let c = r
-            .collection
-            .ok_or_else(|| Error::Internal("GetCollection answered without a collection".into()))?;
         self.collections
             .lock()
             .insert(name.to_string(), (Instant::now(), c.clone()));
@@ -155,17 +137,9 @@ impl Gateway {
             description: req.description,
             if_not_exists: req.if_not_exists,
         };
-        let r = self
-            .index_rpc(
-                "CreateCollection",
-                self.admin_timeout(),
-                msg,
-                |mut c, r| async move { c.create_collection(r).await },
-            )
+        let c = self
+            .index_create_collection(msg, self.admin_timeout())
             .await?;
-        let c = r
-            .collection
-            .ok_or_else(|| Error::Internal("CreateCollection answered without one".into()))?;
         self.collections
             .lock()
             .insert(name, (Instant::now(), c.clone()));
@@ -180,43 +154,22 @@ impl Gateway {
     pub async fn delete_collection(&self, name: &str) -> Result<()> {
         let name = self.collection_name(name)?;
         self.collections.lock().remove(&name);
-        self.index_rpc(
-            "DeleteCollection",
-            self.admin_timeout(),
-            pb::DeleteCollectionRequest { name: name.clone() },
-            |mut c, r| async move { c.delete_collection(r).await },
-        )
-        .await?;
+        self.index_delete_collection(&name, self.admin_timeout())
+            .await?;
         self.collections.lock().remove(&name);
         Ok(())
     }
 
     pub async fn clear(&self, name: &str) -> Result<u64> {
         let name = self.collection_name(name)?;
-        let r = self
-            .index_rpc(
-                "Clear",
-                self.admin_timeout(),
-                pb::ClearRequest {
-                    collection: name.clone(),
-                },
-                |mut c, r| async move { c.clear(r).await },
-            )
-            .await?;
+        let removed = self.index_clear(&name, self.admin_timeout()).await?;
         self.collections.lock().remove(&name);
-        Ok(r.removed)
+        Ok(removed)
     }
 
     pub async fn stats(&self, name: &str) -> Result<pb::StatsResponse> {
         let name = self.collection_name(name)?;
-        let mut r = self
-            .index_rpc(
-                "Stats",
-                self.admin_timeout(),
-                pb::StatsRequest { collection: name },
-                |mut c, r| async move { c.stats(r).await },
-            )
-            .await?;
+        let mut r = self.index_stats(&name, self.admin_timeout()).await?;
         let model = r.collection.as_ref().and_then(|c| c.model.clone());
         if let Some(names) = self.class_names(model.as_ref()).await {
             for p in &mut r.partitions {
@@ -297,12 +250,14 @@ impl Gateway {
     }
 
     pub async fn operation(&self, id: &str) -> Result<pb::OperationProgress> {
+        let (shard, inner) = self.index.parse_operation_id(id)?;
         let mut stream = self
-            .index_rpc(
+            .index_on(
+                shard,
                 "WatchOperation",
                 self.admin_timeout(),
                 pb::WatchOperationRequest {
-                    operation_id: id.to_string(),
+                    operation_id: inner.to_string(),
                 },
                 |mut c, r| async move { c.watch_operation(r).await },
             )
@@ -320,8 +275,11 @@ impl Gateway {
         let model = info.info.and_then(|i| i.model).ok_or_else(|| {
             Error::Internal("the inference service did not name its model".into())
         })?;
+        // The first shard re-embeds the whole collection from the shared
+        // database; the others load the new one as they follow it.
         let r = self
-            .index_rpc(
+            .index_on(
+                0,
                 "Rebuild",
                 self.admin_timeout(),
                 pb::RebuildRequest {
@@ -331,21 +289,23 @@ impl Gateway {
                 |mut c, r| async move { c.rebuild(r).await },
             )
             .await?;
-        Ok(r.operation_id)
+        Ok(self.index.operation_id(0, r.operation_id))
     }
 
     /// Recomputes every augmented vector of a collection (refined
-    /// ranking) on the index replica that answers; the operation id.
+    /// ranking) on the index replica of each shard that answers; the
+    /// operation id of the first shard's.
     pub async fn refine(&self, collection: &str) -> Result<String> {
         let name = self.collection_name(collection)?;
         let r = self
-            .index_rpc(
+            .index_each(
                 "RefineCollection",
                 self.admin_timeout(),
                 pb::RefineCollectionRequest { collection: name },
                 |mut c, r| async move { c.refine_collection(r).await },
             )
             .await?;
-        Ok(r.operation_id)
+        let first = r.into_iter().next().unwrap_or_default();
+        Ok(self.index.operation_id(0, first.operation_id))
     }
 }

@@ -38,6 +38,14 @@ impl Gateway {
                 "min_similarity must be between 0 and 1 (0 or none takes the default), got {min_similarity}"
             )));
         }
+        if self.index.is_sharded() {
+            // A run keeps one state per collection in the shared database,
+            // and each shard holds only its own partitions' vectors.
+            return Err(Error::FailedPrecondition(format!(
+                "near-duplicate search runs on an unsharded index only, and this gateway has {} index shards: run it against a single-shard deployment of the same database",
+                self.index.count()
+            )));
+        }
         let r = self
             .index_rpc(
                 "FindDuplicates",
@@ -125,12 +133,20 @@ impl Gateway {
         let gw = self.clone();
         async_stream::stream! {
             let mut last: Option<pb::OperationProgress> = None;
+            let (shard, inner) = match gw.index.parse_operation_id(&id) {
+                Ok((shard, inner)) => (shard, inner.to_string()),
+                Err(e) => {
+                    yield Err(e);
+                    return;
+                }
+            };
             loop {
                 let opened = gw
-                    .index_rpc(
+                    .index_on(
+                        shard,
                         "WatchOperation",
                         Gateway::t(gw.cfg.timeouts.bulk_ms),
-                        pb::WatchOperationRequest { operation_id: id.clone() },
+                        pb::WatchOperationRequest { operation_id: inner.clone() },
                         |mut c, r| async move { c.watch_operation(r).await },
                     )
                     .await;

@@ -173,7 +173,9 @@ fn unavailable_detail(service: Upstream, msg: &str) -> String {
         Upstream::Inference => {
             "start it (cbir up, or cbir-inference) or check GATEWAY_INFERENCE_URLS"
         }
-        Upstream::Index => "start it (cbir up, or cbir-index) or check GATEWAY_INDEX_URLS",
+        Upstream::Index => {
+            "start it (cbir up, or cbir-index) or check GATEWAY_INDEX_URLS (GATEWAY_INDEX_SHARDS when sharded)"
+        }
         Upstream::Training => "start it (cbir up, or cbir-training) or check GATEWAY_TRAINING_URLS",
     };
     if msg.is_empty() {

@@ -12,7 +12,7 @@ use cbir_api::v1 as pb;
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result, Upstream};
-use crate::upstream::{Pool, PoolConfig};
+use crate::upstream::{IndexShards, Pool, PoolConfig};
 use crate::Config;
 
 pub struct Gateway {
@@ -20,7 +20,8 @@ pub struct Gateway {
     /// The process's decode budget (see `cbir_imaging::budget`).
     pub(crate) decode_budget: Arc<cbir_imaging::budget::Budget>,
     pub(crate) inference: Arc<Pool>,
-    pub(crate) index: Arc<Pool>,
+    /// The index's shards (one unless `index_shards` names several).
+    pub(crate) index: IndexShards,
     pub(crate) training: Arc<Pool>,
     /// Collection metadata by name, with when it was read (see
     /// `collections::COLLECTION_TTL`).
@@ -58,15 +59,16 @@ pub fn file_name_of(path: &str) -> String {
 
 impl Gateway {
     pub async fn new(cfg: Arc<Config>) -> Result<Arc<Self>> {
-        let pool = |service, urls: &Vec<String>| PoolConfig {
+        let pool = |service, urls: &[String]| PoolConfig {
             service,
-            urls: urls.clone(),
+            urls: urls.to_vec(),
             retries: cfg.retries,
             connect_timeout: Duration::from_millis(cfg.timeouts.connect_ms),
             refresh: Duration::from_secs(cfg.dns_refresh_s.max(1)),
         };
         let inference = Pool::new(pool(Upstream::Inference, &cfg.inference_urls)).await?;
-        let index = Pool::new(pool(Upstream::Index, &cfg.index_urls)).await?;
+        let index =
+            IndexShards::new(&cfg.index_shard_urls(), |urls| pool(Upstream::Index, urls)).await?;
         let training = Pool::new(pool(Upstream::Training, &cfg.training_urls)).await?;
         let auth = crate::auth::Auth::new(cfg.auth.clone())?;
         let imaging = cfg.limits.imaging();

@@ -111,19 +111,17 @@ impl Gateway {
             )));
         }
         ids.iter().try_for_each(|&id| check_id(id))?;
-        let r = self
-            .index_rpc(
-                "Delete",
-                self.admin_timeout(),
+        let deleted = self
+            .index_delete(
                 pb::DeleteRequest {
                     collection: name.clone(),
                     ids,
                 },
-                |mut c, r| async move { c.delete(r).await },
+                self.admin_timeout(),
             )
             .await?;
         self.forget_collection(&name);
-        Ok(r.deleted)
+        Ok(deleted)
     }
 
     /// Sets the label of image `id`; answers the image as stored now.
@@ -135,7 +133,8 @@ impl Gateway {
     ) -> Result<pb::StoredImage> {
         let name = self.collection_name(collection)?;
         check_id(id)?;
-        self.index_rpc(
+        // Every shard: the one holding the image shows the label at once.
+        self.index_each(
             "UpdateLabel",
             self.admin_timeout(),
             pb::UpdateLabelRequest {

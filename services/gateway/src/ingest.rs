@@ -269,12 +269,7 @@ impl Gateway {
         };
         // Upserts are keyed by content hash, so a retry cannot duplicate.
         let r = self
-            .index_rpc(
-                "Upsert",
-                Self::t(self.cfg.timeouts.bulk_ms),
-                msg,
-                |mut c, r| async move { c.upsert(r).await },
-            )
+            .index_upsert(msg, Self::t(self.cfg.timeouts.bulk_ms))
             .await?;
         if r.results.len() != n {
             return Err(Error::Internal(format!(

@@ -36,6 +36,7 @@ pub mod ingest;
 pub mod rate;
 pub mod search;
 pub mod search_batch;
+mod sharded;
 pub mod training;
 pub mod ui;
 pub mod upstream;
@@ -177,6 +178,13 @@ pub struct Config {
     /// Index endpoints, as above.
     #[serde(deserialize_with = "url_list")]
     pub index_urls: Vec<String>,
+    /// A sharded index: shard i's endpoints (its replicas) at position i,
+    /// each index service started with `shard.id = i` and `shard.count`
+    /// the number of lists. Searches go to every shard, writes to the shard
+    /// that owns the image's partition. Empty: one shard, `index_urls`. In
+    /// the environment:
+    /// `GATEWAY_INDEX_SHARDS='[["http://index-0:50052"],["http://index-1:50052"]]'`.
+    pub index_shards: Vec<Vec<String>>,
     /// Training endpoints, as above (one replica trains; the others serve
     /// the registry from the same database).
     #[serde(deserialize_with = "url_list")]
@@ -228,6 +236,7 @@ impl Default for Config {
             listen: "127.0.0.1:8080".into(),
             inference_urls: vec!["http://127.0.0.1:50051".into()],
             index_urls: vec!["http://127.0.0.1:50052".into()],
+            index_shards: Vec::new(),
             training_urls: vec!["http://127.0.0.1:50053".into()],
             default_collection: "default".into(),
             allowed_roots: Vec::new(),
@@ -250,6 +259,16 @@ impl Default for Config {
 cbir_common::service_config!(Config, ENV_PREFIX);
 
 impl Config {
+    /// Each index shard's URLs: `index_shards`, or `index_urls` as the one
+    /// shard.
+    pub fn index_shard_urls(&self) -> Vec<Vec<String>> {
+        if self.index_shards.is_empty() {
+            vec![self.index_urls.clone()]
+        } else {
+            self.index_shards.clone()
+        }
+    }
+
     /// The size limits follow one rule: an image fits in one message to
     /// the internal services (a request limit below the image limit is a
     /// smaller image limit in effect).
@@ -345,7 +364,7 @@ pub async fn serve(
     tracing::info!(
         addr = %listener.local_addr()?,
         inference = ?gateway.cfg.inference_urls,
-        index = ?gateway.cfg.index_urls,
+        index = ?gateway.cfg.index_shard_urls(),
         "gateway listening (web UI, REST and gRPC)"
     );
     let conns = cbir_common::conn::Listener::new(listener, &gateway.cfg.connections);
@@ -399,6 +418,19 @@ mod tests {
             assert_eq!(cfg.index_urls, ["http://index:50052"]);
             assert_eq!(cfg.allowed_roots, [PathBuf::from("/images")]);
             assert_eq!(cfg.limits.max_top_k, 50);
+            assert_eq!(cfg.index_shard_urls(), [["http://index:50052"]]);
+            jail.set_env(
+                "GATEWAY_INDEX_SHARDS",
+                r#"[["http://index-0:50052", "http://index-0b:50052"], ["http://index-1:50052"]]"#,
+            );
+            let cfg = Config::load(None).expect("loads");
+            assert_eq!(
+                cfg.index_shard_urls(),
+                [
+                    vec!["http://index-0:50052", "http://index-0b:50052"],
+                    vec!["http://index-1:50052"]
+                ]
+            );
             Ok(())
         });
     }

@@ -274,12 +274,7 @@ impl Gateway {
         loop {
             let msg = index_request(c, q)?;
             let searched = self
-                .index_rpc(
-                    "Search",
-                    Self::t(self.cfg.timeouts.search_ms),
-                    msg,
-                    |mut c, r| async move { c.search(r).await },
-                )
+                .index_search(msg, Self::t(self.cfg.timeouts.search_ms))
                 .await;
             let (Err(Error::FailedPrecondition(e)), Query::Image(data)) = (&searched, &c.query)
             else {

@@ -231,11 +231,9 @@ impl Gateway {
             return;
         }
         let answered = self
-            .index_rpc(
-                "SearchBatch",
-                Self::t(self.cfg.timeouts.search_ms),
+            .index_search_batch(
                 pb::IndexSearchBatchRequest { queries },
-                |mut c, r| async move { c.search_batch(r).await },
+                Self::t(self.cfg.timeouts.search_ms),
             )
             .await;
         let items = match answered {

@@ -22,6 +22,7 @@ mod rebuild;
 mod refined;
 mod requests;
 mod reupload;
+mod shards;
 mod system;
 mod tls;
 mod traces;

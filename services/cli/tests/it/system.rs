@@ -23,7 +23,12 @@ pub fn shared_data() -> PathBuf {
 /// The first `per_class` images (sorted) of each of `classes` of flowers5,
 /// copied into `dest/<class>/`.
 pub fn flowers_subset(dest: &Path, classes: &[&str], per_class: usize) -> Vec<PathBuf> {
-    let root = shared_data().join("flowers5");
+    subset("flowers5", dest, classes, per_class)
+}
+
+/// `flowers_subset` of another shared set (`caltech101`, say).
+pub fn subset(set: &str, dest: &Path, classes: &[&str], per_class: usize) -> Vec<PathBuf> {
+    let root = shared_data().join(set);
     let mut out = Vec::new();
     for class in classes {
         let mut names: Vec<PathBuf> = std::fs::read_dir(root.join(class))

@@ -3,6 +3,7 @@
 //! deadline, retries and message limits.
 
 mod pool;
+mod shards;
 
 use std::future::Future;
 use std::time::Duration;
@@ -15,8 +16,9 @@ use tonic::transport::Channel;
 use tonic::Status;
 
 pub use pool::{request, Pool, PoolConfig};
+pub use shards::IndexShards;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gateway::Gateway;
 
 pub(crate) type InferenceClient = InferenceServiceClient<Channel>;
@@ -53,7 +55,7 @@ impl<Resp, F> Answer<Resp> for F where
 {
 }
 
-/// `Gateway::index_rpc` and its kin: [`Gateway::rpc`] on one service's
+/// `Gateway::inference_rpc` and its kin: [`Gateway::rpc`] on one service's
 /// pool with its client.
 macro_rules! service_rpcs {
     ($($name:ident => $pool:ident, $client:ty;)*) => {
@@ -76,12 +78,72 @@ macro_rules! service_rpcs {
 }
 
 service_rpcs! {
-    index_rpc => index, IndexClient;
     inference_rpc => inference, InferenceClient;
     training_rpc => training, TrainingClient;
 }
 
 impl Gateway {
+    /// A call any index shard answers alike (it reads the shared
+    /// database): tried on the shards in turn while one is unavailable.
+    pub(crate) async fn index_rpc<Req: Clone, Resp, F, Fut>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        msg: Req,
+        rpc: F,
+    ) -> Result<Resp>
+    where
+        F: Fn(IndexClient, tonic::Request<Req>) -> Fut,
+        Fut: Answer<Resp>,
+    {
+        let mut last = None;
+        for shard in self.index.rotation() {
+            match self.index_on(shard, what, timeout, msg.clone(), &rpc).await {
+                Err(e @ Error::Unavailable { .. }) => last = Some(e),
+                done => return done,
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::Internal("no index shard".into())))
+    }
+
+    /// A call of index shard `shard` (any of its replicas).
+    pub(crate) async fn index_on<Req: Clone, Resp, F, Fut>(
+        &self,
+        shard: usize,
+        what: &str,
+        timeout: Duration,
+        msg: Req,
+        rpc: F,
+    ) -> Result<Resp>
+    where
+        F: Fn(IndexClient, tonic::Request<Req>) -> Fut,
+        Fut: Answer<Resp>,
+    {
+        self.rpc(self.index.pool(shard), what, timeout, msg, rpc)
+            .await
+    }
+
+    /// The same call on every index shard at once, answers in shard order;
+    /// the first failure fails it all.
+    pub(crate) async fn index_each<Req: Clone, Resp, F, Fut>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        msg: Req,
+        rpc: F,
+    ) -> Result<Vec<Resp>>
+    where
+        F: Fn(IndexClient, tonic::Request<Req>) -> Fut,
+        Fut: Answer<Resp>,
+    {
+        let rpc = &rpc;
+        futures::future::try_join_all(
+            (0..self.index.count())
+                .map(|shard| self.index_on(shard, what, timeout, msg.clone(), rpc)),
+        )
+        .await
+    }
+
     pub(crate) fn max_msg(&self) -> usize {
         self.cfg.max_message_bytes
     }

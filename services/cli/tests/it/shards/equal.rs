@@ -1,0 +1,245 @@
+//! One node against three shards, and resharding.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use cbir_api::v1 as pb;
+
+use super::{
+    add, answers, client, compare, held_partitions, same, search, start_gateway, start_shard,
+    CLASSES, COLLECTION,
+};
+use crate::system::{subset, System};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_shards_answer_like_one_node() {
+    let mut sys = System::start(|_| {}).await;
+    let files = subset("caltech101", &sys.dir.path().join("up"), CLASSES, 5);
+    let (first, later) = files.split_at(40);
+    let one = sys.url();
+    add(&one, first).await;
+    // Queries: images of the collection and images it does not hold.
+    let queries: Vec<PathBuf> = first
+        .iter()
+        .step_by(7)
+        .chain(later.iter().step_by(3))
+        .cloned()
+        .collect();
+    let single = answers(&one, &queries).await;
+
+    let db = sys.index_database_url.clone();
+    let mut shards = Vec::new();
+    for id in 0..3 {
+        shards.push(start_shard(&db, id, 3).await);
+    }
+    let gw = start_gateway(
+        &sys,
+        &shards.iter().map(|s| vec![s.addr]).collect::<Vec<_>>(),
+    )
+    .await;
+    let sharded = answers(&gw.url, &queries).await;
+    compare("one node against three shards", &single, &sharded);
+
+    // Each shard holds only its own partitions, and together all of them.
+    let mut all = BTreeSet::new();
+    for (id, s) in shards.iter().enumerate() {
+        for class in held_partitions(s.addr).await {
+            assert_eq!(
+                cbir_common::shard::shard_of(class, 3) as usize,
+                id,
+                "shard {id} holds partition {class}"
+            );
+            assert!(all.insert(class));
+        }
+    }
+    assert!(all.len() >= 3, "the data spans several partitions: {all:?}");
+    let used: BTreeSet<u32> = all
+        .iter()
+        .map(|c| cbir_common::shard::shard_of(*c, 3))
+        .collect();
+    assert_eq!(used.len(), 3, "every shard holds a partition: {all:?}");
+
+    // Writes through the sharded gateway: new images go to their owners,
+    // a delete and a label reach whichever shard holds the image.
+    let added = add(&gw.url, later).await;
+    let mut c = client(&gw.url).await;
+    let stats = c
+        .get_stats(pb::StatsRequest {
+            collection: COLLECTION.into(),
+        })
+        .await
+        .expect("stats")
+        .into_inner();
+    assert_eq!(stats.count, 50, "counted over the shards");
+    assert_eq!(stats.partitions.iter().map(|p| p.count).sum::<u64>(), 50);
+    let gone = added[0].id;
+    let r = c
+        .delete_images(pb::DeleteRequest {
+            collection: COLLECTION.into(),
+            ids: vec![gone],
+        })
+        .await
+        .expect("delete")
+        .into_inner();
+    assert_eq!(r.deleted, 1);
+    let labelled = added[1].id;
+    c.update_label(pb::UpdateLabelRequest {
+        collection: COLLECTION.into(),
+        id: labelled,
+        label: "relabelled".into(),
+    })
+    .await
+    .expect("label");
+    let query = |id| {
+        pb::search_request::Query::Stored(pb::StoredImageQuery {
+            id,
+            ..Default::default()
+        })
+    };
+    let hits = search(&gw.url, query(labelled), pb::SearchMode::Exact).await;
+    assert_eq!(hits[0].0, labelled, "the image finds itself first");
+    let r = c
+        .search(pb::SearchRequest {
+            query: Some(query(labelled)),
+            collection: COLLECTION.into(),
+            top_k: 1,
+            mode: pb::SearchMode::Exact as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("search")
+        .into_inner();
+    assert_eq!(r.results[0].label, "relabelled");
+    let everything = search(&gw.url, query(labelled), pb::SearchMode::Exact).await;
+    assert!(
+        everything.iter().all(|h| h.0 != gone),
+        "deleted image found"
+    );
+
+    // One node restarted on the same database sees what the shards wrote,
+    // and ranks it as they do.
+    sys.stop_index().await;
+    sys.start_index().await;
+    sys.wait_healthy().await;
+    let queries: Vec<PathBuf> = later.iter().step_by(2).cloned().collect();
+    let single = answers(&one, &queries).await;
+    let sharded = answers(&gw.url, &queries).await;
+    compare("after writes through the shards", &single, &sharded);
+
+    // Refined ranking runs on every shard: each keeps its augmented
+    // vectors up to date, and the merged answer starts with the image
+    // nearest to the query, as one node's does.
+    for q in queries.iter().take(3) {
+        let data = std::fs::read(q).expect("read");
+        let exact = search(
+            &gw.url,
+            pb::search_request::Query::Image(data.clone()),
+            pb::SearchMode::Exact,
+        )
+        .await;
+        let refined = search(
+            &gw.url,
+            pb::search_request::Query::Image(data),
+            pb::SearchMode::Refined,
+        )
+        .await;
+        assert_eq!(refined.len(), 10);
+        assert_eq!(
+            refined[0].0, exact[0].0,
+            "refined starts with the nearest image"
+        );
+        let scores: Vec<f32> = refined[1..].iter().map(|h| h.2).collect();
+        assert!(
+            scores.windows(2).all(|w| w[0] >= w[1]),
+            "refined hits by score: {scores:?}"
+        );
+    }
+    let op = c
+        .refine_collection(pb::RefineCollectionRequest {
+            collection: COLLECTION.into(),
+        })
+        .await
+        .expect("refine")
+        .into_inner()
+        .operation_id;
+    assert!(op.starts_with("0."), "a shard's operation: {op}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = c
+            .get_stats(pb::StatsRequest {
+                collection: COLLECTION.into(),
+            })
+            .await
+            .expect("stats")
+            .into_inner();
+        let r = s.refinement.expect("refinement");
+        if r.stale == 0 && r.operation_id.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "refresh did not finish: {r:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Resharding, three shards to two (docs/OPERATIONS.md): the new set
+    // starts on the same database, a gateway on it answers as before, then
+    // the old set stops.
+    let before = answers(&gw.url, &queries).await;
+    let mut two = Vec::new();
+    for id in 0..2 {
+        two.push(start_shard(&db, id, 2).await);
+    }
+    let gw2 = start_gateway(&sys, &two.iter().map(|s| vec![s.addr]).collect::<Vec<_>>()).await;
+    let after = answers(&gw2.url, &queries).await;
+    let single = answers(&one, &queries).await;
+    compare("one node against two shards", &single, &after);
+    for (q, (a, b)) in before.chunks(3).zip(after.chunks(3)).enumerate() {
+        assert!(
+            same(&a[2].1, &b[2].1),
+            "resharded, query {q}: three shards {a:?}, two {b:?}"
+        );
+    }
+    gw.stop().await;
+    for s in shards {
+        s.stop().await;
+    }
+    let (gw, shards) = (gw2, two);
+    let mut c = client(&gw.url).await;
+
+    // Collections are created and dropped on every shard.
+    c.delete_collection(pb::DeleteCollectionRequest {
+        name: COLLECTION.into(),
+    })
+    .await
+    .expect("drop");
+    let listed = c
+        .list_collections(pb::ListCollectionsRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(listed.collections.iter().all(|c| c.name != COLLECTION));
+    // Created again through the sharded gateway: every shard serves it at
+    // once (no follow delay), each with its own partitions.
+    add(&gw.url, later).await;
+    let stats = c
+        .get_stats(pb::StatsRequest {
+            collection: COLLECTION.into(),
+        })
+        .await
+        .expect("stats")
+        .into_inner();
+    assert_eq!(stats.count, 10);
+    let data = std::fs::read(&later[0]).expect("read");
+    let hits = search(
+        &gw.url,
+        pb::search_request::Query::Image(data),
+        pb::SearchMode::Exact,
+    )
+    .await;
+    assert_eq!(hits.len(), 10, "both shards answer");
+    gw.stop().await;
+    for s in shards {
+        s.stop().await;
+    }
+    sys.shutdown().await;
+}
