@@ -99,6 +99,8 @@ rendered="$(mktemp -d)"
 "$CBIR_HELM" template cbir helm/cbir --set inference.device=cpu --set training.device=cpu \
   --set training.images.existingClaim=datasets --set training.data.sizeLimit= >"$rendered/cpu.yaml"
 "$CBIR_HELM" template cbir helm/cbir --set training.enabled=false >"$rendered/no-training.yaml"
+"$CBIR_HELM" template cbir helm/cbir --set index.shards=3 --set index.replicas=2 \
+  --set security.tls.enabled=true --set security.tls.secretName=cbir-tls >"$rendered/sharded.yaml"
 "$CBIR_HELM" template cbir helm/cbir --set inference.autoscaling.enabled=true \
   --set inference.autoscaling.provider=hpa >"$rendered/hpa.yaml"
 # KEDA's ScaledObject is not a built-in kind: it is taken out of the

@@ -343,3 +343,70 @@ fn chart_names_the_gateway_hosts_and_proxies() {
         "the readiness probe names a host the gateway answers to"
     );
 }
+
+/// `index.shards` renders one StatefulSet per shard (with its replicas),
+/// tells each pod its shard, and gives the gateway one URL list per shard.
+#[test]
+fn chart_shards_the_index() {
+    let rendered = render(&["--set", "index.shards=3", "--set", "index.replicas=2"]);
+    let dir = tempfile::tempdir().expect("tmp");
+    let write = |name: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, config_block(&rendered, name)).expect("write");
+        p
+    };
+    let gw = cbir_gateway::Config::load(Some(&write("gateway.toml"))).expect("gateway config");
+    assert_eq!(
+        gw.index_shard_urls(),
+        (0..3)
+            .map(|i| vec![format!("http://rel-cbir-index-{i}:50052")])
+            .collect::<Vec<_>>()
+    );
+    let idx = cbir_index::Config::load(Some(&write("index.toml"))).expect("index config");
+    assert_eq!(idx.follow_ms, 1000, "shards follow each other's imports");
+    assert_eq!(rendered.matches("kind: StatefulSet").count(), 3);
+    for i in 0..3 {
+        assert!(rendered.contains(&format!("serviceName: rel-cbir-index-{i}\n  replicas: 2\n")));
+        assert!(rendered.contains(&format!(
+            "- name: INDEX_SHARD__ID\n              value: \"{i}\""
+        )));
+    }
+    assert_eq!(
+        rendered
+            .matches("- name: INDEX_SHARD__COUNT\n              value: \"3\"")
+            .count(),
+        3
+    );
+    // One shard keeps the unsharded names and configuration.
+    let one = render(&[]);
+    assert_eq!(one.matches("kind: StatefulSet").count(), 1);
+    assert!(one.contains("serviceName: rel-cbir-index\n"));
+    let p = dir.path().join("gateway-one.toml");
+    std::fs::write(&p, config_block(&one, "gateway.toml")).expect("write");
+    let gw = cbir_gateway::Config::load(Some(&p)).expect("gateway config");
+    assert!(gw.index_shards.is_empty());
+    assert_eq!(gw.index_shard_urls(), [["http://rel-cbir-index:50052"]]);
+}
+
+/// Compose runs the index as two shards and the gateway knows both.
+#[test]
+fn compose_runs_two_index_shards() {
+    let compose = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docker-compose.yml"),
+    )
+    .expect("docker-compose.yml");
+    let shards = compose
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("GATEWAY_INDEX_SHARDS: "))
+        .expect("the gateway's shard list");
+    let shards: Vec<Vec<String>> =
+        serde_json::from_str(shards.trim_matches('\'')).expect("a JSON list of lists");
+    assert_eq!(
+        shards,
+        [["http://index:50052"], ["http://index-1:50052"]],
+        "shard 0 is `index`, shard 1 `index-1`"
+    );
+    assert!(compose.contains("INDEX_SHARD__COUNT: \"2\""));
+    assert!(compose.contains("  index-1:\n    <<: *index\n"));
+    assert!(compose.contains("INDEX_SHARD__ID: \"1\""));
+}
