@@ -23,6 +23,8 @@ use crate::store::now_ms;
 
 /// Stale vectors recomputed per step (one read lock, one write lock).
 const STEP: usize = 128;
+/// Passes of one refresh over what went stale while it ran (see `refresh`).
+const PASSES: usize = 3;
 /// How often the loop looks for collections to refresh.
 const CHECK_EVERY: Duration = Duration::from_millis(250);
 /// Finished refreshes whose progress stays watchable.
@@ -241,35 +243,33 @@ impl Refresher {
     /// wait for the next refresh).
     async fn refresh(&self, index: &Arc<Index>, coll: &Arc<Collection>, id: &str) -> Result<u64> {
         let started = Instant::now();
-        // What is stale now; what goes stale meanwhile waits for the next.
-        let ids = {
-            let mut mem = coll.mem.write();
-            mem.reset_changed();
-            mem.stale_ids(usize::MAX)
-        };
-        let total = ids.len() as u64;
         let tx = self.ops.lock().by_id.get(id).cloned();
-        let mut done = 0u64;
+        let (mut done, mut total) = (0u64, 0u64);
         let mut last_report = Instant::now();
-        for chunk in ids.chunks(STEP) {
-            if coll.is_retired() {
+        // What is stale now, then what went stale meanwhile (a write that
+        // ended just as this refresh began marks its neighbours while it
+        // runs, and whoever asked for the refresh expects them done), up
+        // to PASSES times; later marks wait for the next refresh.
+        for _ in 0..PASSES {
+            let ids = {
+                let mut mem = coll.mem.write();
+                mem.reset_changed();
+                mem.stale_ids(usize::MAX)
+            };
+            if ids.is_empty() {
                 break;
             }
-            let (c, rule, part) = (coll.clone(), index.probe, chunk.to_vec());
-            tokio::task::spawn_blocking(move || crate::index::augment_now(&c, &part, rule))
-                .await
-                .map_err(|e| Error::Internal(format!("refresh task: {e}")))?;
-            done += chunk.len() as u64;
-            if let Some(tx) = &tx {
-                if last_report.elapsed() >= Duration::from_millis(200) {
-                    last_report = Instant::now();
-                    tx.send_modify(|p| {
-                        p.done = done.min(total);
-                        p.total = total.max(done);
-                        p.updated_at_ms = now_ms();
-                    });
-                }
-            }
+            total += ids.len() as u64;
+            self.refresh_ids(
+                index,
+                coll,
+                &ids,
+                tx.as_ref(),
+                &mut done,
+                total,
+                &mut last_report,
+            )
+            .await?;
         }
         let took_ms = started.elapsed().as_millis() as u64;
         // Small refreshes follow every few batches of a bulk add.
@@ -279,6 +279,42 @@ impl Refresher {
             tracing::debug!(collection = %coll.row.name, vectors = done, took_ms, "augmented vectors refreshed");
         }
         Ok(done)
+    }
+
+    /// One pass of `refresh` over `ids`, reporting progress.
+    #[allow(clippy::too_many_arguments)]
+    async fn refresh_ids(
+        &self,
+        index: &Arc<Index>,
+        coll: &Arc<Collection>,
+        ids: &[u64],
+        tx: Option<&watch::Sender<pb::OperationProgress>>,
+        done: &mut u64,
+        total: u64,
+        last_report: &mut Instant,
+    ) -> Result<()> {
+        for chunk in ids.chunks(STEP) {
+            if coll.is_retired() {
+                break;
+            }
+            let (c, rule, part) = (coll.clone(), index.probe, chunk.to_vec());
+            tokio::task::spawn_blocking(move || crate::index::augment_now(&c, &part, rule))
+                .await
+                .map_err(|e| Error::Internal(format!("refresh task: {e}")))?;
+            *done += chunk.len() as u64;
+            if let Some(tx) = tx {
+                if last_report.elapsed() >= Duration::from_millis(200) {
+                    *last_report = Instant::now();
+                    let (done, total) = (*done, total);
+                    tx.send_modify(|p| {
+                        p.done = done.min(total);
+                        p.total = total.max(done);
+                        p.updated_at_ms = now_ms();
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     fn finish(&self, coll_id: i64, id: &str, name: &str, r: Result<u64>) {
