@@ -278,11 +278,15 @@ impl Pool {
                     ep.mark_down();
                     avoid = Some(ep.addr);
                     last = Some(status);
-                    let pause = Duration::from_millis(20 * (1 << attempt.min(4)));
-                    tokio::time::sleep(
-                        pause.min(deadline.saturating_duration_since(Instant::now())),
-                    )
-                    .await;
+                    // A pause before the next attempt only: after the last
+                    // one it would only delay the failure.
+                    if attempt + 1 < attempts {
+                        let pause = Duration::from_millis(20 * (1 << attempt.min(4)));
+                        tokio::time::sleep(
+                            pause.min(deadline.saturating_duration_since(Instant::now())),
+                        )
+                        .await;
+                    }
                 }
                 Ok(Err(status)) => return Err(Error::upstream(self.service, status)),
                 Err(_) => {
