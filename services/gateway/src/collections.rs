@@ -271,12 +271,18 @@ impl Gateway {
 
     /// Re-embeds a collection with the model inference serves now.
     pub async fn rebuild(&self, collection: &str) -> Result<String> {
+        if self.index.is_sharded() {
+            // A rebuild copies the images the running index holds in memory,
+            // and a shard holds only its own partitions.
+            return Err(Error::FailedPrecondition(format!(
+                "rebuilding for a new model runs on an unsharded index only, and this gateway has {} index shards: run it through a gateway on one unsharded index service of the same database (the shards load the rebuilt collection as they follow)",
+                self.index.count()
+            )));
+        }
         let info = self.model_info(self.admin_timeout()).await?;
         let model = info.info.and_then(|i| i.model).ok_or_else(|| {
             Error::Internal("the inference service did not name its model".into())
         })?;
-        // The first shard re-embeds the whole collection from the shared
-        // database; the others load the new one as they follow it.
         let r = self
             .index_on(
                 0,

@@ -181,6 +181,17 @@ async fn three_shards_answer_like_one_node() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    // What reads a whole collection from one memory is refused, saying so.
+    let e = c
+        .find_duplicates(pb::FindDuplicatesRequest {
+            collection: COLLECTION.into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("near-duplicates on shards");
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    assert!(e.message().contains("unsharded"), "{}", e.message());
+
     // Resharding, three shards to two (docs/OPERATIONS.md): the new set
     // starts on the same database, a gateway on it answers as before, then
     // the old set stops.
