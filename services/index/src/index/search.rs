@@ -39,13 +39,80 @@ impl VectorSource for StoreVectors {
             };
             after = last.id;
             let full = page.len() as u64 == super::LOAD_PAGE;
-            let batch: Vec<(u64, Vec<f32>)> =
-                page.into_iter().map(|img| (img.id, img.feature)).collect();
-            each(&batch);
+            for img in &page {
+                each(img.id, &img.feature);
+            }
             if !full {
                 return Ok(());
             }
         }
+    }
+}
+
+/// What compact storage's searches read from the database, fetched
+/// between attempts with the collection's lock released: an attempt that
+/// asks for vectors not fetched yet records them and stops, they are read
+/// without the lock (a write waiting for it would hold every search up
+/// meanwhile), and the search runs again. Exact mode's scan still streams
+/// the database under the lock.
+struct Prefetched<'a> {
+    db: &'a StoreVectors,
+    have: std::collections::HashMap<u64, Vec<f32>>,
+    /// Asked for and not in the database (deleted meanwhile).
+    absent: std::collections::HashSet<u64>,
+    missing: parking_lot::Mutex<Vec<u64>>,
+}
+
+/// What an attempt answers when it needs vectors not fetched yet.
+const NOT_FETCHED: &str = "vectors not fetched yet";
+
+/// Attempts of a compact search before the last, which reads under the lock.
+const FETCH_ATTEMPTS: usize = 3;
+
+impl<'a> Prefetched<'a> {
+    fn new(db: &'a StoreVectors) -> Self {
+        Self {
+            db,
+            have: Default::default(),
+            absent: Default::default(),
+            missing: Default::default(),
+        }
+    }
+
+    /// Reads what the last attempt asked for; false when it asked nothing.
+    fn fetch_missing(&mut self) -> std::result::Result<bool, String> {
+        let ids = std::mem::take(&mut *self.missing.lock());
+        if ids.is_empty() {
+            return Ok(false);
+        }
+        self.absent.extend(ids.iter().copied());
+        for (id, v) in self.db.fetch(&ids)? {
+            self.absent.remove(&id);
+            self.have.insert(id, v);
+        }
+        Ok(true)
+    }
+}
+
+impl VectorSource for Prefetched<'_> {
+    fn fetch(&self, ids: &[u64]) -> std::result::Result<Vec<(u64, Vec<f32>)>, String> {
+        let missing: Vec<u64> = ids
+            .iter()
+            .filter(|id| !self.have.contains_key(id) && !self.absent.contains(id))
+            .copied()
+            .collect();
+        if !missing.is_empty() {
+            self.missing.lock().extend(missing);
+            return Err(NOT_FETCHED.into());
+        }
+        Ok(ids
+            .iter()
+            .filter_map(|id| Some((*id, self.have.get(id)?.clone())))
+            .collect())
+    }
+
+    fn scan(&self, each: &mut ScanBatch<'_>) -> std::result::Result<(), String> {
+        self.db.scan(each)
     }
 }
 
@@ -129,27 +196,37 @@ impl Index {
         tokio::task::spawn_blocking(move || {
             let _span = span.enter();
             let started = Instant::now();
-            let mem = coll.mem.read();
-            // One more than the page shows tells whether another follows.
-            let (mut hits, stats) = mem.search_with(
-                &Query {
-                    vector: &vector,
-                    predicted_class,
-                    top_k: offset + top_k + 1,
-                    mode,
-                    min_similarity,
-                    exclude_id,
-                    filter: &filter,
-                },
-                rule,
-                &source,
-            )
-            .map_err(|e| {
+            let query = Query {
+                vector: &vector,
+                predicted_class,
+                // One more than the page shows tells whether another follows.
+                top_k: offset + top_k + 1,
+                mode,
+                min_similarity,
+                exclude_id,
+                filter: &filter,
+            };
+            let mut pre = Prefetched::new(&source);
+            let mut attempt = 0;
+            let found = loop {
+                let last = attempt == FETCH_ATTEMPTS;
+                let source: &dyn VectorSource = if last { &source } else { &pre };
+                let r = coll.mem.read().search_with(&query, rule, source);
+                match r {
+                    Err(e) if e == NOT_FETCHED && !last => {
+                        attempt += 1;
+                        if let Err(e) = pre.fetch_missing() {
+                            break Err(e);
+                        }
+                    }
+                    r => break r,
+                }
+            };
+            let (mut hits, stats) = found.map_err(|e| {
                 Error::Unavailable(format!(
                     "reading the exact vectors of a compact collection from the database failed: {e}; retry once the database is reachable"
                 ))
             })?;
-            drop(mem);
             let has_more = hits.len() > offset + top_k;
             hits.truncate(offset + top_k);
             hits.drain(..offset.min(hits.len()));

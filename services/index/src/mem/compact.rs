@@ -7,8 +7,9 @@ use super::search::{Cand, Space, TopK};
 use super::{Hit, MemIndex, Mode, ProbeRule, Query, Stats};
 use crate::kernels::{self, similarity};
 
-/// Receives the batches of [`VectorSource::scan`]: (id, vector) pairs.
-pub type ScanBatch<'a> = dyn FnMut(&[(u64, Vec<f32>)]) + 'a;
+/// Receives every (id, vector) of [`VectorSource::scan`], borrowed: a scan
+/// of millions of vectors copies none of them.
+pub type ScanBatch<'a> = dyn FnMut(u64, &[f32]) + 'a;
 
 /// Where compact storage reads the exact (f32) vectors it re-ranks by:
 /// the database in the service.
@@ -16,7 +17,7 @@ pub trait VectorSource: Sync {
     /// The stored unit vectors of `ids`, in any order; ids it does not
     /// hold are left out.
     fn fetch(&self, ids: &[u64]) -> Result<Vec<(u64, Vec<f32>)>, String>;
-    /// Calls `each` with every stored vector, in batches (exact search).
+    /// Calls `each` with every stored vector (exact search).
     fn scan(&self, each: &mut ScanBatch<'_>) -> Result<(), String>;
 }
 
@@ -34,10 +35,9 @@ impl VectorSource for Decoded<'_> {
 
     fn scan(&self, each: &mut ScanBatch<'_>) -> Result<(), String> {
         for c in self.0.cells.values() {
-            let batch: Vec<(u64, Vec<f32>)> = (0..c.len())
-                .map(|slot| (c.ids[slot], c.approx(slot).into_owned()))
-                .collect();
-            each(&batch);
+            for slot in 0..c.len() {
+                each(c.ids[slot], &c.approx(slot));
+            }
         }
         Ok(())
     }
@@ -139,30 +139,28 @@ impl MemIndex {
         let every = q.filter.is_empty();
         let mut scanned = 0u64;
         let mut touched = std::collections::HashSet::new();
-        source.scan(&mut |batch| {
-            for (id, v) in batch {
-                // The source may hold more than this index (other shards).
-                let Some(&(class, list, slot)) = self.locate.get(id) else {
-                    continue;
-                };
-                if Some(*id) == q.exclude_id {
-                    continue;
-                }
-                let Some(cell) = self.cells.get(&(class, list)) else {
-                    continue;
-                };
-                if !every && !q.filter.admits(&cell.meta[slot]) {
-                    continue;
-                }
-                scanned += 1;
-                touched.insert(class);
-                top.offer(Cand {
-                    dist: kernels::distance(q.vector, v),
-                    id: *id,
-                    class,
-                    slot,
-                });
+        source.scan(&mut |id, v| {
+            // The source may hold more than this index (other shards).
+            let Some(&(class, list, slot)) = self.locate.get(&id) else {
+                return;
+            };
+            if Some(id) == q.exclude_id {
+                return;
             }
+            let Some(cell) = self.cells.get(&(class, list)) else {
+                return;
+            };
+            if !every && !q.filter.admits(&cell.meta[slot]) {
+                return;
+            }
+            scanned += 1;
+            touched.insert(class);
+            top.offer(Cand {
+                dist: kernels::distance(q.vector, v),
+                id,
+                class,
+                slot,
+            });
         })?;
         let mut cands = top.heap.into_vec();
         cands.sort();

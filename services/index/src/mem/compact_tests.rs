@@ -38,9 +38,8 @@ impl VectorSource for Exact {
 
     fn scan(&self, each: &mut ScanBatch<'_>) -> Result<(), String> {
         self.scans.fetch_add(1, Ordering::SeqCst);
-        let all: Vec<(u64, Vec<f32>)> = self.vecs.iter().map(|(k, v)| (*k, v.clone())).collect();
-        for chunk in all.chunks(100) {
-            each(chunk);
+        for (id, v) in &self.vecs {
+            each(*id, v);
         }
         Ok(())
     }
