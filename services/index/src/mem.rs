@@ -353,6 +353,38 @@ impl MemIndex {
         self.refresh_centroids();
     }
 
+    /// Gives back the spare capacity of every buffer (growth by doubling,
+    /// or a reservation larger than what came), and drops the cells a
+    /// reservation made for classes that never came.
+    pub fn shrink_to_fit(&mut self) {
+        let classes = &self.classes;
+        self.cells
+            .retain(|(class, _), c| !c.is_empty() || classes.contains_key(class));
+        for c in self.cells.values_mut() {
+            c.shrink_to_fit();
+        }
+        self.locate.shrink_to_fit();
+    }
+
+    /// Room for `n` more entries of unsplit partition `class`, exactly: a
+    /// load that knows each partition's size reserves it rather than grow
+    /// by doubling (up to twice the memory at its peak).
+    pub fn reserve_class(&mut self, class: i32, n: usize) {
+        if self
+            .classes
+            .get(&class)
+            .is_some_and(|i| !i.lists.is_empty())
+        {
+            return;
+        }
+        let (dims, compact) = (self.dims, self.compact());
+        self.cells
+            .entry((class, 0))
+            .or_insert_with(|| Cell::new(class, dims, compact))
+            .reserve_exact(n);
+        self.locate.reserve(n);
+    }
+
     /// Brings the centroids of changed classes up to date (cheap).
     pub fn refresh_centroids(&mut self) {
         let mut dirty = std::mem::take(&mut self.dirty);

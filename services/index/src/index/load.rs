@@ -5,6 +5,9 @@
 use std::sync::Arc;
 
 use super::{Collection, Index, LOAD_PAGE, LOAD_READERS};
+
+/// Pages a loading reader decodes between two `release_freed_memory`.
+const TRIM_EVERY_PAGES: usize = 16;
 use crate::error::{Error, Result};
 use crate::mem::{Entry, MemIndex, Meta};
 use crate::store::CollectionRow;
@@ -16,6 +19,21 @@ impl Index {
         let Some((lo, hi)) = self.store.id_range(row.id).await? else {
             return Ok(Arc::new(Collection::new(row, mem)));
         };
+        // Each reader's share of every partition this shard holds, with a
+        // margin: ids and classes are not correlated, so a share is close
+        // to the count over the readers.
+        let shares: Arc<Vec<(i32, usize)>> = Arc::new(
+            self.store
+                .class_counts(row.id)
+                .await?
+                .into_iter()
+                .filter(|(class, _)| self.shard.owns(*class))
+                .map(|(class, n)| {
+                    let share = n as usize / LOAD_READERS;
+                    (class, share + share / 20 + 16)
+                })
+                .collect(),
+        );
         // Readers over disjoint id ranges run in parallel (one connection
         // each), each decoding into its own index; the parts are merged.
         let readers = LOAD_READERS as u64;
@@ -29,10 +47,14 @@ impl Index {
             }
             let store = self.store.clone();
             let id = row.id;
-            let (storage, shard) = (self.storage, self.shard);
+            let (storage, shard, shares) = (self.storage, self.shard, shares.clone());
             parts.push(tokio::spawn(async move {
                 let mut part = MemIndex::with_storage(dims, storage);
+                for &(class, n) in shares.iter() {
+                    part.reserve_class(class, n);
+                }
                 let mut after = start;
+                let mut pages = 0usize;
                 let mut pending = Some(tokio::spawn({
                     let store = store.clone();
                     async move { store.load_range(id, after, upto, LOAD_PAGE).await }
@@ -49,6 +71,8 @@ impl Index {
                             store.load_range(id, after, upto, LOAD_PAGE).await
                         }));
                     }
+                    pages += 1;
+                    let trim = pages.is_multiple_of(TRIM_EVERY_PAGES);
                     part = tokio::task::spawn_blocking(move || {
                         let entries: Vec<Entry> = page
                             .into_iter()
@@ -69,12 +93,22 @@ impl Index {
                             })
                             .collect();
                         part.upsert(&entries);
+                        drop(entries);
+                        if trim {
+                            release_freed_memory();
+                        }
                         part
                     })
                     .await
                     .map_err(|e| Error::Internal(format!("load task: {e}")))?;
                 }
-                Ok::<MemIndex, Error>(part)
+                // The part without its spare room before it is merged.
+                tokio::task::spawn_blocking(move || {
+                    part.shrink_to_fit();
+                    part
+                })
+                .await
+                .map_err(|e| Error::Internal(format!("load task: {e}")))
             }));
         }
         for p in parts {
@@ -96,6 +130,7 @@ impl Index {
         let refine = self.refine;
         let mem = tokio::task::spawn_blocking(move || {
             mem.refresh();
+            mem.shrink_to_fit();
             // Every augmented vector is computed by the next refresh, from
             // all the others; until then refined searches use raw vectors.
             mem.set_refine(refine);
@@ -104,6 +139,19 @@ impl Index {
         })
         .await
         .map_err(|e| Error::Internal(format!("load task: {e}")))?;
+        release_freed_memory();
         Ok(Arc::new(Collection::new(row, mem)))
+    }
+}
+
+/// Hands the heap's free pages back to the system. A load frees the f32
+/// pages it read (gigabytes) among the small allocations it keeps, which
+/// glibc's allocator would otherwise hold as resident memory.
+#[allow(unsafe_code)]
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

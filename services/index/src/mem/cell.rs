@@ -64,6 +64,9 @@ impl Cell {
             .enumerate()
             .map(|(i, id)| (*id, base + i))
             .collect();
+        // Exactly: a load appends one half of a partition to the other, and
+        // growth by doubling would leave up to half of it spare.
+        self.reserve_exact(other.len());
         self.ids.append(&mut other.ids);
         self.vecs.append(&mut other.vecs);
         self.codes.append(&mut other.codes);
@@ -85,6 +88,19 @@ impl Cell {
 
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
+    }
+
+    /// Gives back the spare capacity growth left in every buffer.
+    pub(super) fn shrink_to_fit(&mut self) {
+        self.ids.shrink_to_fit();
+        self.vecs.shrink_to_fit();
+        self.codes.shrink_to_fit();
+        self.scales.shrink_to_fit();
+        self.meta.shrink_to_fit();
+        self.aug.shrink_to_fit();
+        self.aug_codes.shrink_to_fit();
+        self.aug_scales.shrink_to_fit();
+        self.kth.shrink_to_fit();
     }
 
     pub fn bytes(&self) -> usize {
@@ -203,6 +219,20 @@ impl Cell {
             *acc += *x;
         }
         self.ids.len() - 1
+    }
+
+    pub(super) fn reserve_exact(&mut self, n: usize) {
+        self.ids.reserve_exact(n);
+        self.codes.reserve_exact(n * self.dims);
+        self.scales.reserve_exact(n);
+        self.meta.reserve_exact(n);
+        if !self.compact {
+            self.vecs.reserve_exact(n * self.dims);
+            self.aug.reserve_exact(n * self.dims);
+            self.aug_codes.reserve_exact(n * self.dims);
+            self.aug_scales.reserve_exact(n);
+            self.kth.reserve_exact(n);
+        }
     }
 
     pub(super) fn reserve(&mut self, n: usize) {

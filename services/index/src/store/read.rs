@@ -84,6 +84,26 @@ impl Store {
     }
 
     /// Smallest and largest image id of a collection.
+    /// Images per predicted class (an index-only scan): how much memory a
+    /// load reserves for each partition.
+    pub async fn class_counts(&self, collection_id: i64) -> Result<Vec<(i32, u64)>> {
+        let rows = self
+            .db
+            .query_all(self.stmt(
+                "SELECT predicted_class, COUNT(*) AS n FROM images WHERE collection_id = ? GROUP BY predicted_class",
+                vec![collection_id.into()],
+            ))
+            .await
+            .map_err(db_err("counting images per class"))?;
+        rows.iter()
+            .map(|r| {
+                let class: i32 = r.try_get("", "predicted_class").map_err(db_err("class"))?;
+                let n: i64 = r.try_get("", "n").map_err(db_err("n"))?;
+                Ok((class, n as u64))
+            })
+            .collect()
+    }
+
     pub async fn id_range(&self, collection_id: i64) -> Result<Option<(u64, u64)>> {
         let row = self
             .db
