@@ -5,6 +5,7 @@
 //! SQLite. Prints Markdown rows.
 //!
 //! cargo run --release -p cbir-index --bin index-bench -- --sizes 100000 --classes 20,1000
+//! cargo run --release -p cbir-index --bin index-bench -- --service 10000000 --db-keep --db-dir /big
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -43,7 +44,18 @@ struct Args {
     /// for the database).
     #[arg(long, default_value = "full")]
     storage: String,
+    /// Instead of the in-memory runs: this many vectors through the
+    /// service's own path (SQLite, compact storage, `Index::search`); see
+    /// bench/service.rs. With --db-keep the file is kept and reused.
+    #[arg(long, default_value_t = 0)]
+    service: usize,
+    /// Classes of the --service run.
+    #[arg(long, default_value_t = 1000)]
+    service_classes: usize,
 }
+
+#[path = "bench/service.rs"]
+mod service;
 
 /// The exact vectors, as the database holds them.
 struct Exact(HashMap<u64, Vec<f32>>);
@@ -57,15 +69,9 @@ impl VectorSource for Exact {
     }
 
     fn scan(&self, each: &mut ScanBatch<'_>) -> Result<(), String> {
-        let mut batch = Vec::with_capacity(1000);
         for (id, v) in &self.0 {
-            batch.push((*id, v.clone()));
-            if batch.len() == 1000 {
-                each(&batch);
-                batch.clear();
-            }
+            each(*id, v);
         }
-        each(&batch);
         Ok(())
     }
 }
@@ -143,6 +149,12 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     println!("kernels: {}", cbir_index::kernels::kernel_name());
+    if args.service > 0 {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        return rt.block_on(service::run(&args));
+    }
     println!("| vectors | classes | mode | p50 ms | p99 ms | qps (2 clients) | recall@10 vs exact | vectors read |");
     println!("|---|---|---|---|---|---|---|---|");
     let mut memory_rows = Vec::new();
