@@ -49,25 +49,25 @@ impl VectorSource for StoreVectors {
     }
 }
 
-/// What compact storage's searches read from the database, fetched
-/// between attempts with the collection's lock released: an attempt that
-/// asks for vectors not fetched yet records them and stops, they are read
-/// without the lock (a write waiting for it would hold every search up
-/// meanwhile), and the search runs again. Exact mode's scan still streams
-/// the database under the lock.
+/// What compact storage's searches read from the database, fetched with
+/// the collection's lock released: the first attempt records the short
+/// list it asks for and stops, the list is read without the lock (a write
+/// waiting for it would hold every search up meanwhile), and the search
+/// runs again, reading under the lock only what it asks for beyond that
+/// list (the few final hits of refined ranking that were not in it).
+/// Exact mode's scan still streams the database under the lock.
 struct Prefetched<'a> {
     db: &'a StoreVectors,
     have: std::collections::HashMap<u64, Vec<f32>>,
     /// Asked for and not in the database (deleted meanwhile).
     absent: std::collections::HashSet<u64>,
     missing: parking_lot::Mutex<Vec<u64>>,
+    /// Second attempt: read what is missing rather than stop.
+    read_missing: bool,
 }
 
-/// What an attempt answers when it needs vectors not fetched yet.
+/// What the first attempt answers when it needs vectors not fetched yet.
 const NOT_FETCHED: &str = "vectors not fetched yet";
-
-/// Attempts of a compact search before the last, which reads under the lock.
-const FETCH_ATTEMPTS: usize = 3;
 
 impl<'a> Prefetched<'a> {
     fn new(db: &'a StoreVectors) -> Self {
@@ -76,6 +76,7 @@ impl<'a> Prefetched<'a> {
             have: Default::default(),
             absent: Default::default(),
             missing: Default::default(),
+            read_missing: false,
         }
     }
 
@@ -101,14 +102,18 @@ impl VectorSource for Prefetched<'_> {
             .filter(|id| !self.have.contains_key(id) && !self.absent.contains(id))
             .copied()
             .collect();
-        if !missing.is_empty() {
+        if !missing.is_empty() && !self.read_missing {
             self.missing.lock().extend(missing);
             return Err(NOT_FETCHED.into());
         }
-        Ok(ids
+        let mut out: Vec<(u64, Vec<f32>)> = ids
             .iter()
             .filter_map(|id| Some((*id, self.have.get(id)?.clone())))
-            .collect())
+            .collect();
+        if !missing.is_empty() {
+            out.extend(self.db.fetch(&missing)?);
+        }
+        Ok(out)
     }
 
     fn scan(&self, each: &mut ScanBatch<'_>) -> std::result::Result<(), String> {
@@ -207,20 +212,13 @@ impl Index {
                 filter: &filter,
             };
             let mut pre = Prefetched::new(&source);
-            let mut attempt = 0;
-            let found = loop {
-                let last = attempt == FETCH_ATTEMPTS;
-                let source: &dyn VectorSource = if last { &source } else { &pre };
-                let r = coll.mem.read().search_with(&query, rule, source);
-                match r {
-                    Err(e) if e == NOT_FETCHED && !last => {
-                        attempt += 1;
-                        if let Err(e) = pre.fetch_missing() {
-                            break Err(e);
-                        }
-                    }
-                    r => break r,
-                }
+            let first = coll.mem.read().search_with(&query, rule, &pre);
+            let found = match first {
+                Err(e) if e == NOT_FETCHED => pre.fetch_missing().and_then(|_| {
+                    pre.read_missing = true;
+                    coll.mem.read().search_with(&query, rule, &pre)
+                }),
+                r => r,
             };
             let (mut hits, stats) = found.map_err(|e| {
                 Error::Unavailable(format!(
