@@ -30,4 +30,4 @@ for ((i = 0; i < shards; i++)); do
   start $((7701 + i)) "$i" "$shards"
   urls+=("http://127.0.0.1:$((7701 + i))")
 done
-"$bin/shard-bench" --one http://127.0.0.1:7700 --shards "$(IFS=,; echo "${urls[*]}")"
+"$bin/shard-bench" --one http://127.0.0.1:7700 --shards "$(IFS=,; echo "${urls[*]}")" --exact-queries 3

@@ -12,6 +12,18 @@ use super::{
 };
 use crate::system::{subset, System};
 
+/// The collection's statistics through the gateway.
+async fn stats(
+    c: &mut cbir_api::v1::search_service_client::SearchServiceClient<tonic::transport::Channel>,
+) -> pb::StatsResponse {
+    c.get_stats(pb::StatsRequest {
+        collection: COLLECTION.into(),
+    })
+    .await
+    .expect("stats")
+    .into_inner()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_shards_answer_like_one_node() {
     let mut sys = System::start(|_| {}).await;
@@ -64,15 +76,9 @@ async fn three_shards_answer_like_one_node() {
     // a delete and a label reach whichever shard holds the image.
     let added = add(&gw.url, later).await;
     let mut c = client(&gw.url).await;
-    let stats = c
-        .get_stats(pb::StatsRequest {
-            collection: COLLECTION.into(),
-        })
-        .await
-        .expect("stats")
-        .into_inner();
-    assert_eq!(stats.count, 50, "counted over the shards");
-    assert_eq!(stats.partitions.iter().map(|p| p.count).sum::<u64>(), 50);
+    let counted = stats(&mut c).await;
+    assert_eq!(counted.count, 50, "counted over the shards");
+    assert_eq!(counted.partitions.iter().map(|p| p.count).sum::<u64>(), 50);
     let gone = added[0].id;
     let r = c
         .delete_images(pb::DeleteRequest {
@@ -166,13 +172,7 @@ async fn three_shards_answer_like_one_node() {
     assert!(op.starts_with("0."), "a shard's operation: {op}");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let s = c
-            .get_stats(pb::StatsRequest {
-                collection: COLLECTION.into(),
-            })
-            .await
-            .expect("stats")
-            .into_inner();
+        let s = stats(&mut c).await;
         let r = s.refinement.expect("refinement");
         if r.stale == 0 && r.operation_id.is_empty() {
             break;
@@ -232,14 +232,7 @@ async fn three_shards_answer_like_one_node() {
     // Created again through the sharded gateway: every shard serves it at
     // once (no follow delay), each with its own partitions.
     add(&gw.url, later).await;
-    let stats = c
-        .get_stats(pb::StatsRequest {
-            collection: COLLECTION.into(),
-        })
-        .await
-        .expect("stats")
-        .into_inner();
-    assert_eq!(stats.count, 10);
+    assert_eq!(stats(&mut c).await.count, 10);
     let data = std::fs::read(&later[0]).expect("read");
     let hits = search(
         &gw.url,
