@@ -340,6 +340,20 @@ fn measure_with(
     }
 }
 
+/// Image `n` of a synthetic collection, as the database stores it.
+fn synthetic_image(n: usize, class: i32, feature: Vec<f32>) -> cbir_index::store::NewImage {
+    cbir_index::store::NewImage {
+        content_hash: format!("{n:064x}"),
+        predicted_class: class,
+        file_name: format!("img{n}.jpg"),
+        path: String::new(),
+        label: String::new(),
+        feature,
+        thumbnail: Vec::new(),
+        source: Vec::new(),
+    }
+}
+
 async fn db_load(args: &Args) -> anyhow::Result<()> {
     let path = if args.db_keep {
         args.db_dir.join(format!("cbir-bench-{}.db", args.db_load))
@@ -366,16 +380,7 @@ async fn db_load(args: &Args) -> anyhow::Result<()> {
         let batch: Vec<cbir_index::store::NewImage> = (0..1000.min(args.db_load - written))
             .map(|i| {
                 let class = rng.random_range(0..20);
-                cbir_index::store::NewImage {
-                    content_hash: format!("{:064x}", written + i),
-                    predicted_class: class as i32,
-                    file_name: format!("img{}.jpg", written + i),
-                    path: String::new(),
-                    label: String::new(),
-                    feature: gen.sample(&mut rng, class),
-                    thumbnail: Vec::new(),
-                    source: Vec::new(),
-                }
+                synthetic_image(written + i, class as i32, gen.sample(&mut rng, class))
             })
             .collect();
         written += batch.len();

@@ -80,18 +80,15 @@ impl<'a> Prefetched<'a> {
         }
     }
 
-    /// Reads what the last attempt asked for; false when it asked nothing.
-    fn fetch_missing(&mut self) -> std::result::Result<bool, String> {
+    /// Reads what the last attempt asked for.
+    fn fetch_missing(&mut self) -> std::result::Result<(), String> {
         let ids = std::mem::take(&mut *self.missing.lock());
-        if ids.is_empty() {
-            return Ok(false);
-        }
         self.absent.extend(ids.iter().copied());
         for (id, v) in self.db.fetch(&ids)? {
             self.absent.remove(&id);
             self.have.insert(id, v);
         }
-        Ok(true)
+        Ok(())
     }
 }
 
@@ -214,7 +211,7 @@ impl Index {
             let mut pre = Prefetched::new(&source);
             let first = coll.mem.read().search_with(&query, rule, &pre);
             let found = match first {
-                Err(e) if e == NOT_FETCHED => pre.fetch_missing().and_then(|_| {
+                Err(e) if e == NOT_FETCHED => pre.fetch_missing().and_then(|()| {
                     pre.read_missing = true;
                     coll.mem.read().search_with(&query, rule, &pre)
                 }),

@@ -235,20 +235,6 @@ impl Cell {
         }
     }
 
-    pub(super) fn reserve(&mut self, n: usize) {
-        self.ids.reserve(n);
-        self.codes.reserve(n * self.dims);
-        self.scales.reserve(n);
-        self.meta.reserve(n);
-        if !self.compact {
-            self.vecs.reserve(n * self.dims);
-            self.aug.reserve(n * self.dims);
-            self.aug_codes.reserve(n * self.dims);
-            self.aug_scales.reserve(n);
-            self.kth.reserve(n);
-        }
-    }
-
     /// Removes `slot` by moving the last entry into it; returns the id that
     /// moved there, if any.
     pub(super) fn swap_remove(&mut self, slot: usize) -> Option<u64> {

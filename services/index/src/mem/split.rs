@@ -167,7 +167,7 @@ impl MemIndex {
                 .cells
                 .entry((class, list))
                 .or_insert_with(|| Cell::new(class, dims, compact));
-            cell.reserve(size);
+            cell.reserve_exact(size);
         }
         for (c, t) in old.iter().zip(&targets) {
             for (slot, &list) in t.iter().enumerate() {

@@ -13,7 +13,7 @@ use cbir_index::mem::{Filter, Mode, ProbeRule, Storage};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::{pct, Args, Generator, FAMILY};
+use super::{pct, synthetic_image, Args, Generator, FAMILY};
 
 /// Rows per read of the brute-force pass.
 const PAGE: u64 = 5_000;
@@ -165,16 +165,7 @@ async fn write(
                 } else {
                     class
                 };
-                cbir_index::store::NewImage {
-                    content_hash: format!("{:064x}", written + i),
-                    predicted_class: partition as i32,
-                    file_name: format!("img{}.jpg", written + i),
-                    path: String::new(),
-                    label: String::new(),
-                    feature: gen.sample(rng, class),
-                    thumbnail: Vec::new(),
-                    source: Vec::new(),
-                }
+                synthetic_image(written + i, partition as i32, gen.sample(rng, class))
             })
             .collect();
         written += batch.len();
