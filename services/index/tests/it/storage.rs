@@ -113,6 +113,25 @@ async fn roundtrip(url: &str) {
         .expect("get")
         .is_none());
 
+    // A short list long enough to be read as parallel queries: every
+    // stored id once, with its own vector; deleted and unknown ids left out.
+    let mut asked: Vec<u64> = ids[..60].to_vec();
+    asked.push(999_999_999);
+    let mut got = store.features(c.id, &asked).await.expect("features");
+    got.sort_by_key(|g| g.0);
+    let kept: Vec<u64> = ids[..60]
+        .iter()
+        .copied()
+        .filter(|id| *id != out[0].id && *id != out[1].id)
+        .collect();
+    assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), kept);
+    let by_id: std::collections::HashMap<u64, usize> =
+        out.iter().enumerate().map(|(i, o)| (o.id, i)).collect();
+    for (id, v) in &got {
+        assert_eq!(v, &image(by_id[id] as u32, 0, 8).feature, "feature of {id}");
+    }
+    assert!(store.features(c.id, &[]).await.expect("nothing").is_empty());
+
     // Aliases switch atomically and report the previous target.
     let c2 = store
         .create_collection("", "photos.r1", "m", "v2", 8, "")
