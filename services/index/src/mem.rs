@@ -5,29 +5,19 @@
 mod cell;
 mod compact;
 mod filter;
+mod meta;
 mod refine;
 mod search;
 mod split;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 pub use cell::Cell;
 pub use compact::{ScanBatch, VectorSource};
 pub use filter::Filter;
+pub use meta::Meta;
 pub use refine::{Augmented, Refine, RefineState};
 use split::nearest;
-
-/// What a result shows besides its distance.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Meta {
-    pub content_hash: String,
-    pub file_name: String,
-    pub path: String,
-    pub label: String,
-    /// When the image was first stored (Unix ms), for time filters.
-    pub created_at_ms: i64,
-}
 
 /// One vector to add; `feature` must already be unit length.
 #[derive(Debug, Clone)]
@@ -35,7 +25,7 @@ pub struct Entry {
     pub id: u64,
     pub class: i32,
     pub feature: Vec<f32>,
-    pub meta: Arc<Meta>,
+    pub meta: Meta,
 }
 
 /// A class partition holding more vectors than this is split into cells by
@@ -121,7 +111,7 @@ pub struct Hit {
     /// mode the cosine of the expanded query and the augmented vector.
     pub score: f32,
     pub partition: i32,
-    pub meta: Arc<Meta>,
+    pub meta: Meta,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -402,7 +392,7 @@ impl MemIndex {
         self.classes.values().any(|i| i.count >= i.split_at)
     }
 
-    pub fn meta(&self, id: u64) -> Option<Arc<Meta>> {
+    pub fn meta(&self, id: u64) -> Option<Meta> {
         let (class, list, slot) = *self.locate.get(&id)?;
         self.cells.get(&(class, list))?.meta.get(slot).cloned()
     }
@@ -420,10 +410,7 @@ impl MemIndex {
         else {
             return false;
         };
-        *meta = Arc::new(Meta {
-            label: label.to_string(),
-            ..Meta::clone(meta)
-        });
+        *meta = meta.with_label(label);
         true
     }
 
@@ -432,7 +419,7 @@ impl MemIndex {
         let mut out: HashMap<&str, u64> = HashMap::new();
         for c in self.cells.values() {
             for m in &c.meta {
-                *out.entry(m.label.as_str()).or_default() += 1;
+                *out.entry(m.label()).or_default() += 1;
             }
         }
         out.into_iter().map(|(l, n)| (l.to_string(), n)).collect()

@@ -11,7 +11,6 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
 use cbir_api::v1 as pb;
@@ -331,13 +330,7 @@ fn measure(set: &[Made], ids: &[u64], features: &HashMap<u64, (i32, Vec<f32>)>, 
             id: *id,
             class: *class,
             feature: f.clone(),
-            meta: Arc::new(Meta {
-                content_hash: String::new(),
-                file_name: String::new(),
-                path: String::new(),
-                label: String::new(),
-                created_at_ms: 0,
-            }),
+            meta: Meta::default(),
         })
         .collect();
     mem.upsert(&entries);

@@ -7,7 +7,6 @@
 //! cargo run --release -p cbir-index --bin index-bench -- --sizes 100000 --classes 20,1000
 //! cargo run --release -p cbir-index --bin index-bench -- --service 10000000 --db-keep --db-dir /big
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use std::collections::HashMap;
@@ -212,16 +211,8 @@ fn build(
     let mut idx = MemIndex::with_storage(dims, storage);
     let mut exact = Exact(HashMap::new());
     // Ten labels, one per id modulo 10: a filter on one admits 10%.
-    let metas: Vec<Arc<Meta>> = (0..LABELS)
-        .map(|l| {
-            Arc::new(Meta {
-                content_hash: String::new(),
-                file_name: "synthetic.jpg".into(),
-                path: String::new(),
-                label: format!("l{l}"),
-                created_at_ms: 0,
-            })
-        })
+    let metas: Vec<Meta> = (0..LABELS)
+        .map(|l| Meta::new("", "synthetic.jpg", "", &format!("l{l}"), 0))
         .collect();
     let mut id = 1u64;
     while (id as usize) <= n {

@@ -6,7 +6,6 @@
 
 use std::io::Read;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use cbir_index::mem::{Entry, Filter, MemIndex, Meta, Mode, ProbeRule, Query};
 use clap::Parser;
@@ -69,13 +68,7 @@ fn main() -> anyhow::Result<()> {
             id: i as u64 + 1,
             class: *class,
             feature: f.clone(),
-            meta: Arc::new(Meta {
-                content_hash: String::new(),
-                file_name: String::new(),
-                path: String::new(),
-                label: label.clone(),
-                created_at_ms: 0,
-            }),
+            meta: Meta::new("", "", "", label, 0),
         })
         .collect();
     idx.upsert(&entries);
@@ -130,7 +123,7 @@ fn main() -> anyhow::Result<()> {
                 },
                 rule,
             );
-            let rel: Vec<bool> = hits.iter().map(|h| &h.meta.label == label).collect();
+            let rel: Vec<bool> = hits.iter().map(|h| h.meta.label() == label).collect();
             let prec = |k: usize| rel.iter().take(k).filter(|r| **r).count() as f64 / k as f64;
             p1 += prec(1);
             p5 += prec(5);

@@ -83,13 +83,13 @@ impl Index {
                                 id: img.id,
                                 class: img.predicted_class,
                                 feature: img.feature,
-                                meta: Arc::new(Meta {
-                                    content_hash: img.content_hash,
-                                    file_name: img.file_name,
-                                    path: img.path,
-                                    label: img.label,
-                                    created_at_ms: img.created_at_ms,
-                                }),
+                                meta: Meta::new(
+                                    &img.content_hash,
+                                    &img.file_name,
+                                    &img.path,
+                                    &img.label,
+                                    img.created_at_ms,
+                                ),
                             })
                             .collect();
                         part.upsert(&entries);

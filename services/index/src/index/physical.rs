@@ -137,7 +137,7 @@ impl Index {
                 .filter_map(|id| {
                     let to = *copied.get(id)?;
                     let meta = was.meta(*id)?;
-                    (now.meta(to)?.label != meta.label).then(|| (to, meta.label.clone()))
+                    (now.meta(to)?.label() != meta.label()).then(|| (to, meta.label().to_string()))
                 })
                 .collect()
         };

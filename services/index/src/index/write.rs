@@ -175,13 +175,13 @@ impl Index {
                 id: o.id,
                 class: r.predicted_class,
                 feature: r.feature,
-                meta: Arc::new(Meta {
-                    content_hash: r.content_hash,
-                    file_name: r.file_name,
-                    path: r.path,
-                    label: r.label,
-                    created_at_ms: o.created_at_ms,
-                }),
+                meta: Meta::new(
+                    &r.content_hash,
+                    &r.file_name,
+                    &r.path,
+                    &r.label,
+                    o.created_at_ms,
+                ),
             })
             .collect();
         let ids: Vec<u64> = entries.iter().map(|e| e.id).collect();

@@ -2,8 +2,6 @@
 //! so that a scan reads one contiguous buffer; beside them the augmented
 //! (database-side augmentation) copies that refined searches rank by.
 
-use std::sync::Arc;
-
 use super::Meta;
 use crate::kernels;
 
@@ -20,7 +18,7 @@ pub struct Cell {
     pub(super) vecs: Vec<f32>,
     pub(super) codes: Vec<i8>,
     pub(super) scales: Vec<f32>,
-    pub(super) meta: Vec<Arc<Meta>>,
+    pub(super) meta: Vec<Meta>,
     pub(super) sum: Vec<f32>,
     pub(super) centroid: Vec<f32>,
     /// Augmented vectors (unit length), their int8 codes and scales. A new
@@ -108,18 +106,8 @@ impl Cell {
             + self.vecs.len() * 4
             + self.codes.len()
             + self.scales.len() * 4
-            + self.meta.len() * std::mem::size_of::<Arc<Meta>>()
-            + self
-                .meta
-                .iter()
-                .map(|m| {
-                    std::mem::size_of::<Meta>()
-                        + m.content_hash.len()
-                        + m.file_name.len()
-                        + m.path.len()
-                        + m.label.len()
-                })
-                .sum::<usize>()
+            + self.meta.len() * std::mem::size_of::<Meta>()
+            + self.meta.iter().map(Meta::heap_bytes).sum::<usize>()
             + (self.sum.len() * 4 + self.centroid.len() * 4)
             + self.aug.len() * 4
             + self.aug_codes.len()
@@ -179,7 +167,7 @@ impl Cell {
         self.centroid = c;
     }
 
-    pub(super) fn push(&mut self, id: u64, feature: &[f32], meta: Arc<Meta>) -> usize {
+    pub(super) fn push(&mut self, id: u64, feature: &[f32], meta: Meta) -> usize {
         self.ids.push(id);
         let n = self.codes.len();
         let s = kernels::quantize(feature, &mut self.codes);

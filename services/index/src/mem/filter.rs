@@ -30,9 +30,10 @@ impl Filter {
     }
 
     pub fn admits(&self, m: &Meta) -> bool {
-        (self.labels_in.is_empty() || self.labels_in.contains(&m.label))
-            && !self.labels_not_in.contains(&m.label)
-            && m.path.starts_with(&self.path_prefix)
+        let label = m.label();
+        (self.labels_in.is_empty() || self.labels_in.iter().any(|l| l == label))
+            && !self.labels_not_in.iter().any(|l| l == label)
+            && m.path().starts_with(&self.path_prefix)
             && (self.created_from_ms == 0 || m.created_at_ms >= self.created_from_ms)
             && (self.created_to_ms == 0 || m.created_at_ms < self.created_to_ms)
     }
@@ -43,13 +44,7 @@ mod tests {
     use super::*;
 
     fn meta(label: &str, path: &str, at: i64) -> Meta {
-        Meta {
-            content_hash: String::new(),
-            file_name: String::new(),
-            path: path.into(),
-            label: label.into(),
-            created_at_ms: at,
-        }
+        Meta::new("", "", path, label, at)
     }
 
     #[test]

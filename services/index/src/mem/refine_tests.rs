@@ -243,7 +243,7 @@ fn refined_search_honours_filters_paging_and_exclusion() {
     assert_eq!(hits.len(), 30);
     assert!(hits
         .iter()
-        .all(|h| h.meta.label == "l1" && h.id != entries[4].id));
+        .all(|h| h.meta.label() == "l1" && h.id != entries[4].id));
     let every = Filter::default();
     let (all, _) = m.search(&ask(30, None, &every), ProbeRule::default());
     assert_eq!(all[0].id, entries[4].id, "the image itself first");

@@ -22,13 +22,13 @@ pub(super) fn entry(id: u64, class: i32, feature: Vec<f32>) -> Entry {
         id,
         class,
         feature,
-        meta: Arc::new(Meta {
-            content_hash: format!("h{id}"),
-            file_name: format!("f{id}.jpg"),
-            path: String::new(),
-            label: format!("l{class}"),
-            created_at_ms: id as i64,
-        }),
+        meta: Meta::new(
+            &format!("h{id}"),
+            &format!("f{id}.jpg"),
+            "",
+            &format!("l{class}"),
+            id as i64,
+        ),
     }
 }
 
@@ -365,11 +365,13 @@ fn a_filter_applies_inside_the_scan_in_every_mode() {
     }));
     // Three rare ones far from most queries.
     for (i, e) in entries.iter_mut().step_by(3001).take(3).enumerate() {
-        e.meta = Arc::new(Meta {
-            label: "rare".into(),
-            path: format!("rare/{i}.jpg"),
-            ..Meta::clone(&e.meta)
-        });
+        e.meta = Meta::new(
+            &e.meta.content_hash(),
+            e.meta.file_name(),
+            &format!("rare/{i}.jpg"),
+            "rare",
+            e.meta.created_at_ms,
+        );
     }
     let mut idx = MemIndex::new(dims);
     idx.upsert(&entries);

@@ -105,13 +105,13 @@ pub(super) fn search_response(res: SearchResult) -> pb::IndexSearchResponse {
             .into_iter()
             .map(|h| pb::SearchHit {
                 id: h.id,
-                file_name: h.meta.file_name.clone(),
-                path: h.meta.path.clone(),
-                label: h.meta.label.clone(),
+                file_name: h.meta.file_name().to_string(),
+                path: h.meta.path().to_string(),
+                label: h.meta.label().to_string(),
                 distance: h.distance,
                 similarity: h.similarity,
                 partition: h.partition,
-                content_hash: h.meta.content_hash.clone(),
+                content_hash: h.meta.content_hash().into_owned(),
                 created_at_ms: h.meta.created_at_ms,
                 score: h.score,
             })

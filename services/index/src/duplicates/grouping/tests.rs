@@ -1,5 +1,3 @@
-use std::sync::Arc;
-
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -13,13 +11,7 @@ fn entry(id: u64, class: i32, feature: Vec<f32>) -> Entry {
         id,
         class,
         feature,
-        meta: Arc::new(Meta {
-            content_hash: format!("h{id}"),
-            file_name: format!("f{id}.jpg"),
-            path: String::new(),
-            label: String::new(),
-            created_at_ms: 0,
-        }),
+        meta: Meta::new(&format!("h{id}"), &format!("f{id}.jpg"), "", "", 0),
     }
 }
 
