@@ -13,7 +13,7 @@ mod split;
 use std::collections::HashMap;
 
 pub use cell::Cell;
-pub use compact::{ScanBatch, VectorSource};
+pub use compact::{ScanBatch, Shortlists, VectorSource};
 pub use filter::Filter;
 pub use meta::Meta;
 pub use refine::{Augmented, Refine, RefineState};

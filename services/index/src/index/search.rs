@@ -7,7 +7,7 @@ use futures::StreamExt;
 use super::{Index, SearchRequest, SearchResult};
 use crate::error::{Error, Result};
 use crate::kernels;
-use crate::mem::{Filter, Mode, Query, ScanBatch, VectorSource};
+use crate::mem::{Filter, Mode, Query, ScanBatch, Shortlists, VectorSource};
 use crate::store::Store;
 
 /// The database as the source of exact vectors for compact storage.
@@ -64,6 +64,8 @@ struct Prefetched<'a> {
     missing: parking_lot::Mutex<Vec<u64>>,
     /// Second attempt: read what is missing rather than stop.
     read_missing: bool,
+    /// The first attempt's rankings, which the second reuses.
+    shortlists: Shortlists,
 }
 
 /// What the first attempt answers when it needs vectors not fetched yet.
@@ -77,6 +79,7 @@ impl<'a> Prefetched<'a> {
             absent: Default::default(),
             missing: Default::default(),
             read_missing: false,
+            shortlists: Shortlists::default(),
         }
     }
 
@@ -115,6 +118,10 @@ impl VectorSource for Prefetched<'_> {
 
     fn scan(&self, each: &mut ScanBatch<'_>) -> std::result::Result<(), String> {
         self.db.scan(each)
+    }
+
+    fn shortlists(&self) -> Option<&Shortlists> {
+        Some(&self.shortlists)
     }
 }
 

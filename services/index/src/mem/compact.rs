@@ -19,6 +19,41 @@ pub trait VectorSource: Sync {
     fn fetch(&self, ids: &[u64]) -> Result<Vec<(u64, Vec<f32>)>, String>;
     /// Calls `each` with every stored vector (exact search).
     fn scan(&self, each: &mut ScanBatch<'_>) -> Result<(), String>;
+    /// Where a search that runs more than once keeps the short lists it
+    /// ranked, so that a later run of the same search reuses them.
+    fn shortlists(&self) -> Option<&Shortlists> {
+        None
+    }
+}
+
+/// The short lists one search ranked, by the vector and depth asked. The
+/// service runs a compact search twice: the first run only learns which
+/// f32 vectors to read from the database (with the lock released), and
+/// ranking the codes again in the second (choosing cells among thousands
+/// by their centroids, then scanning them) was half of a search's time at
+/// 10M. An entry written between the runs is not in a reused list, as if
+/// the search had run before it; one deleted or changed meanwhile is left
+/// out or checked again when the hits are made.
+#[derive(Debug, Default)]
+pub struct Shortlists(parking_lot::Mutex<Vec<Ranked>>);
+
+/// A short list: the vector it was ranked for, its depth, and what ranked.
+type Ranked = (Vec<f32>, usize, Vec<Cand>, Stats);
+
+impl Shortlists {
+    fn get(&self, vector: &[f32], k: usize) -> Option<(Vec<Cand>, Stats)> {
+        self.0
+            .lock()
+            .iter()
+            .find(|(v, depth, ..)| *depth == k && v.as_slice() == vector)
+            .map(|(.., c, s)| (c.clone(), s.clone()))
+    }
+
+    fn put(&self, vector: &[f32], k: usize, found: &(Vec<Cand>, Stats)) {
+        self.0
+            .lock()
+            .push((vector.to_vec(), k, found.0.clone(), found.1.clone()));
+    }
 }
 
 /// The vectors decoded from memory's own codes: what `search` re-ranks by
@@ -79,7 +114,7 @@ impl MemIndex {
                 .into_iter()
                 .filter_map(|(id, score)| {
                     let d = *raw.get(&id)?;
-                    (d <= max_dist).then(|| self.hit(id, d, score))?
+                    (d <= max_dist).then(|| self.admitted_hit(q, id, d, score))?
                 })
                 .collect();
             return Ok((hits, stats));
@@ -87,7 +122,7 @@ impl MemIndex {
         let (mut near, stats) = if q.mode == Mode::Exact {
             self.exact_from(q, source)?
         } else {
-            let (cands, stats) = self.shortlist(q, q.vector, q.top_k, rule)?;
+            let (cands, stats) = self.shortlist(q, q.vector, q.top_k, rule, source);
             let vecs = fetch_map(source, &cands)?;
             let near = cands
                 .iter()
@@ -99,9 +134,18 @@ impl MemIndex {
         near.truncate(q.top_k);
         let hits = near
             .into_iter()
-            .filter_map(|(id, d)| (d <= max_dist).then(|| self.hit(id, d, similarity(d)))?)
+            .filter_map(|(id, d)| {
+                (d <= max_dist).then(|| self.admitted_hit(q, id, d, similarity(d)))?
+            })
             .collect();
         Ok((hits, stats))
+    }
+
+    /// The hit of `id` if the filter still admits it: a reused short list
+    /// was ranked before the lock was last released.
+    fn admitted_hit(&self, q: &Query<'_>, id: u64, d: f32, score: f32) -> Option<Hit> {
+        let h = self.hit(id, d, score)?;
+        (q.filter.is_empty() || q.filter.admits(&h.meta)).then_some(h)
     }
 
     /// The codes' nearest `k` (plus the re-rank margin) to `vector`, by
@@ -113,7 +157,12 @@ impl MemIndex {
         vector: &[f32],
         k: usize,
         rule: ProbeRule,
-    ) -> Result<(Vec<Cand>, Stats), String> {
+        source: &dyn VectorSource,
+    ) -> (Vec<Cand>, Stats) {
+        let memo = source.shortlists();
+        if let Some(found) = memo.and_then(|m| m.get(vector, k)) {
+            return found;
+        }
         let wide = Query {
             vector,
             top_k: rerank_depth(k),
@@ -125,7 +174,11 @@ impl MemIndex {
             },
             ..q.clone()
         };
-        Ok(self.ranked(&wide, rule, Space::Raw))
+        let found = self.ranked(&wide, rule, Space::Raw);
+        if let Some(m) = memo {
+            m.put(vector, k, &found);
+        }
+        found
     }
 
     /// A true brute force over the source's f32 vectors of the entries
@@ -184,7 +237,7 @@ impl MemIndex {
         source: &dyn VectorSource,
     ) -> Result<(Vec<(u64, f32)>, Stats), String> {
         let r = self.refine;
-        let (cands, mut stats) = self.shortlist(q, q.vector, q.top_k.max(r.qe_k), rule)?;
+        let (cands, mut stats) = self.shortlist(q, q.vector, q.top_k.max(r.qe_k), rule, source);
         let mut vecs = fetch_map(source, &cands)?;
         let mut near: Vec<(u64, f32)> = cands
             .iter()
@@ -201,7 +254,7 @@ impl MemIndex {
         if !kernels::normalize(&mut expanded) {
             expanded.copy_from_slice(q.vector);
         }
-        let (second, s2) = self.shortlist(q, &expanded, q.top_k, rule)?;
+        let (second, s2) = self.shortlist(q, &expanded, q.top_k, rule, source);
         stats.vectors_scanned += s2.vectors_scanned;
         stats.partitions_searched = stats.partitions_searched.max(s2.partitions_searched);
         let missing: Vec<Cand> = second

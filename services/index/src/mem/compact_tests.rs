@@ -263,3 +263,87 @@ fn a_failing_source_fails_the_search_instead_of_guessing() {
         assert!(err.contains("database gone"));
     }
 }
+
+/// A source that keeps its searches' short lists, as the service's does.
+struct Remembering(Exact, Shortlists);
+
+impl VectorSource for Remembering {
+    fn fetch(&self, ids: &[u64]) -> Result<Vec<(u64, Vec<f32>)>, String> {
+        self.0.fetch(ids)
+    }
+    fn scan(&self, each: &mut ScanBatch<'_>) -> Result<(), String> {
+        self.0.scan(each)
+    }
+    fn shortlists(&self) -> Option<&Shortlists> {
+        Some(&self.1)
+    }
+}
+
+#[test]
+fn a_second_run_reuses_the_ranking_and_drops_what_changed_meanwhile() {
+    let mut rng = StdRng::seed_from_u64(6);
+    let entries = data(&mut rng, 64, 6, 300);
+    let (_, mut compact) = both(&entries, 64);
+    let e = &entries[450];
+    let v = unit(&mut rng, 64, Some(&e.feature), 0.05);
+    for mode in [Mode::Probe, Mode::Partition, Mode::Refined] {
+        let mut src = Remembering(Exact::new(&entries), Shortlists::default());
+        let query = q(&v, mode, Some(e.class));
+        let (first, _) = compact
+            .search_with(&query, ProbeRule::default(), &src)
+            .unwrap();
+        assert_eq!(first.len(), 10);
+        // What a write between the runs does: the second hit deleted, the
+        // third relabelled out of the filter, a new image nearer than all.
+        let (gone, moved) = (first[1].id, first[2].id);
+        assert!(compact.remove(gone));
+        assert!(compact.set_label(moved, "elsewhere"));
+        let newcomer = super::tests::entry(9_999, e.class, v.clone());
+        compact.upsert(std::slice::from_ref(&newcomer));
+        src.0.vecs.insert(9_999, v.clone());
+        let keep = Filter {
+            labels_not_in: vec!["elsewhere".into()],
+            ..Filter::default()
+        };
+        let again = Query {
+            filter: &keep,
+            ..query.clone()
+        };
+        let (second, _) = compact
+            .search_with(&again, ProbeRule::default(), &src)
+            .unwrap();
+        let ids: Vec<u64> = second.iter().map(|h| h.id).collect();
+        assert!(!ids.contains(&gone), "{mode:?}: a deleted image came back");
+        assert!(
+            !ids.contains(&moved),
+            "{mode:?}: the filter was not checked"
+        );
+        assert!(
+            !ids.contains(&9_999),
+            "{mode:?}: the ranking was not reused (it saw the newcomer)"
+        );
+        let expect: Vec<u64> = first
+            .iter()
+            .map(|h| h.id)
+            .filter(|id| *id != gone && *id != moved)
+            .collect();
+        assert_eq!(ids, expect, "{mode:?}: the rest as the first run ranked it");
+        // A fresh search sees the write.
+        let mut exact = Exact::new(&entries);
+        exact.vecs.insert(9_999, v.clone());
+        let (third, _) = compact
+            .search_with(
+                &again,
+                ProbeRule::default(),
+                &Remembering(exact, Shortlists::default()),
+            )
+            .unwrap();
+        assert_eq!(third[0].id, 9_999, "{mode:?}");
+        // Put the index back for the next mode.
+        assert!(compact.remove(9_999));
+        let back = entries.iter().find(|x| x.id == gone).cloned().unwrap();
+        compact.upsert(&[back]);
+        let orig = entries.iter().find(|x| x.id == moved).unwrap();
+        assert!(compact.set_label(moved, orig.meta.label()));
+    }
+}

@@ -22,7 +22,7 @@ pub(super) enum Space {
 
 /// A candidate in the top-k heap, worst (largest distance) on top.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(super) struct Cand {
+pub struct Cand {
     pub(super) dist: f32,
     pub(super) id: u64,
     pub(super) class: i32,
