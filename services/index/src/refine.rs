@@ -102,6 +102,9 @@ struct Ops {
     running: HashMap<i64, String>,
     /// Requested full refreshes (collection ids) the loop has not started.
     wanted: Vec<i64>,
+    /// Collections asked for a full refresh while one ran: the running one
+    /// goes on until it has covered what the request marked.
+    again: std::collections::HashSet<i64>,
     finished: std::collections::VecDeque<String>,
 }
 
@@ -149,10 +152,18 @@ impl Refresher {
             .upgrade()
             .ok_or_else(|| Error::Unavailable("the index service is shutting down".into()))?;
         let coll = index.resolve(name)?;
-        if let Some(id) = self.running(coll.row.id) {
-            return Ok(id);
-        }
+        // Marked first, also when a refresh runs (the upkeep's own, started
+        // by the writes just before): the caller joins that refresh and
+        // expects every vector done when it ends, not only those stale when
+        // it began.
         coll.mem.write().mark_all_stale();
+        {
+            let mut ops = self.ops.lock();
+            if let Some(id) = ops.running.get(&coll.row.id).cloned() {
+                ops.again.insert(coll.row.id);
+                return Ok(id);
+            }
+        }
         let id = self.begin(&coll, name);
         Ok(id)
     }
@@ -214,8 +225,12 @@ impl Refresher {
                 (mem.refine_state(), mem.len())
             };
             let wanted = self.ops.lock().wanted.contains(&coll.row.id);
+            // Stale vectors left over count too: one marked again while a
+            // refresh read it stays stale without counting as a change, and
+            // by changes alone a collection could stay over its share.
             let due = state.stale > 0
-                && (state.changed as f64) >= f64::from(self.share) * len.max(1) as f64;
+                && (state.changed.max(state.stale) as f64)
+                    >= f64::from(self.share) * len.max(1) as f64;
             if !(wanted || due || state.fresh > 0) {
                 continue;
             }
@@ -249,8 +264,10 @@ impl Refresher {
         // What is stale now, then what went stale meanwhile (a write that
         // ended just as this refresh began marks its neighbours while it
         // runs, and whoever asked for the refresh expects them done), up
-        // to PASSES times; later marks wait for the next refresh.
-        for _ in 0..PASSES {
+        // to PASSES times, more while a request joined it; later marks
+        // wait for the next refresh.
+        let mut passes = 0;
+        loop {
             let ids = {
                 let mut mem = coll.mem.write();
                 mem.reset_changed();
@@ -259,6 +276,7 @@ impl Refresher {
             if ids.is_empty() {
                 break;
             }
+            passes += 1;
             total += ids.len() as u64;
             self.refresh_ids(
                 index,
@@ -270,6 +288,9 @@ impl Refresher {
                 &mut last_report,
             )
             .await?;
+            if passes >= PASSES && !self.ops.lock().again.remove(&coll.row.id) {
+                break;
+            }
         }
         let took_ms = started.elapsed().as_millis() as u64;
         // Small refreshes follow every few batches of a bulk add.
@@ -321,6 +342,11 @@ impl Refresher {
         let mut ops = self.ops.lock();
         ops.running.remove(&coll_id);
         ops.wanted.retain(|c| *c != coll_id);
+        // A request joined after the last pass read what was stale: what it
+        // marked is refreshed next.
+        if ops.again.remove(&coll_id) {
+            ops.wanted.push(coll_id);
+        }
         if let Some(tx) = ops.by_id.get(id) {
             tx.send_modify(|p| {
                 p.updated_at_ms = now_ms();

@@ -93,8 +93,11 @@ async fn refined(url: &str) {
     let mut c = server.client.clone();
     create(&mut c, "r", DIMS as u32).await;
     let ids = upsert(&mut c, (0..400).map(family_record).collect()).await;
+    // The upkeep may have begun its own refresh of the 400 new images:
+    // the request joins it, and every vector is done when it ends.
     let r = refresh(&mut c).await;
-    assert_eq!((r.done, r.total), (400, 400));
+    assert_eq!(r.done, r.total);
+    assert!(r.total >= 400, "{} of 400 refreshed", r.total);
     let s = stats(&mut c).await;
     assert_eq!(s.stale, 0);
     // The augmented copy: f32 vector, int8 codes, scale and one float more.
@@ -199,17 +202,19 @@ async fn refined(url: &str) {
     // 120 new images and 30 deletions changed far over 5% of the
     // collection: the upkeep refreshes by itself until under that share.
     let mut settled = None;
+    let mut last = None;
     for _ in 0..400 {
         let s = stats(&mut c).await;
         if s.operation_id.is_empty() && s.stale * 20 < 491 {
             settled = Some(s.stale);
             break;
         }
+        last = Some(s);
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert!(
         settled.is_some(),
-        "stale augmented vectors are refreshed on their own"
+        "stale augmented vectors are refreshed on their own; last: {last:?}"
     );
     server.stop().await;
 }
