@@ -21,6 +21,11 @@ pub struct Cell {
     pub(super) meta: Vec<Meta>,
     pub(super) sum: Vec<f32>,
     pub(super) centroid: Vec<f32>,
+    /// The centroid's int8 code and scale: choosing the cells a probe
+    /// search reads compares the query with every cell's centroid (about
+    /// 5,000 at 10M), and the codes are a quarter of the bytes to read.
+    pub(super) centroid_code: Vec<i8>,
+    pub(super) centroid_scale: f32,
     /// Augmented vectors (unit length), their int8 codes and scales. A new
     /// entry starts with its raw vector until its neighbours are known.
     pub(super) aug: Vec<f32>,
@@ -45,6 +50,8 @@ impl Cell {
             meta: Vec::new(),
             sum: vec![0.0; dims],
             centroid: vec![0.0; dims],
+            centroid_code: vec![0; dims],
+            centroid_scale: 1.0,
             aug: Vec::new(),
             aug_codes: Vec::new(),
             aug_scales: Vec::new(),
@@ -108,7 +115,7 @@ impl Cell {
             + self.scales.len() * 4
             + self.meta.len() * std::mem::size_of::<Meta>()
             + self.meta.iter().map(Meta::heap_bytes).sum::<usize>()
-            + (self.sum.len() * 4 + self.centroid.len() * 4)
+            + (self.sum.len() * 4 + self.centroid.len() * 4 + self.centroid_code.len())
             + self.aug.len() * 4
             + self.aug_codes.len()
             + self.aug_scales.len() * 4
@@ -164,7 +171,15 @@ impl Cell {
         if !kernels::normalize(&mut c) {
             c.iter_mut().for_each(|x| *x = 0.0);
         }
+        self.centroid_code.clear();
+        self.centroid_scale = kernels::quantize(&c, &mut self.centroid_code);
         self.centroid = c;
+    }
+
+    /// The query's similarity to the centroid, from the codes (within about
+    /// 1e-3 of the f32 dot product): what orders cells for a probe.
+    pub(super) fn centroid_dot(&self, (code, scale): (&[i8], f32)) -> f32 {
+        kernels::dot_i8(code, &self.centroid_code) as f32 * scale * self.centroid_scale
     }
 
     pub(super) fn push(&mut self, id: u64, feature: &[f32], meta: Meta) -> usize {

@@ -345,7 +345,7 @@ impl MemIndex {
             let mut order: Vec<(f32, &Cell)> = self
                 .cells
                 .values()
-                .map(|c| (kernels::dot(q.vector, &c.centroid), c))
+                .map(|c| (c.centroid_dot(qc), c))
                 .collect();
             if let Some(best_own) = order
                 .iter_mut()
