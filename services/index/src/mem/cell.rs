@@ -20,10 +20,10 @@ pub struct Cell {
     pub(super) scales: Vec<f32>,
     pub(super) meta: Vec<Meta>,
     pub(super) sum: Vec<f32>,
-    pub(super) centroid: Vec<f32>,
-    /// The centroid's int8 code and scale: choosing the cells a probe
-    /// search reads compares the query with every cell's centroid (about
-    /// 5,000 at 10M), and the codes are a quarter of the bytes to read.
+    /// The centroid's int8 code and scale (it is kept only as a code):
+    /// choosing the cells a probe search reads compares the query with
+    /// every cell's centroid (about 5,000 at 10M), and the codes are a
+    /// quarter of the bytes f32 would be.
     pub(super) centroid_code: Vec<i8>,
     pub(super) centroid_scale: f32,
     /// Augmented vectors (unit length), their int8 codes and scales. A new
@@ -49,7 +49,6 @@ impl Cell {
             scales: Vec::new(),
             meta: Vec::new(),
             sum: vec![0.0; dims],
-            centroid: vec![0.0; dims],
             centroid_code: vec![0; dims],
             centroid_scale: 1.0,
             aug: Vec::new(),
@@ -115,7 +114,7 @@ impl Cell {
             + self.scales.len() * 4
             + self.meta.len() * std::mem::size_of::<Meta>()
             + self.meta.iter().map(Meta::heap_bytes).sum::<usize>()
-            + (self.sum.len() * 4 + self.centroid.len() * 4 + self.centroid_code.len())
+            + (self.sum.len() * 4 + self.centroid_code.len())
             + self.aug.len() * 4
             + self.aug_codes.len()
             + self.aug_scales.len() * 4
@@ -173,7 +172,6 @@ impl Cell {
         }
         self.centroid_code.clear();
         self.centroid_scale = kernels::quantize(&c, &mut self.centroid_code);
-        self.centroid = c;
     }
 
     /// The query's similarity to the centroid, from the codes (within about
