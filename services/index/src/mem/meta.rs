@@ -25,19 +25,11 @@ pub struct Meta {
 /// The 32 bytes of a 64-digit lowercase hex string; None for anything else
 /// (uppercase included, so that the text comes back as it went in).
 fn decode_hex(s: &str) -> Option<[u8; 32]> {
-    let b = s.as_bytes();
-    if b.len() != 64 {
+    if s.bytes().any(|c| c.is_ascii_uppercase()) {
         return None;
     }
-    let digit = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    };
     let mut out = [0u8; 32];
-    for (o, pair) in out.iter_mut().zip(b.chunks_exact(2)) {
-        *o = digit(pair[0])? << 4 | digit(pair[1])?;
-    }
+    hex::decode_to_slice(s, &mut out).ok()?;
     Some(out)
 }
 
@@ -74,13 +66,7 @@ impl Meta {
         if self.hash_in_text {
             return Cow::Borrowed(&self.text[..self.ends[0] as usize]);
         }
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut s = String::with_capacity(64);
-        for b in self.hash {
-            s.push(HEX[(b >> 4) as usize] as char);
-            s.push(HEX[(b & 15) as usize] as char);
-        }
-        Cow::Owned(s)
+        Cow::Owned(hex::encode(self.hash))
     }
 
     pub fn file_name(&self) -> &str {
