@@ -2,13 +2,20 @@
 # The GPU benchmark: the network alone on CUDA, batch 1 to 256, in f32,
 # bf16 and f16 on tch, and on ONNX Runtime's TensorRT / CUDA providers when
 # the machine has an onnxruntime-gpu library. Prints one Markdown table
-# (docs/BENCHMARKS.md, "GPU").
+# (docs/BENCHMARKS.md, "GPU"). With TRAIN_DIR set (a folder-per-class image
+# set), it then fine-tunes on it on CUDA with train-folder and prints its log.
 #
 # Two steps, because the GPU machine is lent for minutes and has no cargo:
 #   scripts/bench_gpu.sh build          here: CUDA build of inference-bench
 #                                       into dist/gpu/ (carry that folder)
 #   scripts/bench_gpu.sh run [SECONDS]  there: uses the machine's own torch
 #                                       (its torch/lib on LD_LIBRARY_PATH)
+#
+# The bench feeds the network real JPEGs: CBIR_SHARED_DATA names a folder
+# holding imagenet-sample-300/ (labels.csv and the images it lists; a few
+# dozen are enough), since ../shared/data does not travel to that machine.
+# Copy them, and the TRAIN_DIR images, into a git-ignored folder that the
+# run carries (.git/info/exclude); never commit them.
 #   scripts/bench_gpu.sh check          syntax and arguments only (CI)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,8 +33,11 @@ case "${1:-}" in
   build)
     source scripts/env.sh
     cargo build --release --locked --features cuda -p cbir-inference --bin inference-bench
+    cargo build --release --locked -p cbir-training --bin train-folder
     mkdir -p "$OUT_DIR"
-    cp target/release/inference-bench "$OUT_DIR/"
+    cp target/release/inference-bench target/release/train-folder "$OUT_DIR/"
+    # Without debug symbols: what travels to the GPU machine is size-limited.
+    strip "$OUT_DIR/inference-bench" "$OUT_DIR/train-folder"
     cp data/models/efficientnet-lite0-imagenet.safetensors "$OUT_DIR/"
     echo "bench_gpu: built $OUT_DIR (carry it with the run)"
     ;;
@@ -36,6 +46,11 @@ case "${1:-}" in
     python="${PYTHON:-python3}"
     torch_lib="$("$python" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
     export LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    # Built against the CPU wheel, the binaries do not link libtorch_cuda;
+    # loading it first registers libtorch's CUDA backend.
+    if [[ -e "$torch_lib/libtorch_cuda.so" ]]; then
+      export LD_PRELOAD="$torch_lib/libtorch_cuda.so${LD_PRELOAD:+:$LD_PRELOAD}"
+    fi
     # onnxruntime-gpu, when installed, brings the CUDA and TensorRT providers.
     ort_lib="$("$python" - <<'PY' 2>/dev/null || true
 import glob, os
@@ -60,6 +75,11 @@ PY
       done
     else
       echo "bench_gpu: no onnxruntime package here; ONNX Runtime rows skipped" >&2
+    fi
+    if [[ -n "${TRAIN_DIR:-}" ]]; then
+      echo "bench_gpu: fine-tuning on $TRAIN_DIR (CUDA, f32)"
+      "$OUT_DIR/train-folder" "$TRAIN_DIR" --weights "$weights" --epochs "${TRAIN_EPOCHS:-3}" \
+        || echo "bench_gpu: train-folder failed"
     fi
     ;;
   check)
