@@ -274,7 +274,22 @@ pub struct TchBackend {
     device: Device,
     kind: Kind,
     channels_last: bool,
+    /// Pad each batch to a power of two (see [`batch_bucket`]): on by
+    /// default on CUDA.
+    pub pad_batches: bool,
     meta: Arc<ModelMeta>,
+}
+
+/// The batch size a batch of `n` runs as on CUDA: the next power of two.
+/// libtorch builds cuDNN execution plans for each new input shape and keeps
+/// them per thread; on an H200, gRPC with batching on (sizes 1 to 32 as
+/// clients come) ran at 2–9 images/s in 3-second runs against 380–440 with
+/// batching off (docs/BENCHMARKS.md, "GPU"). Powers of two leave six shapes
+/// up to 32, which [`Backend::warm_up`] runs on the serving thread before
+/// it serves; the padding costs at most as much work again, which a GPU
+/// has to spare at these sizes.
+pub fn batch_bucket(n: usize) -> usize {
+    n.max(1).next_power_of_two()
 }
 
 impl TchBackend {
@@ -329,6 +344,7 @@ impl TchBackend {
             device,
             kind,
             channels_last: cfg.channels_last,
+            pad_batches: device.is_cuda(),
             meta,
         })
     }
@@ -361,10 +377,19 @@ impl Backend for TchBackend {
         let side = INPUT_SIZE as usize;
         let n = inputs.len();
         crate::batcher::check_inputs(inputs)?;
-        let buf = inputs.concat();
+        let run = if self.pad_batches { batch_bucket(n) } else { n };
+        let mut buf = inputs.concat();
+        if let Some(last) = inputs.last().filter(|_| run > n) {
+            // Copies of the last crop fill the bucket; their outputs are
+            // dropped below.
+            buf.reserve((run - n) * last.len());
+            for _ in n..run {
+                buf.extend_from_slice(last);
+            }
+        }
         tch::no_grad(|| {
             let t = Tensor::f_from_slice(&buf)
-                .and_then(|t| t.f_view([n as i64, side as i64, side as i64, 3]))
+                .and_then(|t| t.f_view([run as i64, side as i64, side as i64, 3]))
                 .map_err(|e| e.to_string())?
                 .to_device(self.device);
             let out = match &self.fused {
@@ -390,8 +415,26 @@ impl Backend for TchBackend {
                 Vec::try_from(feats.flatten(0, -1)).map_err(|e: tch::TchError| e.to_string())?;
             let probs: Vec<f32> =
                 Vec::try_from(probs.flatten(0, -1)).map_err(|e: tch::TchError| e.to_string())?;
-            Ok(RawOutput::split(&feats, &probs, n))
+            let mut out = RawOutput::split(&feats, &probs, run);
+            out.truncate(n);
+            Ok(out)
         })
+    }
+
+    /// On CUDA, one pass at each batch bucket up to `max_batch`'s, so that
+    /// no request waits for cuDNN plans of a new shape (built per thread:
+    /// this must run on the thread that serves).
+    fn warm_up(&mut self, max_batch: usize) -> std::result::Result<(), String> {
+        if !self.pad_batches {
+            return Ok(());
+        }
+        let crop = vec![0u8; (INPUT_SIZE * INPUT_SIZE * 3) as usize];
+        let mut size = 1;
+        while size <= batch_bucket(max_batch) {
+            self.infer(&vec![crop.as_slice(); size])?;
+            size *= 2;
+        }
+        Ok(())
     }
 
     fn meta(&self) -> Arc<ModelMeta> {

@@ -86,6 +86,13 @@ pub trait Backend: Send + 'static {
     fn useful_batch(&self) -> Option<usize> {
         None
     }
+    /// Runs the batch sizes a batcher of `max_batch` forms once, where an
+    /// engine prepares each new shape slowly (cuDNN on CUDA). Called by the
+    /// worker thread that then serves the instance, before its first batch.
+    /// Nothing to do by default.
+    fn warm_up(&mut self, _max_batch: usize) -> std::result::Result<(), String> {
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -434,17 +441,39 @@ fn next_batch(shared: &Shared) -> Option<Vec<Item>> {
     }
 }
 
+/// Warms `backend` up on the calling (serving) thread; a failure is logged
+/// and the instance serves anyway (its batches then fail or succeed alone).
+fn warm_up(shared: &Shared, backend: &mut dyn Backend) {
+    let started = Instant::now();
+    match backend.warm_up(shared.cfg.max_batch_size) {
+        Ok(()) => tracing::info!(
+            took_ms = started.elapsed().as_millis() as u64,
+            "model instance warmed up"
+        ),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "warming the model instance up failed; its first batches of each size will be slow"
+        ),
+    }
+}
+
 fn worker(shared: Arc<Shared>, index: usize, mut backend: Box<dyn Backend>) {
     let mut generation = 0;
+    warm_up(&shared, backend.as_mut());
     while let Some(batch) = next_batch(&shared) {
-        {
+        let next = {
             let mut slot = shared.slots[index].lock();
+            let mut next = None;
             if slot.generation != generation {
-                if let Some(next) = slot.pending.take() {
-                    backend = next;
-                }
+                next = slot.pending.take();
                 generation = slot.generation;
             }
+            next
+        };
+        if let Some(mut next) = next {
+            // Outside the slot's lock: on CUDA this takes seconds.
+            warm_up(&shared, next.as_mut());
+            backend = next;
         }
         let meta = backend.meta();
         let inputs: Vec<&[u8]> = batch.iter().map(|i| i.input.as_slice()).collect();

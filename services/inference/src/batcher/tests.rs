@@ -314,3 +314,82 @@ fn requests_whose_callers_have_gone_are_not_computed() {
     assert_eq!(b.stats().abandoned, 40);
     assert_eq!(b.stats().images, 3);
 }
+
+/// Records on which thread it was warmed up and ran (libtorch keeps cuDNN
+/// plans per thread: a warm-up elsewhere would not count).
+struct ThreadProbe {
+    tag: f32,
+    seen: Arc<Mutex<Vec<(&'static str, f32, std::thread::ThreadId, usize)>>>,
+}
+
+impl Backend for ThreadProbe {
+    fn infer(&mut self, inputs: &[&[u8]]) -> std::result::Result<Vec<RawOutput>, String> {
+        let me = std::thread::current().id();
+        self.seen.lock().push(("infer", self.tag, me, inputs.len()));
+        Ok(inputs
+            .iter()
+            .map(|_| RawOutput {
+                feature: vec![self.tag, 0.0],
+                probabilities: vec![0.5, 0.5],
+            })
+            .collect())
+    }
+
+    fn meta(&self) -> Arc<ModelMeta> {
+        meta(&format!("probe{}", self.tag))
+    }
+
+    fn warm_up(&mut self, max_batch: usize) -> std::result::Result<(), String> {
+        let me = std::thread::current().id();
+        self.seen.lock().push(("warm", self.tag, me, max_batch));
+        Ok(())
+    }
+}
+
+#[test]
+fn each_instance_is_warmed_up_on_its_serving_thread_before_it_serves() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let probe = |tag| -> Box<dyn Backend> {
+        Box::new(ThreadProbe {
+            tag,
+            seen: seen.clone(),
+        })
+    };
+    let b = Batcher::start(cfg(8, 0), vec![probe(1.0)]).expect("start");
+    wait_all(
+        b.submit(inputs([1, 2]), Priority::Interactive)
+            .expect("submit"),
+    );
+    b.swap(vec![probe(2.0)]).expect("swap");
+    for r in wait_all(
+        b.submit(inputs([3]), Priority::Interactive)
+            .expect("submit"),
+    ) {
+        assert_eq!(
+            r.expect("served").0.feature[0],
+            2.0,
+            "the new instance serves"
+        );
+    }
+    let seen = seen.lock().clone();
+    let kinds: Vec<(&str, f32)> = seen.iter().map(|s| (s.0, s.1)).collect();
+    assert_eq!(
+        kinds,
+        [("warm", 1.0), ("infer", 1.0), ("warm", 2.0), ("infer", 2.0)],
+        "each instance warmed once, before its first batch"
+    );
+    assert!(
+        seen.iter().all(|s| s.2 == seen[0].2),
+        "one worker thread did all: {seen:?}"
+    );
+    assert_ne!(
+        seen[0].2,
+        std::thread::current().id(),
+        "not the caller's thread"
+    );
+    assert_eq!(
+        (seen[0].3, seen[2].3),
+        (8, 8),
+        "warmed for the batcher's largest batch"
+    );
+}

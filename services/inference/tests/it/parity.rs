@@ -189,3 +189,47 @@ fn an_embedding_model_loads_and_fused_matches_the_module() {
         "fused differs: features {df}, logits {dl}"
     );
 }
+
+/// A batch padded to its bucket (as on CUDA) answers its own inputs exactly
+/// as an unpadded one: the copies that fill it are dropped, and nothing of
+/// them leaks into the real rows. Run on the CPU, padding forced on.
+#[test]
+fn a_padded_batch_answers_like_an_unpadded_one() {
+    use cbir_inference::Backend;
+    let spec = cbir_inference::ModelSpec {
+        name: "efficientnet-lite0".into(),
+        version: "imagenet".into(),
+        class_names: vec![],
+        weights: weights(),
+    };
+    let mut backend = cbir_inference::TchBackend::load(&spec, &Default::default()).expect("load");
+    let crops: Vec<Vec<u8>> = (0..3)
+        .map(|i| {
+            let path = crops_dir().join(format!("input{i}.png"));
+            image::open(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}; run scripts/setup.sh", path.display()))
+                .into_rgb8()
+                .into_raw()
+        })
+        .collect();
+    let inputs: Vec<&[u8]> = crops.iter().map(Vec::as_slice).collect();
+    assert_eq!(cbir_inference::backend::batch_bucket(3), 4);
+    assert_eq!(cbir_inference::backend::batch_bucket(0), 1);
+    assert_eq!(cbir_inference::backend::batch_bucket(32), 32);
+    assert!(!backend.pad_batches, "no padding on the CPU");
+    let plain = backend.infer(&inputs).expect("unpadded");
+    backend.pad_batches = true;
+    backend.warm_up(4).expect("warm-up");
+    let padded = backend.infer(&inputs).expect("padded");
+    assert_eq!(padded.len(), 3, "one answer per input, not per padded row");
+    for (i, (a, b)) in plain.iter().zip(&padded).enumerate() {
+        let diff = a
+            .feature
+            .iter()
+            .zip(&b.feature)
+            .chain(a.probabilities.iter().zip(&b.probabilities))
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(diff < 1e-4, "input {i}: padded output differs by {diff}");
+    }
+}
