@@ -102,18 +102,11 @@ impl MemIndex {
         if q.mode == Mode::Refined {
             let (mut scored, stats) = self.refined_compact(q, rule, source)?;
             scored.truncate(q.top_k);
-            // Refined scores by the expanded query: the distance shown is
-            // the raw one, computed for the hits only.
-            let ids: Vec<u64> = scored.iter().map(|s| s.0).collect();
-            let raw: HashMap<u64, f32> = source
-                .fetch(&ids)?
-                .into_iter()
-                .map(|(id, v)| (id, kernels::distance(q.vector, &v)))
-                .collect();
+            // Refined scores by the expanded query; the distance shown is
+            // the raw one.
             let hits = scored
                 .into_iter()
-                .filter_map(|(id, score)| {
-                    let d = *raw.get(&id)?;
+                .filter_map(|(id, score, d)| {
                     (d <= max_dist).then(|| self.admitted_hit(q, id, d, score))?
                 })
                 .collect();
@@ -228,14 +221,16 @@ impl MemIndex {
 
     /// Refined ranking in compact storage: alpha query expansion over the
     /// exact raw vectors of the query's nearest images, then the expanded
-    /// query ranks (there are no augmented copies). (id, score), best
-    /// first, the nearest image by distance kept first.
+    /// query ranks (there are no augmented copies). (id, score, raw
+    /// distance to the query), best first, the nearest image by distance
+    /// kept first. The distances come from the vectors the ranking read:
+    /// the hits cost no second read of the database.
     fn refined_compact(
         &self,
         q: &Query<'_>,
         rule: ProbeRule,
         source: &dyn VectorSource,
-    ) -> Result<(Vec<(u64, f32)>, Stats), String> {
+    ) -> Result<(Vec<(u64, f32, f32)>, Stats), String> {
         let r = self.refine;
         let (cands, mut stats) = self.shortlist(q, q.vector, q.top_k.max(r.qe_k), rule, source);
         let mut vecs = fetch_map(source, &cands)?;
@@ -263,14 +258,21 @@ impl MemIndex {
             .copied()
             .collect();
         vecs.extend(fetch_map(source, &missing)?);
-        let mut ranked: Vec<(u64, f32)> = second
+        let scored = |id: u64, v: &[f32]| {
+            (
+                id,
+                kernels::dot(&expanded, v),
+                kernels::distance(q.vector, v),
+            )
+        };
+        let mut ranked: Vec<(u64, f32, f32)> = second
             .iter()
-            .filter_map(|c| Some((c.id, kernels::dot(&expanded, vecs.get(&c.id)?))))
+            .filter_map(|c| Some(scored(c.id, vecs.get(&c.id)?)))
             .collect();
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         if let Some(&(first, _)) = near.first() {
             ranked.retain(|c| c.0 != first);
-            ranked.insert(0, (first, kernels::dot(&expanded, &vecs[&first])));
+            ranked.insert(0, scored(first, &vecs[&first]));
         }
         Ok((ranked, stats))
     }

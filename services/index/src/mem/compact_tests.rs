@@ -14,6 +14,8 @@ use crate::kernels;
 struct Exact {
     vecs: HashMap<u64, Vec<f32>>,
     fetched: AtomicUsize,
+    /// Reads (queries, in the service), whatever their length.
+    reads: AtomicUsize,
     scans: AtomicUsize,
 }
 
@@ -22,6 +24,7 @@ impl Exact {
         Self {
             vecs: entries.iter().map(|e| (e.id, e.feature.clone())).collect(),
             fetched: AtomicUsize::new(0),
+            reads: AtomicUsize::new(0),
             scans: AtomicUsize::new(0),
         }
     }
@@ -30,6 +33,7 @@ impl Exact {
 impl VectorSource for Exact {
     fn fetch(&self, ids: &[u64]) -> Result<Vec<(u64, Vec<f32>)>, String> {
         self.fetched.fetch_add(ids.len(), Ordering::SeqCst);
+        self.reads.fetch_add(1, Ordering::SeqCst);
         Ok(ids
             .iter()
             .filter_map(|id| Some((*id, self.vecs.get(id)?.clone())))
@@ -195,6 +199,8 @@ fn refined_in_compact_storage_expands_the_query_over_exact_vectors() {
                 &src,
             )
             .unwrap();
+        let before = src.fetched.load(Ordering::SeqCst);
+        let reads = src.reads.load(Ordering::SeqCst);
         let (refined, _) = compact
             .search_with(
                 &q(&v, Mode::Refined, Some(e.class)),
@@ -202,6 +208,13 @@ fn refined_in_compact_storage_expands_the_query_over_exact_vectors() {
                 &src,
             )
             .unwrap();
+        // Two short lists (the query's, the expanded query's) of 10 + 32
+        // each, the second's overlap with the first not read again; the
+        // hits' raw distances come from what was read.
+        let read = src.fetched.load(Ordering::SeqCst) - before;
+        assert!(read <= 2 * (10 + 32), "refined read {read} vectors");
+        let reads = src.reads.load(Ordering::SeqCst) - reads;
+        assert_eq!(reads, 2, "one read per short list, none for the hits");
         assert_eq!(refined.len(), 10);
         assert_eq!(refined[0].id, probe[0].id, "the nearest image stays first");
         for h in &refined {

@@ -53,7 +53,10 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
         println!("reusing {}", path.display());
     }
     let rss_before = proc_status("VmRSS:");
-    let store = cbir_index::Store::connect(&url, 4).await?;
+    // The service's own pool size: a short list is read over that many
+    // connections at once.
+    let store =
+        cbir_index::Store::connect(&url, cbir_index::Config::default().max_connections).await?;
     let t = Instant::now();
     let index = cbir_index::Index::open(
         store.clone(),
