@@ -10,13 +10,13 @@
 #                                       into dist/gpu/ (carry that folder)
 #   scripts/bench_gpu.sh run [SECONDS]  there: uses the machine's own torch
 #                                       (its torch/lib on LD_LIBRARY_PATH)
+#   scripts/bench_gpu.sh check          syntax and arguments only (CI)
 #
 # The bench feeds the network real JPEGs: CBIR_SHARED_DATA names a folder
 # holding imagenet-sample-300/ (labels.csv and the images it lists; a few
 # dozen are enough), since ../shared/data does not travel to that machine.
 # Copy them, and the TRAIN_DIR images, into a git-ignored folder that the
 # run carries (.git/info/exclude); never commit them.
-#   scripts/bench_gpu.sh check          syntax and arguments only (CI)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -446,7 +446,7 @@ fn next_batch(shared: &Shared) -> Option<Vec<Item>> {
 fn warm_up(shared: &Shared, backend: &mut dyn Backend) {
     let started = Instant::now();
     match backend.warm_up(shared.cfg.max_batch_size) {
-        Ok(()) => tracing::info!(
+        Ok(()) => tracing::debug!(
             took_ms = started.elapsed().as_millis() as u64,
             "model instance warmed up"
         ),
