@@ -2,8 +2,9 @@
 # The GPU benchmark: the network alone on CUDA, batch 1 to 256, in f32,
 # bf16 and f16 on tch, and on ONNX Runtime's TensorRT / CUDA providers when
 # the machine has an onnxruntime-gpu library. Prints one Markdown table
-# (docs/BENCHMARKS.md, "GPU"). With TRAIN_DIR set (a folder-per-class image
-# set), it then fine-tunes on it on CUDA with train-folder and prints its log.
+# (docs/BENCHMARKS.md, "GPU"), then the service's gRPC rows in bf16 and
+# f32. With TRAIN_DIR set (a folder-per-class image set), it then
+# fine-tunes on it on CUDA with train-folder and prints its log.
 #
 # Two steps, because the GPU machine is lent for minutes and has no cargo:
 #   scripts/bench_gpu.sh build          here: CUDA build of inference-bench
@@ -76,6 +77,14 @@ PY
     else
       echo "bench_gpu: no onnxruntime package here; ONNX Runtime rows skipped" >&2
     fi
+    # The service through gRPC (JPEG decode included), batching on and off,
+    # 1/4/16 clients: what the batcher's CUDA warm-up is for.
+    for dtype in bf16 f32; do
+      "$bench" --weights "$weights" --device cuda --backends tch --dtype "$dtype" \
+        --batch-sizes 32 --unfused-batch-sizes 0 --seconds "$seconds" | grep '^| gRPC' \
+        | sed "s/^| gRPC EmbedImage (auto)/| gRPC EmbedImage ($dtype)/" \
+        || echo "| gRPC $dtype | failed | | | |"
+    done
     if [[ -n "${TRAIN_DIR:-}" ]]; then
       echo "bench_gpu: fine-tuning on $TRAIN_DIR (CUDA, f32)"
       "$OUT_DIR/train-folder" "$TRAIN_DIR" --weights "$weights" --epochs "${TRAIN_EPOCHS:-3}" \
