@@ -230,7 +230,7 @@ impl MemIndex {
         q: &Query<'_>,
         rule: ProbeRule,
         source: &dyn VectorSource,
-    ) -> Result<(Vec<(u64, f32, f32)>, Stats), String> {
+    ) -> Result<(Vec<Scored>, Stats), String> {
         let r = self.refine;
         let (cands, mut stats) = self.shortlist(q, q.vector, q.top_k.max(r.qe_k), rule, source);
         let mut vecs = fetch_map(source, &cands)?;
@@ -265,7 +265,7 @@ impl MemIndex {
                 kernels::distance(q.vector, v),
             )
         };
-        let mut ranked: Vec<(u64, f32, f32)> = second
+        let mut ranked: Vec<Scored> = second
             .iter()
             .filter_map(|c| Some(scored(c.id, vecs.get(&c.id)?)))
             .collect();
@@ -277,6 +277,10 @@ impl MemIndex {
         Ok((ranked, stats))
     }
 }
+
+/// A refined hit: (id, score by the expanded query, raw distance to the
+/// query).
+type Scored = (u64, f32, f32);
 
 /// The source's vectors of `cands`, by id.
 fn fetch_map(source: &dyn VectorSource, cands: &[Cand]) -> Result<HashMap<u64, Vec<f32>>, String> {

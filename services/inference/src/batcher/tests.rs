@@ -315,11 +315,15 @@ fn requests_whose_callers_have_gone_are_not_computed() {
     assert_eq!(b.stats().images, 3);
 }
 
+/// What a [`ThreadProbe`] saw: (warm or infer, its tag, the thread, the
+/// batch size or the warm-up's largest batch).
+type Seen = Arc<Mutex<Vec<(&'static str, f32, std::thread::ThreadId, usize)>>>;
+
 /// Records on which thread it was warmed up and ran (libtorch keeps cuDNN
 /// plans per thread: a warm-up elsewhere would not count).
 struct ThreadProbe {
     tag: f32,
-    seen: Arc<Mutex<Vec<(&'static str, f32, std::thread::ThreadId, usize)>>>,
+    seen: Seen,
 }
 
 impl Backend for ThreadProbe {
