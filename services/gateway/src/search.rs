@@ -116,6 +116,9 @@ pub(crate) fn index_request(c: &Checked, q: &Resolved) -> Result<pb::IndexSearch
         model: q.model.clone(),
         filter: c.filter.clone(),
         offset: c.offset,
+        // Set by the sharded merge (sharded.rs) where it asks for them.
+        expansion_only: false,
+        expansion: Vec::new(),
     })
 }
 

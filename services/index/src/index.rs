@@ -16,7 +16,7 @@ mod transfer;
 mod write;
 
 use crate::error::{Error, Result};
-use crate::mem::{Filter, Hit, MemIndex, Mode, ProbeRule, Refine, Stats, Storage};
+use crate::mem::{Expansion, Filter, Hit, MemIndex, Mode, ProbeRule, Refine, Stats, Storage, Term};
 use crate::store::{CollectionRow, Store, StoredImage};
 pub use cbir_common::shard::Shard;
 
@@ -158,6 +158,10 @@ pub struct SearchRequest {
     /// Best hits to skip (paging): the answer is hits offset..offset+top_k
     /// of the whole ranking.
     pub offset: usize,
+    /// Where a refined search takes the images that expand its query: its
+    /// own, or on a sharded index those every shard found (the gateway
+    /// gathers them first).
+    pub expansion: Expansion,
 }
 
 pub struct SearchResult {
@@ -167,6 +171,10 @@ pub struct SearchResult {
     pub stats: Stats,
     pub mode: Mode,
     pub took_us: u64,
+    /// The expansion terms a refined search asked only for them answers.
+    pub terms: Vec<Term>,
+    /// The number of terms that expand a query here (`refined.qe_k`).
+    pub expansion_k: usize,
 }
 
 pub struct PartitionStat {

@@ -176,6 +176,7 @@ pub async fn serve(
         mem::ProbeRule {
             min_partitions: cfg.probe.min_partitions,
             patience: cfg.probe.patience,
+            ..Default::default()
         },
         cfg.refined.params(),
         index::Layout {

@@ -4,6 +4,7 @@
 
 mod cell;
 mod compact;
+mod expand;
 mod filter;
 mod meta;
 mod refine;
@@ -14,10 +15,13 @@ use std::collections::HashMap;
 
 pub use cell::Cell;
 pub use compact::{ScanBatch, Shortlists, VectorSource};
+pub use expand::{best_terms, terms_wanted, Expansion, Term};
 pub use filter::Filter;
 pub use meta::Meta;
 pub use refine::{Augmented, Refine, RefineState};
 use split::nearest;
+
+use crate::kernels;
 
 /// One vector to add; `feature` must already be unit length.
 #[derive(Debug, Clone)]
@@ -36,12 +40,16 @@ const SPLIT_MIN: usize = 8192;
 const CELL_TARGET: usize = 2048;
 
 /// Per-class bookkeeping: the k-means centroids new vectors are assigned
-/// by, once the class was split.
+/// by, once the class was split, and the class's own centroid (int8 code
+/// and scale; empty until its first refresh) that chooses which classes'
+/// cells a probe of many cells ranks.
 #[derive(Debug, Default)]
 struct ClassInfo {
     count: usize,
     lists: Vec<Vec<f32>>,
     split_at: usize,
+    centroid_code: Vec<i8>,
+    centroid_scale: f32,
 }
 
 /// New cells for one class: computed without the write lock.
@@ -114,6 +122,15 @@ pub struct Hit {
     pub meta: Meta,
 }
 
+/// A search's answer: its hits, what it scanned, and for a refined
+/// search asked for them ([`Expansion::TermsOnly`]) its expansion terms.
+#[derive(Debug, Clone, Default)]
+pub struct Searched {
+    pub hits: Vec<Hit>,
+    pub stats: Stats,
+    pub terms: Vec<Term>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
     pub partitions_searched: u32,
@@ -124,11 +141,14 @@ pub struct Stats {
 
 /// The probe stopping rule: after at least `min_partitions` cells, stop
 /// once `patience` cells in a row, taken in order of promise, changed
-/// nothing in the top k.
+/// nothing in the top k. With `class_first_cells` cells or more (0:
+/// never), the order of promise ranks classes before cells
+/// (`MemIndex::probe_order`).
 #[derive(Debug, Clone, Copy)]
 pub struct ProbeRule {
     pub min_partitions: usize,
     pub patience: usize,
+    pub class_first_cells: usize,
 }
 
 impl Default for ProbeRule {
@@ -136,6 +156,7 @@ impl Default for ProbeRule {
         Self {
             min_partitions: 2,
             patience: 3,
+            class_first_cells: search::CLASS_FIRST_MIN_CELLS,
         }
     }
 }
@@ -380,9 +401,20 @@ impl MemIndex {
         let mut dirty = std::mem::take(&mut self.dirty);
         dirty.sort_unstable();
         dirty.dedup();
+        let dims = self.dims;
         for class in dirty {
+            let mut sum = vec![0f32; dims];
             for (_, c) in self.cells.iter_mut().filter(|((k, _), _)| *k == class) {
                 c.refresh_centroid();
+                for (s, x) in sum.iter_mut().zip(&c.sum) {
+                    *s += x;
+                }
+            }
+            if let Some(info) = self.classes.get_mut(&class) {
+                info.centroid_code.clear();
+                if kernels::normalize(&mut sum) {
+                    info.centroid_scale = kernels::quantize(&sum, &mut info.centroid_code);
+                }
             }
         }
     }
@@ -442,3 +474,9 @@ mod refine_tests;
 
 #[cfg(test)]
 mod compact_tests;
+
+#[cfg(test)]
+mod probe_tests;
+
+#[cfg(test)]
+mod expand_tests;

@@ -144,9 +144,13 @@ impl Generator {
     }
 }
 
+/// The nearest-rank percentile: the smallest value at least a share `p`
+/// of the samples are at or below (of 100, p99 is the 99th, not the
+/// largest).
 fn pct(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
+    let rank = (v.len() as f64 * p).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
 }
 
 fn main() -> anyhow::Result<()> {

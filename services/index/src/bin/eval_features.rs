@@ -76,6 +76,7 @@ fn main() -> anyhow::Result<()> {
     let rule = ProbeRule {
         min_partitions: args.min_partitions,
         patience: args.patience,
+        ..ProbeRule::default()
     };
     idx.mark_all_stale();
     let started = std::time::Instant::now();

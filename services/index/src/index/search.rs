@@ -7,7 +7,9 @@ use futures::StreamExt;
 use super::{Index, SearchRequest, SearchResult};
 use crate::error::{Error, Result};
 use crate::kernels;
-use crate::mem::{Filter, Mode, Query, ScanBatch, Shortlists, VectorSource};
+use crate::mem::{
+    Expansion, Filter, Mode, Query, ScanBatch, Searched, Shortlists, Term, VectorSource,
+};
 use crate::store::Store;
 
 /// The database as the source of exact vectors for compact storage.
@@ -67,6 +69,10 @@ struct Prefetched<'a> {
     /// The first attempt's rankings, which the second reuses.
     shortlists: Shortlists,
 }
+
+/// The most expansion terms a search takes: `refined.qe_k` is at most
+/// 100, and a shard answers at least one term.
+const MAX_TERMS: usize = 100;
 
 /// What the first attempt answers when it needs vectors not fetched yet.
 const NOT_FETCHED: &str = "vectors not fetched yet";
@@ -180,6 +186,17 @@ impl Index {
                 "partition mode needs the query's predicted class".into(),
             ));
         }
+        let expansion = match req.expansion {
+            // A search that does not rank refined answers as usual: the
+            // gateway merges its hits.
+            Expansion::TermsOnly if mode != Mode::Refined => Expansion::Own,
+            Expansion::Given(terms) => {
+                self.check_terms(&terms, mode, coll.row.dims as usize)?;
+                Expansion::Given(terms)
+            }
+            e => e,
+        };
+        let expansion_k = self.refine.qe_k;
         let rule = self.probe;
         let (top_k, offset, min_similarity, predicted_class, exclude_id, filter) = (
             req.top_k,
@@ -216,15 +233,24 @@ impl Index {
                 filter: &filter,
             };
             let mut pre = Prefetched::new(&source);
-            let first = coll.mem.read().search_with(&query, rule, &pre);
+            let search = |pre: &Prefetched<'_>| {
+                coll.mem
+                    .read()
+                    .search_expanding(&query, rule, pre, &expansion)
+            };
+            let first = search(&pre);
             let found = match first {
                 Err(e) if e == NOT_FETCHED => pre.fetch_missing().and_then(|()| {
                     pre.read_missing = true;
-                    coll.mem.read().search_with(&query, rule, &pre)
+                    search(&pre)
                 }),
                 r => r,
             };
-            let (mut hits, stats) = found.map_err(|e| {
+            let Searched {
+                mut hits,
+                stats,
+                terms,
+            } = found.map_err(|e| {
                 Error::Unavailable(format!(
                     "reading the exact vectors of a compact collection from the database failed: {e}; retry once the database is reachable"
                 ))
@@ -240,6 +266,8 @@ impl Index {
                 stats,
                 mode,
                 took_us: started.elapsed().as_micros() as u64,
+                terms,
+                expansion_k,
             })
         })
         .await
@@ -268,6 +296,39 @@ impl Index {
             return Err(Error::InvalidArgument(format!(
                 "a batch holds at most {} queries (limits.max_batch_queries), got {n}: split it",
                 self.limits.max_batch_queries
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuses expansion terms a refined search here could not have sent:
+    /// more than any shard answers, or vectors of another size.
+    fn check_terms(&self, terms: &[Term], mode: Mode, dims: usize) -> Result<()> {
+        if mode != Mode::Refined {
+            return Err(Error::InvalidArgument(format!(
+                "expansion terms are for refined searches, this one is {mode:?}: leave them out"
+            )));
+        }
+        if terms.len() > MAX_TERMS {
+            return Err(Error::InvalidArgument(format!(
+                "a refined search takes at most {MAX_TERMS} expansion terms, got {}",
+                terms.len()
+            )));
+        }
+        let bad = terms.iter().find(|t| {
+            let sound = t.vector.len() == dims
+                && t.rank.is_finite()
+                && t.weight.is_finite()
+                && t.weight >= 0.0
+                && t.vector.iter().all(|x| x.is_finite());
+            !sound
+        });
+        if let Some(t) = bad {
+            return Err(Error::InvalidArgument(format!(
+                "expansion term {} needs a finite rank, a finite weight of 0 or more and a \
+                 finite vector of {dims} dimensions (it has {})",
+                t.id,
+                t.vector.len()
             )));
         }
         Ok(())

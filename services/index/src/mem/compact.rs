@@ -3,8 +3,11 @@
 
 use std::collections::HashMap;
 
+use super::expand::expand;
 use super::search::{Cand, Space, TopK};
-use super::{Hit, MemIndex, Mode, ProbeRule, Query, Stats};
+use super::{
+    terms_wanted, Expansion, Hit, MemIndex, Mode, ProbeRule, Query, Searched, Stats, Term,
+};
 use crate::kernels::{self, similarity};
 
 /// Receives every (id, vector) of [`VectorSource::scan`], borrowed: a scan
@@ -93,14 +96,15 @@ impl MemIndex {
         q: &Query<'_>,
         rule: ProbeRule,
         source: &dyn VectorSource,
-    ) -> Result<(Vec<Hit>, Stats), String> {
+        expansion: &Expansion,
+    ) -> Result<Searched, String> {
         let max_dist = if q.min_similarity > 0.0 {
             1.0 / q.min_similarity - 1.0
         } else {
             f32::INFINITY
         };
         if q.mode == Mode::Refined {
-            let (mut scored, stats) = self.refined_compact(q, rule, source)?;
+            let (mut scored, stats, terms) = self.refined_compact(q, rule, source, expansion)?;
             scored.truncate(q.top_k);
             // Refined scores by the expanded query; the distance shown is
             // the raw one.
@@ -110,7 +114,7 @@ impl MemIndex {
                     (d <= max_dist).then(|| self.admitted_hit(q, id, d, score))?
                 })
                 .collect();
-            return Ok((hits, stats));
+            return Ok(Searched { hits, stats, terms });
         }
         let (mut near, stats) = if q.mode == Mode::Exact {
             self.exact_from(q, source)?
@@ -131,7 +135,11 @@ impl MemIndex {
                 (d <= max_dist).then(|| self.admitted_hit(q, id, d, similarity(d)))?
             })
             .collect();
-        Ok((hits, stats))
+        Ok(Searched {
+            hits,
+            stats,
+            terms: Vec::new(),
+        })
     }
 
     /// The hit of `id` if the filter still admits it: a reused short list
@@ -223,32 +231,45 @@ impl MemIndex {
     /// exact raw vectors of the query's nearest images, then the expanded
     /// query ranks (there are no augmented copies). (id, score, raw
     /// distance to the query), best first, the nearest image by distance
-    /// kept first. The distances come from the vectors the ranking read:
-    /// the hits cost no second read of the database.
+    /// kept first, and the terms when `expansion` asks only for them. The
+    /// distances come from the vectors the ranking read: the hits cost no
+    /// second read of the database.
     fn refined_compact(
         &self,
         q: &Query<'_>,
         rule: ProbeRule,
         source: &dyn VectorSource,
-    ) -> Result<(Vec<Scored>, Stats), String> {
+        expansion: &Expansion,
+    ) -> Result<(Vec<Scored>, Stats, Vec<Term>), String> {
         let r = self.refine;
-        let (cands, mut stats) = self.shortlist(q, q.vector, q.top_k.max(r.qe_k), rule, source);
-        let mut vecs = fetch_map(source, &cands)?;
-        let mut near: Vec<(u64, f32)> = cands
-            .iter()
-            .filter_map(|c| Some((c.id, kernels::dot(q.vector, vecs.get(&c.id)?))))
-            .collect();
-        near.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        let mut expanded = q.vector.to_vec();
-        for &(id, dot) in near.iter().take(r.qe_k) {
-            let w = dot.max(0.0).powf(r.qe_alpha);
-            for (e, x) in expanded.iter_mut().zip(&vecs[&id]) {
-                *e += w * x;
+        let (own, mut stats, mut vecs) = match expansion.given() {
+            Some(_) => (Vec::new(), self.no_stats(), HashMap::new()),
+            None => {
+                let (cands, stats) = self.shortlist(q, q.vector, q.top_k.max(r.qe_k), rule, source);
+                let vecs = fetch_map(source, &cands)?;
+                let mut near: Vec<(u64, f32)> = cands
+                    .iter()
+                    .filter_map(|c| Some((c.id, kernels::dot(q.vector, vecs.get(&c.id)?))))
+                    .collect();
+                near.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                let terms = near
+                    .iter()
+                    .take(terms_wanted(r.qe_k))
+                    .map(|&(id, dot)| Term {
+                        id,
+                        rank: -dot,
+                        weight: dot.max(0.0).powf(r.qe_alpha),
+                        vector: vecs[&id].clone(),
+                    })
+                    .collect();
+                (terms, stats, vecs)
             }
+        };
+        if *expansion == Expansion::TermsOnly {
+            return Ok((Vec::new(), stats, own));
         }
-        if !kernels::normalize(&mut expanded) {
-            expanded.copy_from_slice(q.vector);
-        }
+        let terms = expansion.given().unwrap_or(&own);
+        let expanded = expand(q.vector, terms, r.qe_k);
         let (second, s2) = self.shortlist(q, &expanded, q.top_k, rule, source);
         stats.vectors_scanned += s2.vectors_scanned;
         stats.partitions_searched = stats.partitions_searched.max(s2.partitions_searched);
@@ -270,11 +291,16 @@ impl MemIndex {
             .filter_map(|c| Some(scored(c.id, vecs.get(&c.id)?)))
             .collect();
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        if let Some(&(first, _)) = near.first() {
-            ranked.retain(|c| c.0 != first);
-            ranked.insert(0, scored(first, &vecs[&first]));
+        // The nearest image stays first; with terms from every shard, only
+        // the shard holding it puts it there (a term's vector is its raw
+        // vector here).
+        if let Some(nearest) = terms.first() {
+            ranked.retain(|c| c.0 != nearest.id);
+            if self.locate.contains_key(&nearest.id) {
+                ranked.insert(0, scored(nearest.id, &nearest.vector));
+            }
         }
-        Ok((ranked, stats))
+        Ok((ranked, stats, Vec::new()))
     }
 }
 

@@ -11,7 +11,7 @@ use crate::kernels;
 
 /// Exact vectors by id, counting what searches read, as the database does
 /// in the service.
-struct Exact {
+pub(super) struct Exact {
     vecs: HashMap<u64, Vec<f32>>,
     fetched: AtomicUsize,
     /// Reads (queries, in the service), whatever their length.
@@ -20,7 +20,7 @@ struct Exact {
 }
 
 impl Exact {
-    fn new(entries: &[Entry]) -> Self {
+    pub(super) fn new(entries: &[Entry]) -> Self {
         Self {
             vecs: entries.iter().map(|e| (e.id, e.feature.clone())).collect(),
             fetched: AtomicUsize::new(0),

@@ -39,6 +39,7 @@ fn unit(rng: &mut StdRng, centre: Option<&[f32]>, noise: f32) -> Vec<f32> {
 const ALL: ProbeRule = ProbeRule {
     min_partitions: usize::MAX,
     patience: usize::MAX,
+    class_first_cells: 0,
 };
 
 fn index(entries: &[Entry]) -> MemIndex {

@@ -2,14 +2,35 @@
 //! cells in order of promise until the top k stops changing.
 
 use std::cmp::Ordering;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashSet};
 
 use super::compact::{Decoded, VectorSource};
-use super::{Cell, Hit, MemIndex, Mode, ProbeRule, Query, Stats};
+use super::expand::expand;
+use super::{
+    terms_wanted, Cell, Expansion, Hit, MemIndex, Mode, ProbeRule, Query, Searched, Stats, Term,
+};
 use crate::kernels::{self, distance_from_dot, similarity};
 
 /// Total vectors above which an exact search is split over two threads.
 const PARALLEL_MIN: usize = 200_000;
+
+/// Cells from which on a probe ranks classes before cells (the default of
+/// `ProbeRule::class_first_cells`); about 2M vectors.
+pub(super) const CLASS_FIRST_MIN_CELLS: usize = 1024;
+/// The share of all cells (1 / this) whose classes a probe ranks cell by
+/// cell when it ranks classes first.
+const CLASS_FIRST_SHARE: usize = 8;
+
+/// Each cell with its centroid's similarity to the query (codes).
+fn by_centroid<'a>(cells: Vec<&'a Cell>, qc: (&[i8], f32)) -> Vec<(f32, &'a Cell)> {
+    cells.into_iter().map(|c| (c.centroid_dot(qc), c)).collect()
+}
+
+/// Cells most promising first (ties by class, for the same order on
+/// every run).
+fn by_promise(cells: &mut [(f32, &Cell)]) {
+    cells.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.class.cmp(&b.1.class)));
+}
 
 /// Which copy of the vectors a scan ranks by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,13 +218,35 @@ impl MemIndex {
         rule: ProbeRule,
         source: &dyn VectorSource,
     ) -> Result<(Vec<Hit>, Stats), String> {
-        if self.compact() {
-            return self.search_compact(q, rule, source);
-        }
-        Ok(self.search_full(q, rule))
+        self.search_expanding(q, rule, source, &Expansion::Own)
+            .map(|s| (s.hits, s.stats))
     }
 
-    fn search_full(&self, q: &Query<'_>, rule: ProbeRule) -> (Vec<Hit>, Stats) {
+    /// `search_with`, a refined search expanding its query as `expansion`
+    /// says (the other modes ignore it).
+    pub fn search_expanding(
+        &self,
+        q: &Query<'_>,
+        rule: ProbeRule,
+        source: &dyn VectorSource,
+        expansion: &Expansion,
+    ) -> Result<Searched, String> {
+        if self.compact() {
+            return self.search_compact(q, rule, source, expansion);
+        }
+        Ok(self.search_full(q, rule, expansion))
+    }
+
+    /// What a search scanned before it scanned anything.
+    pub(super) fn no_stats(&self) -> Stats {
+        Stats {
+            partitions_total: self.classes.len() as u32,
+            vectors_total: self.len() as u64,
+            ..Stats::default()
+        }
+    }
+
+    fn search_full(&self, q: &Query<'_>, rule: ProbeRule, expansion: &Expansion) -> Searched {
         if q.mode != Mode::Refined {
             let (cands, stats) = self.ranked(q, rule, Space::Raw);
             let mut hits: Vec<Hit> = cands
@@ -217,34 +260,26 @@ impl MemIndex {
             // The exact distances may swap neighbours the dot ranked within
             // its rounding.
             hits.sort_by(|a, b| a.distance.total_cmp(&b.distance).then(a.id.cmp(&b.id)));
-            return (hits, stats);
+            return Searched {
+                hits,
+                stats,
+                terms: Vec::new(),
+            };
         }
         let r = self.refine;
-        // Pass 1, raw vectors, as a probe search for the same results: the
-        // nearest image by distance, and the neighbours that expand the
-        // query (the images the filter admits: a filtered search expands
-        // within what it may return).
-        let first = Query {
-            mode: Mode::Probe,
-            top_k: q.top_k.max(r.qe_k),
-            min_similarity: 0.0,
-            ..q.clone()
+        let (own, mut stats) = match expansion.given() {
+            Some(_) => (Vec::new(), self.no_stats()),
+            None => self.terms_full(q, rule),
         };
-        let (near, mut stats) = self.ranked(&first, rule, Space::Raw);
-        let mut expanded = q.vector.to_vec();
-        for c in near.iter().take(r.qe_k) {
-            let Some(cell) = self.cells.get(&self.cell_key(c.id)) else {
-                continue;
+        if *expansion == Expansion::TermsOnly {
+            return Searched {
+                hits: Vec::new(),
+                stats,
+                terms: own,
             };
-            let a = cell.augmented(c.slot);
-            let w = kernels::dot(q.vector, a).max(0.0).powf(r.qe_alpha);
-            for (e, x) in expanded.iter_mut().zip(a) {
-                *e += w * x;
-            }
         }
-        if !kernels::normalize(&mut expanded) {
-            expanded.copy_from_slice(q.vector);
-        }
+        let terms = expansion.given().unwrap_or(&own);
+        let expanded = expand(q.vector, terms, r.qe_k);
         // Pass 2: the expanded query against the augmented vectors.
         let second = Query {
             vector: &expanded,
@@ -258,21 +293,24 @@ impl MemIndex {
         // The nearest image by distance stays first: expansion lifts the
         // many images like the query's neighbours, but the one closest to
         // the query itself is the best single answer (P@1 stays probe's).
-        if let Some(first) = near.first() {
-            ranked.retain(|c| c.id != first.id);
-            let score = self
-                .cells
-                .get(&self.cell_key(first.id))
-                .map_or(0.0, |cell| {
-                    kernels::dot(&expanded, cell.augmented(first.slot))
-                });
-            ranked.insert(
-                0,
-                Cand {
-                    dist: distance_from_dot(score),
-                    ..*first
-                },
-            );
+        // With terms from every shard, only the shard holding it puts it
+        // first.
+        if let Some(nearest) = terms.first() {
+            ranked.retain(|c| c.id != nearest.id);
+            if let Some(&(class, list, slot)) = self.locate.get(&nearest.id) {
+                if let Some(cell) = self.cells.get(&(class, list)) {
+                    let score = kernels::dot(&expanded, cell.augmented(slot));
+                    ranked.insert(
+                        0,
+                        Cand {
+                            dist: distance_from_dot(score),
+                            id: nearest.id,
+                            class,
+                            slot,
+                        },
+                    );
+                }
+            }
             ranked.truncate(q.top_k);
         }
         let max_dist = if q.min_similarity > 0.0 {
@@ -290,7 +328,42 @@ impl MemIndex {
                     .then(|| self.hit(c.id, raw, kernels::dot_from_distance(c.dist)))?
             })
             .collect();
-        (hits, stats)
+        Searched {
+            hits,
+            stats,
+            terms: Vec::new(),
+        }
+    }
+
+    /// Pass 1 of refined ranking, raw vectors, as a probe search for the
+    /// same results: the nearest image by distance, and the neighbours
+    /// that expand the query (the images the filter admits: a filtered
+    /// search expands within what it may return), with their augmented
+    /// vectors.
+    fn terms_full(&self, q: &Query<'_>, rule: ProbeRule) -> (Vec<Term>, Stats) {
+        let r = self.refine;
+        let first = Query {
+            mode: Mode::Probe,
+            top_k: q.top_k.max(r.qe_k),
+            min_similarity: 0.0,
+            ..q.clone()
+        };
+        let (near, stats) = self.ranked(&first, rule, Space::Raw);
+        let terms = near
+            .iter()
+            .take(terms_wanted(r.qe_k))
+            .filter_map(|c| {
+                let cell = self.cells.get(&self.cell_key(c.id))?;
+                let a = cell.augmented(c.slot);
+                Some(Term {
+                    id: c.id,
+                    rank: c.dist,
+                    weight: kernels::dot(q.vector, a).max(0.0).powf(r.qe_alpha),
+                    vector: a.to_vec(),
+                })
+            })
+            .collect();
+        (terms, stats)
     }
 
     fn cell_key(&self, id: u64) -> (i32, u32) {
@@ -310,6 +383,68 @@ impl MemIndex {
             partition: class,
             meta: cell.meta[slot].clone(),
         })
+    }
+
+    /// The cells a probe reads, most promising first: the query's own
+    /// class's nearest cell, then cells by the similarity of their
+    /// centroid to the query. With many cells (thousands at 10M) ranking
+    /// every centroid was a good part of a search: the classes are ranked
+    /// first by their own centroids, and only the cells of the most
+    /// promising classes (an eighth of all cells, at least a quarter of
+    /// `rule.class_first_cells`, always the query's own class) are ranked.
+    /// The others come back, unranked, for a search that has not settled
+    /// within those.
+    pub(super) fn probe_order<'a>(
+        &'a self,
+        q: &Query<'_>,
+        qc: (&[i8], f32),
+        rule: ProbeRule,
+    ) -> (Vec<(f32, &'a Cell)>, Vec<&'a Cell>) {
+        let (chosen, deferred) =
+            if rule.class_first_cells == 0 || self.cells.len() < rule.class_first_cells {
+                (self.cells.values().collect::<Vec<_>>(), Vec::new())
+            } else {
+                // At least a quarter of the threshold: 256 cells by default.
+                let budget = (self.cells.len() / CLASS_FIRST_SHARE).max(rule.class_first_cells / 4);
+                let mut classes: Vec<(f32, i32, usize)> = self
+                    .classes
+                    .iter()
+                    .map(|(&class, info)| {
+                        // A class not refreshed yet has no code: kept.
+                        let dot = if Some(class) == q.predicted_class
+                            || info.centroid_code.len() != qc.0.len()
+                        {
+                            f32::INFINITY
+                        } else {
+                            kernels::dot_i8(qc.0, &info.centroid_code) as f32
+                                * qc.1
+                                * info.centroid_scale
+                        };
+                        (dot, class, info.lists.len().max(1))
+                    })
+                    .collect();
+                classes.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+                let mut keep = HashSet::new();
+                let mut covered = 0;
+                for (_, class, cells) in classes {
+                    if covered >= budget {
+                        break;
+                    }
+                    keep.insert(class);
+                    covered += cells;
+                }
+                self.cells.values().partition(|c| keep.contains(&c.class))
+            };
+        let mut order = by_centroid(chosen, qc);
+        if let Some(best_own) = order
+            .iter_mut()
+            .filter(|(_, c)| Some(c.class) == q.predicted_class)
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+        {
+            best_own.0 = f32::INFINITY;
+        }
+        by_promise(&mut order);
+        (order, deferred)
     }
 
     /// The candidates nearest `q` in `space`, closest first (`q.mode` is
@@ -340,37 +475,27 @@ impl MemIndex {
         };
         let mut top = TopK::new(q.top_k, q.min_similarity);
         if q.mode != Mode::Exact && q.mode != Mode::Partition {
-            // Promise: the query's own class's nearest cell first, then cells
-            // by the similarity of their centroid to the query.
-            let mut order: Vec<(f32, &Cell)> = self
-                .cells
-                .values()
-                .map(|c| (c.centroid_dot(qc), c))
-                .collect();
-            if let Some(best_own) = order
-                .iter_mut()
-                .filter(|(_, c)| Some(c.class) == q.predicted_class)
-                .max_by(|a, b| a.0.total_cmp(&b.0))
-            {
-                best_own.0 = f32::INFINITY;
-            }
-            order.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.class.cmp(&b.1.class)));
+            // Cells by promise; cells of less promising classes only when
+            // those run out before the search settles.
+            let (order, deferred) = self.probe_order(q, qc, rule);
             // Cells without admitted entries change nothing, so "quiet"
             // alone would stop a filtered search before it found k: it
             // also waits until k admitted entries were seen.
-            let (mut quiet, mut admitted) = (0, 0u64);
-            for (i, (_, c)) in order.iter().enumerate() {
-                let scanned = self.scan(c, q, qc, &mut top, space);
+            let (mut quiet, mut admitted, mut seen) = (0, 0u64, 0usize);
+            let mut visit = |c: &Cell, top: &mut TopK| {
+                let scanned = self.scan(c, q, qc, top, space);
                 stats.vectors_scanned += c.len() as u64;
                 admitted += scanned.admitted;
                 touched.push(c.class);
+                seen += 1;
                 quiet = if scanned.changed { 0 } else { quiet + 1 };
-                if i + 1 >= rule.min_partitions
-                    && quiet >= rule.patience
-                    && admitted >= top.k as u64
-                {
-                    break;
-                }
+                seen >= rule.min_partitions && quiet >= rule.patience && admitted >= top.k as u64
+            };
+            let settled = order.iter().any(|(_, c)| visit(c, &mut top));
+            if !settled && !deferred.is_empty() {
+                let mut rest = by_centroid(deferred, qc);
+                by_promise(&mut rest);
+                let _ = rest.iter().any(|(_, c)| visit(c, &mut top));
             }
         } else {
             let total: usize = chosen.iter().map(|c| c.len()).sum();

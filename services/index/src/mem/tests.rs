@@ -4,12 +4,12 @@ use rand::{Rng, SeedableRng};
 use super::*;
 use crate::kernels;
 
-fn unit(rng: &mut StdRng, dims: usize, center: Option<&[f32]>) -> Vec<f32> {
+pub(super) fn unit(rng: &mut StdRng, dims: usize, center: Option<&[f32]>) -> Vec<f32> {
     noisy(rng, dims, center, 0.5)
 }
 
 /// `center` plus uniform noise of amplitude `noise` per dimension, normalised.
-fn noisy(rng: &mut StdRng, dims: usize, center: Option<&[f32]>, noise: f32) -> Vec<f32> {
+pub(super) fn noisy(rng: &mut StdRng, dims: usize, center: Option<&[f32]>, noise: f32) -> Vec<f32> {
     let mut v: Vec<f32> = (0..dims)
         .map(|i| center.map_or(0.0, |c| c[i]) + rng.random_range(-1.0..1.0f32) * noise)
         .collect();
@@ -32,7 +32,7 @@ pub(super) fn entry(id: u64, class: i32, feature: Vec<f32>) -> Entry {
     }
 }
 
-fn brute(entries: &[Entry], q: &[f32], k: usize) -> Vec<(u64, f32)> {
+pub(super) fn brute(entries: &[Entry], q: &[f32], k: usize) -> Vec<(u64, f32)> {
     let mut all: Vec<(u64, f32)> = entries
         .iter()
         .map(|e| {
@@ -59,7 +59,7 @@ static EVERYTHING: Filter = Filter {
     created_to_ms: 0,
 };
 
-fn query(v: &[f32], k: usize, mode: Mode) -> Query<'_> {
+pub(super) fn query(v: &[f32], k: usize, mode: Mode) -> Query<'_> {
     Query {
         vector: v,
         predicted_class: None,
@@ -73,7 +73,7 @@ fn query(v: &[f32], k: usize, mode: Mode) -> Query<'_> {
 
 /// Clustered data: `classes` centres, `per` vectors each, class = cluster;
 /// members have a cosine of about 0.8 to their centre.
-fn clustered(rng: &mut StdRng, dims: usize, classes: i32, per: usize) -> Vec<Entry> {
+pub(super) fn clustered(rng: &mut StdRng, dims: usize, classes: i32, per: usize) -> Vec<Entry> {
     let centres: Vec<Vec<f32>> = (0..classes).map(|_| unit(rng, dims, None)).collect();
     let noise = 0.7 / (dims as f32 / 3.0).sqrt();
     let mut out = Vec::new();

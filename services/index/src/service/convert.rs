@@ -4,7 +4,7 @@ use cbir_api::v1 as pb;
 use tonic::Status;
 
 use crate::index::{Collection, SearchRequest, SearchResult};
-use crate::mem::{Filter, Mode};
+use crate::mem::{Expansion, Filter, Mode, Term};
 use crate::store::{ImageFilter, Sort};
 
 pub(super) fn collection_msg(alias: &str, c: &Collection) -> pb::Collection {
@@ -95,7 +95,36 @@ pub(super) fn search_request(r: pb::IndexSearchRequest) -> Result<SearchRequest,
             created_to_ms: f.created_to_ms,
         },
         offset: r.offset as usize,
+        expansion: match (r.expansion_only, r.expansion.is_empty()) {
+            (true, true) => Expansion::TermsOnly,
+            (false, true) => Expansion::Own,
+            (false, false) => Expansion::Given(r.expansion.into_iter().map(term_from).collect()),
+            (true, false) => {
+                return Err(Status::invalid_argument(
+                    "a search asks for its expansion terms (expansion_only) or gives them \
+                     (expansion), not both",
+                ))
+            }
+        },
     })
+}
+
+fn term_from(t: pb::ExpansionTerm) -> Term {
+    Term {
+        id: t.id,
+        rank: t.rank,
+        weight: t.weight,
+        vector: t.vector,
+    }
+}
+
+fn term_to(t: Term) -> pb::ExpansionTerm {
+    pb::ExpansionTerm {
+        id: t.id,
+        rank: t.rank,
+        weight: t.weight,
+        vector: t.vector,
+    }
 }
 
 pub(super) fn search_response(res: SearchResult) -> pb::IndexSearchResponse {
@@ -126,6 +155,8 @@ pub(super) fn search_response(res: SearchResult) -> pb::IndexSearchResponse {
             took_us: res.took_us,
         }),
         mode: mode_to(res.mode) as i32,
+        expansion: res.terms.into_iter().map(term_to).collect(),
+        expansion_k: res.expansion_k as u32,
     }
 }
 
