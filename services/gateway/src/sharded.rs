@@ -6,7 +6,7 @@
 //! these is the plain call.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cbir_api::v1 as pb;
 
@@ -28,15 +28,35 @@ impl Gateway {
             let owner = self.index.owner(msg.predicted_class);
             return self.index_on(owner, "Search", timeout, msg, search).await;
         }
+        let started = Instant::now();
         let (top_k, offset) = (msg.top_k, msg.offset);
-        let answers = self
-            .index_each("Search", timeout, widened(msg), search)
+        let wide = widened(msg);
+        let first = self
+            .index_each("Search", timeout, asking_terms(wide.clone()), search)
             .await?;
-        Ok(merge_search(answers, top_k, offset))
+        let Some(terms) = expansion_of(&first) else {
+            return Ok(merge_search(first, top_k, offset, None));
+        };
+        // Refined: the second pass on every shard with the best terms of
+        // all, as one node holding every image expands the query.
+        let nearest = terms.first().map(|t| t.id);
+        let scanned = vectors_scanned(&first);
+        let second = pb::IndexSearchRequest {
+            expansion: terms,
+            ..wide
+        };
+        let left = time_left(timeout, started)?;
+        let answers = self.index_each("Search", left, second, search).await?;
+        let mut out = merge_search(answers, top_k, offset, nearest);
+        if let Some(s) = out.stats.as_mut() {
+            s.vectors_scanned += scanned;
+        }
+        Ok(out)
     }
 
-    /// Many searches over every shard, each merged on its own; a query one
-    /// shard refused fails with that shard's error.
+    /// Many searches over every shard, each merged on its own (refined
+    /// ones in two passes, like a single search); a query one shard
+    /// refused fails with that shard's error.
     pub(crate) async fn index_search_batch(
         &self,
         req: pb::IndexSearchBatchRequest,
@@ -46,32 +66,58 @@ impl Gateway {
         if !self.index.is_sharded() {
             return self.index_rpc("SearchBatch", timeout, req, batch).await;
         }
+        let started = Instant::now();
+        let n = req.queries.len();
         let pages: Vec<(u32, u32)> = req.queries.iter().map(|q| (q.top_k, q.offset)).collect();
-        let wide = pb::IndexSearchBatchRequest {
-            queries: req.queries.into_iter().map(widened).collect(),
+        let wide: Vec<pb::IndexSearchRequest> = req.queries.into_iter().map(widened).collect();
+        let ask = pb::IndexSearchBatchRequest {
+            queries: wide.iter().cloned().map(asking_terms).collect(),
         };
-        let answers = self.index_each("SearchBatch", timeout, wide, batch).await?;
-        let mut per_shard: Vec<_> = answers.into_iter().map(|a| a.items.into_iter()).collect();
-        let items = pages
+        let mut found = per_query(
+            self.index_each("SearchBatch", timeout, ask, batch).await?,
+            n,
+        );
+        let mut nearest = vec![None; n];
+        let mut scanned = vec![0; n];
+        let (mut again, mut second) = (Vec::new(), Vec::new());
+        for (i, (answers, q)) in found.iter().zip(wide).enumerate() {
+            let Some(terms) = answers.as_ref().ok().and_then(|a| expansion_of(a)) else {
+                continue;
+            };
+            nearest[i] = terms.first().map(|t| t.id);
+            scanned[i] = answers.as_ref().map_or(0, |a| vectors_scanned(a));
+            again.push(i);
+            second.push(pb::IndexSearchRequest {
+                expansion: terms,
+                ..q
+            });
+        }
+        if !second.is_empty() {
+            let wide = pb::IndexSearchBatchRequest { queries: second };
+            let left = time_left(timeout, started)?;
+            let answers = self.index_each("SearchBatch", left, wide, batch).await?;
+            for (i, a) in again.iter().zip(per_query(answers, again.len())) {
+                found[*i] = a;
+            }
+        }
+        let items = found
             .into_iter()
-            .map(|(top_k, offset)| {
-                let mut found = Vec::with_capacity(per_shard.len());
-                for shard in &mut per_shard {
-                    let item = shard.next().unwrap_or_default();
-                    match (item.response, item.error) {
-                        (_, Some(e)) => {
-                            return pb::IndexSearchBatchItem {
-                                response: None,
-                                error: Some(e),
-                            }
-                        }
-                        (Some(r), None) => found.push(r),
-                        (None, None) => {}
+            .zip(pages)
+            .enumerate()
+            .map(|(i, (answers, (top_k, offset)))| match answers {
+                Err(e) => pb::IndexSearchBatchItem {
+                    response: None,
+                    error: Some(e),
+                },
+                Ok(answers) => {
+                    let mut r = merge_search(answers, top_k, offset, nearest[i]);
+                    if let Some(s) = r.stats.as_mut() {
+                        s.vectors_scanned += scanned[i];
                     }
-                }
-                pb::IndexSearchBatchItem {
-                    response: Some(merge_search(found, top_k, offset)),
-                    error: None,
+                    pb::IndexSearchBatchItem {
+                        response: Some(r),
+                        error: None,
+                    }
                 }
             })
             .collect();
@@ -314,13 +360,91 @@ fn widened(mut q: pb::IndexSearchRequest) -> pb::IndexSearchRequest {
     q
 }
 
+/// What is left of a search's `timeout` for its second pass: both passes
+/// share the one deadline the caller gave.
+fn time_left(timeout: Duration, started: Instant) -> Result<Duration> {
+    let left = timeout.saturating_sub(started.elapsed());
+    if left.is_zero() {
+        return Err(Error::DeadlineExceeded {
+            service: crate::error::Upstream::Index,
+            detail: format!(
+                "a refined search over the shards took over {} ms before its second pass",
+                timeout.as_millis()
+            ),
+        });
+    }
+    Ok(left)
+}
+
+/// A search that may rank refined (its mode, or the shards' default)
+/// first asks every shard for its expansion terms; others are answered.
+fn asking_terms(mut q: pb::IndexSearchRequest) -> pb::IndexSearchRequest {
+    let mode = q.mode;
+    q.expansion_only =
+        mode == pb::SearchMode::Refined as i32 || mode == pb::SearchMode::Unspecified as i32;
+    q
+}
+
+/// The shards' terms ranked together, the best `expansion_k` (at least
+/// the nearest image); None when the shards ranked otherwise and answered
+/// their hits, when they found nothing, or when they answered refined
+/// hits without terms (versions before expansion across shards), all of
+/// which merge as they are.
+fn expansion_of(answers: &[pb::IndexSearchResponse]) -> Option<Vec<pb::ExpansionTerm>> {
+    let refined = answers
+        .iter()
+        .any(|a| a.ranked_by == pb::RankedBy::RefinedScore as i32);
+    let keep = answers.iter().map(|a| a.expansion_k).max()?.max(1) as usize;
+    let mut terms: Vec<pb::ExpansionTerm> = answers
+        .iter()
+        .flat_map(|a| a.expansion.iter().cloned())
+        .collect();
+    if !refined || terms.is_empty() {
+        return None;
+    }
+    terms.sort_by(|a, b| a.rank.total_cmp(&b.rank).then(a.id.cmp(&b.id)));
+    terms.dedup_by_key(|t| t.id);
+    terms.truncate(keep);
+    Some(terms)
+}
+
+fn vectors_scanned(answers: &[pb::IndexSearchResponse]) -> u64 {
+    answers
+        .iter()
+        .filter_map(|a| a.stats.as_ref())
+        .map(|s| s.vectors_scanned)
+        .sum()
+}
+
+/// The shards' batch answers, query by query: every shard's answer, or
+/// the first error a shard gave.
+fn per_query(
+    answers: Vec<pb::IndexSearchBatchResponse>,
+    n: usize,
+) -> Vec<std::result::Result<Vec<pb::IndexSearchResponse>, pb::ItemError>> {
+    let mut out: Vec<_> = (0..n).map(|_| Ok(Vec::new())).collect();
+    for shard in answers {
+        for (slot, item) in out.iter_mut().zip(shard.items) {
+            match (slot.as_mut(), item.response, item.error) {
+                (Err(_), ..) => {}
+                (Ok(_), _, Some(e)) => *slot = Err(e),
+                (Ok(found), Some(r), None) => found.push(r),
+                (Ok(_), None, None) => {}
+            }
+        }
+    }
+    out
+}
+
 /// The page `offset .. offset + top_k` of the shards' hits ranked together,
 /// as one node ranks them: by distance, or for refined ranking by score
-/// after the one image nearest to the query.
+/// after the one image nearest to the query (`nearest`, known from the
+/// expansion terms; else the nearest of the shards' first hits).
 pub(crate) fn merge_search(
     answers: Vec<pb::IndexSearchResponse>,
     top_k: u32,
     offset: u32,
+    nearest: Option<u64>,
 ) -> pb::IndexSearchResponse {
     let refined = answers
         .iter()
@@ -355,11 +479,12 @@ pub(crate) fn merge_search(
         a.distance.total_cmp(&b.distance).then(a.id.cmp(&b.id))
     };
     if refined {
-        let nearest = hits
-            .iter()
-            .filter(|h| firsts.contains(&h.id))
-            .min_by(|a, b| by_distance(a, b))
-            .map(|h| h.id);
+        let nearest = nearest.or_else(|| {
+            hits.iter()
+                .filter(|h| firsts.contains(&h.id))
+                .min_by(|a, b| by_distance(a, b))
+                .map(|h| h.id)
+        });
         hits.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| by_distance(a, b)));
         if let Some(pos) = nearest.and_then(|id| hits.iter().position(|h| h.id == id)) {
             let h = hits.remove(pos);

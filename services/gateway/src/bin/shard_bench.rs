@@ -26,7 +26,7 @@ struct Args {
     shards: Vec<String>,
     #[arg(long, default_value = "bench")]
     collection: String,
-    /// Queries of probe and partition mode.
+    /// Queries of probe, refined and partition mode.
     #[arg(long, default_value_t = 200)]
     queries: usize,
     /// Queries of exact mode (each reads every vector from the database).
@@ -161,6 +161,8 @@ async fn main() -> anyhow::Result<()> {
     for mode in [
         pb::SearchMode::Exact,
         pb::SearchMode::Probe,
+        // Two passes over the shards: expansion terms, then the ranking.
+        pb::SearchMode::Refined,
         pb::SearchMode::Partition,
     ] {
         let n = if mode == pb::SearchMode::Exact {
