@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use cbir_api::v1 as pb;
 
 use super::{
-    add, answers, client, compare, held_partitions, same, search, start_gateway, start_shard,
-    CLASSES, COLLECTION,
+    add, answers, client, compare, held_partitions, same, search, search_results, shard_config,
+    start_gateway, start_index, start_shard, CLASSES, COLLECTION,
 };
 use crate::system::{subset, System};
 
@@ -245,5 +245,83 @@ async fn three_shards_answer_like_one_node() {
     for s in shards {
         s.stop().await;
     }
+    sys.shutdown().await;
+}
+
+/// Refined ranking over shards expands each query with the nearest images
+/// of every shard: the gateway gathers each shard's expansion terms, then
+/// every shard ranks with the best of all. In compact storage (no
+/// augmented vectors, whose neighbours each shard finds among its own
+/// images), with a probe that reads every partition (its stopping rule
+/// runs per shard), three shards answer as one node, in refined mode and
+/// in the default mode, which is refined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refined_ranking_over_three_compact_shards_answers_like_one_node() {
+    let sys = System::start(|_| {}).await;
+    let files = subset("caltech101", &sys.dir.path().join("up"), CLASSES, 5);
+    let (stored, unseen) = files.split_at(40);
+    add(&sys.url(), stored).await;
+    let db = sys.index_database_url.clone();
+    let compact = |id, count| cbir_index::Config {
+        storage: cbir_index::mem::Storage::Compact,
+        probe: cbir_index::ProbeConfig {
+            min_partitions: 1000,
+            patience: 1000,
+        },
+        ..shard_config(&db, id, count)
+    };
+    let one = start_index(compact(0, 1)).await;
+    let mut shards = Vec::new();
+    for id in 0..3 {
+        shards.push(start_index(compact(id, 3)).await);
+    }
+    let gw_one = start_gateway(&sys, &[vec![one.addr]]).await;
+    let gw = start_gateway(
+        &sys,
+        &shards.iter().map(|s| vec![s.addr]).collect::<Vec<_>>(),
+    )
+    .await;
+    let queries: Vec<&PathBuf> = stored
+        .iter()
+        .step_by(6)
+        .chain(unseen.iter().step_by(2))
+        .collect();
+    let mut from_other_shards = 0;
+    for (i, q) in queries.iter().enumerate() {
+        let data = std::fs::read(q).expect("read");
+        for mode in [pb::SearchMode::Refined, pb::SearchMode::Unspecified] {
+            let query = || pb::search_request::Query::Image(data.clone());
+            let a = search(&gw_one.url, query(), mode).await;
+            let b = search(&gw.url, query(), mode).await;
+            assert_eq!(a.len(), 10, "query {i} {mode:?}: {a:?}");
+            assert!(
+                same(&a, &b) && a.iter().zip(&b).all(|(x, y)| (x.2 - y.2).abs() < 1e-5),
+                "query {i} {mode:?}: one node {a:?}, three shards {b:?}"
+            );
+        }
+        let partitions: Vec<i32> = search_results(
+            &gw.url,
+            pb::search_request::Query::Image(data),
+            pb::SearchMode::Refined,
+        )
+        .await
+        .iter()
+        .map(|h| h.partition)
+        .collect();
+        from_other_shards += usize::from(partitions.iter().any(|p| {
+            cbir_common::shard::shard_of(*p, 3) != cbir_common::shard::shard_of(partitions[0], 3)
+        }));
+    }
+    assert!(
+        from_other_shards >= queries.len() / 2,
+        "the answers span shards: {from_other_shards} of {} queries",
+        queries.len()
+    );
+    gw.stop().await;
+    gw_one.stop().await;
+    for s in shards {
+        s.stop().await;
+    }
+    one.stop().await;
     sys.shutdown().await;
 }

@@ -42,16 +42,24 @@ pub(super) struct Shard {
 }
 
 pub(super) async fn start_shard(database_url: &str, id: u32, count: u32) -> Shard {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = l.local_addr().expect("addr");
-    let cfg = cbir_index::Config {
+    start_index(shard_config(database_url, id, count)).await
+}
+
+/// Shard `id` of `count` on the shared database.
+pub(super) fn shard_config(database_url: &str, id: u32, count: u32) -> cbir_index::Config {
+    cbir_index::Config {
         database_url: database_url.to_string(),
         shard: cbir_common::shard::Shard { id, count },
         follow_ms: 200,
         ..Default::default()
-    };
+    }
+}
+
+pub(super) async fn start_index(cfg: cbir_index::Config) -> Shard {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(cbir_index::serve(cfg, l, async move {
         let _ = stopped.await;
@@ -159,7 +167,20 @@ pub(super) async fn search(
     query: pb::search_request::Query,
     mode: pb::SearchMode,
 ) -> Ranked {
-    let r = client(url)
+    search_results(url, query, mode)
+        .await
+        .into_iter()
+        .map(|h| (h.id, h.distance, h.score))
+        .collect()
+}
+
+/// The top 10 of a search on the gateway at `url`, as it answers them.
+pub(super) async fn search_results(
+    url: &str,
+    query: pb::search_request::Query,
+    mode: pb::SearchMode,
+) -> Vec<pb::SearchResult> {
+    client(url)
         .await
         .search(pb::SearchRequest {
             query: Some(query),
@@ -170,11 +191,8 @@ pub(super) async fn search(
         })
         .await
         .unwrap_or_else(|e| panic!("{mode:?} search on {url}: {e}"))
-        .into_inner();
-    r.results
-        .into_iter()
-        .map(|h| (h.id, h.distance, h.score))
-        .collect()
+        .into_inner()
+        .results
 }
 
 pub(super) fn same(a: &Ranked, b: &Ranked) -> bool {
