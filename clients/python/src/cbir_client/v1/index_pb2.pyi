@@ -320,7 +320,7 @@ class DeleteResponse(_message.Message):
     def __init__(self, deleted: _Optional[int] = ...) -> None: ...
 
 class IndexSearchRequest(_message.Message):
-    __slots__ = ("collection", "vector", "predicted_class", "class_probabilities", "top_k", "mode", "min_similarity", "exclude_id", "model", "filter", "offset")
+    __slots__ = ("collection", "vector", "predicted_class", "class_probabilities", "top_k", "mode", "min_similarity", "exclude_id", "model", "filter", "offset", "expansion_only", "expansion")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_CLASS_FIELD_NUMBER: _ClassVar[int]
@@ -332,6 +332,8 @@ class IndexSearchRequest(_message.Message):
     MODEL_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
+    EXPANSION_ONLY_FIELD_NUMBER: _ClassVar[int]
+    EXPANSION_FIELD_NUMBER: _ClassVar[int]
     collection: str
     vector: _containers.RepeatedScalarFieldContainer[float]
     predicted_class: int
@@ -343,7 +345,21 @@ class IndexSearchRequest(_message.Message):
     model: _common_pb2.ModelRef
     filter: ImageFilter
     offset: int
-    def __init__(self, collection: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., predicted_class: _Optional[int] = ..., class_probabilities: _Optional[_Iterable[float]] = ..., top_k: _Optional[int] = ..., mode: _Optional[_Union[_common_pb2.SearchMode, str]] = ..., min_similarity: _Optional[float] = ..., exclude_id: _Optional[int] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., filter: _Optional[_Union[ImageFilter, _Mapping]] = ..., offset: _Optional[int] = ...) -> None: ...
+    expansion_only: bool
+    expansion: _containers.RepeatedCompositeFieldContainer[ExpansionTerm]
+    def __init__(self, collection: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., predicted_class: _Optional[int] = ..., class_probabilities: _Optional[_Iterable[float]] = ..., top_k: _Optional[int] = ..., mode: _Optional[_Union[_common_pb2.SearchMode, str]] = ..., min_similarity: _Optional[float] = ..., exclude_id: _Optional[int] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., filter: _Optional[_Union[ImageFilter, _Mapping]] = ..., offset: _Optional[int] = ..., expansion_only: _Optional[bool] = ..., expansion: _Optional[_Iterable[_Union[ExpansionTerm, _Mapping]]] = ...) -> None: ...
+
+class ExpansionTerm(_message.Message):
+    __slots__ = ("id", "rank", "weight", "vector")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    rank: float
+    weight: float
+    vector: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, id: _Optional[int] = ..., rank: _Optional[float] = ..., weight: _Optional[float] = ..., vector: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class SearchHit(_message.Message):
     __slots__ = ("id", "file_name", "path", "label", "distance", "similarity", "partition", "content_hash", "created_at_ms", "score")
@@ -384,18 +400,22 @@ class SearchStats(_message.Message):
     def __init__(self, partitions_searched: _Optional[int] = ..., partitions_total: _Optional[int] = ..., vectors_scanned: _Optional[int] = ..., vectors_total: _Optional[int] = ..., took_us: _Optional[int] = ...) -> None: ...
 
 class IndexSearchResponse(_message.Message):
-    __slots__ = ("hits", "stats", "mode", "has_more", "ranked_by")
+    __slots__ = ("hits", "stats", "mode", "has_more", "ranked_by", "expansion", "expansion_k")
     HITS_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     HAS_MORE_FIELD_NUMBER: _ClassVar[int]
     RANKED_BY_FIELD_NUMBER: _ClassVar[int]
+    EXPANSION_FIELD_NUMBER: _ClassVar[int]
+    EXPANSION_K_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[SearchHit]
     stats: SearchStats
     mode: _common_pb2.SearchMode
     has_more: bool
     ranked_by: _common_pb2.RankedBy
-    def __init__(self, hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., stats: _Optional[_Union[SearchStats, _Mapping]] = ..., mode: _Optional[_Union[_common_pb2.SearchMode, str]] = ..., has_more: _Optional[bool] = ..., ranked_by: _Optional[_Union[_common_pb2.RankedBy, str]] = ...) -> None: ...
+    expansion: _containers.RepeatedCompositeFieldContainer[ExpansionTerm]
+    expansion_k: int
+    def __init__(self, hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., stats: _Optional[_Union[SearchStats, _Mapping]] = ..., mode: _Optional[_Union[_common_pb2.SearchMode, str]] = ..., has_more: _Optional[bool] = ..., ranked_by: _Optional[_Union[_common_pb2.RankedBy, str]] = ..., expansion: _Optional[_Iterable[_Union[ExpansionTerm, _Mapping]]] = ..., expansion_k: _Optional[int] = ...) -> None: ...
 
 class GetImageRequest(_message.Message):
     __slots__ = ("collection", "id", "include_feature", "include_thumbnail", "include_source")
