@@ -13,6 +13,7 @@ mod load;
 mod physical;
 mod search;
 mod transfer;
+mod upkeep;
 mod write;
 
 use crate::error::{Error, Result};
@@ -72,7 +73,14 @@ pub struct Collection {
     /// waited for `write` looks the name up again instead of writing into
     /// a collection about to be dropped.
     retired: std::sync::atomic::AtomicBool,
+    /// While the follow loop reloads the collection: the marks peer shards
+    /// sent meanwhile (`MarkStale`), applied again to the reloaded memory,
+    /// which was built from a copy that may predate them.
+    reloading: parking_lot::Mutex<Option<Vec<Change>>>,
 }
+
+/// An image another shard added or deleted, with its raw neighbours here.
+pub(crate) type Change = (u64, Vec<(u64, f32)>);
 
 impl Collection {
     fn new(row: CollectionRow, mem: MemIndex) -> Self {
@@ -82,6 +90,7 @@ impl Collection {
             write: tokio::sync::Mutex::new(()),
             seen_seq: std::sync::atomic::AtomicI64::new(0),
             retired: std::sync::atomic::AtomicBool::new(false),
+            reloading: parking_lot::Mutex::new(None),
         }
     }
 
@@ -126,6 +135,9 @@ pub struct Index {
     creating: tokio::sync::Mutex<()>,
     /// Exports and backups running at once.
     transfers: transfer::Transfers,
+    /// The other shards, when augmented vectors sum neighbours across
+    /// shards (`peers` in the config); None: within this shard's images.
+    pub peers: Option<Arc<crate::peers::Peers>>,
 }
 
 /// A record to upsert, as the API gives it.
@@ -232,6 +244,7 @@ impl Index {
             shard: layout.shard,
             creating: tokio::sync::Mutex::new(()),
             transfers: transfer::Transfers::default(),
+            peers: None,
         };
         let started = Instant::now();
         // Counters first: a write during the load shows as a moved counter.
@@ -283,7 +296,15 @@ impl Index {
                     if coll.seen_seq.load(Ordering::SeqCst) == seq {
                         continue;
                     }
-                    let fresh = self.load_collection(coll.row.clone()).await?;
+                    *coll.reloading.lock() = Some(Vec::new());
+                    let fresh = self.load_collection(coll.row.clone()).await;
+                    let fresh = match fresh {
+                        Ok(f) => f,
+                        Err(e) => {
+                            *coll.reloading.lock() = None;
+                            return Err(e);
+                        }
+                    };
                     let dims = coll.row.dims as usize;
                     let mut mem = std::mem::replace(&mut *fresh.mem.write(), self.new_mem(dims));
                     let n = mem.len();
@@ -302,8 +323,20 @@ impl Index {
                         mem
                     })
                     .await
-                    .map_err(|e| Error::Internal(format!("reload task: {e}")))?;
+                    .map_err(|e| Error::Internal(format!("reload task: {e}")));
+                    let mut marks = coll.reloading.lock();
+                    let mut mem = match mem {
+                        Ok(mem) => mem,
+                        Err(e) => {
+                            *marks = None;
+                            return Err(e);
+                        }
+                    };
+                    for (id, near) in marks.take().unwrap_or_default() {
+                        mem.mark_changed_elsewhere(id, &near);
+                    }
                     *coll.mem.write() = mem;
+                    drop(marks);
                     coll.seen_seq.store(seq, Ordering::SeqCst);
                     tracing::info!(collection = %coll.row.name, vectors = n, "reloaded a collection other replicas changed");
                 }

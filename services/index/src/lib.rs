@@ -7,6 +7,7 @@ pub mod index;
 pub mod jobs;
 pub mod kernels;
 pub mod mem;
+pub mod peers;
 pub mod rebuild;
 pub mod refine;
 pub mod service;
@@ -74,6 +75,13 @@ pub struct Config {
     /// Shard `id` of `count`: the class partitions this service loads and
     /// searches (the gateway sends each write to the owner). Default 0 of 1.
     pub shard: cbir_common::shard::Shard,
+    /// A sharded index in full storage: every shard's replica URLs, shard
+    /// i at position i (as the gateway's `index_shards`), so that refined
+    /// ranking's augmented vectors sum an image's nearest neighbours on
+    /// every shard, as one node does. Empty: each shard within its own
+    /// partitions. In the environment:
+    /// `INDEX_PEERS='[["http://index-0:50052"],["http://index-1:50052"]]'`.
+    pub peers: Vec<Vec<String>>,
     /// Near-duplicate runs: the default threshold and the bounds.
     pub duplicates: DuplicatesConfig,
     pub max_message_bytes: usize,
@@ -105,6 +113,7 @@ impl Default for Config {
             default_mode: mem::Mode::Refined,
             storage: mem::Storage::Full,
             shard: cbir_common::shard::Shard::default(),
+            peers: Vec::new(),
             refined: RefinedConfig::default(),
             duplicates: DuplicatesConfig::default(),
             max_message_bytes: cbir_common::grpc::DEFAULT_MAX_MESSAGE_BYTES,
@@ -169,6 +178,7 @@ pub async fn serve(
     let kit = GrpcKit::check(&SPEC, &cfg, &listener)?;
     cfg.duplicates.check()?;
     cfg.refined.check()?;
+    let peers = peers::Peers::new(cfg.shard, &cfg.peers)?.map(Arc::new);
     let store = Store::connect(&cfg.database_url, cfg.max_connections).await?;
     let mut index = Index::open(
         store,
@@ -186,6 +196,10 @@ pub async fn serve(
     )
     .await?;
     index.default_mode = cfg.default_mode;
+    index.peers = peers;
+    if index.peers.is_some() && cfg.storage == mem::Storage::Compact {
+        tracing::info!("peers is set, but compact storage keeps no augmented vectors: refined ranking needs no calls between shards here");
+    }
     let index = Arc::new(index);
     let refresher = refine::Refresher::start(&index, &cfg.refined);
     if cfg.follow_ms > 0 {

@@ -18,7 +18,7 @@ pub use compact::{ScanBatch, Shortlists, VectorSource};
 pub use expand::{best_terms, terms_wanted, Expansion, Term};
 pub use filter::Filter;
 pub use meta::Meta;
-pub use refine::{Augmented, Refine, RefineState};
+pub use refine::{Augmented, Pending, Refine, RefineState, AFFECT_FACTOR};
 use split::nearest;
 
 use crate::kernels;
@@ -200,7 +200,7 @@ impl MemIndex {
         self.storage
     }
 
-    fn compact(&self) -> bool {
+    pub fn compact(&self) -> bool {
         self.storage == Storage::Compact
     }
 
@@ -480,3 +480,6 @@ mod probe_tests;
 
 #[cfg(test)]
 mod expand_tests;
+
+#[cfg(test)]
+mod peers_tests;

@@ -27,6 +27,9 @@ const STEP: usize = 128;
 const PASSES: usize = 3;
 /// How often the loop looks for collections to refresh.
 const CHECK_EVERY: Duration = Duration::from_millis(250);
+/// The pause after a failed pass (a peer shard unreachable, the database
+/// down) before the loop tries again.
+const RETRY_AFTER: Duration = Duration::from_secs(2);
 /// Finished refreshes whose progress stays watchable.
 const KEEP_FINISHED: usize = 64;
 
@@ -128,7 +131,8 @@ impl Refresher {
                 tokio::time::sleep(CHECK_EVERY).await;
                 let Some(me) = weak.upgrade() else { return };
                 if let Err(e) = me.once().await {
-                    tracing::warn!(error = %e, "refreshing augmented vectors failed; retrying");
+                    tracing::warn!(error = %e, retry_in_s = RETRY_AFTER.as_secs(), "refreshing augmented vectors failed; retrying");
+                    tokio::time::sleep(RETRY_AFTER).await;
                 }
             }
         });
@@ -237,19 +241,18 @@ impl Refresher {
             if !wanted && !due {
                 // Images another replica added: their own vectors, as an
                 // insert here would have computed them.
-                let c = coll.clone();
-                let rule = index.probe;
-                tokio::task::spawn_blocking(move || {
-                    let ids = c.mem.read().stale_ids(STEP);
-                    crate::index::augment_now(&c, &ids, rule);
-                })
-                .await
-                .map_err(|e| Error::Internal(format!("refresh task: {e}")))?;
+                let ids = coll.mem.read().stale_ids(STEP);
+                index.augment_ids(&coll, &ids).await?;
                 continue;
             }
             let id = self.begin(&coll, &name);
             let r = self.refresh(&index, &coll, &id).await;
+            let failed = r.as_ref().err().map(ToString::to_string);
             self.finish(coll.row.id, &id, &name, r);
+            if let Some(e) = failed {
+                // Tried again after RETRY_AFTER (a peer shard down, say).
+                return Err(Error::Unavailable(format!("refreshing {name}: {e}")));
+            }
         }
         Ok(())
     }
@@ -318,10 +321,7 @@ impl Refresher {
             if coll.is_retired() {
                 break;
             }
-            let (c, rule, part) = (coll.clone(), index.probe, chunk.to_vec());
-            tokio::task::spawn_blocking(move || crate::index::augment_now(&c, &part, rule))
-                .await
-                .map_err(|e| Error::Internal(format!("refresh task: {e}")))?;
+            index.augment_ids(coll, chunk).await?;
             *done += chunk.len() as u64;
             if let Some(tx) = tx {
                 if last_report.elapsed() >= Duration::from_millis(200) {

@@ -311,6 +311,46 @@ impl IndexService for IndexGrpc {
         Ok(Response::new(pb::RefineCollectionResponse { operation_id }))
     }
 
+    async fn neighbours(
+        &self,
+        request: Request<pb::NeighboursRequest>,
+    ) -> Result<Response<pb::NeighboursResponse>, Status> {
+        let r = request.into_inner();
+        let vectors = r.queries.into_iter().map(|q| q.vector).collect();
+        let lists = self
+            .index
+            .neighbours(r.collection_id, r.k as usize, vectors)
+            .await?;
+        Ok(Response::new(pb::NeighboursResponse {
+            lists: lists
+                .into_iter()
+                .map(|l| pb::NeighbourList {
+                    neighbours: l
+                        .into_iter()
+                        .map(|(id, dot)| pb::Neighbour { id, dot })
+                        .collect(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn mark_stale(
+        &self,
+        request: Request<pb::MarkStaleRequest>,
+    ) -> Result<Response<pb::MarkStaleResponse>, Status> {
+        let r = request.into_inner();
+        let changes = r
+            .changes
+            .into_iter()
+            .map(|c| {
+                let near = c.neighbours.into_iter().map(|n| (n.id, n.dot)).collect();
+                (c.id, near)
+            })
+            .collect();
+        let marked = self.index.mark_stale(r.collection_id, changes).await?;
+        Ok(Response::new(pb::MarkStaleResponse { marked }))
+    }
+
     async fn save_index_job(
         &self,
         request: Request<pb::SaveIndexJobRequest>,

@@ -185,7 +185,7 @@ impl Index {
             })
             .collect();
         let ids: Vec<u64> = entries.iter().map(|e| e.id).collect();
-        let (c, rule) = (coll.clone(), self.probe);
+        let c = coll.clone();
         tokio::task::spawn_blocking(move || {
             // A short write lock per batch: append and refresh centroids.
             let split = {
@@ -207,10 +207,14 @@ impl Index {
                 mem.apply_splits(plans);
                 mem.refresh_centroids();
             }
-            augment_now(&c, &ids, rule);
         })
         .await
         .map_err(|e| Error::Internal(format!("memory update task: {e}")))?;
+        // The images are stored and searchable; a peer shard that cannot
+        // answer now leaves their augmented vectors to the upkeep's retry.
+        if let Err(e) = self.augment_ids(coll, &ids).await {
+            tracing::warn!(collection = %coll.row.name, images = ids.len(), error = %e, "new images' augmented vectors wait for the upkeep");
+        }
         Ok(outcome)
     }
 
@@ -241,7 +245,8 @@ impl Index {
         // delete to every shard, and the first one to commit removes the
         // rows the others still hold in memory.
         let requested = ids.to_vec();
-        tokio::task::spawn_blocking(move || {
+        let with_peers = self.peers.is_some();
+        let removed = tokio::task::spawn_blocking(move || {
             // The augmented vectors that summed a deleted image go stale:
             // found by its neighbours before it leaves memory.
             let affected: Vec<(u64, Vec<(u64, f32)>)> = {
@@ -253,14 +258,26 @@ impl Index {
                     .collect()
             };
             let mut mem = c.mem.write();
+            // With peers, their raw vectors find the neighbours on the
+            // other shards too.
+            let removed: Vec<(u64, Vec<f32>)> = if with_peers && !mem.compact() {
+                affected
+                    .iter()
+                    .filter_map(|(id, _)| Some((*id, mem.feature(*id)?.1)))
+                    .collect()
+            } else {
+                Vec::new()
+            };
             for (id, near) in &affected {
                 mem.remove(*id);
                 mem.mark_removed(*id, near);
             }
             mem.refresh_centroids();
+            removed
         })
         .await
         .map_err(|e| Error::Internal(format!("memory update task: {e}")))?;
+        self.removed_elsewhere(coll, &removed).await;
         Ok(gone.len() as u64)
     }
 

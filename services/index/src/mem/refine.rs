@@ -42,7 +42,7 @@ impl Default for Refine {
 /// Neighbours looked at, per changed vector, for augmented vectors it
 /// changes: a neighbour's list holds `dba_k` entries, and a vector can be
 /// among them without being among its own nearest few.
-const AFFECT_FACTOR: usize = 4;
+pub const AFFECT_FACTOR: usize = 4;
 
 /// An augmented vector computed under the read lock, applied under the
 /// write lock if its entry did not change meanwhile.
@@ -55,6 +55,54 @@ pub struct Augmented {
     /// Raw neighbours (id, dot), nearest first, for the vectors this one
     /// changes when it is new.
     neighbours: Vec<(u64, f32)>,
+}
+
+/// An augmented vector begun: the entry's raw vector and its raw
+/// neighbours (id, dot) found so far, nearest first.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub id: u64,
+    pub raw: Vec<f32>,
+    /// New: its neighbours are also the vectors it may change.
+    pub fresh: bool,
+    /// Neighbours wanted: `dba_k`, more for a fresh entry.
+    pub want: usize,
+    pub neighbours: Vec<(u64, f32)>,
+}
+
+impl Pending {
+    /// Adds neighbours found elsewhere (other shards): all of them ranked
+    /// together as one index ranks its own, nearest first (ties by id),
+    /// the best `want` kept.
+    pub fn merge(&mut self, more: &[(u64, f32)]) {
+        self.neighbours.extend_from_slice(more);
+        self.neighbours
+            .sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        self.neighbours.dedup_by_key(|n| n.0);
+        self.neighbours.truncate(self.want);
+    }
+
+    /// The neighbours the augmented vector sums (the rest only tell which
+    /// vectors a fresh entry changes).
+    pub fn summed(&self) -> impl Iterator<Item = u64> + '_ {
+        self.neighbours.iter().take(self.want_summed()).map(|n| n.0)
+    }
+
+    fn want_summed(&self) -> usize {
+        if self.fresh {
+            self.want / AFFECT_FACTOR
+        } else {
+            self.want
+        }
+    }
+}
+
+impl Augmented {
+    /// For a new entry, its raw neighbours (id, dot): those whose
+    /// augmented vector it joins go stale once it is applied.
+    pub fn neighbours(&self) -> &[(u64, f32)] {
+        &self.neighbours
+    }
 }
 
 /// Where refined ranking of a collection stands.
@@ -183,7 +231,7 @@ impl MemIndex {
     }
 
     /// Raw neighbours of `v` (id, dot), nearest first, by the probe rule.
-    fn raw_neighbours(&self, v: &[f32], n: usize, rule: ProbeRule) -> Vec<(u64, f32)> {
+    pub fn raw_neighbours(&self, v: &[f32], n: usize, rule: ProbeRule) -> Vec<(u64, f32)> {
         let every = Filter::default();
         let (cands, _) = self.ranked(
             &Query {
@@ -206,14 +254,44 @@ impl MemIndex {
 
     /// The augmented vector of stored entry `id`; None when it is gone.
     pub fn augment(&self, id: u64, rule: ProbeRule) -> Option<Augmented> {
+        let p = self.augment_start(id, rule)?;
+        Some(self.augment_finish(p, &HashMap::new()))
+    }
+
+    /// The first half of [`augment`](Self::augment): the entry's raw
+    /// vector and its raw neighbours here. On a sharded index the
+    /// neighbours other shards hold join them ([`Pending::merge`]) before
+    /// [`augment_finish`](Self::augment_finish) sums them.
+    pub fn augment_start(&self, id: u64, rule: ProbeRule) -> Option<Pending> {
         if self.compact() {
             return None;
         }
         let (_, raw) = self.feature(id)?;
-        let k = self.refine.dba_k.max(1);
         let fresh = self.upkeep.fresh.contains_key(&id);
+        let k = self.refine.dba_k.max(1);
         let want = if fresh { k * AFFECT_FACTOR } else { k };
-        let mut neighbours = self.raw_neighbours(&raw, want, rule);
+        let neighbours = self.raw_neighbours(&raw, want, rule);
+        Some(Pending {
+            id,
+            raw,
+            fresh,
+            want,
+            neighbours,
+        })
+    }
+
+    /// The augmented vector of what `augment_start` began: the first
+    /// `dba_k` neighbours summed, their vectors from memory or, for
+    /// neighbours other shards hold, from `remote`.
+    pub fn augment_finish(&self, p: Pending, remote: &HashMap<u64, Vec<f32>>) -> Augmented {
+        let Pending {
+            id,
+            raw,
+            fresh,
+            mut neighbours,
+            ..
+        } = p;
+        let k = self.refine.dba_k.max(1);
         // Ties at distance 0 may rank a copy before the vector itself: the
         // vector is always its own first neighbour.
         if let Some(pos) = neighbours.iter().position(|(n, _)| *n == id) {
@@ -223,11 +301,15 @@ impl MemIndex {
         let mut aug = vec![0.0f32; raw.len()];
         let used = neighbours.len().min(k);
         for &(n, dot) in &neighbours[..used] {
-            let Some((_, v)) = self.feature(n) else {
+            let here = self.feature(n).map(|(_, v)| v);
+            let Some(v) = here
+                .as_deref()
+                .or_else(|| remote.get(&n).map(Vec::as_slice))
+            else {
                 continue;
             };
             let w = dot.max(0.0).powf(self.refine.dba_alpha);
-            for (a, x) in aug.iter_mut().zip(&v) {
+            for (a, x) in aug.iter_mut().zip(v) {
                 *a += w * x;
             }
         }
@@ -243,13 +325,13 @@ impl MemIndex {
         if !fresh {
             neighbours.clear();
         }
-        Some(Augmented {
+        Augmented {
             id,
             raw,
             aug,
             kth,
             neighbours,
-        })
+        }
     }
 
     /// Applies what `augment` computed (when `started` is the mark counter
@@ -314,6 +396,12 @@ impl MemIndex {
             .into_iter()
             .filter(|(other, _)| *other != id)
             .collect()
+    }
+
+    /// Marks stale, of `neighbours` (here) of image `id` that another shard
+    /// added or deleted, those whose augmented vector it enters or leaves.
+    pub fn mark_changed_elsewhere(&mut self, id: u64, neighbours: &[(u64, f32)]) -> usize {
+        self.mark_changed_by(id, neighbours)
     }
 
     /// Marks stale what `affected_by_removal` found for the removed `id`.

@@ -529,6 +529,64 @@ class ClearResponse(_message.Message):
     removed: int
     def __init__(self, removed: _Optional[int] = ...) -> None: ...
 
+class NeighboursRequest(_message.Message):
+    __slots__ = ("collection_id", "k", "queries")
+    COLLECTION_ID_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    QUERIES_FIELD_NUMBER: _ClassVar[int]
+    collection_id: int
+    k: int
+    queries: _containers.RepeatedCompositeFieldContainer[NeighbourQuery]
+    def __init__(self, collection_id: _Optional[int] = ..., k: _Optional[int] = ..., queries: _Optional[_Iterable[_Union[NeighbourQuery, _Mapping]]] = ...) -> None: ...
+
+class NeighbourQuery(_message.Message):
+    __slots__ = ("vector",)
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    vector: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, vector: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class Neighbour(_message.Message):
+    __slots__ = ("id", "dot")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    DOT_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    dot: float
+    def __init__(self, id: _Optional[int] = ..., dot: _Optional[float] = ...) -> None: ...
+
+class NeighbourList(_message.Message):
+    __slots__ = ("neighbours",)
+    NEIGHBOURS_FIELD_NUMBER: _ClassVar[int]
+    neighbours: _containers.RepeatedCompositeFieldContainer[Neighbour]
+    def __init__(self, neighbours: _Optional[_Iterable[_Union[Neighbour, _Mapping]]] = ...) -> None: ...
+
+class NeighboursResponse(_message.Message):
+    __slots__ = ("lists",)
+    LISTS_FIELD_NUMBER: _ClassVar[int]
+    lists: _containers.RepeatedCompositeFieldContainer[NeighbourList]
+    def __init__(self, lists: _Optional[_Iterable[_Union[NeighbourList, _Mapping]]] = ...) -> None: ...
+
+class MarkStaleRequest(_message.Message):
+    __slots__ = ("collection_id", "changes")
+    COLLECTION_ID_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    collection_id: int
+    changes: _containers.RepeatedCompositeFieldContainer[StaleChange]
+    def __init__(self, collection_id: _Optional[int] = ..., changes: _Optional[_Iterable[_Union[StaleChange, _Mapping]]] = ...) -> None: ...
+
+class StaleChange(_message.Message):
+    __slots__ = ("id", "neighbours")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NEIGHBOURS_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    neighbours: _containers.RepeatedCompositeFieldContainer[Neighbour]
+    def __init__(self, id: _Optional[int] = ..., neighbours: _Optional[_Iterable[_Union[Neighbour, _Mapping]]] = ...) -> None: ...
+
+class MarkStaleResponse(_message.Message):
+    __slots__ = ("marked",)
+    MARKED_FIELD_NUMBER: _ClassVar[int]
+    marked: int
+    def __init__(self, marked: _Optional[int] = ...) -> None: ...
+
 class RebuildRequest(_message.Message):
     __slots__ = ("collection", "model")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
