@@ -364,6 +364,16 @@ fn chart_shards_the_index() {
     );
     let idx = cbir_index::Config::load(Some(&write("index.toml"))).expect("index config");
     assert_eq!(idx.follow_ms, 1000, "shards follow each other's imports");
+    // Each shard's peers: every replica of every shard, by pod name under
+    // the shard's headless Service.
+    assert_eq!(
+        idx.peers,
+        (0..3)
+            .map(|i| (0..2)
+                .map(|r| format!("http://rel-cbir-index-{i}-{r}.rel-cbir-index-{i}:50052"))
+                .collect::<Vec<_>>())
+            .collect::<Vec<_>>()
+    );
     assert_eq!(rendered.matches("kind: StatefulSet").count(), 3);
     for i in 0..3 {
         assert!(rendered.contains(&format!("serviceName: rel-cbir-index-{i}\n  replicas: 2\n")));
@@ -385,6 +395,10 @@ fn chart_shards_the_index() {
     std::fs::write(&p, config_block(&one, "gateway.toml")).expect("write");
     let gw = cbir_gateway::Config::load(Some(&p)).expect("gateway config");
     assert!(gw.index_shards.is_empty());
+    let p = dir.path().join("index-one.toml");
+    std::fs::write(&p, config_block(&one, "index.toml")).expect("write");
+    let idx = cbir_index::Config::load(Some(&p)).expect("index config");
+    assert!(idx.peers.is_empty(), "one shard has no peers");
     assert_eq!(gw.index_shard_urls(), [["http://rel-cbir-index:50052"]]);
 }
 
@@ -406,6 +420,14 @@ fn compose_runs_two_index_shards() {
         [["http://index:50052"], ["http://index-1:50052"]],
         "shard 0 is `index`, shard 1 `index-1`"
     );
+    // Both shards name both as peers, in the same order.
+    let peers = compose
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("INDEX_PEERS: "))
+        .expect("the shards' peer list");
+    let peers: Vec<Vec<String>> =
+        serde_json::from_str(peers.trim_matches('\'')).expect("a JSON list of lists");
+    assert_eq!(peers, shards, "peers list the shards as the gateway does");
     assert!(compose.contains("INDEX_SHARD__COUNT: \"2\""));
     assert!(compose.contains("  index-1:\n    <<: *index\n"));
     assert!(compose.contains("INDEX_SHARD__ID: \"1\""));
