@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use cbir_api::v1 as pb;
 
 use super::{
-    add, answers, client, compare, held_partitions, same, search, search_results, shard_config,
-    start_gateway, start_index, start_shard, CLASSES, COLLECTION,
+    add, answers, client, compare, held_partitions, index_stats, same, search, search_results,
+    shard_config, start_gateway, start_index, start_index_on, start_shard, Ranked, CLASSES,
+    COLLECTION,
 };
 use crate::system::{subset, System};
 
@@ -317,6 +318,158 @@ async fn refined_ranking_over_three_compact_shards_answers_like_one_node() {
         "the answers span shards: {from_other_shards} of {} queries",
         queries.len()
     );
+    gw.stop().await;
+    gw_one.stop().await;
+    for s in shards {
+        s.stop().await;
+    }
+    one.stop().await;
+    sys.shutdown().await;
+}
+
+/// Waits until each index service at `addrs` holds `count` images of the
+/// collection with no augmented vector stale.
+async fn settled(addrs: &[std::net::SocketAddr], count: u64) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut held = 0;
+        let mut stale = 0;
+        for a in &addrs[1..] {
+            let s = index_stats(*a).await;
+            held += s.count;
+            stale += s.refinement.map_or(0, |r| r.stale);
+        }
+        let one = index_stats(addrs[0]).await;
+        let one_stale = one.refinement.map_or(0, |r| r.stale);
+        // Two looks in a row: a mark sent by a peer arrives just after the
+        // refresh it follows.
+        if held == count && one.count == count && stale == 0 && one_stale == 0 {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            let again: u64 = {
+                let mut n = index_stats(addrs[0])
+                    .await
+                    .refinement
+                    .map_or(0, |r| r.stale);
+                for a in &addrs[1..] {
+                    n += index_stats(*a).await.refinement.map_or(0, |r| r.stale);
+                }
+                n
+            };
+            if again == 0 {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not settled: shards hold {held} of {count} images with {stale} stale, one node {} with {one_stale}",
+            one.count
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Refined and default-mode answers of one node and of the shards, query
+/// by query: the same images in the same order, the same scores.
+async fn refined_alike(what: &str, one: &str, sharded: &str, queries: &[&PathBuf]) {
+    for (i, q) in queries.iter().enumerate() {
+        let data = std::fs::read(q).expect("read");
+        for mode in [pb::SearchMode::Refined, pb::SearchMode::Unspecified] {
+            let query = || pb::search_request::Query::Image(data.clone());
+            let a: Ranked = search(one, query(), mode).await;
+            let b: Ranked = search(sharded, query(), mode).await;
+            assert_eq!(a.len(), 10, "{what}, query {i} {mode:?}: {a:?}");
+            assert!(
+                same(&a, &b) && a.iter().zip(&b).all(|(x, y)| (x.2 - y.2).abs() < 1e-4),
+                "{what}, query {i} {mode:?}: one node {a:?}, three shards {b:?}"
+            );
+        }
+    }
+}
+
+/// Refined ranking in full storage: each image's augmented vector sums its
+/// nearest neighbours on every shard (the shards ask their peers), and a
+/// new or deleted image marks stale the vectors it changes on any shard.
+/// Three shards that name each other as peers answer refined searches as
+/// one node through the load, inserts and deletes through the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refined_ranking_over_three_full_shards_with_peers_answers_like_one_node() {
+    let sys = System::start(|_| {}).await;
+    let files = subset("caltech101", &sys.dir.path().join("up"), CLASSES, 5);
+    let (stored, later) = files.split_at(40);
+    add(&sys.url(), stored).await;
+    let db = sys.index_database_url.clone();
+    // A probe that reads every partition: neighbour lists are exact on
+    // both sides (its stopping rule runs per shard).
+    let full = |id, count| cbir_index::Config {
+        probe: cbir_index::ProbeConfig {
+            min_partitions: 1000,
+            patience: 1000,
+        },
+        ..shard_config(&db, id, count)
+    };
+    let one = start_index(full(0, 1)).await;
+    let mut listeners = Vec::new();
+    for _ in 0..3 {
+        listeners.push(
+            tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind"),
+        );
+    }
+    let peers: Vec<Vec<String>> = listeners
+        .iter()
+        .map(|l| vec![format!("http://{}", l.local_addr().expect("addr"))])
+        .collect();
+    let shards: Vec<_> = listeners
+        .into_iter()
+        .enumerate()
+        .map(|(id, l)| {
+            start_index_on(
+                cbir_index::Config {
+                    peers: peers.clone(),
+                    ..full(id as u32, 3)
+                },
+                l,
+            )
+        })
+        .collect();
+    let gw_one = start_gateway(&sys, &[vec![one.addr]]).await;
+    let gw = start_gateway(
+        &sys,
+        &shards.iter().map(|s| vec![s.addr]).collect::<Vec<_>>(),
+    )
+    .await;
+    let mut addrs = vec![one.addr];
+    addrs.extend(shards.iter().map(|s| s.addr));
+    let queries: Vec<&PathBuf> = stored
+        .iter()
+        .step_by(6)
+        .chain(later.iter().step_by(3))
+        .collect();
+
+    settled(&addrs, 40).await;
+    refined_alike("after the load", &gw_one.url, &gw.url, &queries).await;
+
+    // New images through the sharded gateway; one node follows the
+    // database.
+    let added = add(&gw.url, later).await;
+    settled(&addrs, 50).await;
+    refined_alike("after inserts", &gw_one.url, &gw.url, &queries).await;
+
+    let gone: Vec<u64> = added.iter().step_by(4).map(|r| r.id).collect();
+    let r = client(&gw.url)
+        .await
+        .delete_images(pb::DeleteRequest {
+            collection: COLLECTION.into(),
+            ids: gone.clone(),
+        })
+        .await
+        .expect("delete")
+        .into_inner();
+    assert_eq!(r.deleted, gone.len() as u64);
+    settled(&addrs, 50 - gone.len() as u64).await;
+    refined_alike("after deletes", &gw_one.url, &gw.url, &queries).await;
+
     gw.stop().await;
     gw_one.stop().await;
     for s in shards {

@@ -59,6 +59,12 @@ pub(super) async fn start_index(cfg: cbir_index::Config) -> Shard {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
+    start_index_on(cfg, l)
+}
+
+/// An index service on a listener bound before (shards that name each
+/// other as peers know their addresses before any starts).
+pub(super) fn start_index_on(cfg: cbir_index::Config, l: tokio::net::TcpListener) -> Shard {
     let addr = l.local_addr().expect("addr");
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(cbir_index::serve(cfg, l, async move {
@@ -257,6 +263,20 @@ pub(super) async fn answers(url: &str, queries: &[PathBuf]) -> Vec<(pb::SearchMo
         }
     }
     out
+}
+
+/// The collection's statistics on one index service (not through a gateway).
+pub(super) async fn index_stats(addr: SocketAddr) -> pb::StatsResponse {
+    let ch = Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect_lazy();
+    IndexServiceClient::new(ch)
+        .stats(pb::StatsRequest {
+            collection: COLLECTION.into(),
+        })
+        .await
+        .expect("stats")
+        .into_inner()
 }
 
 /// The partitions an index service holds of the collection.
