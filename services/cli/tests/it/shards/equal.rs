@@ -390,7 +390,8 @@ async fn refined_alike(what: &str, one: &str, sharded: &str, queries: &[&PathBuf
 /// nearest neighbours on every shard (the shards ask their peers), and a
 /// new or deleted image marks stale the vectors it changes on any shard.
 /// Three shards that name each other as peers answer refined searches as
-/// one node through the load, inserts and deletes through the gateway.
+/// one node through the load, concurrent inserts and deletes through the
+/// gateway.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refined_ranking_over_three_full_shards_with_peers_answers_like_one_node() {
     let sys = System::start(|_| {}).await;
@@ -450,9 +451,12 @@ async fn refined_ranking_over_three_full_shards_with_peers_answers_like_one_node
     settled(&addrs, 40).await;
     refined_alike("after the load", &gw_one.url, &gw.url, &queries).await;
 
-    // New images through the sharded gateway; one node follows the
-    // database.
-    let added = add(&gw.url, later).await;
+    // New images through the sharded gateway, two writers at once (each
+    // owner marks the other shards' vectors while they write); one node
+    // follows the database.
+    let (a, b) = later.split_at(later.len() / 2);
+    let (mut added, more) = tokio::join!(add(&gw.url, a), add(&gw.url, b));
+    added.extend(more);
     settled(&addrs, 50).await;
     refined_alike("after inserts", &gw_one.url, &gw.url, &queries).await;
 
