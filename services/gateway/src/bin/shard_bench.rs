@@ -32,6 +32,47 @@ struct Args {
     /// Queries of exact mode (each reads every vector from the database).
     #[arg(long, default_value_t = 5)]
     exact_queries: usize,
+    /// First recompute every augmented vector (full storage) on the one
+    /// node and on every shard at once, and report how long each took
+    /// (with `peers` set, the shards sum neighbours across shards).
+    #[arg(long)]
+    refresh: bool,
+}
+
+/// Asks the index service at `url` to recompute every augmented vector of
+/// `collection`, and waits until none is stale: seconds taken.
+async fn refresh(url: String, collection: String) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    let mut c = IndexServiceClient::connect(url.clone()).await?;
+    c.refine_collection(pb::RefineCollectionRequest {
+        collection: collection.clone(),
+    })
+    .await?;
+    settled(url, collection).await?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// Waits until no augmented vector of `collection` is stale at `url`.
+async fn settled(url: String, collection: String) -> anyhow::Result<()> {
+    let t = Instant::now();
+    let mut c = IndexServiceClient::connect(url.clone()).await?;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        let s = c
+            .stats(pb::StatsRequest {
+                collection: collection.clone(),
+            })
+            .await?
+            .into_inner();
+        let r = s.refinement.unwrap_or_default();
+        if r.stale == 0 && r.operation_id.is_empty() {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            t.elapsed().as_secs() < 3600,
+            "{url} did not refresh in an hour"
+        );
+    }
 }
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
@@ -86,6 +127,31 @@ async fn main() -> anyhow::Result<()> {
         "index services loaded in {:.1} s",
         t.elapsed().as_secs_f64()
     );
+    if args.refresh {
+        // The refresh every service starts after its load, done first.
+        for url in std::iter::once(&args.one).chain(&args.shards) {
+            settled(url.clone(), args.collection.clone()).await?;
+        }
+        // One node alone first, then the shards together: each on the
+        // machine's cores without the others.
+        let t_one = refresh(args.one.clone(), args.collection.clone()).await?;
+        let t = Instant::now();
+        let each = futures::future::try_join_all(
+            args.shards
+                .iter()
+                .map(|u| refresh(u.clone(), args.collection.clone())),
+        )
+        .await?;
+        println!(
+            "augmented vectors refreshed: one node {t_one:.1} s; {} shards {:.1} s together (each {})",
+            args.shards.len(),
+            t.elapsed().as_secs_f64(),
+            each.iter()
+                .map(|s| format!("{s:.1} s"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let one = gateway(vec![vec![args.one.clone()]]).await?;
     let sharded = gateway(args.shards.iter().map(|s| vec![s.clone()]).collect()).await?;
     // Queries: stored vectors (ids spread over the collection) with noise.
