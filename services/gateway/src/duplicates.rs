@@ -38,16 +38,12 @@ impl Gateway {
                 "min_similarity must be between 0 and 1 (0 or none takes the default), got {min_similarity}"
             )));
         }
-        if self.index.is_sharded() {
-            // A run keeps one state per collection in the shared database,
-            // and each shard holds only its own partitions' vectors.
-            return Err(Error::FailedPrecondition(format!(
-                "near-duplicate search runs on an unsharded index only, and this gateway has {} index shards: run it against a single-shard deployment of the same database",
-                self.index.count()
-            )));
-        }
+        // A run keeps one state per collection in the shared database: on
+        // a sharded index shard 0 runs it over every shard's images (it
+        // needs its peers, and says so without them).
         let r = self
-            .index_rpc(
+            .index_on(
+                0,
                 "FindDuplicates",
                 self.admin_timeout(),
                 pb::FindDuplicatesRequest {
@@ -57,7 +53,7 @@ impl Gateway {
                 |mut c, r| async move { c.find_duplicates(r).await },
             )
             .await?;
-        Ok(r.operation_id)
+        Ok(self.index.operation_id(0, r.operation_id))
     }
 
     /// The groups of the latest run, as the index answers them

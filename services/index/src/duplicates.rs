@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::index::{Collection, Index};
+use crate::kernels::{distance_from_dot, similarity};
 use crate::store::{now_ms, RunStart, StoredImage};
 use grouping::{Group, Linkage, Options, Pair, Scan};
 
@@ -121,12 +122,24 @@ impl Duplicates {
             )));
         }
         let coll = self.index.resolve(name)?;
+        let sharded = !self.index.shard.is_whole();
+        if sharded && self.index.peers.is_none() {
+            return Err(Error::FailedPrecondition(format!(
+                "near-duplicates of a sharded index need every shard's images: this is shard {} of {} without peers; set peers (INDEX_PEERS) on every shard, or run it on one unsharded index service of the same database",
+                self.index.shard.id, self.index.shard.count
+            )));
+        }
+        let total = if sharded {
+            self.index.store().count(coll.row.id).await?
+        } else {
+            coll.mem.read().len() as u64
+        };
         let id = uuid::Uuid::new_v4().to_string();
         let now = now_ms();
         let progress = pb::OperationProgress {
             operation_id: id.clone(),
             state: pb::operation_progress::State::Running as i32,
-            total: coll.mem.read().len() as u64,
+            total,
             started_at_ms: now,
             updated_at_ms: now,
             message: format!(
@@ -202,6 +215,13 @@ impl Duplicates {
         opts: &Options,
         started: Instant,
     ) -> Result<Vec<Group>> {
+        if let Some(peers) = self.index.peers.clone() {
+            if !self.index.shard.is_whole() {
+                return self
+                    .find_sharded(coll, progress, opts, started, &peers)
+                    .await;
+            }
+        }
         let mut ids = coll.mem.read().ids();
         ids.sort_unstable();
         progress.total = ids.len() as u64;
@@ -247,6 +267,132 @@ impl Duplicates {
         })
         .await
         .map_err(|e| Error::Internal(format!("near-duplicates task: {e}")))
+    }
+
+    /// `find` on a sharded index: every image of the collection (read
+    /// from the database page by page, as its shard holds it or not) is
+    /// looked for among this shard's partitions and, through the peers,
+    /// among every other shard's; candidates from other shards are judged
+    /// by their exact stored features. Pairs and groups are those of one
+    /// node holding every partition (its probe rule runs per shard, so the
+    /// shards together read at least the cells one node would).
+    async fn find_sharded(
+        &self,
+        coll: &Arc<Collection>,
+        progress: &mut pb::OperationProgress,
+        opts: &Options,
+        started: Instant,
+        peers: &crate::peers::Peers,
+    ) -> Result<Vec<Group>> {
+        let store = self.index.store();
+        progress.total = store.count(coll.row.id).await?;
+        let rule = self.index.probe;
+        let mut pairs: Vec<Pair> = Vec::new();
+        // The features of pair members, for the grouping.
+        let mut features: HashMap<u64, Vec<f32>> = HashMap::new();
+        let mut saved_at = Instant::now();
+        let mut after = 0;
+        loop {
+            let page = store.load_page(coll.row.id, after, STEP as u64).await?;
+            let Some(last) = page.last() else { break };
+            after = last.id;
+            let vectors: Vec<&[f32]> = page.iter().map(|i| i.feature.as_slice()).collect();
+            let remote = peers
+                .neighbours(coll.row.id, opts.neighbours, &vectors)
+                .await?;
+            // Candidates elsewhere within reach of the threshold by the
+            // peer's distance, then judged by the stored features.
+            let reach = opts.min_similarity - 0.01;
+            let mut wanted: Vec<u64> = remote
+                .iter()
+                .flatten()
+                .filter(|n| similarity(distance_from_dot(n.1)) >= reach)
+                .map(|n| n.0)
+                .collect();
+            wanted.sort_unstable();
+            wanted.dedup();
+
+            let elsewhere: HashMap<u64, Vec<f32>> = if wanted.is_empty() {
+                HashMap::new()
+            } else {
+                store
+                    .features(coll.row.id, &wanted)
+                    .await?
+                    .into_iter()
+                    .collect()
+            };
+            let (c, o) = (coll.clone(), *opts);
+            let (found, page) = tokio::task::spawn_blocking(move || {
+                let mem = c.mem.read();
+                let mut found: Vec<Pair> = Vec::new();
+                for (img, near) in page.iter().zip(&remote) {
+                    found.extend(grouping::pairs_near(
+                        &mem,
+                        img.id,
+                        img.predicted_class,
+                        &img.feature,
+                        &o,
+                        rule,
+                    ));
+                    for n in near {
+                        let Some(f) = elsewhere.get(&n.0) else {
+                            continue;
+                        };
+                        let s = grouping::sim(&img.feature, f);
+                        if n.0 != img.id && s >= o.min_similarity {
+                            found.push(Pair {
+                                a: img.id.min(n.0),
+                                b: img.id.max(n.0),
+                                similarity: s,
+                            });
+                        }
+                    }
+                }
+                (found, page)
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("near-duplicates task: {e}")))?;
+            let members: std::collections::HashSet<u64> =
+                found.iter().flat_map(|p| [p.a, p.b]).collect();
+            for img in page.iter().filter(|i| members.contains(&i.id)) {
+                features.insert(img.id, img.feature.clone());
+            }
+            pairs.extend(found);
+            progress.done += page.len() as u64;
+            progress.items_per_second =
+                progress.done as f64 / started.elapsed().as_secs_f64().max(1e-3);
+            progress.updated_at_ms = now_ms();
+            if saved_at.elapsed() >= SAVE_EVERY {
+                saved_at = Instant::now();
+                if !store
+                    .save_duplicate_run(coll.row.id, progress, None)
+                    .await?
+                {
+                    return Err(Error::NotFound(
+                        "the collection was deleted or rebuilt meanwhile".into(),
+                    ));
+                }
+            }
+            if page.len() < STEP {
+                break;
+            }
+        }
+        let pairs = grouping::dedup_pairs(pairs);
+        // Members on pages read before the pair was found from their side.
+        let mut missing: Vec<u64> = pairs
+            .iter()
+            .flat_map(|p| [p.a, p.b])
+            .filter(|id| !features.contains_key(id))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if !missing.is_empty() {
+            features.extend(store.features(coll.row.id, &missing).await?);
+        }
+        let o = *opts;
+        tokio::task::spawn_blocking(move || grouping::group(&pairs, &features, &o))
+            .await
+            .map_err(|e| Error::Internal(format!("near-duplicates task: {e}")))
     }
 
     /// The progress of a run, from the database (any replica's run).
@@ -313,15 +459,37 @@ impl Duplicates {
         } else {
             Vec::new()
         };
-        let mut groups: Vec<Group> = {
+        // The members still stored, with their features: from memory, and
+        // on a sharded index those of other shards' partitions from the
+        // database.
+        let mut features: HashMap<u64, Vec<f32>> = {
             let mem = coll.mem.read();
+            stored
+                .iter()
+                .flat_map(|g| &g.members)
+                .filter_map(|(id, _)| mem.feature(*id).map(|(_, f)| (*id, f)))
+                .collect()
+        };
+        if !self.index.shard.is_whole() {
+            let mut elsewhere: Vec<u64> = stored
+                .iter()
+                .flat_map(|g| g.members.iter().map(|m| m.0))
+                .filter(|id| !features.contains_key(id))
+                .collect();
+            elsewhere.sort_unstable();
+            elsewhere.dedup();
+            if !elsewhere.is_empty() {
+                features.extend(store.features(coll.row.id, &elsewhere).await?);
+            }
+        }
+        let mut groups: Vec<Group> = {
             stored
                 .into_iter()
                 .filter_map(|g| {
                     let live: Vec<(u64, Vec<f32>)> = g
                         .members
                         .iter()
-                        .filter_map(|(id, _)| mem.feature(*id).map(|(_, f)| (*id, f)))
+                        .filter_map(|(id, _)| features.get(id).map(|f| (*id, f.clone())))
                         .collect();
                     (live.len() >= 2).then(|| {
                         let first = &live[0].1;

@@ -73,9 +73,23 @@ pub fn pairs_of(mem: &MemIndex, id: u64, opts: &Options, rule: ProbeRule) -> Vec
     let Some((class, feature)) = mem.feature(id) else {
         return Vec::new();
     };
+    pairs_near(mem, id, class, &feature, opts, rule)
+}
+
+/// The near-duplicates in `mem` of image `id` (predicted `class`, unit
+/// `feature`), which `mem` need not hold: on a sharded index every image
+/// is also looked for among the other shards' partitions.
+pub fn pairs_near(
+    mem: &MemIndex,
+    id: u64,
+    class: i32,
+    feature: &[f32],
+    opts: &Options,
+    rule: ProbeRule,
+) -> Vec<Pair> {
     let (hits, _) = mem.search(
         &Query {
-            vector: &feature,
+            vector: feature,
             predicted_class: Some(class),
             top_k: opts.neighbours,
             mode: match opts.scan {
@@ -117,7 +131,7 @@ pub fn dedup_pairs(mut pairs: Vec<Pair>) -> Vec<Pair> {
     pairs
 }
 
-fn sim(a: &[f32], b: &[f32]) -> f32 {
+pub fn sim(a: &[f32], b: &[f32]) -> f32 {
     similarity(distance_from_dot(kernels::dot(a, b)))
 }
 
