@@ -51,13 +51,13 @@ fn per_class() -> usize {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Kind {
+pub(crate) enum Kind {
     Resized,
     Recompressed,
     Cropped,
 }
 
-const KINDS: [Kind; 3] = [Kind::Resized, Kind::Recompressed, Kind::Cropped];
+pub(crate) const KINDS: [Kind; 3] = [Kind::Resized, Kind::Recompressed, Kind::Cropped];
 
 /// One image of the made set.
 #[derive(Debug, Clone)]
@@ -72,7 +72,7 @@ struct Made {
 }
 
 /// Writes the copy of `src` of `kind` to `dir`; its path.
-fn make_copy(src: &Path, kind: Kind, dir: &Path) -> PathBuf {
+pub(crate) fn make_copy(src: &Path, kind: Kind, dir: &Path) -> PathBuf {
     let img = image::open(src).expect("decode").to_rgb8();
     let (w, h) = img.dimensions();
     let stem = src.file_stem().expect("stem").to_string_lossy();

@@ -182,7 +182,8 @@ async fn three_shards_answer_like_one_node() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    // What reads a whole collection from one memory is refused, saying so.
+    // Near-duplicates need every shard's images: without peers shard 0
+    // refuses, saying what to set.
     let e = c
         .find_duplicates(pb::FindDuplicatesRequest {
             collection: COLLECTION.into(),
@@ -191,7 +192,7 @@ async fn three_shards_answer_like_one_node() {
         .await
         .expect_err("near-duplicates on shards");
     assert_eq!(e.code(), tonic::Code::FailedPrecondition);
-    assert!(e.message().contains("unsharded"), "{}", e.message());
+    assert!(e.message().contains("set peers"), "{}", e.message());
 
     // Resharding, three shards to two (docs/OPERATIONS.md): the new set
     // starts on the same database, a gateway on it answers as before, then
@@ -473,6 +474,149 @@ async fn refined_ranking_over_three_full_shards_with_peers_answers_like_one_node
     assert_eq!(r.deleted, gone.len() as u64);
     settled(&addrs, 50 - gone.len() as u64).await;
     refined_alike("after deletes", &gw_one.url, &gw.url, &queries).await;
+
+    gw.stop().await;
+    gw_one.stop().await;
+    for s in shards {
+        s.stop().await;
+    }
+    one.stop().await;
+    sys.shutdown().await;
+}
+
+/// A near-duplicate run through the gateway at `url`, followed to its end;
+/// the groups it stored (ids, oldest first) and their members' classes.
+async fn duplicate_groups(url: &str) -> (Vec<Vec<u64>>, Vec<Vec<i32>>) {
+    let mut c = client(url).await;
+    let op = c
+        .find_duplicates(pb::FindDuplicatesRequest {
+            collection: COLLECTION.into(),
+            min_similarity: 0.0,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("near-duplicates on {url}: {e}"))
+        .into_inner()
+        .operation_id;
+    let mut s = c
+        .watch_operation(pb::WatchOperationRequest { operation_id: op })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut last = None;
+    while let Some(p) = s.message().await.expect("progress") {
+        last = Some(p);
+    }
+    let last = last.expect("progress");
+    assert_eq!(
+        last.state,
+        pb::operation_progress::State::Succeeded as i32,
+        "{}",
+        last.message
+    );
+    assert_eq!(last.done, last.total);
+    let groups = c
+        .list_duplicates(pb::ListDuplicatesRequest {
+            collection: COLLECTION.into(),
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .groups;
+    let members = |g: &pb::DuplicateGroup| -> Vec<(u64, i32)> {
+        g.members
+            .iter()
+            .map(|m| m.image.as_ref().expect("present"))
+            .map(|i| (i.id, i.predicted_class))
+            .collect()
+    };
+    groups
+        .iter()
+        .map(|g| members(g).into_iter().unzip())
+        .unzip()
+}
+
+/// Near-duplicates on a sharded index: shard 0 runs the search over every
+/// shard's images through its peers (copies predicted as another shard's
+/// class included) and stores the groups one node finds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn near_duplicates_over_shards_with_peers_group_as_one_node() {
+    use crate::dupes::{make_copy, KINDS};
+    let sys = System::start(|_| {}).await;
+    let up = sys.dir.path().join("up");
+    let originals = subset("caltech101", &up, CLASSES, 3);
+    let copies_dir = sys.dir.path().join("copies");
+    std::fs::create_dir_all(&copies_dir).expect("mkdir");
+    // Copies sit in their original's class folder (the label), made
+    // resized, recompressed or cropped in turn.
+    let copies: Vec<PathBuf> = originals
+        .iter()
+        .step_by(2)
+        .enumerate()
+        .map(|(i, f)| {
+            let dir = copies_dir.join(f.parent().and_then(|d| d.file_name()).expect("class"));
+            std::fs::create_dir_all(&dir).expect("mkdir");
+            make_copy(f, KINDS[i % KINDS.len()], &dir)
+        })
+        .collect();
+    add(&sys.url(), &originals).await;
+    add(&sys.url(), &copies).await;
+    let db = sys.index_database_url.clone();
+    let one = start_index(shard_config(&db, 0, 1)).await;
+    let mut listeners = Vec::new();
+    for _ in 0..3 {
+        listeners.push(
+            tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind"),
+        );
+    }
+    let peers: Vec<Vec<String>> = listeners
+        .iter()
+        .map(|l| vec![format!("http://{}", l.local_addr().expect("addr"))])
+        .collect();
+    let shards: Vec<_> = listeners
+        .into_iter()
+        .enumerate()
+        .map(|(id, l)| {
+            start_index_on(
+                cbir_index::Config {
+                    peers: peers.clone(),
+                    ..shard_config(&db, id as u32, 3)
+                },
+                l,
+            )
+        })
+        .collect();
+    let gw_one = start_gateway(&sys, &[vec![one.addr]]).await;
+    let gw = start_gateway(
+        &sys,
+        &shards.iter().map(|s| vec![s.addr]).collect::<Vec<_>>(),
+    )
+    .await;
+    let mut addrs = vec![one.addr];
+    addrs.extend(shards.iter().map(|s| s.addr));
+    let total = (originals.len() + copies.len()) as u64;
+    settled(&addrs, total).await;
+
+    // One run per collection is kept: one node's first, then the shards'.
+    let (single, _) = duplicate_groups(&gw_one.url).await;
+    let (sharded, classes) = duplicate_groups(&gw.url).await;
+    assert!(
+        single.len() >= copies.len() / 2,
+        "one node groups most copies with their originals: {single:?}"
+    );
+    assert_eq!(single, sharded, "one node against three shards");
+    // Groups spanning shards: a copy predicted as another shard's class
+    // than its original's (the peers find those).
+    let spanning = classes
+        .iter()
+        .filter(|g| {
+            g.iter().any(|c| {
+                cbir_common::shard::shard_of(*c, 3) != cbir_common::shard::shard_of(g[0], 3)
+            })
+        })
+        .count();
+    eprintln!("{} groups, {spanning} spanning shards", sharded.len());
 
     gw.stop().await;
     gw_one.stop().await;
