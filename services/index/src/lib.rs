@@ -75,11 +75,12 @@ pub struct Config {
     /// Shard `id` of `count`: the class partitions this service loads and
     /// searches (the gateway sends each write to the owner). Default 0 of 1.
     pub shard: cbir_common::shard::Shard,
-    /// A sharded index in full storage: every shard's replica URLs, shard
-    /// i at position i (as the gateway's `index_shards`), so that refined
-    /// ranking's augmented vectors sum an image's nearest neighbours on
-    /// every shard, as one node does. Empty: each shard within its own
-    /// partitions. In the environment:
+    /// A sharded index: every shard's replica URLs, shard i at position i
+    /// (as the gateway's `index_shards`), so that refined ranking's
+    /// augmented vectors (full storage) sum an image's nearest neighbours
+    /// on every shard, as one node does, and near-duplicate runs see every
+    /// shard's images. Empty: each shard within its own partitions, and no
+    /// near-duplicate runs. In the environment:
     /// `INDEX_PEERS='[["http://index-0:50052"],["http://index-1:50052"]]'`.
     pub peers: Vec<Vec<String>>,
     /// Near-duplicate runs: the default threshold and the bounds.
@@ -198,7 +199,9 @@ pub async fn serve(
     index.default_mode = cfg.default_mode;
     index.peers = peers;
     if index.peers.is_some() && cfg.storage == mem::Storage::Compact {
-        tracing::info!("peers is set, but compact storage keeps no augmented vectors: refined ranking needs no calls between shards here");
+        tracing::info!(
+            "compact storage keeps no augmented vectors: the peers serve near-duplicate runs only"
+        );
     }
     let index = Arc::new(index);
     let refresher = refine::Refresher::start(&index, &cfg.refined);
