@@ -271,14 +271,8 @@ impl Gateway {
 
     /// Re-embeds a collection with the model inference serves now.
     pub async fn rebuild(&self, collection: &str) -> Result<String> {
-        if self.index.is_sharded() {
-            // A rebuild copies the images the running index holds in memory,
-            // and a shard holds only its own partitions.
-            return Err(Error::FailedPrecondition(format!(
-                "rebuilding for a new model runs on an unsharded index only, and this gateway has {} index shards: run it through a gateway on one unsharded index service of the same database (the shards load the rebuilt collection as they follow)",
-                self.index.count()
-            )));
-        }
+        // Shard 0 re-embeds every image (from the database on a sharded
+        // index); the other shards load the new collection as they follow.
         let info = self.model_info(self.admin_timeout()).await?;
         let model = info.info.and_then(|i| i.model).ok_or_else(|| {
             Error::Internal("the inference service did not name its model".into())

@@ -349,6 +349,22 @@ impl Index {
         Ok(())
     }
 
+    /// Takes the database's names of collections this service has loaded
+    /// (the follow loop takes all of them, and loads new collections);
+    /// whether one changed.
+    pub(crate) async fn sync_aliases(&self) -> Result<bool> {
+        let aliases = self.store.aliases().await?;
+        let mut cat = self.catalog.write();
+        let mut changed = false;
+        for (alias, id) in aliases {
+            if cat.collections.contains_key(&id) && cat.aliases.get(&alias) != Some(&id) {
+                cat.aliases.insert(alias, id);
+                changed = true;
+            }
+        }
+        Ok(changed)
+    }
+
     /// An empty in-memory index with this service's ranking parameters.
     pub(crate) fn new_mem(&self, dims: usize) -> MemIndex {
         let mut m = MemIndex::with_storage(dims, self.storage);

@@ -133,7 +133,7 @@ impl Rebuilder {
         let (tx, _) = watch::channel(pb::OperationProgress {
             operation_id: id.clone(),
             state: pb::operation_progress::State::Running as i32,
-            total: old.mem.read().len() as u64,
+            total: index.stored_count(&old).await?,
             started_at_ms: now,
             updated_at_ms: now,
             message: format!("re-embedding {alias} with {model_name} {model_version}"),
@@ -264,11 +264,7 @@ async fn run(
     tx: &watch::Sender<pb::OperationProgress>,
     started: Instant,
 ) -> Result<()> {
-    let mut ids: Vec<u64> = {
-        let mem = old.mem.read();
-        mem.ids()
-    };
-    ids.sort_unstable();
+    let ids = index.stored_ids(old).await?;
     let mut copied: HashMap<u64, u64> = HashMap::new();
     let mut done = 0u64;
     let mut failed = 0u64;

@@ -36,6 +36,38 @@ impl Index {
         self.drop_collection(coll).await
     }
 
+    /// The images of `coll`: in memory, or on a sharded index (which holds
+    /// only its own partitions) in the database. A rebuild re-embeds them.
+    pub(crate) async fn stored_ids(&self, coll: &Collection) -> Result<Vec<u64>> {
+        let mut ids = if self.shard.is_whole() {
+            coll.mem.read().ids()
+        } else {
+            let mut all = Vec::new();
+            let mut after = 0;
+            loop {
+                let page = self.store.load_page(coll.row.id, after, LOAD_PAGE).await?;
+                let Some(last) = page.last() else { break };
+                after = last.id;
+                all.extend(page.iter().map(|i| i.id));
+                if (page.len() as u64) < LOAD_PAGE {
+                    break;
+                }
+            }
+            all
+        };
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// How many images `coll` holds (see [`stored_ids`](Self::stored_ids)).
+    pub(crate) async fn stored_count(&self, coll: &Collection) -> Result<u64> {
+        if self.shard.is_whole() {
+            Ok(coll.mem.read().len() as u64)
+        } else {
+            self.store.count(coll.row.id).await
+        }
+    }
+
     /// Finishes a rebuild: with writes to `old` held, copies what changed
     /// since `copied` (old id -> new id) was taken, then points `alias` at
     /// `new` in one database transaction and in memory. Searches see either
@@ -54,12 +86,22 @@ impl Index {
     {
         let _catalog = self.creating.lock().await;
         let _w = old.write.lock().await;
+        // What the old collection holds now: memory, or on a sharded index
+        // the database (other shards' writes land there).
+        let stored: Option<std::collections::HashSet<u64>> = if self.shard.is_whole() {
+            None
+        } else {
+            Some(self.stored_ids(old).await?.into_iter().collect())
+        };
         let live: Vec<u64> = {
             let mem = old.mem.read();
             let mut ids: Vec<u64> = copied
                 .keys()
                 .copied()
-                .filter(|id| mem.contains(*id))
+                .filter(|id| match &stored {
+                    Some(s) => s.contains(id),
+                    None => mem.contains(*id),
+                })
                 .collect();
             ids.sort_unstable();
             ids
@@ -131,13 +173,24 @@ impl Index {
         live: &[u64],
         copied: &HashMap<u64, u64>,
     ) -> Result<()> {
-        let changed: Vec<(u64, String)> = {
+        let changed: Vec<(u64, String)> = if self.shard.is_whole() {
             let (was, now) = (old.mem.read(), new.mem.read());
             live.iter()
                 .filter_map(|id| {
                     let to = *copied.get(id)?;
                     let meta = was.meta(*id)?;
                     (now.meta(to)?.label() != meta.label()).then(|| (to, meta.label().to_string()))
+                })
+                .collect()
+        } else {
+            // A shard holds only its own partitions of either: the labels
+            // from the database.
+            let (was, now) = (self.labels(old).await?, self.labels(new).await?);
+            live.iter()
+                .filter_map(|id| {
+                    let to = *copied.get(id)?;
+                    let label = was.get(id)?;
+                    (now.get(&to)? != label).then(|| (to, label.clone()))
                 })
                 .collect()
         };
@@ -150,5 +203,22 @@ impl Index {
             }
         }
         Ok(())
+    }
+
+    /// Every image's label in `coll`, from the database.
+    async fn labels(&self, coll: &Collection) -> Result<HashMap<u64, String>> {
+        let mut out = HashMap::new();
+        let mut after = 0;
+        loop {
+            let page = self.store.load_page(coll.row.id, after, LOAD_PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = last.id;
+            let full = page.len() as u64 == LOAD_PAGE;
+            out.extend(page.into_iter().map(|i| (i.id, i.label)));
+            if !full {
+                break;
+            }
+        }
+        Ok(out)
     }
 }

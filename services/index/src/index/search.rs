@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use futures::StreamExt;
 
-use super::{Index, SearchRequest, SearchResult};
+use super::{Collection, Index, SearchRequest, SearchResult};
 use crate::error::{Error, Result};
 use crate::kernels;
 use crate::mem::{
@@ -133,9 +133,17 @@ impl VectorSource for Prefetched<'_> {
 
 impl Index {
     pub async fn search(&self, req: SearchRequest) -> Result<SearchResult> {
-        let coll = self.resolve(&req.collection)?;
+        let mut coll = self.resolve(&req.collection)?;
         if let Some((name, version)) = &req.model {
-            if *name != coll.row.model_name || *version != coll.row.model_version {
+            let other =
+                |c: &Collection| *name != c.row.model_name || *version != c.row.model_version;
+            // A rebuild through another service (a sharded index's shard
+            // 0) may have switched the name a moment before this service
+            // follows: the names as the database has them now.
+            if other(&coll) && self.sync_aliases().await? {
+                coll = self.resolve(&req.collection)?;
+            }
+            if other(&coll) {
                 return Err(Error::FailedPrecondition(format!(
                     "collection {:?} holds features of model {}:{}, not of {name}:{version}: it \
                      was rebuilt for another model; embed the query with {}:{}",
