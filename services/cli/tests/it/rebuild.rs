@@ -28,6 +28,7 @@ async fn flowers_index() -> (
     Inference,
     IndexServiceClient<Channel>,
     Vec<pb::ImageRecord>,
+    String,
 ) {
     cbir_common::telemetry::init_for_tests();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -143,7 +144,7 @@ async fn flowers_index() -> (
     .await
     .expect("upsert");
 
-    (dir, inf, idx, records)
+    (dir, inf, idx, records, format!("http://{iaddr}"))
 }
 
 /// Serves "v2": the same weights under a new version.
@@ -183,7 +184,7 @@ async fn start_rebuild(idx: &mut IndexServiceClient<Channel>) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebuild_switches_model_while_searches_keep_working() {
-    let (_dir, mut inf, mut idx, records) = flowers_index().await;
+    let (_dir, mut inf, mut idx, records, _) = flowers_index().await;
     // Rebuilding for a model the inference service does not serve is refused.
     let err = idx
         .rebuild(pb::RebuildRequest {
@@ -304,7 +305,7 @@ async fn rebuild_switches_model_while_searches_keep_working() {
 /// collection the old ids are gone, which ends the relabelling.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn labels_set_during_a_rebuild_survive_it() {
-    let (_dir, mut inf, mut idx, records) = flowers_index().await;
+    let (_dir, mut inf, mut idx, records, _) = flowers_index().await;
     load_v2(&mut inf).await;
     let listed = idx
         .list_images(pb::ListImagesRequest {
@@ -410,4 +411,149 @@ async fn labels_set_during_a_rebuild_survive_it() {
         assert_eq!(hit.content_hash, r.content_hash);
         assert_eq!(Some(&hit.label), last.get(&r.content_hash));
     }
+}
+
+/// A sharded index rebuilds too: shard 0 re-embeds every image from the
+/// database (it holds only its own partitions in memory) into the new
+/// collection, keeping in memory those its partitions own; the other
+/// shards load the new collection as they follow, and a query embedded
+/// with the new model is answered by every shard as soon as the name
+/// switched (a shard not yet following takes the new name from the
+/// database).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sharded_index_rebuilds_over_every_shard() {
+    let (dir, mut inf, _one, records, inference_url) = flowers_index().await;
+    let database_url = format!("sqlite://{}", dir.path().join("index.db").display());
+    let mut shards = Vec::new();
+    for id in 0..3 {
+        let cfg = cbir_index::Config {
+            database_url: database_url.clone(),
+            inference_url: Some(inference_url.clone()),
+            shard: cbir_common::shard::Shard { id, count: 3 },
+            follow_ms: 200,
+            ..Default::default()
+        };
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(cbir_index::serve(cfg, l, std::future::pending()));
+        shards.push(IndexServiceClient::new(channel(addr).await));
+    }
+    // Each shard loaded its partitions: 36 images together.
+    let held = |mut c: IndexServiceClient<Channel>| async move {
+        c.stats(pb::StatsRequest {
+            collection: "flowers".into(),
+        })
+        .await
+        .map(|r| r.into_inner().count)
+        .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut n = 0;
+        for c in &shards {
+            n += held(c.clone()).await;
+        }
+        if n == 36 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "shards hold {n} of 36"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    load_v2(&mut inf).await;
+    let op = start_rebuild(&mut shards[0]).await;
+    let mut watch = shards[0]
+        .watch_operation(pb::WatchOperationRequest { operation_id: op })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut last = None;
+    while let Some(p) = watch.message().await.expect("progress") {
+        last = Some(p);
+    }
+    let last = last.expect("progress reported");
+    assert_eq!(
+        last.state,
+        pb::operation_progress::State::Succeeded as i32,
+        "{}",
+        last.message
+    );
+    assert_eq!(last.done, 36, "every shard's images re-embedded");
+
+    // At once: a query embedded with v2 on every shard, each answering
+    // from the rebuilt collection (its own partitions of it).
+    let v2 = Some(pb::ModelRef {
+        name: "efficientnet-lite0".into(),
+        version: "v2".into(),
+    });
+    let mut found = 0;
+    for (i, c) in shards.iter_mut().enumerate() {
+        let r = c
+            .search(pb::IndexSearchRequest {
+                collection: "flowers".into(),
+                vector: records[5].feature.clone(),
+                predicted_class: -1,
+                top_k: 100,
+                mode: pb::SearchMode::Exact as i32,
+                model: v2.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("shard {i} right after the switch: {e}"))
+            .into_inner();
+        found += r.hits.len();
+    }
+    assert!(found <= 36);
+    // Once they follow, the shards hold all 36 of the new collection.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut n = 0;
+        let mut v2_everywhere = true;
+        for c in &shards {
+            n += held(c.clone()).await;
+            let coll = c
+                .clone()
+                .get_collection(pb::GetCollectionRequest {
+                    name: "flowers".into(),
+                })
+                .await
+                .expect("get")
+                .into_inner()
+                .collection
+                .expect("collection");
+            v2_everywhere &= coll.model.as_ref().map(|m| m.version.as_str()) == Some("v2");
+        }
+        if n == 36 && v2_everywhere {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "after the rebuild the shards hold {n} of 36 (v2 everywhere: {v2_everywhere})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut found = 0;
+    for c in shards.iter_mut() {
+        found += c
+            .search(pb::IndexSearchRequest {
+                collection: "flowers".into(),
+                vector: records[5].feature.clone(),
+                predicted_class: -1,
+                top_k: 100,
+                mode: pb::SearchMode::Exact as i32,
+                model: v2.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("search")
+            .into_inner()
+            .hits
+            .len();
+    }
+    assert_eq!(found, 36, "the shards together answer with every image");
 }
