@@ -43,20 +43,31 @@ impl Index {
             coll.mem.read().ids()
         } else {
             let mut all = Vec::new();
-            let mut after = 0;
-            loop {
-                let page = self.store.load_page(coll.row.id, after, LOAD_PAGE).await?;
-                let Some(last) = page.last() else { break };
-                after = last.id;
-                all.extend(page.iter().map(|i| i.id));
-                if (page.len() as u64) < LOAD_PAGE {
-                    break;
-                }
-            }
+            self.each_stored(coll, |i| all.push(i.id)).await?;
             all
         };
         ids.sort_unstable();
         Ok(ids)
+    }
+
+    /// Calls `f` with every image of `coll` in the database, by id.
+    async fn each_stored(
+        &self,
+        coll: &Collection,
+        mut f: impl FnMut(crate::store::LoadedImage),
+    ) -> Result<()> {
+        let mut after = 0;
+        loop {
+            let page = self.store.load_page(coll.row.id, after, LOAD_PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = last.id;
+            let full = page.len() as u64 == LOAD_PAGE;
+            page.into_iter().for_each(&mut f);
+            if !full {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// How many images `coll` holds (see [`stored_ids`](Self::stored_ids)).
@@ -86,20 +97,28 @@ impl Index {
     {
         let _catalog = self.creating.lock().await;
         let _w = old.write.lock().await;
-        // What the old collection holds now: memory, or on a sharded index
-        // the database (other shards' writes land there).
-        let stored: Option<std::collections::HashSet<u64>> = if self.shard.is_whole() {
-            None
-        } else {
-            Some(self.stored_ids(old).await?.into_iter().collect())
-        };
+        // What the old collection holds now, read once: the images added
+        // while the rebuild ran (missing), and on a sharded index (other
+        // shards' writes land in the database) the live ones and their
+        // labels.
+        let mut missing = Vec::new();
+        let mut sharded = (!self.shard.is_whole()).then(HashMap::new);
+        self.each_stored(old, |i| {
+            if !copied.contains_key(&i.id) {
+                missing.push(i.id);
+            }
+            if let Some(s) = sharded.as_mut() {
+                s.insert(i.id, i.label);
+            }
+        })
+        .await?;
         let live: Vec<u64> = {
             let mem = old.mem.read();
             let mut ids: Vec<u64> = copied
                 .keys()
                 .copied()
-                .filter(|id| match &stored {
-                    Some(s) => s.contains(id),
+                .filter(|id| match &sharded {
+                    Some(s) => s.contains_key(id),
                     None => mem.contains(*id),
                 })
                 .collect();
@@ -112,25 +131,6 @@ impl Index {
             .filter(|(old_id, _)| live.binary_search(old_id).is_err())
             .map(|(_, new_id)| *new_id)
             .collect();
-        // Added to the old collection while the rebuild ran.
-        let missing: Vec<u64> = {
-            let mut all = Vec::new();
-            let mut after = 0;
-            loop {
-                let page = self.store.load_page(old.row.id, after, LOAD_PAGE).await?;
-                let Some(last) = page.last() else { break };
-                after = last.id;
-                all.extend(
-                    page.iter()
-                        .map(|i| i.id)
-                        .filter(|id| !copied.contains_key(id)),
-                );
-                if (page.len() as u64) < LOAD_PAGE {
-                    break;
-                }
-            }
-            all
-        };
         if !missing.is_empty() {
             let records = copy_missing(missing).await?;
             for chunk in records.chunks(self.limits.max_records_per_upsert) {
@@ -150,7 +150,8 @@ impl Index {
             let _nw = new.write.lock().await;
             self.delete_locked(new, &gone).await?;
         }
-        self.carry_labels(old, new, &live, copied).await?;
+        self.carry_labels(old, new, &live, copied, sharded.as_ref())
+            .await?;
         // Images added early in the rebuild were augmented from fewer
         // neighbours than the collection holds now: all are refreshed.
         new.mem.write().mark_all_stale();
@@ -172,25 +173,30 @@ impl Index {
         new: &Collection,
         live: &[u64],
         copied: &HashMap<u64, u64>,
+        stored: Option<&HashMap<u64, String>>,
     ) -> Result<()> {
-        let changed: Vec<(u64, String)> = if self.shard.is_whole() {
+        let changed: Vec<(u64, String)> = if let Some(was) = stored {
+            // A shard holds only its own partitions of either: the labels
+            // from the database (`stored`: the old collection's).
+            let mut now = HashMap::new();
+            self.each_stored(new, |i| {
+                now.insert(i.id, i.label);
+            })
+            .await?;
+            live.iter()
+                .filter_map(|id| {
+                    let to = *copied.get(id)?;
+                    let label = was.get(id)?;
+                    (now.get(&to)? != label).then(|| (to, label.clone()))
+                })
+                .collect()
+        } else {
             let (was, now) = (old.mem.read(), new.mem.read());
             live.iter()
                 .filter_map(|id| {
                     let to = *copied.get(id)?;
                     let meta = was.meta(*id)?;
                     (now.meta(to)?.label() != meta.label()).then(|| (to, meta.label().to_string()))
-                })
-                .collect()
-        } else {
-            // A shard holds only its own partitions of either: the labels
-            // from the database.
-            let (was, now) = (self.labels(old).await?, self.labels(new).await?);
-            live.iter()
-                .filter_map(|id| {
-                    let to = *copied.get(id)?;
-                    let label = was.get(id)?;
-                    (now.get(&to)? != label).then(|| (to, label.clone()))
                 })
                 .collect()
         };
@@ -203,22 +209,5 @@ impl Index {
             }
         }
         Ok(())
-    }
-
-    /// Every image's label in `coll`, from the database.
-    async fn labels(&self, coll: &Collection) -> Result<HashMap<u64, String>> {
-        let mut out = HashMap::new();
-        let mut after = 0;
-        loop {
-            let page = self.store.load_page(coll.row.id, after, LOAD_PAGE).await?;
-            let Some(last) = page.last() else { break };
-            after = last.id;
-            let full = page.len() as u64 == LOAD_PAGE;
-            out.extend(page.into_iter().map(|i| (i.id, i.label)));
-            if !full {
-                break;
-            }
-        }
-        Ok(out)
     }
 }
