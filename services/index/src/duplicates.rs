@@ -241,23 +241,8 @@ impl Duplicates {
             .await
             .map_err(|e| Error::Internal(format!("near-duplicates task: {e}")))?;
             pairs.extend(found);
-            progress.done += step.len() as u64;
-            progress.items_per_second =
-                progress.done as f64 / started.elapsed().as_secs_f64().max(1e-3);
-            progress.updated_at_ms = now_ms();
-            if saved_at.elapsed() >= SAVE_EVERY {
-                saved_at = Instant::now();
-                let current = self
-                    .index
-                    .store()
-                    .save_duplicate_run(coll.row.id, progress, None)
-                    .await?;
-                if !current {
-                    return Err(Error::NotFound(
-                        "the collection was deleted or rebuilt meanwhile".into(),
-                    ));
-                }
-            }
+            self.advance(coll, progress, step.len(), started, &mut saved_at)
+                .await?;
         }
         let pairs = grouping::dedup_pairs(pairs);
         let (c, o) = (coll.clone(), *opts);
@@ -267,6 +252,36 @@ impl Duplicates {
         })
         .await
         .map_err(|e| Error::Internal(format!("near-duplicates task: {e}")))
+    }
+
+    /// Counts `n` more images searched, and saves the progress at most
+    /// every SAVE_EVERY; fails once the collection is gone.
+    async fn advance(
+        &self,
+        coll: &Collection,
+        progress: &mut pb::OperationProgress,
+        n: usize,
+        started: Instant,
+        saved_at: &mut Instant,
+    ) -> Result<()> {
+        progress.done += n as u64;
+        progress.items_per_second =
+            progress.done as f64 / started.elapsed().as_secs_f64().max(1e-3);
+        progress.updated_at_ms = now_ms();
+        if saved_at.elapsed() >= SAVE_EVERY {
+            *saved_at = Instant::now();
+            let current = self
+                .index
+                .store()
+                .save_duplicate_run(coll.row.id, progress, None)
+                .await?;
+            if !current {
+                return Err(Error::NotFound(
+                    "the collection was deleted or rebuilt meanwhile".into(),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// `find` on a sharded index: every image of the collection (read
@@ -358,21 +373,8 @@ impl Duplicates {
                 features.insert(img.id, img.feature.clone());
             }
             pairs.extend(found);
-            progress.done += page.len() as u64;
-            progress.items_per_second =
-                progress.done as f64 / started.elapsed().as_secs_f64().max(1e-3);
-            progress.updated_at_ms = now_ms();
-            if saved_at.elapsed() >= SAVE_EVERY {
-                saved_at = Instant::now();
-                if !store
-                    .save_duplicate_run(coll.row.id, progress, None)
-                    .await?
-                {
-                    return Err(Error::NotFound(
-                        "the collection was deleted or rebuilt meanwhile".into(),
-                    ));
-                }
-            }
+            self.advance(coll, progress, page.len(), started, &mut saved_at)
+                .await?;
             if page.len() < STEP {
                 break;
             }
