@@ -491,23 +491,31 @@ async fn a_sharded_index_rebuilds_over_every_shard() {
         name: "efficientnet-lite0".into(),
         version: "v2".into(),
     });
-    let mut found = 0;
-    for (i, c) in shards.iter_mut().enumerate() {
-        let r = c
-            .search(pb::IndexSearchRequest {
-                collection: "flowers".into(),
-                vector: records[5].feature.clone(),
-                predicted_class: -1,
-                top_k: 100,
-                mode: pb::SearchMode::Exact as i32,
-                model: v2.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap_or_else(|e| panic!("shard {i} right after the switch: {e}"))
-            .into_inner();
-        found += r.hits.len();
-    }
+    let hits_on_every_shard = |shards: Vec<IndexServiceClient<Channel>>, when: &'static str| {
+        let (vector, model) = (records[5].feature.clone(), v2.clone());
+        async move {
+            let mut found = 0;
+            for (i, mut c) in shards.into_iter().enumerate() {
+                found += c
+                    .search(pb::IndexSearchRequest {
+                        collection: "flowers".into(),
+                        vector: vector.clone(),
+                        predicted_class: -1,
+                        top_k: 100,
+                        mode: pb::SearchMode::Exact as i32,
+                        model: model.clone(),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap_or_else(|e| panic!("shard {i} {when}: {e}"))
+                    .into_inner()
+                    .hits
+                    .len();
+            }
+            found
+        }
+    };
+    let found = hits_on_every_shard(shards.clone(), "right after the switch").await;
     assert!(found <= 36);
     // Once they follow, the shards hold all 36 of the new collection.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -537,23 +545,6 @@ async fn a_sharded_index_rebuilds_over_every_shard() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut found = 0;
-    for c in shards.iter_mut() {
-        found += c
-            .search(pb::IndexSearchRequest {
-                collection: "flowers".into(),
-                vector: records[5].feature.clone(),
-                predicted_class: -1,
-                top_k: 100,
-                mode: pb::SearchMode::Exact as i32,
-                model: v2.clone(),
-                ..Default::default()
-            })
-            .await
-            .expect("search")
-            .into_inner()
-            .hits
-            .len();
-    }
+    let found = hits_on_every_shard(shards.clone(), "once followed").await;
     assert_eq!(found, 36, "the shards together answer with every image");
 }

@@ -8,7 +8,7 @@ use cbir_api::v1 as pb;
 
 use super::{
     add, answers, client, compare, held_partitions, index_stats, same, search, search_results,
-    shard_config, start_gateway, start_index, start_index_on, start_shard, Ranked, CLASSES,
+    shard_config, start_gateway, start_index, start_peered_shards, start_shard, Ranked, CLASSES,
     COLLECTION,
 };
 use crate::system::{subset, System};
@@ -410,31 +410,7 @@ async fn refined_ranking_over_three_full_shards_with_peers_answers_like_one_node
         ..shard_config(&db, id, count)
     };
     let one = start_index(full(0, 1)).await;
-    let mut listeners = Vec::new();
-    for _ in 0..3 {
-        listeners.push(
-            tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind"),
-        );
-    }
-    let peers: Vec<Vec<String>> = listeners
-        .iter()
-        .map(|l| vec![format!("http://{}", l.local_addr().expect("addr"))])
-        .collect();
-    let shards: Vec<_> = listeners
-        .into_iter()
-        .enumerate()
-        .map(|(id, l)| {
-            start_index_on(
-                cbir_index::Config {
-                    peers: peers.clone(),
-                    ..full(id as u32, 3)
-                },
-                l,
-            )
-        })
-        .collect();
+    let shards = start_peered_shards(|id| full(id, 3)).await;
     let gw_one = start_gateway(&sys, &[vec![one.addr]]).await;
     let gw = start_gateway(
         &sys,
@@ -562,31 +538,7 @@ async fn near_duplicates_over_shards_with_peers_group_as_one_node() {
     add(&sys.url(), &copies).await;
     let db = sys.index_database_url.clone();
     let one = start_index(shard_config(&db, 0, 1)).await;
-    let mut listeners = Vec::new();
-    for _ in 0..3 {
-        listeners.push(
-            tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind"),
-        );
-    }
-    let peers: Vec<Vec<String>> = listeners
-        .iter()
-        .map(|l| vec![format!("http://{}", l.local_addr().expect("addr"))])
-        .collect();
-    let shards: Vec<_> = listeners
-        .into_iter()
-        .enumerate()
-        .map(|(id, l)| {
-            start_index_on(
-                cbir_index::Config {
-                    peers: peers.clone(),
-                    ..shard_config(&db, id as u32, 3)
-                },
-                l,
-            )
-        })
-        .collect();
+    let shards = start_peered_shards(|id| shard_config(&db, id, 3)).await;
     let gw_one = start_gateway(&sys, &[vec![one.addr]]).await;
     let gw = start_gateway(
         &sys,

@@ -62,9 +62,39 @@ pub(super) async fn start_index(cfg: cbir_index::Config) -> Shard {
     start_index_on(cfg, l)
 }
 
+/// Three shards that name each other as `peers` (their addresses known
+/// before any starts), shard i configured by `cfg(i)`.
+pub(super) async fn start_peered_shards(cfg: impl Fn(u32) -> cbir_index::Config) -> Vec<Shard> {
+    let mut listeners = Vec::new();
+    for _ in 0..3 {
+        listeners.push(
+            tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind"),
+        );
+    }
+    let peers: Vec<Vec<String>> = listeners
+        .iter()
+        .map(|l| vec![format!("http://{}", l.local_addr().expect("addr"))])
+        .collect();
+    listeners
+        .into_iter()
+        .zip(0..)
+        .map(|(l, id)| {
+            start_index_on(
+                cbir_index::Config {
+                    peers: peers.clone(),
+                    ..cfg(id)
+                },
+                l,
+            )
+        })
+        .collect()
+}
+
 /// An index service on a listener bound before (shards that name each
 /// other as peers know their addresses before any starts).
-pub(super) fn start_index_on(cfg: cbir_index::Config, l: tokio::net::TcpListener) -> Shard {
+fn start_index_on(cfg: cbir_index::Config, l: tokio::net::TcpListener) -> Shard {
     let addr = l.local_addr().expect("addr");
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(cbir_index::serve(cfg, l, async move {
